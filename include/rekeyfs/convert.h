@@ -1,0 +1,34 @@
+/* rekeyfs - crash-safe conversion of a plain stored file into a chunk file:
+ * the chunk file is built under a reserved temporary name in the same
+ * directory, synced, given the original's owner, mode, xattrs and times, and
+ * renamed over the original.  After a crash the file is wholly plain or
+ * wholly converted; the temporary is removed by the next run. */
+#ifndef REKEYFS_CONVERT_H
+#define REKEYFS_CONVERT_H
+
+#include <stdbool.h>
+
+#include "datadir.h"
+#include "keys.h"
+
+/* Names starting with this prefix are reserved for temporaries. */
+#define RK_TMP_PREFIX ".rekeyfs-tmp."
+
+bool rk_is_tmp_name(const char *name);
+/* Remove an interrupted conversion's temporary (only if it is a chunk file
+ * or empty).  1 removed, 0 left alone. */
+int rk_tmp_cleanup(int dirfd, const char *name);
+
+/* Convert dirfd/name (rel: path from the data directory root, for messages
+ * and policy).  Returns 0 converted, 1 already a chunk file (skipped),
+ * 2 skipped for a reason that was logged (hard links, not a regular file),
+ * or a negative errno. */
+int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel);
+
+/* Replace a chunk file with a copy in which every chunk is resealed under
+ * its table's target key (whole-file replacement, for files not open).
+ * *rewritten gets the number of chunks resealed.  0 ok. */
+int rk_rekey_file_atomic(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel,
+                         uint64_t *rewritten);
+
+#endif

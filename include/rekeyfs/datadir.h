@@ -1,0 +1,92 @@
+/* rekeyfs - the data directory's state under .rekeyfs/: table policy, key
+ * registry, the daemon lock.  Files are small text files replaced atomically.
+ *
+ *   .rekeyfs/format    "rekeyfs-datadir 1"
+ *   .rekeyfs/policy    one line per table: table PATH key=NAME chunk_kb=N compression=C
+ *   .rekeyfs/keys      one line per key:  key NAME cipher=C bits=N fp=HEX state=S
+ *   .rekeyfs/lock      flock()ed: exclusively by the daemon, shared by readers
+ *   .rekeyfs/journal   redo journal (see journal.h)
+ */
+#ifndef REKEYFS_DATADIR_H
+#define REKEYFS_DATADIR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "compress.h"
+#include "crypto.h"
+#include "keys.h"
+
+#define RK_STATE_DIR ".rekeyfs"
+#define RK_DATADIR_VERSION 1
+#define RK_TABLE_PATH_MAX 1024
+
+struct rk_table {
+	char path[RK_TABLE_PATH_MAX]; /* "/" for the root table, else "/ks/table" */
+	char key[RK_KEY_NAME_MAX + 1];
+	uint32_t chunk_size;
+	enum rk_comp comp;
+};
+
+enum rk_keystate { RK_KS_ACTIVE = 0, RK_KS_DECRYPT_ONLY = 1, RK_KS_RELEASED = 2 };
+
+struct rk_regent {
+	char name[RK_KEY_NAME_MAX + 1];
+	enum rk_cipher cipher;
+	unsigned bits;
+	uint8_t fp[RK_FP_BYTES];
+	enum rk_keystate state;
+};
+
+struct rk_datadir {
+	char *path;      /* as given */
+	int dirfd;       /* the data directory */
+	int statefd;     /* .rekeyfs */
+	int lockfd;      /* .rekeyfs/lock, flock()ed */
+	struct rk_table *tables;
+	size_t ntables;
+	struct rk_regent *keys;
+	size_t nkeys;
+};
+
+enum rk_dd_lock {
+	RK_DD_SHARED = 1,    /* readers: refused while a daemon or writer holds it */
+	RK_DD_EXCLUSIVE = 2, /* daemon and offline writers */
+	RK_DD_NOLOCK = 3,    /* status readers that tolerate a running daemon */
+};
+
+const char *rk_keystate_name(enum rk_keystate s);
+
+/* Create .rekeyfs in path with a root table under key.  -EEXIST if already. */
+int rk_datadir_init(const char *path, const struct rk_key *key, uint32_t chunk_size, enum rk_comp comp);
+/* Open a data directory: state files parsed, lock taken.  -ENOTDIR not a
+ * rekeyfs data directory (message says how to init); -EBUSY held by a daemon
+ * (message names its pid). */
+int rk_datadir_open(const char *path, enum rk_dd_lock lock, struct rk_datadir **out);
+/* Open with an already-open directory fd (the daemon, mounting over itself). */
+int rk_datadir_openat(int dirfd, const char *path, enum rk_dd_lock lock, struct rk_datadir **out);
+void rk_datadir_close(struct rk_datadir *dd);
+/* Find the data directory that contains path: walk up to the nearest
+ * directory holding .rekeyfs.  *root and *rel (table path, "/..." form) are
+ * allocated. */
+int rk_datadir_find(const char *path, char **root, char **rel);
+
+int rk_policy_save(struct rk_datadir *dd);
+int rk_registry_save(struct rk_datadir *dd);
+/* The table whose path is the longest prefix of rel ("/a/b/file"). */
+const struct rk_table *rk_policy_lookup(const struct rk_datadir *dd, const char *rel);
+/* Normalise a table path ("ks/t1/" -> "/ks/t1").  -EINVAL for "..", ".rekeyfs". */
+int rk_table_path_norm(const char *in, char *out, size_t outlen);
+/* Set (or add) a table.  chunk_size 0 / comp -1 mean "inherit from parent table". */
+int rk_policy_set(struct rk_datadir *dd, const char *table, const char *key, uint32_t chunk_size, int comp);
+
+struct rk_regent *rk_registry_find(struct rk_datadir *dd, const char *name);
+/* Add a key (state active) or check that its fingerprint matches the record.
+ * -EKEYREJECTED with an explanation if a key of that name had another
+ * fingerprint. */
+int rk_registry_add(struct rk_datadir *dd, const struct rk_key *key);
+/* Check every key the registry knows (not released) against the key
+ * directory: a changed fingerprint is -EKEYREJECTED (mount must stop). */
+int rk_registry_verify(struct rk_datadir *dd, struct rk_keyring *kr);
+
+#endif

@@ -1,0 +1,197 @@
+/* rekeyfs - the chunk-file format (version 1).  man/rekeyfs.5 is the
+ * normative description; this header mirrors it.
+ *
+ *   offset 0      header copy A (4096 bytes)
+ *   offset 4096   header copy B (4096 bytes)
+ *   offset 8192   slot 0, slot 1, ...  slot i at 8192 + i * slot_size
+ *
+ * slot_size = chunk_size + 64.  A slot holds a 32-byte slot header, the
+ * sealed payload (stored_len bytes) and a 16-byte tag; the rest of the slot
+ * is never written (a hole).  A slot whose 32-byte header is all zero is a
+ * hole and reads as chunk_size zero bytes.
+ *
+ * Header copy (all integers little endian):
+ *   0   8  magic 89 'R' 'K' 'F' 'S' 0d 0a 1a
+ *   8   2  format version (1)
+ *   10  2  header copy size (4096)
+ *   12  4  flags (bit 0: COUNTS_DIRTY)
+ *   16  8  seq: generation; the valid copy with the higher seq wins
+ *   24 16  file id (random)
+ *   40  4  chunk_size (plaintext bytes per chunk, power of two, 4 KiB..1 MiB)
+ *   44  4  slot_size (chunk_size + 64)
+ *   48  8  plaintext size of the file
+ *   56  1  compression of the table when the file was created (informational)
+ *   57  7  reserved, zero
+ *   64 16 * 96  key table, entry j at 64 + 96*j:
+ *          0 64 key file name, NUL padded (at most 63 bytes)
+ *         64 16 key fingerprint
+ *         80  1 cipher id (1 AES-GCM, 2 ChaCha20-Poly1305)
+ *         81  1 entry flags (bit 0: in use)
+ *         82  2 key strength in bits
+ *         84  4 reserved, zero
+ *         88  8 number of chunks sealed under this entry
+ *   1600..4063 reserved, zero
+ *   4064 32 SHA-256 of bytes 0..4063
+ *
+ * Slot header (32 bytes):
+ *   0 4  slot magic 'R' 'K' 'C' '1'
+ *   4 1  key index (entry of the header key table)
+ *   5 1  payload compression (0 raw, 1 snappy)
+ *   6 2  reserved, zero
+ *   8 4  plain_len: plaintext bytes in this chunk (1..chunk_size)
+ *   12 4 stored_len: payload bytes (compressed or raw) = ciphertext bytes
+ *   16 12 nonce (random)
+ *   28 4 reserved, zero
+ * AEAD: key = HKDF-SHA256(master, salt = file id, info = "rekeyfs chunk key v1"),
+ *       nonce = slot nonce, aad = file id || le64 chunk index || slot header[0..16).
+ */
+#ifndef REKEYFS_FORMAT_H
+#define REKEYFS_FORMAT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "compress.h"
+#include "crypto.h"
+#include "keys.h"
+
+#define RK_FORMAT_VERSION 1
+#define RK_MAGIC_LEN 8
+extern const uint8_t rk_magic[RK_MAGIC_LEN];
+#define RK_HDR_COPY_SIZE 4096
+#define RK_HDR_AREA (2 * RK_HDR_COPY_SIZE)
+#define RK_HDR_SUM_OFF 4064
+#define RK_HDR_KEYS_OFF 64
+#define RK_HDR_KEY_ENTRY 96
+#define RK_CF_MAX_KEYS 16
+#define RK_SLOT_HDR 32
+#define RK_SLOT_OVERHEAD 64
+#define RK_AAD_LEN (RK_FILE_ID_BYTES + 8 + 16)
+#define RK_CHUNK_MIN 4096u
+#define RK_CHUNK_MAX (1024u * 1024u)
+#define RK_CHUNK_DEFAULT (64u * 1024u)
+
+#define RK_HF_COUNTS_DIRTY 0x1u
+
+struct rk_cf_keyent {
+	bool in_use;
+	char name[RK_KEY_NAME_MAX + 1];
+	uint8_t fp[RK_FP_BYTES];
+	enum rk_cipher cipher;
+	uint16_t bits;
+	uint64_t count;
+};
+
+struct rk_cf_header {
+	uint16_t version;
+	uint32_t flags;
+	uint64_t seq;
+	uint8_t file_id[RK_FILE_ID_BYTES];
+	uint32_t chunk_size;
+	uint32_t slot_size;
+	uint64_t size;
+	uint8_t compression;
+	struct rk_cf_keyent keys[RK_CF_MAX_KEYS];
+};
+
+/* Encode a header copy into buf (RK_HDR_COPY_SIZE bytes), with checksum. */
+void rk_hdr_encode(const struct rk_cf_header *h, uint8_t *buf);
+/* Decode and verify one header copy.  0 ok; -ENOMSG no magic (plain data);
+ * -EPROTONOSUPPORT unknown version (h->version set); -EUCLEAN bad checksum
+ * or inconsistent fields. */
+int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h);
+
+/* Is the stored file a chunk file?  1 yes (magic present), 0 plain file
+ * (no magic, or shorter than the magic), negative errno on read error. */
+int rk_cf_probe(int fd);
+/* Read the current header (the valid copy with the higher seq) without any
+ * key.  *which gets 0 (copy A) or 1 (copy B) if non-NULL.  Errors as
+ * rk_hdr_decode; -EUCLEAN when neither copy verifies.  path is for messages. */
+int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which);
+
+/* Offset of slot idx in the stored file. */
+static inline uint64_t rk_slot_off(uint32_t slot_size, uint64_t idx)
+{
+	return (uint64_t)RK_HDR_AREA + idx * (uint64_t)slot_size;
+}
+/* Stored (backing) file length needed for a plaintext size. */
+uint64_t rk_cf_stored_len(uint32_t chunk_size, uint64_t size);
+
+/* ---- an open chunk file ---------------------------------------------------
+ * rk_cf does not own the fd.  Calls on different chunks may run in parallel
+ * from several threads; the caller serialises calls on the same chunk (the
+ * daemon's chunk locks).  Header state is protected internally. */
+struct rk_cf;
+
+/* How a sealed slot image reaches the disk.  The default writes in place
+ * (pwrite); the daemon installs its journal so that a slot that may hold
+ * durable data is replaced crash-safely.  overwrite is true when the slot
+ * currently holds data (not a hole). */
+struct rk_cf_writer {
+	int (*write_slot)(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len,
+	                  bool overwrite);
+	void *ctx;
+};
+
+/* Initialise an empty stored file (length 0) as a chunk file whose key
+ * table already names key (the table's target key), so that the first chunk
+ * writes need no extra header sync.  The header is written (COUNTS_DIRTY set
+ * until the first rk_cf_sync) but not fsynced. */
+int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk_size,
+                 enum rk_comp comp, struct rk_key *key, struct rk_cf **out);
+/* Drop cached subkeys derived from the named key (after release). */
+void rk_cf_forget_key(struct rk_cf *cf, const char *name);
+/* Open an existing chunk file.  Errors: as rk_cf_read_header; -ENOMSG if it
+ * is not a chunk file.  A header whose COUNTS_DIRTY flag is set (crash) is
+ * recounted from the slot headers when the file is opened writable. */
+int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, struct rk_cf **out);
+/* Forget the in-memory state (does not write; call rk_cf_sync first). */
+void rk_cf_close(struct rk_cf *cf);
+
+void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w);
+int rk_cf_fd(const struct rk_cf *cf);
+const char *rk_cf_path(const struct rk_cf *cf);
+/* Update the path used in messages (after a rename). */
+void rk_cf_set_path(struct rk_cf *cf, const char *path);
+uint64_t rk_cf_size(struct rk_cf *cf);
+uint32_t rk_cf_chunk_size(const struct rk_cf *cf);
+void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out);
+uint64_t rk_cf_nchunks(struct rk_cf *cf);
+
+/* Read chunk idx into out (chunk_size bytes; bytes past the chunk's
+ * plaintext, or past end of file, are zero).  *key_idx gets the sealing key
+ * entry, or -1 for a hole.  -EIO (logged, naming file, chunk and cause) when
+ * the chunk is corrupt or its key is missing, released or changed. */
+int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx);
+/* Seal plaintext pt[0..len) as chunk idx under key.  Adds key to the header
+ * table when needed.  Does not change the file size. */
+int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_t len,
+                      struct rk_key *key, enum rk_comp comp);
+/* Re-seal chunk idx under key without recompressing.  *changed tells
+ * whether anything was rewritten (false: hole, beyond EOF or already under key). */
+int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *changed);
+/* Key entry of chunk idx from its slot header alone (no decryption): -1 for
+ * a hole.  -EUCLEAN when the slot header is malformed. */
+int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx);
+
+/* Byte-level access built on the chunk calls (read-modify-write). */
+ssize_t rk_cf_pread(struct rk_cf *cf, void *buf, size_t len, uint64_t off);
+ssize_t rk_cf_pwrite(struct rk_cf *cf, const void *buf, size_t len, uint64_t off, struct rk_key *key,
+                     enum rk_comp comp);
+int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_comp comp);
+
+/* Recount per-key chunk counts from the slot headers (exact). */
+int rk_cf_recount(struct rk_cf *cf);
+/* Write the header if it changed since the last write (counts may be marked
+ * dirty).  Does not fsync. */
+int rk_cf_flush(struct rk_cf *cf);
+/* Make everything durable: fdatasync the data, then write a clean header
+ * (exact counts, COUNTS_DIRTY clear) and fdatasync again. */
+int rk_cf_sync(struct rk_cf *cf);
+
+/* Per-thread scratch buffers, sized for the largest chunk; never freed on
+ * the hot path.  Exposed for the daemon and tools that seal chunks. */
+uint8_t *rk_scratch(int which, size_t len);
+
+#endif

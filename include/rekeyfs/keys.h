@@ -1,0 +1,65 @@
+/* rekeyfs - key files and the in-memory keyring.
+ *
+ * A key file holds one line "CIPHER:STRENGTH:BASE64KEY\n", mode 0600, named
+ * by its file name inside a key directory.  Files readable or writable by
+ * group or others are refused, as ssh refuses a loose private key. */
+#ifndef REKEYFS_KEYS_H
+#define REKEYFS_KEYS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "crypto.h"
+
+#define RK_KEY_NAME_MAX 63
+#define RK_DEFAULT_KEYDIR "/etc/rekeyfs/keys"
+
+struct rk_key {
+	char name[RK_KEY_NAME_MAX + 1];
+	enum rk_cipher cipher;
+	unsigned bits;
+	uint8_t fp[RK_FP_BYTES];
+	uint8_t *material;    /* secure memory, keylen bytes; NULL once wiped */
+	size_t keylen;
+	bool released;        /* wiped after release-key */
+};
+
+/* 0 if name is a valid key name (1..63 chars of [A-Za-z0-9._-], not . or ..). */
+int rk_key_name_check(const char *name);
+
+/* Resolve the key directory: explicit arg, else $REKEYFS_KEYDIR, else default. */
+const char *rk_keydir_resolve(const char *arg);
+
+/* Create a new random key file KEYDIR/NAME (O_EXCL, 0600).  Creates KEYDIR
+ * (0700) if missing.  -EEXIST if the key exists; -EINVAL for bad cipher or
+ * strength (message logged explaining why). */
+int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const char *name,
+                  uint8_t fp_out[RK_FP_BYTES]);
+
+/* Load KEYDIR/NAME.  -ENOENT missing, -EPERM loose permissions, -EINVAL
+ * malformed; a message naming the file and cause is logged.  *out is
+ * allocated; free with rk_key_free. */
+int rk_key_load(const char *keydir, const char *name, struct rk_key **out);
+void rk_key_free(struct rk_key *k);
+/* Wipe key material now (release); the struct stays for its name/fp. */
+void rk_key_wipe(struct rk_key *k);
+
+/* A keyring: keys by name, loaded lazily from a key directory.  Thread safe. */
+struct rk_keyring;
+int rk_keyring_new(const char *keydir, struct rk_keyring **out);
+void rk_keyring_free(struct rk_keyring *kr);
+const char *rk_keyring_dir(const struct rk_keyring *kr);
+/* Find (loading on first use) the key called name.  Returns 0 with *out set,
+ * or the load error.  A negative result is cached until rk_keyring_reload. */
+int rk_keyring_get(struct rk_keyring *kr, const char *name, struct rk_key **out);
+/* Mark a key released: wipe its material; later gets return -EKEYREVOKED. */
+int rk_keyring_release(struct rk_keyring *kr, const char *name);
+/* Forget cached failures so that a key added to the directory is found. */
+void rk_keyring_reload(struct rk_keyring *kr);
+
+/* Enumerate key file names in a key directory (sorted).  Caller frees
+ * names[i] and names. */
+int rk_keydir_list(const char *keydir, char ***names, size_t *count);
+
+#endif

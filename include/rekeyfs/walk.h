@@ -1,0 +1,22 @@
+/* rekeyfs - deterministic walk of a data directory tree (sorted by name,
+ * never following symlinks, skipping the root .rekeyfs state directory). */
+#ifndef REKEYFS_WALK_H
+#define REKEYFS_WALK_H
+
+#include <sys/stat.h>
+
+struct rk_walk_ent {
+	const char *rel;      /* path from the data directory root, "/a/b" */
+	int dirfd;            /* directory containing the entry */
+	const char *name;     /* entry name within dirfd */
+	const struct stat *st;
+};
+
+/* Called for every entry (directories before their contents).  Return <0
+ * to stop the walk with that error, 1 to skip a directory's contents. */
+typedef int (*rk_walk_fn)(const struct rk_walk_ent *e, void *arg);
+
+/* Walk the subtree start ("/" or "/ks/t1") of the tree at rootfd. */
+int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg);
+
+#endif

@@ -1,0 +1,605 @@
+/* rekeyctl - the administrator's tool for rekeyfs data directories. */
+#include "config.h"
+
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
+#include "rekeyfs/coverage.h"
+#include "rekeyfs/datadir.h"
+#include "rekeyfs/format.h"
+#include "rekeyfs/keys.h"
+#include "rekeyfs/walk.h"
+#include "cli.h"
+
+/* exit codes shared by all commands (see rekeyctl(8)) */
+int rkc_exit_code(int err)
+{
+	switch (-err) {
+	case 0:
+		return RKC_EXIT_OK;
+	case EINVAL:
+		return RKC_EXIT_USAGE;
+	default:
+		return RKC_EXIT_FAIL;
+	}
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: rekeyctl COMMAND [OPTIONS] ARGS\n"
+	        "\n"
+	        "commands:\n"
+	        "  createkey [-d KEYDIR] CIPHER STRENGTH NAME   create a new random key file\n"
+	        "  init [-d KEYDIR] --key NAME [--chunk-kb N] [--compression snappy|none] DATADIR\n"
+	        "  alter [-d KEYDIR] DATADIR_OR_MOUNT[/TABLE] --key NAME [--chunk-kb N] [--compression C]\n"
+	        "  keys [-d KEYDIR] [DATADIR]                    list keys, fingerprints, states, coverage\n"
+	        "  encrypt [-d KEYDIR] DATADIR [PATH...]        turn plain files into chunk files\n"
+	        "  cat [-d KEYDIR] FILE                         decrypt one stored file to stdout\n"
+	        "\n"
+	        "Key directory: -d KEYDIR, else $REKEYFS_KEYDIR, else %s.\n"
+	        "See rekeyctl(8).\n",
+	        RK_DEFAULT_KEYDIR);
+}
+
+/* ---- createkey ------------------------------------------------------------------ */
+static int cmd_createkey(int argc, char **argv)
+{
+	const char *keydir = NULL;
+	int c;
+	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'}, {0, 0, 0, 0}};
+	while ((c = getopt_long(argc, argv, "+d:", lo, NULL)) != -1) {
+		if (c == 'd')
+			keydir = optarg;
+		else
+			return -EINVAL;
+	}
+	if (argc - optind != 3) {
+		rk_err("usage: rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME   (e.g. AES/GCM/NoPadding 256 new_key)");
+		return -EINVAL;
+	}
+	const char *cipher = argv[optind], *strength = argv[optind + 1], *name = argv[optind + 2];
+	char *end;
+	unsigned long bits = strtoul(strength, &end, 10);
+	if (*end || !*strength) {
+		rk_err("strength '%s' is not a number of bits", strength);
+		return -EINVAL;
+	}
+	keydir = rk_keydir_resolve(keydir);
+	uint8_t fp[RK_FP_BYTES];
+	int ret = rk_key_create(keydir, cipher, (unsigned)bits, name, fp);
+	if (ret < 0)
+		return ret == -EEXIST ? -EEXIST : ret;
+	char hex[2 * RK_FP_BYTES + 1];
+	rk_hex(hex, fp, RK_FP_BYTES);
+	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", name, cipher, bits, keydir, hex);
+	return 0;
+}
+
+/* ---- common option parsing for datadir commands ------------------------------- */
+struct opts {
+	const char *keydir;
+	const char *key;
+	uint32_t chunk_kb;
+	int comp;
+	bool json, deep, verbose, quiet;
+	const char *table;
+};
+
+static int parse_common(int argc, char **argv, struct opts *o, const char *usage_line)
+{
+	int c;
+	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'},
+	                                   {"key", required_argument, NULL, 'k'},
+	                                   {"chunk-kb", required_argument, NULL, 'c'},
+	                                   {"compression", required_argument, NULL, 'z'},
+	                                   {"json", no_argument, NULL, 'j'},
+	                                   {"deep", no_argument, NULL, 'D'},
+	                                   {"verbose", no_argument, NULL, 'v'},
+	                                   {"quiet", no_argument, NULL, 'q'},
+	                                   {"table", required_argument, NULL, 't'},
+	                                   {"help", no_argument, NULL, 'h'},
+	                                   {0, 0, 0, 0}};
+	o->comp = -1;
+	while ((c = getopt_long(argc, argv, "d:k:c:z:jDvqt:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			o->keydir = optarg;
+			break;
+		case 'k':
+			o->key = optarg;
+			break;
+		case 'c': {
+			char *end;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (*end || v < 4 || v > 1024 || (v & (v - 1))) {
+				rk_err("--chunk-kb %s: use a power of two from 4 to 1024", optarg);
+				return -EINVAL;
+			}
+			o->chunk_kb = (uint32_t)v;
+			break;
+		}
+		case 'z': {
+			enum rk_comp z;
+			if (rk_comp_parse(optarg, &z) < 0) {
+				rk_err("--compression %s: use snappy or none", optarg);
+				return -EINVAL;
+			}
+			o->comp = (int)z;
+			break;
+		}
+		case 'j':
+			o->json = true;
+			break;
+		case 'D':
+			o->deep = true;
+			break;
+		case 'v':
+			o->verbose = true;
+			break;
+		case 'q':
+			o->quiet = true;
+			break;
+		case 't':
+			o->table = optarg;
+			break;
+		case 'h':
+			printf("usage: %s\n", usage_line);
+			exit(0);
+		default:
+			rk_err("usage: %s", usage_line);
+			return -EINVAL;
+		}
+	}
+	o->keydir = rk_keydir_resolve(o->keydir);
+	return 0;
+}
+
+/* ---- init ------------------------------------------------------------------------------ */
+static int cmd_init(int argc, char **argv)
+{
+	static const char u[] = "rekeyctl init [-d KEYDIR] --key NAME [--chunk-kb N] [--compression snappy|none] DATADIR";
+	struct opts o = {0};
+	struct rk_key *key = NULL;
+	int ret = parse_common(argc, argv, &o, u);
+	if (ret < 0)
+		return ret;
+	if (!o.key || argc - optind != 1) {
+		rk_err("usage: %s", u);
+		return -EINVAL;
+	}
+	const char *dir = argv[optind];
+	ret = rk_key_load(o.keydir, o.key, &key);
+	if (ret < 0) {
+		if (ret == -ENOKEY)
+			rk_err("key '%s' not found in %s; create it first: rekeyctl createkey -d %s AES/GCM/NoPadding 256 %s",
+			       o.key, o.keydir, o.keydir, o.key);
+		return ret;
+	}
+	uint32_t cs = o.chunk_kb ? o.chunk_kb * 1024 : RK_CHUNK_DEFAULT;
+	ret = rk_datadir_init(dir, key, cs, o.comp >= 0 ? (enum rk_comp)o.comp : RK_COMP_SNAPPY);
+	if (ret == 0)
+		printf("initialised %s: root table / under key %s, %u KiB chunks, %s compression\n", dir, o.key, cs / 1024,
+		       rk_comp_name(o.comp >= 0 ? (enum rk_comp)o.comp : RK_COMP_SNAPPY));
+	rk_key_free(key);
+	return ret;
+}
+
+/* Open a data directory for an offline command: refuses while a daemon
+ * holds it, replays the journal first. */
+int rkc_open_offline(const char *dir, enum rk_dd_lock lock, struct rk_keyring *kr, struct rk_datadir **out)
+{
+	int ret = rk_datadir_open(dir, lock, out);
+	if (ret < 0)
+		return ret;
+	(void)kr;
+	return 0;
+}
+
+/* ---- alter ------------------------------------------------------------------------------ */
+static int cmd_alter(int argc, char **argv)
+{
+	static const char u[] = "rekeyctl alter [-d KEYDIR] DATADIR[/TABLE] --key NAME [--chunk-kb N] [--compression C]";
+	struct opts o = {0};
+	struct rk_datadir *dd = NULL;
+	struct rk_key *key = NULL;
+	char *root = NULL, *rel = NULL;
+	int ret = parse_common(argc, argv, &o, u);
+	if (ret < 0)
+		return ret;
+	if (argc - optind != 1 || (!o.key && !o.chunk_kb && o.comp < 0)) {
+		rk_err("usage: %s", u);
+		return -EINVAL;
+	}
+	const char *target = argv[optind];
+	ret = rk_datadir_find(target, &root, &rel);
+	if (ret < 0) {
+		rk_err("%s is not inside a rekeyfs data directory or mount (no .rekeyfs found above it)", target);
+		goto out;
+	}
+	ret = rkc_open_offline(root, RK_DD_EXCLUSIVE, NULL, &dd);
+	if (ret < 0)
+		goto out;
+	if (o.key) {
+		ret = rk_key_load(o.keydir, o.key, &key);
+		if (ret < 0) {
+			if (ret == -ENOKEY)
+				rk_err("key '%s' not found in %s", o.key, o.keydir);
+			goto out;
+		}
+		ret = rk_registry_add(dd, key);
+		if (ret < 0)
+			goto out;
+	}
+	ret = rk_policy_set(dd, rel, o.key, o.chunk_kb * 1024, o.comp);
+	if (ret < 0)
+		goto out;
+	ret = rk_registry_save(dd);
+	if (ret == 0)
+		ret = rk_policy_save(dd);
+	if (ret == 0) {
+		const struct rk_table *t = rk_policy_lookup(dd, rel);
+		printf("table %s of %s: key=%s chunk_kb=%u compression=%s\n", t->path, root, t->key, t->chunk_size / 1024,
+		       rk_comp_name(t->comp));
+		if (o.key)
+			printf("new writes are sealed under %s; existing chunks keep their key until rekeyed "
+			       "(rekeyctl rekey, or the walker of a mount)\n", o.key);
+	}
+out:
+	rk_key_free(key);
+	rk_datadir_close(dd);
+	free(root);
+	free(rel);
+	return ret;
+}
+
+/* ---- keys -------------------------------------------------------------------------------- */
+static const char *keyfile_status(const char *keydir, const char *name, const uint8_t *fp)
+{
+	struct rk_key *k;
+	int lvl = rk_log_get_level();
+	rk_log_set_level(RK_LOG_ERR - 1); /* the status column says it */
+	int r = rk_key_load(keydir, name, &k);
+	rk_log_set_level(lvl);
+	if (r == -ENOKEY)
+		return "missing";
+	if (r == -EPERM)
+		return "refused(mode)";
+	if (r < 0)
+		return "unreadable";
+	const char *s = fp && memcmp(fp, k->fp, RK_FP_BYTES) != 0 ? "CHANGED" : "ok";
+	rk_key_free(k);
+	return s;
+}
+
+static int cmd_keys(int argc, char **argv)
+{
+	static const char u[] = "rekeyctl keys [-d KEYDIR] [DATADIR]";
+	struct opts o = {0};
+	struct rk_datadir *dd = NULL;
+	struct rk_cov *cov = NULL;
+	char hex[2 * RK_FP_BYTES + 1];
+	int ret = parse_common(argc, argv, &o, u);
+	if (ret < 0)
+		return ret;
+	if (argc - optind > 1) {
+		rk_err("usage: %s", u);
+		return -EINVAL;
+	}
+	if (argc - optind == 0) {
+		char **names;
+		size_t n;
+		ret = rk_keydir_list(o.keydir, &names, &n);
+		if (ret < 0) {
+			rk_err("cannot list key directory %s: %s", o.keydir, strerror(-ret));
+			return ret;
+		}
+		printf("%-20s %-28s %5s  %-32s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "KEY FILE");
+		for (size_t i = 0; i < n; i++) {
+			struct rk_key *k;
+			int lvl = rk_log_get_level();
+			rk_log_set_level(RK_LOG_ERR - 1);
+			int r = rk_key_load(o.keydir, names[i], &k);
+			rk_log_set_level(lvl);
+			if (r == 0) {
+				rk_hex(hex, k->fp, RK_FP_BYTES);
+				printf("%-20s %-28s %5u  %-32s  ok\n", k->name, rk_cipher_name(k->cipher), k->bits, hex);
+				rk_key_free(k);
+			} else {
+				printf("%-20s %-28s %5s  %-32s  %s\n", names[i], "?", "?", "?",
+				       r == -EPERM ? "refused: readable by group/others (chmod 600)" : rk_strerror(r));
+			}
+			free(names[i]);
+		}
+		free(names);
+		return 0;
+	}
+	const char *dir = argv[optind];
+	ret = rkc_open_offline(dir, RK_DD_SHARED, NULL, &dd);
+	if (ret < 0)
+		return ret;
+	ret = rk_coverage_scan(dd, NULL, &cov);
+	if (ret < 0) {
+		rk_err("%s: coverage scan failed: %s", dir, rk_strerror(ret));
+		goto out;
+	}
+	printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10s %8s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "STATE",
+	       "KEY FILE", "CHUNKS", "FILES", "TARGET OF");
+	for (size_t i = 0; i < dd->nkeys; i++) {
+		const struct rk_regent *e = &dd->keys[i];
+		uint64_t chunks = 0, files = 0;
+		for (size_t j = 0; j < cov->total.nkeys; j++)
+			if (strcmp(cov->total.keys[j].name, e->name) == 0) {
+				chunks += cov->total.keys[j].chunks;
+				files += cov->total.keys[j].files;
+			}
+		char targets[256] = "";
+		size_t tl = 0;
+		for (size_t t = 0; t < dd->ntables; t++)
+			if (strcmp(dd->tables[t].key, e->name) == 0 && tl < sizeof(targets) - 1)
+				tl += (size_t)snprintf(targets + tl, sizeof(targets) - tl, "%s%s", tl ? "," : "", dd->tables[t].path);
+		rk_hex(hex, e->fp, RK_FP_BYTES);
+		printf("%-20s %-28s %5u  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", e->name,
+		       rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state),
+		       e->state == RK_KS_RELEASED ? "-" : keyfile_status(o.keydir, e->name, e->fp), chunks, files,
+		       targets[0] ? targets : "-");
+	}
+	/* keys named by data but unknown to the registry (restored backups) */
+	for (size_t j = 0; j < cov->total.nkeys; j++) {
+		if (rk_registry_find(dd, cov->total.keys[j].name))
+			continue;
+		rk_hex(hex, cov->total.keys[j].fp, RK_FP_BYTES);
+		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", cov->total.keys[j].name, "?",
+		       "?", hex, "unregistered", keyfile_status(o.keydir, cov->total.keys[j].name, cov->total.keys[j].fp),
+		       cov->total.keys[j].chunks, cov->total.keys[j].files, "-");
+	}
+	printf("\n%" PRIu64 " files: %" PRIu64 " chunk files, %" PRIu64 " plain, %" PRIu64 " unreadable; %" PRIu64
+	       " chunks, %.1f%% on their table's target key\n",
+	       cov->total.files, cov->total.chunk_files, cov->total.plain_files, cov->total.corrupt_files,
+	       cov->total.chunks, cov->total.chunks ? 100.0 * (double)cov->total.chunks_on_target / (double)cov->total.chunks : 100.0);
+out:
+	rk_coverage_free(cov);
+	rk_datadir_close(dd);
+	return ret;
+}
+
+/* ---- encrypt ------------------------------------------------------------------------------ */
+struct enc_state {
+	struct rk_datadir *dd;
+	struct rk_keyring *kr;
+	uint64_t converted, skipped, already, failed;
+	bool quiet;
+};
+
+static int enc_visit(const struct rk_walk_ent *e, void *arg)
+{
+	struct enc_state *s = arg;
+	if (rk_is_tmp_name(e->name)) {
+		if (rk_tmp_cleanup(e->dirfd, e->name) == 1 && !s->quiet)
+			printf("removed %s (temporary of an interrupted run)\n", e->rel);
+		return 0;
+	}
+	if (!S_ISREG(e->st->st_mode))
+		return 0;
+	int r = rk_convert_file(s->dd, s->kr, e->dirfd, e->name, e->rel);
+	if (r == 0) {
+		s->converted++;
+		if (!s->quiet)
+			printf("encrypted %s (%jd bytes)\n", e->rel, (intmax_t)e->st->st_size);
+	} else if (r == 1) {
+		s->already++;
+	} else if (r == 2) {
+		s->skipped++;
+	} else {
+		s->failed++;
+		if (r == -ENOKEY || r == -EKEYREJECTED || r == -EPERM || r == -ENOSPC)
+			return r; /* the same will fail for every file */
+	}
+	return 0;
+}
+
+static int cmd_encrypt(int argc, char **argv)
+{
+	static const char u[] = "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]";
+	struct opts o = {0};
+	struct rk_keyring *kr = NULL;
+	struct enc_state s = {0};
+	int ret = parse_common(argc, argv, &o, u);
+	if (ret < 0)
+		return ret;
+	if (argc - optind < 1) {
+		rk_err("usage: %s", u);
+		return -EINVAL;
+	}
+	const char *dir = argv[optind];
+	ret = rk_keyring_new(o.keydir, &kr);
+	if (ret < 0)
+		return ret;
+	ret = rkc_open_offline(dir, RK_DD_EXCLUSIVE, kr, &s.dd);
+	if (ret < 0)
+		goto out;
+	ret = rk_registry_verify(s.dd, kr);
+	if (ret < 0)
+		goto out;
+	s.kr = kr;
+	s.quiet = o.quiet;
+	if (argc - optind == 1) {
+		ret = rk_walk(s.dd->dirfd, "/", enc_visit, &s);
+	} else {
+		for (int i = optind + 1; i < argc && ret >= 0; i++) {
+			char *root = NULL, *rel = NULL;
+			char full[4096];
+			/* PATH is relative to DATADIR unless absolute */
+			if (argv[i][0] == '/')
+				snprintf(full, sizeof(full), "%s", argv[i]);
+			else
+				snprintf(full, sizeof(full), "%s/%s", dir, argv[i]);
+			ret = rk_datadir_find(full, &root, &rel);
+			if (ret < 0) {
+				rk_err("%s: not inside data directory %s", argv[i], dir);
+				break;
+			}
+			struct stat st;
+			if (fstatat(s.dd->dirfd, rel + 1, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+				ret = -errno;
+				rk_err("%s: %s", full, strerror(errno));
+			} else if (S_ISDIR(st.st_mode)) {
+				ret = rk_walk(s.dd->dirfd, rel, enc_visit, &s);
+			} else {
+				char *slash = strrchr(rel, '/');
+				char parent[4096];
+				snprintf(parent, sizeof(parent), "%.*s", (int)(slash - rel), rel);
+				int pfd = parent[0] ? openat(s.dd->dirfd, parent + 1, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+				                    : openat(s.dd->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+				if (pfd < 0) {
+					ret = -errno;
+				} else {
+					struct rk_walk_ent e = {.rel = rel, .dirfd = pfd, .name = slash + 1, .st = &st};
+					ret = enc_visit(&e, &s);
+					close(pfd);
+				}
+			}
+			free(root);
+			free(rel);
+		}
+	}
+	if (!o.quiet || s.failed)
+		printf("%" PRIu64 " encrypted, %" PRIu64 " already chunk files, %" PRIu64 " skipped, %" PRIu64 " failed\n",
+		       s.converted, s.already, s.skipped, s.failed);
+	if (ret == 0 && s.failed)
+		ret = -EIO;
+out:
+	rk_datadir_close(s.dd);
+	rk_keyring_free(kr);
+	return ret;
+}
+
+/* ---- cat ----------------------------------------------------------------------------------- */
+static int cmd_cat(int argc, char **argv)
+{
+	static const char u[] = "rekeyctl cat [-d KEYDIR] FILE";
+	struct opts o = {0};
+	struct rk_keyring *kr = NULL;
+	struct rk_cf *cf = NULL;
+	uint8_t *buf = NULL;
+	int fd = -1;
+	int ret = parse_common(argc, argv, &o, u);
+	if (ret < 0)
+		return ret;
+	if (argc - optind != 1) {
+		rk_err("usage: %s", u);
+		return -EINVAL;
+	}
+	const char *path = argv[optind];
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		rk_err("cannot open %s: %s", path, strerror(errno));
+		return ret;
+	}
+	ret = rk_cf_probe(fd);
+	if (ret < 0)
+		goto out;
+	size_t bufsz = 1 << 20;
+	buf = malloc(bufsz);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (ret == 0) {
+		/* a plain file passes through untouched */
+		for (off_t off = 0;;) {
+			ssize_t n = rk_pread_full(fd, buf, bufsz, off);
+			if (n < 0) {
+				ret = (int)n;
+				goto out;
+			}
+			if (n == 0)
+				break;
+			if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n) {
+				ret = -EIO;
+				goto out;
+			}
+			off += n;
+		}
+		ret = 0;
+		goto out;
+	}
+	ret = rk_keyring_new(o.keydir, &kr);
+	if (ret < 0)
+		goto out;
+	ret = rk_cf_open(fd, path, kr, false, &cf);
+	if (ret < 0) {
+		if (ret != -EUCLEAN && ret != -EPROTONOSUPPORT)
+			rk_err("%s: %s", path, rk_strerror(ret));
+		goto out;
+	}
+	uint64_t size = rk_cf_size(cf);
+	for (uint64_t off = 0; off < size;) {
+		ssize_t n = rk_cf_pread(cf, buf, bufsz, off);
+		if (n < 0) {
+			ret = (int)n;
+			rk_err("%s: cannot decrypt at offset %" PRIu64 " (see the message above); output stopped there", path,
+			       off);
+			goto out;
+		}
+		if (n == 0)
+			break;
+		if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n) {
+			ret = -EIO;
+			goto out;
+		}
+		off += (uint64_t)n;
+	}
+	ret = 0;
+out:
+	if (fflush(stdout) != 0 && ret == 0)
+		ret = -EIO;
+	rk_cf_close(cf);
+	rk_keyring_free(kr);
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct {
+		const char *name;
+		int (*fn)(int, char **);
+	} cmds[] = {
+		{"createkey", cmd_createkey}, {"init", cmd_init}, {"alter", cmd_alter},
+		{"keys", cmd_keys},           {"encrypt", cmd_encrypt}, {"cat", cmd_cat},
+	};
+	rk_harden_process();
+	if (argc < 2) {
+		usage(stderr);
+		return RKC_EXIT_USAGE;
+	}
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (strcmp(argv[1], "--version") == 0) {
+		printf("rekeyctl %s (chunk-file format %d)\n", PACKAGE_VERSION, RK_FORMAT_VERSION);
+		return 0;
+	}
+	for (size_t i = 0; i < RK_ARRAY_SIZE(cmds); i++) {
+		if (strcmp(argv[1], cmds[i].name) == 0) {
+			optind = 1;
+			int ret = cmds[i].fn(argc - 1, argv + 1);
+			return ret > 0 ? ret : rkc_exit_code(ret);
+		}
+	}
+	rk_err("unknown command '%s'", argv[1]);
+	usage(stderr);
+	return RKC_EXIT_USAGE;
+}

@@ -1,0 +1,311 @@
+/* rekeyfs - crash-safe whole-file conversion. */
+#include "config.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
+#include "rekeyfs/format.h"
+
+bool rk_is_tmp_name(const char *name) { return strncmp(name, RK_TMP_PREFIX, strlen(RK_TMP_PREFIX)) == 0; }
+
+int rk_tmp_cleanup(int dirfd, const char *name)
+{
+	struct stat st;
+	if (!rk_is_tmp_name(name))
+		return 0;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	int removable = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_size == 0 || rk_cf_probe(fd) == 1);
+	close(fd);
+	if (removable && unlinkat(dirfd, name, 0) == 0)
+		return 1;
+	return 0;
+}
+
+static int copy_xattrs(int from, int to, const char *rel)
+{
+	char list[8192], val[65536];
+	ssize_t n = flistxattr(from, list, sizeof(list));
+	if (n < 0)
+		return errno == ENOTSUP ? 0 : -errno;
+	for (char *p = list; p < list + n; p += strlen(p) + 1) {
+		ssize_t v = fgetxattr(from, p, val, sizeof(val));
+		if (v < 0)
+			continue;
+		if (fsetxattr(to, p, val, (size_t)v, 0) < 0 && errno != ENOTSUP && errno != EPERM) {
+			rk_warn("%s: cannot copy extended attribute %s: %s", rel, p, strerror(errno));
+		}
+	}
+	return 0;
+}
+
+static int make_tmp(int dirfd, char *name, size_t len)
+{
+	uint8_t rnd[8];
+	char hex[17];
+	for (int tries = 0; tries < 8; tries++) {
+		if (rk_random(rnd, sizeof(rnd)) < 0)
+			return -EIO;
+		rk_hex(hex, rnd, sizeof(rnd));
+		snprintf(name, len, "%s%s", RK_TMP_PREFIX, hex);
+		int fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0 || errno != EEXIST)
+			return fd >= 0 ? fd : -errno;
+	}
+	return -EEXIST;
+}
+
+/* Give tmp the identity of the original and rename it over name, unless the
+ * original changed since st was taken. */
+static int finish_replace(int dirfd, const char *name, const char *tmpname, int src, int tmp, const struct stat *st,
+                          const char *rel)
+{
+	struct stat now;
+	struct timespec ts[2] = {st->st_atim, st->st_mtim};
+	if (fchown(tmp, st->st_uid, st->st_gid) < 0 && errno != EPERM)
+		return -errno;
+	if (fchmod(tmp, st->st_mode & 07777) < 0)
+		return -errno;
+	copy_xattrs(src, tmp, rel);
+	if (futimens(tmp, ts) < 0)
+		return -errno;
+	if (fsync(tmp) < 0)
+		return -errno;
+	if (fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (now.st_ino != st->st_ino || now.st_size != st->st_size || now.st_mtim.tv_sec != st->st_mtim.tv_sec ||
+	    now.st_mtim.tv_nsec != st->st_mtim.tv_nsec) {
+		rk_err("%s changed while it was being converted (is a database writing to it?); left as it was. Stop "
+		       "the writer, or let it write through a rekeyfs mount", rel);
+		return -EAGAIN;
+	}
+	if (renameat(dirfd, tmpname, dirfd, name) < 0)
+		return -errno;
+	return rk_fsync_dir(dirfd);
+}
+
+static int resolve_table_key(struct rk_datadir *dd, struct rk_keyring *kr, const char *rel,
+                             const struct rk_table **tab, struct rk_key **key)
+{
+	*tab = rk_policy_lookup(dd, rel);
+	int ret = rk_keyring_get(kr, (*tab)->key, key);
+	if (ret < 0) {
+		rk_err("%s: cannot use target key '%s' of table %s: %s (key directory %s)", rel, (*tab)->key,
+		       (*tab)->path, rk_strerror(ret), rk_keyring_dir(kr));
+		return ret;
+	}
+	struct rk_regent *re = rk_registry_find(dd, (*tab)->key);
+	if (re && memcmp(re->fp, (*key)->fp, RK_FP_BYTES) != 0) {
+		rk_err("key file %s/%s does not match the fingerprint recorded in %s for key '%s'; refusing to seal "
+		       "data under it", rk_keyring_dir(kr), (*tab)->key, dd->path, (*tab)->key);
+		return -EKEYREJECTED;
+	}
+	return 0;
+}
+
+int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel)
+{
+	const struct rk_table *tab;
+	struct rk_key *key;
+	struct rk_cf *cf = NULL;
+	struct stat st;
+	char tmpname[64] = "";
+	uint8_t *buf = NULL;
+	int src = -1, tmp = -1, ret;
+
+	src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (src < 0) {
+		ret = -errno;
+		rk_err("%s: cannot open: %s", rel, strerror(errno));
+		return ret;
+	}
+	if (fstat(src, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = 2;
+		goto out;
+	}
+	ret = rk_cf_probe(src);
+	if (ret < 0)
+		goto out;
+	if (ret == 1) {
+		ret = 1;
+		goto out;
+	}
+	if (st.st_nlink > 1) {
+		rk_warn("%s has %ju hard links; not converted (converting would split the links). Convert it through "
+		        "a rekeyfs mount instead", rel, (uintmax_t)st.st_nlink);
+		ret = 2;
+		goto out;
+	}
+	ret = resolve_table_key(dd, kr, rel, &tab, &key);
+	if (ret < 0)
+		goto out;
+	tmp = make_tmp(dirfd, tmpname, sizeof(tmpname));
+	if (tmp < 0) {
+		ret = tmp;
+		tmpname[0] = '\0';
+		rk_err("%s: cannot create temporary file: %s", rel, strerror(-ret));
+		goto out;
+	}
+	ret = rk_cf_create(tmp, rel, kr, tab->chunk_size, tab->comp, key, &cf);
+	if (ret < 0)
+		goto out;
+	buf = malloc(tab->chunk_size);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t off = 0; off < (uint64_t)st.st_size; off += tab->chunk_size) {
+		ssize_t n = rk_pread_full(src, buf, tab->chunk_size, (off_t)off);
+		if (n < 0) {
+			ret = (int)n;
+			rk_err("%s: read error at offset %" PRIu64 ": %s", rel, off, strerror(-ret));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		bool zero = true;
+		for (ssize_t i = 0; i < n && zero; i++)
+			zero = buf[i] == 0;
+		if (zero)
+			continue; /* keep holes as holes */
+		ssize_t w = rk_cf_pwrite(cf, buf, (size_t)n, off, key, tab->comp);
+		if (w < 0) {
+			ret = (int)w;
+			goto out;
+		}
+	}
+	ret = rk_cf_truncate(cf, (uint64_t)st.st_size, key, tab->comp);
+	if (ret == 0)
+		ret = rk_cf_sync(cf);
+	if (ret < 0)
+		goto out;
+	ret = finish_replace(dirfd, name, tmpname, src, tmp, &st, rel);
+	if (ret == 0)
+		tmpname[0] = '\0';
+	else if (ret != -EAGAIN)
+		rk_err("%s: cannot replace with the converted file: %s", rel, strerror(-ret));
+out:
+	rk_cf_close(cf);
+	free(buf);
+	if (tmp >= 0)
+		close(tmp);
+	if (tmpname[0])
+		unlinkat(dirfd, tmpname, 0);
+	if (src >= 0)
+		close(src);
+	return ret;
+}
+
+int rk_rekey_file_atomic(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel,
+                         uint64_t *rewritten)
+{
+	const struct rk_table *tab;
+	struct rk_key *key;
+	struct rk_cf *in = NULL, *outcf = NULL;
+	struct stat st;
+	char tmpname[64] = "";
+	int src = -1, tmp = -1, ret;
+
+	*rewritten = 0;
+	src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (src < 0)
+		return -errno;
+	if (fstat(src, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = rk_cf_open(src, rel, kr, false, &in);
+	if (ret < 0)
+		goto out;
+	ret = resolve_table_key(dd, kr, rel, &tab, &key);
+	if (ret < 0)
+		goto out;
+	struct rk_cf_header h;
+	rk_cf_get_header(in, &h);
+	/* copy the stored file, then rekey the copy in place: the copy is not
+	 * visible until the rename, so in-place writes there are safe */
+	tmp = make_tmp(dirfd, tmpname, sizeof(tmpname));
+	if (tmp < 0) {
+		ret = tmp;
+		tmpname[0] = '\0';
+		goto out;
+	}
+	off_t total = (off_t)RK_MIN((uint64_t)st.st_size, rk_cf_stored_len(h.chunk_size, h.size));
+	for (off_t off = 0; off < total;) {
+		/* skip holes so the copy stays sparse */
+		off_t data = lseek(src, off, SEEK_DATA);
+		if (data < 0 || data >= total)
+			break;
+		off_t hole = lseek(src, data, SEEK_HOLE);
+		if (hole < 0 || hole > total)
+			hole = total;
+		off_t o = data;
+		while (o < hole) {
+			ssize_t n = copy_file_range(src, &o, tmp, &(off_t){o}, (size_t)(hole - o), 0);
+			if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL)) {
+				uint8_t cbuf[65536];
+				ssize_t r = rk_pread_full(src, cbuf, (size_t)RK_MIN((off_t)sizeof(cbuf), hole - o), o);
+				if (r <= 0) {
+					ret = r < 0 ? (int)r : -EIO;
+					goto out;
+				}
+				ret = rk_pwrite_full(tmp, cbuf, (size_t)r, o);
+				if (ret < 0)
+					goto out;
+				o += r;
+				continue;
+			}
+			if (n <= 0) {
+				ret = n < 0 ? -errno : -EIO;
+				goto out;
+			}
+		}
+		off = hole;
+	}
+	if (ftruncate(tmp, total) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = rk_cf_open(tmp, rel, kr, true, &outcf);
+	if (ret < 0)
+		goto out;
+	uint64_t n = rk_cf_nchunks(outcf);
+	for (uint64_t i = 0; i < n; i++) {
+		bool changed;
+		ret = rk_cf_rekey_chunk(outcf, i, key, &changed);
+		if (ret < 0)
+			goto out;
+		if (changed)
+			(*rewritten)++;
+	}
+	ret = rk_cf_recount(outcf);
+	if (ret == 0)
+		ret = rk_cf_sync(outcf);
+	if (ret < 0)
+		goto out;
+	ret = finish_replace(dirfd, name, tmpname, src, tmp, &st, rel);
+	if (ret == 0)
+		tmpname[0] = '\0';
+out:
+	rk_cf_close(in);
+	rk_cf_close(outcf);
+	if (tmp >= 0)
+		close(tmp);
+	if (tmpname[0])
+		unlinkat(dirfd, tmpname, 0);
+	if (src >= 0)
+		close(src);
+	return ret;
+}

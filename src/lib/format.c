@@ -1,0 +1,1114 @@
+/* rekeyfs - the chunk-file format: headers, slots, sealing, byte access.
+ * The layout is described in include/rekeyfs/format.h and man/rekeyfs.5. */
+#include "config.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "rekeyfs/common.h"
+#include "rekeyfs/format.h"
+
+const uint8_t rk_magic[RK_MAGIC_LEN] = {0x89, 'R', 'K', 'F', 'S', 0x0d, 0x0a, 0x1a};
+static const uint8_t slot_magic[4] = {'R', 'K', 'C', '1'};
+
+/* ---- per-thread scratch buffers ------------------------------------------------ */
+#define RK_NSCRATCH 6
+struct scratch {
+	uint8_t *p[RK_NSCRATCH];
+	size_t len[RK_NSCRATCH];
+};
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *arg)
+{
+	struct scratch *s = arg;
+	for (int i = 0; i < RK_NSCRATCH; i++)
+		free(s->p[i]);
+	free(s);
+}
+
+static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+uint8_t *rk_scratch(int which, size_t len)
+{
+	pthread_once(&scratch_once, scratch_init);
+	struct scratch *s = pthread_getspecific(scratch_key);
+	if (!s) {
+		s = calloc(1, sizeof(*s));
+		if (!s)
+			return NULL;
+		pthread_setspecific(scratch_key, s);
+	}
+	if (s->len[which] < len) {
+		/* grow once to the largest chunk the format allows: no regrowth later */
+		size_t want = RK_MAX(len, (size_t)RK_CHUNK_MAX + RK_SLOT_OVERHEAD + 4096);
+		uint8_t *np = aligned_alloc(4096, (want + 4095) / 4096 * 4096);
+		if (!np)
+			return NULL;
+		free(s->p[which]);
+		s->p[which] = np;
+		s->len[which] = want;
+	}
+	return s->p[which];
+}
+
+/* ---- header encoding -------------------------------------------------------------- */
+void rk_hdr_encode(const struct rk_cf_header *h, uint8_t *buf)
+{
+	memset(buf, 0, RK_HDR_COPY_SIZE);
+	memcpy(buf, rk_magic, RK_MAGIC_LEN);
+	rk_put16(buf + 8, h->version);
+	rk_put16(buf + 10, RK_HDR_COPY_SIZE);
+	rk_put32(buf + 12, h->flags);
+	rk_put64(buf + 16, h->seq);
+	memcpy(buf + 24, h->file_id, RK_FILE_ID_BYTES);
+	rk_put32(buf + 40, h->chunk_size);
+	rk_put32(buf + 44, h->slot_size);
+	rk_put64(buf + 48, h->size);
+	buf[56] = h->compression;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		const struct rk_cf_keyent *e = &h->keys[j];
+		uint8_t *p = buf + RK_HDR_KEYS_OFF + RK_HDR_KEY_ENTRY * j;
+		if (!e->in_use)
+			continue;
+		memcpy(p, e->name, strnlen(e->name, RK_KEY_NAME_MAX));
+		memcpy(p + 64, e->fp, RK_FP_BYTES);
+		p[80] = (uint8_t)e->cipher;
+		p[81] = 1;
+		rk_put16(p + 82, e->bits);
+		rk_put64(p + 88, e->count);
+	}
+	rk_sha256(buf, RK_HDR_SUM_OFF, buf + RK_HDR_SUM_OFF);
+}
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
+{
+	uint8_t sum[32];
+	memset(h, 0, sizeof(*h));
+	if (memcmp(buf, rk_magic, RK_MAGIC_LEN) != 0)
+		return -ENOMSG;
+	h->version = rk_get16(buf + 8);
+	if (h->version != RK_FORMAT_VERSION)
+		return -EPROTONOSUPPORT;
+	rk_sha256(buf, RK_HDR_SUM_OFF, sum);
+	if (CRYPTO_memcmp(sum, buf + RK_HDR_SUM_OFF, 32) != 0)
+		return -EUCLEAN;
+	if (rk_get16(buf + 10) != RK_HDR_COPY_SIZE)
+		return -EUCLEAN;
+	h->flags = rk_get32(buf + 12);
+	h->seq = rk_get64(buf + 16);
+	memcpy(h->file_id, buf + 24, RK_FILE_ID_BYTES);
+	h->chunk_size = rk_get32(buf + 40);
+	h->slot_size = rk_get32(buf + 44);
+	h->size = rk_get64(buf + 48);
+	h->compression = buf[56];
+	if (h->chunk_size < RK_CHUNK_MIN || h->chunk_size > RK_CHUNK_MAX || (h->chunk_size & (h->chunk_size - 1)) ||
+	    h->slot_size != h->chunk_size + RK_SLOT_OVERHEAD || h->compression > RK_COMP_SNAPPY ||
+	    h->size > (uint64_t)INT64_MAX / 2)
+		return -EUCLEAN;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		struct rk_cf_keyent *e = &h->keys[j];
+		const uint8_t *p = buf + RK_HDR_KEYS_OFF + RK_HDR_KEY_ENTRY * j;
+		if (!(p[81] & 1))
+			continue;
+		e->in_use = true;
+		memcpy(e->name, p, 64);
+		e->name[RK_KEY_NAME_MAX] = '\0';
+		memcpy(e->fp, p + 64, RK_FP_BYTES);
+		e->cipher = (enum rk_cipher)p[80];
+		e->bits = rk_get16(p + 82);
+		e->count = rk_get64(p + 88);
+		if (e->name[0] == '\0' || (e->cipher != RK_CIPHER_AES_GCM && e->cipher != RK_CIPHER_CHACHA20_POLY1305))
+			return -EUCLEAN;
+	}
+	return 0;
+}
+
+int rk_cf_probe(int fd)
+{
+	uint8_t a[RK_MAGIC_LEN], b[RK_MAGIC_LEN];
+	ssize_t n = rk_pread_full(fd, a, sizeof(a), 0);
+	if (n < 0)
+		return (int)n;
+	if (n == (ssize_t)sizeof(a) && memcmp(a, rk_magic, RK_MAGIC_LEN) == 0)
+		return 1;
+	/* copy A may be torn by a crash while copy B holds the current header */
+	n = rk_pread_full(fd, b, sizeof(b), RK_HDR_COPY_SIZE);
+	if (n < 0)
+		return (int)n;
+	return n == (ssize_t)sizeof(b) && memcmp(b, rk_magic, RK_MAGIC_LEN) == 0 && all_zero(a, sizeof(a)) ? 1 : 0;
+}
+
+int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which)
+{
+	uint8_t *buf = rk_scratch(5, RK_HDR_AREA);
+	struct rk_cf_header c[2];
+	int r[2];
+	if (!buf)
+		return -ENOMEM;
+	ssize_t n = rk_pread_full(fd, buf, RK_HDR_AREA, 0);
+	if (n < 0) {
+		rk_err("%s: cannot read header: %s", path, strerror((int)-n));
+		return (int)n;
+	}
+	if (n < RK_HDR_AREA)
+		memset(buf + n, 0, (size_t)(RK_HDR_AREA - n));
+	for (int i = 0; i < 2; i++)
+		r[i] = rk_hdr_decode(buf + i * RK_HDR_COPY_SIZE, &c[i]);
+	int pick = -1;
+	if (r[0] == 0 && r[1] == 0)
+		pick = c[1].seq > c[0].seq ? 1 : 0;
+	else if (r[0] == 0)
+		pick = 0;
+	else if (r[1] == 0)
+		pick = 1;
+	if (pick >= 0) {
+		*h = c[pick];
+		if (which)
+			*which = pick;
+		return 0;
+	}
+	if (r[0] == -EPROTONOSUPPORT || r[1] == -EPROTONOSUPPORT) {
+		unsigned v = r[0] == -EPROTONOSUPPORT ? c[0].version : c[1].version;
+		rk_err("%s: chunk-file format version %u is not supported by this rekeyfs (it reads version %d); "
+		       "use the rekeyfs release that wrote it", path, v, RK_FORMAT_VERSION);
+		return -EPROTONOSUPPORT;
+	}
+	if (r[0] == -ENOMSG && r[1] == -ENOMSG)
+		return -ENOMSG;
+	rk_err("%s: corrupt chunk-file header: neither header copy passes its checksum", path);
+	return -EUCLEAN;
+}
+
+uint64_t rk_cf_stored_len(uint32_t chunk_size, uint64_t size)
+{
+	if (size == 0)
+		return RK_HDR_AREA;
+	uint64_t n = (size + chunk_size - 1) / chunk_size;
+	return rk_slot_off(chunk_size + RK_SLOT_OVERHEAD, n);
+}
+
+/* ---- open chunk files ----------------------------------------------------------------- */
+struct keyslot {
+	struct rk_key *key; /* keyring key, resolved on first use */
+	int err;            /* resolution error (cached) */
+	bool resolved;
+	uint8_t *subkey;    /* secure memory, RK_MAX_KEY_BYTES */
+};
+
+struct rk_cf {
+	int fd;
+	char *path;
+	struct rk_keyring *kr;
+	bool writable;
+	pthread_mutex_t lock;           /* header state, key slots */
+	struct rk_cf_header hdr;         /* in-memory header: exact counts, current size */
+	int cur_copy;                    /* copy holding the newest header on disk */
+	bool hdr_changed;                /* in-memory header differs from disk */
+	bool counts_changed;             /* counts changed since last clean sync */
+	bool disk_dirty;                 /* disk header has COUNTS_DIRTY */
+	bool disk_keys[RK_CF_MAX_KEYS];  /* entry present in the disk header */
+	bool tail_ok;                    /* last partial chunk holds no bytes past EOF */
+	struct keyslot ks[RK_CF_MAX_KEYS];
+	struct rk_cf_writer writer;
+};
+
+int rk_cf_fd(const struct rk_cf *cf) { return cf->fd; }
+const char *rk_cf_path(const struct rk_cf *cf) { return cf->path; }
+uint32_t rk_cf_chunk_size(const struct rk_cf *cf) { return cf->hdr.chunk_size; }
+
+void rk_cf_set_path(struct rk_cf *cf, const char *path)
+{
+	char *np = strdup(path);
+	if (!np)
+		return;
+	pthread_mutex_lock(&cf->lock);
+	free(cf->path);
+	cf->path = np;
+	pthread_mutex_unlock(&cf->lock);
+}
+
+uint64_t rk_cf_size(struct rk_cf *cf)
+{
+	pthread_mutex_lock(&cf->lock);
+	uint64_t s = cf->hdr.size;
+	pthread_mutex_unlock(&cf->lock);
+	return s;
+}
+
+uint64_t rk_cf_nchunks(struct rk_cf *cf)
+{
+	uint64_t s = rk_cf_size(cf);
+	return (s + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
+}
+
+void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out)
+{
+	pthread_mutex_lock(&cf->lock);
+	*out = cf->hdr;
+	pthread_mutex_unlock(&cf->lock);
+}
+
+static int default_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len,
+                              bool overwrite)
+{
+	(void)ctx;
+	(void)overwrite;
+	return rk_pwrite_full(cf->fd, slot, len, (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+}
+
+void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w)
+{
+	if (w)
+		cf->writer = *w;
+	else
+		cf->writer = (struct rk_cf_writer){default_write_slot, NULL};
+}
+
+static struct rk_cf *cf_alloc(int fd, const char *path, struct rk_keyring *kr, bool writable)
+{
+	struct rk_cf *cf = calloc(1, sizeof(*cf));
+	if (!cf)
+		return NULL;
+	cf->path = strdup(path);
+	if (!cf->path) {
+		free(cf);
+		return NULL;
+	}
+	cf->fd = fd;
+	cf->kr = kr;
+	cf->writable = writable;
+	pthread_mutex_init(&cf->lock, NULL);
+	cf->writer = (struct rk_cf_writer){default_write_slot, NULL};
+	return cf;
+}
+
+static void ks_clear(struct keyslot *s)
+{
+	if (s->subkey)
+		rk_secure_free(s->subkey, RK_MAX_KEY_BYTES);
+	memset(s, 0, sizeof(*s));
+}
+
+void rk_cf_close(struct rk_cf *cf)
+{
+	if (!cf)
+		return;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+		ks_clear(&cf->ks[j]);
+	pthread_mutex_destroy(&cf->lock);
+	free(cf->path);
+	free(cf);
+}
+
+void rk_cf_forget_key(struct rk_cf *cf, const char *name)
+{
+	pthread_mutex_lock(&cf->lock);
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+		if (cf->hdr.keys[j].in_use && strcmp(cf->hdr.keys[j].name, name) == 0)
+			ks_clear(&cf->ks[j]);
+	pthread_mutex_unlock(&cf->lock);
+}
+
+/* Write the in-memory header to the older copy.  Caller holds cf->lock. */
+static int hdr_write_locked(struct rk_cf *cf, bool dirty)
+{
+	uint8_t buf[RK_HDR_COPY_SIZE] __attribute__((aligned(64)));
+	struct rk_cf_header h = cf->hdr;
+	h.seq = cf->hdr.seq + 1;
+	h.flags = dirty ? (h.flags | RK_HF_COUNTS_DIRTY) : (h.flags & ~RK_HF_COUNTS_DIRTY);
+	rk_hdr_encode(&h, buf);
+	int target = 1 - cf->cur_copy;
+	int ret = rk_pwrite_full(cf->fd, buf, sizeof(buf), (off_t)target * RK_HDR_COPY_SIZE);
+	if (ret < 0) {
+		rk_err("%s: cannot write header: %s", cf->path, strerror(-ret));
+		return ret;
+	}
+	cf->hdr.seq = h.seq;
+	cf->hdr.flags = h.flags;
+	cf->cur_copy = target;
+	cf->disk_dirty = dirty;
+	cf->hdr_changed = false;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+		cf->disk_keys[j] = cf->hdr.keys[j].in_use;
+	return 0;
+}
+
+int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk_size, enum rk_comp comp,
+                 struct rk_key *key, struct rk_cf **out)
+{
+	int ret;
+	if (chunk_size < RK_CHUNK_MIN || chunk_size > RK_CHUNK_MAX || (chunk_size & (chunk_size - 1)))
+		return -EINVAL;
+	struct rk_cf *cf = cf_alloc(fd, path, kr, true);
+	if (!cf)
+		return -ENOMEM;
+	cf->hdr.version = RK_FORMAT_VERSION;
+	cf->hdr.chunk_size = chunk_size;
+	cf->hdr.slot_size = chunk_size + RK_SLOT_OVERHEAD;
+	cf->hdr.compression = (uint8_t)comp;
+	cf->hdr.seq = 0;
+	cf->cur_copy = 1; /* first write goes to copy A */
+	ret = rk_random(cf->hdr.file_id, RK_FILE_ID_BYTES);
+	if (ret < 0)
+		goto fail;
+	if (key) {
+		struct rk_cf_keyent *e = &cf->hdr.keys[0];
+		e->in_use = true;
+		snprintf(e->name, sizeof(e->name), "%s", key->name);
+		memcpy(e->fp, key->fp, RK_FP_BYTES);
+		e->cipher = key->cipher;
+		e->bits = (uint16_t)key->bits;
+	}
+	cf->tail_ok = true;
+	ret = hdr_write_locked(cf, true);
+	if (ret < 0)
+		goto fail;
+	*out = cf;
+	return 0;
+fail:
+	rk_cf_close(cf);
+	return ret;
+}
+
+static int cf_recount_locked(struct rk_cf *cf);
+
+int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, struct rk_cf **out)
+{
+	int ret, which;
+	struct rk_cf *cf = cf_alloc(fd, path, kr, writable);
+	if (!cf)
+		return -ENOMEM;
+	ret = rk_cf_read_header(fd, path, &cf->hdr, &which);
+	if (ret < 0)
+		goto fail;
+	cf->cur_copy = which;
+	cf->disk_dirty = cf->hdr.flags & RK_HF_COUNTS_DIRTY;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+		cf->disk_keys[j] = cf->hdr.keys[j].in_use;
+	if (writable) {
+		/* Cleanup after a crash: no slot data may live past EOF, or a later
+		 * extension would expose it. */
+		struct stat st;
+		uint64_t want = rk_cf_stored_len(cf->hdr.chunk_size, cf->hdr.size);
+		if (fstat(fd, &st) == 0 && (uint64_t)st.st_size > want) {
+			rk_info("%s: removing %" PRIu64 " stale bytes past the end of the file (left by a crash)", path,
+			        (uint64_t)st.st_size - want);
+			if (ftruncate(fd, (off_t)want) < 0) {
+				ret = -errno;
+				rk_err("%s: cannot trim stale data: %s", path, strerror(errno));
+				goto fail;
+			}
+		}
+		if (cf->disk_dirty) {
+			pthread_mutex_lock(&cf->lock);
+			ret = cf_recount_locked(cf);
+			pthread_mutex_unlock(&cf->lock);
+			if (ret < 0)
+				goto fail;
+			ret = rk_cf_sync(cf);
+			if (ret < 0)
+				goto fail;
+		}
+	}
+	*out = cf;
+	return 0;
+fail:
+	rk_cf_close(cf);
+	return ret;
+}
+
+/* Resolve header entry j to a usable subkey.  Caller holds cf->lock. */
+static int ks_resolve_locked(struct rk_cf *cf, int j, struct rk_key **keyp, const uint8_t **subkey)
+{
+	struct keyslot *s = &cf->ks[j];
+	struct rk_cf_keyent *e = &cf->hdr.keys[j];
+	if (!s->resolved) {
+		struct rk_key *k = NULL;
+		int err = rk_keyring_get(cf->kr, e->name, &k);
+		if (err == 0 && CRYPTO_memcmp(k->fp, e->fp, RK_FP_BYTES) != 0)
+			err = -EKEYREJECTED;
+		if (err == 0 && k->cipher != e->cipher)
+			err = -EKEYREJECTED;
+		if (err == 0) {
+			s->subkey = rk_secure_alloc(RK_MAX_KEY_BYTES);
+			if (!s->subkey)
+				return -ENOMEM;
+			err = rk_derive_file_key(k->cipher, k->material, k->keylen, cf->hdr.file_id, s->subkey, k->keylen);
+			if (err < 0) {
+				rk_secure_free(s->subkey, RK_MAX_KEY_BYTES);
+				s->subkey = NULL;
+				return err;
+			}
+		}
+		s->key = err == 0 ? k : NULL;
+		s->err = err;
+		s->resolved = true;
+	}
+	if (s->err == 0 && (!s->key->material || s->key->released)) {
+		/* released since we derived the subkey */
+		ks_clear(s);
+		s->resolved = true;
+		s->err = -EKEYREVOKED;
+	}
+	if (s->err)
+		return s->err;
+	*keyp = s->key;
+	*subkey = s->subkey;
+	return 0;
+}
+
+static const char *key_err_text(int err)
+{
+	switch (err) {
+	case -ENOKEY:
+		return "which is not in the key directory";
+	case -EKEYREVOKED:
+		return "which has been released";
+	case -EKEYREJECTED:
+		return "but the key file of that name has different content (fingerprint mismatch)";
+	case -EPERM:
+		return "whose key file is refused (loose permissions)";
+	default:
+		return "which cannot be loaded";
+	}
+}
+
+/* Parsed slot header */
+struct slothdr {
+	int key_idx;
+	uint8_t comp;
+	uint32_t plain_len;
+	uint32_t stored_len;
+	const uint8_t *nonce;
+};
+
+/* 1 hole, 0 parsed, -EUCLEAN malformed (cause in *why) */
+static int slot_parse(const struct rk_cf *cf, const struct rk_cf_header *h, const uint8_t *p, size_t avail,
+                      struct slothdr *s, const char **why)
+{
+	if (avail == 0 || (avail >= RK_SLOT_HDR && all_zero(p, RK_SLOT_HDR)) || (avail < RK_SLOT_HDR && all_zero(p, avail)))
+		return 1;
+	(void)cf;
+	if (avail < RK_SLOT_HDR) {
+		*why = "slot is truncated";
+		return -EUCLEAN;
+	}
+	if (memcmp(p, slot_magic, 4) != 0) {
+		*why = "slot header has no chunk magic";
+		return -EUCLEAN;
+	}
+	s->key_idx = p[4];
+	s->comp = p[5];
+	s->plain_len = rk_get32(p + 8);
+	s->stored_len = rk_get32(p + 12);
+	s->nonce = p + 16;
+	if (s->key_idx >= RK_CF_MAX_KEYS || !h->keys[s->key_idx].in_use) {
+		*why = "slot names a key entry the header does not have";
+		return -EUCLEAN;
+	}
+	if (s->comp > RK_COMP_SNAPPY || s->plain_len == 0 || s->plain_len > h->chunk_size ||
+	    s->stored_len > h->chunk_size || (s->comp == RK_COMP_NONE && s->stored_len != s->plain_len)) {
+		*why = "slot header fields are out of range";
+		return -EUCLEAN;
+	}
+	if ((size_t)RK_SLOT_HDR + s->stored_len + RK_TAG_BYTES > avail) {
+		*why = "sealed chunk is truncated";
+		return -EUCLEAN;
+	}
+	return 0;
+}
+
+static void build_aad(uint8_t aad[RK_AAD_LEN], const uint8_t *file_id, uint64_t idx, const uint8_t *slothdr)
+{
+	memcpy(aad, file_id, RK_FILE_ID_BYTES);
+	rk_put64(aad + RK_FILE_ID_BYTES, idx);
+	memcpy(aad + RK_FILE_ID_BYTES + 8, slothdr, 16);
+}
+
+/* Read the slot of chunk idx and authenticate it.  On success the payload
+ * (compressed or raw plaintext) is in *payload.  Returns 1 for a hole. */
+static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, uint8_t **payload, uint8_t *rawbuf,
+                          bool log_errors)
+{
+	uint8_t *slot = rk_scratch(0, cf->hdr.slot_size);
+	uint8_t *pay = rk_scratch(1, cf->hdr.slot_size);
+	struct rk_cf_header h;
+	const char *why = NULL;
+	struct rk_key *key;
+	const uint8_t *subkey;
+	int ret;
+	if (!slot || !pay)
+		return -ENOMEM;
+	ssize_t n = rk_pread_full(cf->fd, slot, cf->hdr.slot_size, (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	if (n < 0) {
+		rk_err("%s: chunk %" PRIu64 ": read error: %s", cf->path, idx, strerror((int)-n));
+		return (int)n;
+	}
+	pthread_mutex_lock(&cf->lock);
+	h = cf->hdr; /* key table snapshot */
+	ret = slot_parse(cf, &h, slot, (size_t)n, sh, &why);
+	if (ret == 0)
+		ret = ks_resolve_locked(cf, sh->key_idx, &key, &subkey);
+	pthread_mutex_unlock(&cf->lock);
+	if (ret == 1)
+		return 1;
+	if (ret == -EUCLEAN) {
+		if (log_errors)
+			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: %s", cf->path, idx,
+			       idx * h.chunk_size, why);
+		return -EUCLEAN;
+	}
+	if (ret < 0) {
+		if (log_errors)
+			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 ") is sealed under key '%s' %s", cf->path, idx,
+			       idx * h.chunk_size, h.keys[sh->key_idx].name, key_err_text(ret));
+		return ret;
+	}
+	uint8_t aad[RK_AAD_LEN];
+	build_aad(aad, h.file_id, idx, slot);
+	uint8_t *dst = rawbuf && sh->comp == RK_COMP_NONE ? rawbuf : pay;
+	ret = rk_aead_open(key->cipher, subkey, key->keylen, sh->nonce, aad, sizeof(aad), slot + RK_SLOT_HDR,
+	                   sh->stored_len, slot + RK_SLOT_HDR + sh->stored_len, dst);
+	if (ret < 0) {
+		if (log_errors)
+			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: authentication failed under key '%s' "
+			       "(the chunk was altered, moved from another file or offset, or damaged)",
+			       cf->path, idx, idx * h.chunk_size, key->name);
+		return -EUCLEAN;
+	}
+	*payload = dst;
+	return 0;
+}
+
+static uint64_t valid_in_chunk(uint64_t size, uint32_t cs, uint64_t idx)
+{
+	uint64_t start = idx * cs;
+	if (start >= size)
+		return 0;
+	return RK_MIN((uint64_t)cs, size - start);
+}
+
+int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
+{
+	uint32_t cs = cf->hdr.chunk_size;
+	uint64_t valid = valid_in_chunk(rk_cf_size(cf), cs, idx);
+	struct slothdr sh;
+	uint8_t *payload;
+	int ret;
+
+	*key_idx = -1;
+	if (valid == 0) {
+		memset(out, 0, cs);
+		return 0;
+	}
+	ret = slot_read_open(cf, idx, &sh, &payload, out, true);
+	if (ret == 1) {
+		memset(out, 0, cs);
+		return 0;
+	}
+	if (ret < 0)
+		return ret == -ENOMEM ? ret : -EIO;
+	if (sh.comp == RK_COMP_SNAPPY) {
+		ret = rk_decomp_chunk(RK_COMP_SNAPPY, payload, sh.stored_len, out, cs, sh.plain_len);
+		if (ret < 0) {
+			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: payload does not decompress", cf->path,
+			       idx, idx * cs);
+			return -EIO;
+		}
+	}
+	/* bytes past the chunk's plaintext and past end of file read as zero */
+	uint64_t keep = RK_MIN((uint64_t)sh.plain_len, valid);
+	memset(out + keep, 0, cs - keep);
+	*key_idx = sh.key_idx;
+	return 0;
+}
+
+int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx)
+{
+	uint8_t p[RK_SLOT_HDR];
+	struct rk_cf_header h;
+	struct slothdr sh;
+	const char *why = NULL;
+	ssize_t n = rk_pread_full(cf->fd, p, sizeof(p), (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	if (n < 0)
+		return (int)n;
+	pthread_mutex_lock(&cf->lock);
+	h = cf->hdr;
+	pthread_mutex_unlock(&cf->lock);
+	/* only the header is read: a stored length past the slot is checked by avail */
+	int ret = slot_parse(cf, &h, p, (size_t)n, &sh, &why);
+	if (ret == -EUCLEAN && n == RK_SLOT_HDR && why && strcmp(why, "sealed chunk is truncated") == 0)
+		ret = 0;
+	if (ret == 1) {
+		*key_idx = -1;
+		return 0;
+	}
+	if (ret < 0)
+		return ret;
+	*key_idx = sh.key_idx;
+	return 0;
+}
+
+/* Find or add the header entry for key.  Caller holds cf->lock. */
+static int keyent_for_locked(struct rk_cf *cf, struct rk_key *key)
+{
+	int free_j = -1;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		struct rk_cf_keyent *e = &cf->hdr.keys[j];
+		if (e->in_use && strcmp(e->name, key->name) == 0 && memcmp(e->fp, key->fp, RK_FP_BYTES) == 0)
+			return j;
+		if (!e->in_use && free_j < 0 && !cf->disk_keys[j])
+			free_j = j;
+	}
+	if (free_j < 0) {
+		/* reuse an entry whose count is exactly zero */
+		for (int j = 0; j < RK_CF_MAX_KEYS && free_j < 0; j++)
+			if (cf->hdr.keys[j].in_use && cf->hdr.keys[j].count == 0 && !cf->counts_changed && !cf->disk_dirty)
+				free_j = j;
+		if (free_j < 0) {
+			rk_err("%s: the header key table is full (%d keys); rekey the file to free entries", cf->path,
+			       RK_CF_MAX_KEYS);
+			return -ENOSPC;
+		}
+		ks_clear(&cf->ks[free_j]);
+		cf->disk_keys[free_j] = false;
+	}
+	struct rk_cf_keyent *e = &cf->hdr.keys[free_j];
+	memset(e, 0, sizeof(*e));
+	e->in_use = true;
+	snprintf(e->name, sizeof(e->name), "%s", key->name);
+	memcpy(e->fp, key->fp, RK_FP_BYTES);
+	e->cipher = key->cipher;
+	e->bits = (uint16_t)key->bits;
+	cf->hdr_changed = true;
+	return free_j;
+}
+
+/* Before a slot write that moves a chunk from key entry `from` (-1: hole) to
+ * `to`: make sure the disk header names `to` and is marked COUNTS_DIRTY, and
+ * that this is durable before the slot can reach the disk.  Caller holds lock. */
+static int prepare_count_change_locked(struct rk_cf *cf, int to)
+{
+	if (cf->disk_keys[to] && cf->disk_dirty)
+		return 0;
+	int ret = hdr_write_locked(cf, true);
+	if (ret < 0)
+		return ret;
+	if (fdatasync(cf->fd) < 0) {
+		ret = -errno;
+		rk_err("%s: cannot sync header: %s", cf->path, strerror(errno));
+		return ret;
+	}
+	return 0;
+}
+
+/* Seal payload (already compressed as comp) as chunk idx and hand the slot
+ * to the writer.  old_key: entry the slot held before (-1 hole). */
+static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload, uint32_t stored_len,
+                          uint32_t plain_len, enum rk_comp comp, struct rk_key *key, int old_key, bool overwrite)
+{
+	uint8_t *slot = rk_scratch(3, cf->hdr.slot_size);
+	const uint8_t *subkey;
+	struct rk_key *rkey;
+	uint8_t aad[RK_AAD_LEN];
+	int ret, j;
+	if (!slot)
+		return -ENOMEM;
+	if (!key->material) {
+		rk_err("%s: cannot seal chunk %" PRIu64 " under key '%s': the key has been released", cf->path, idx,
+		       key->name);
+		return -EKEYREVOKED;
+	}
+	pthread_mutex_lock(&cf->lock);
+	j = keyent_for_locked(cf, key);
+	if (j < 0) {
+		ret = j;
+		goto unlock;
+	}
+	ret = ks_resolve_locked(cf, j, &rkey, &subkey);
+	if (ret < 0) {
+		rk_err("%s: cannot seal chunk %" PRIu64 " under key '%s': %s", cf->path, idx, key->name,
+		       rk_strerror(ret));
+		goto unlock;
+	}
+	if (old_key != j) {
+		ret = prepare_count_change_locked(cf, j);
+		if (ret < 0)
+			goto unlock;
+	}
+	pthread_mutex_unlock(&cf->lock);
+
+	memset(slot, 0, RK_SLOT_HDR);
+	memcpy(slot, slot_magic, 4);
+	slot[4] = (uint8_t)j;
+	slot[5] = (uint8_t)comp;
+	rk_put32(slot + 8, plain_len);
+	rk_put32(slot + 12, stored_len);
+	ret = rk_random(slot + 16, RK_NONCE_BYTES);
+	if (ret < 0)
+		return ret;
+	build_aad(aad, cf->hdr.file_id, idx, slot);
+	ret = rk_aead_seal(rkey->cipher, subkey, rkey->keylen, slot + 16, aad, sizeof(aad), payload, stored_len,
+	                   slot + RK_SLOT_HDR, slot + RK_SLOT_HDR + stored_len);
+	if (ret < 0)
+		return ret;
+	ret = cf->writer.write_slot(cf->writer.ctx, cf, idx, slot, RK_SLOT_HDR + stored_len + RK_TAG_BYTES, overwrite);
+	if (ret < 0) {
+		rk_err("%s: cannot write chunk %" PRIu64 " (offset %" PRIu64 "): %s; the previous content stays in place",
+		       cf->path, idx, idx * cf->hdr.chunk_size, strerror(-ret));
+		return ret;
+	}
+	pthread_mutex_lock(&cf->lock);
+	if (old_key != j) {
+		if (old_key >= 0 && cf->hdr.keys[old_key].count > 0)
+			cf->hdr.keys[old_key].count--;
+		cf->hdr.keys[j].count++;
+		cf->counts_changed = true;
+		cf->hdr_changed = true;
+	}
+	ret = 0;
+unlock:
+	pthread_mutex_unlock(&cf->lock);
+	return ret;
+}
+
+/* Key entry the slot of idx holds now (-1: hole or past EOF). */
+static int current_keyidx(struct rk_cf *cf, uint64_t idx, int *k)
+{
+	if (valid_in_chunk(rk_cf_size(cf), cf->hdr.chunk_size, idx) == 0) {
+		*k = -1;
+		return 0;
+	}
+	int ret = rk_cf_chunk_keyidx(cf, idx, k);
+	if (ret == -EUCLEAN) {
+		/* a malformed slot holds no countable key: it is replaced */
+		*k = -1;
+		return 0;
+	}
+	return ret;
+}
+
+int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_t len, struct rk_key *key,
+                      enum rk_comp comp)
+{
+	uint8_t *cbuf = rk_scratch(2, rk_comp_bound(cf->hdr.chunk_size));
+	size_t clen;
+	int old, ret;
+	if (!cbuf)
+		return -ENOMEM;
+	if (len == 0 || len > cf->hdr.chunk_size)
+		return -EINVAL;
+	ret = current_keyidx(cf, idx, &old);
+	if (ret < 0)
+		return ret;
+	enum rk_comp used = rk_comp_chunk(comp, pt, len, cbuf, &clen);
+	return seal_and_write(cf, idx, cbuf, (uint32_t)clen, len, used, key, old, old >= 0);
+}
+
+int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *changed)
+{
+	struct slothdr sh;
+	uint8_t *payload;
+	uint8_t *copy = rk_scratch(2, cf->hdr.slot_size);
+	int ret;
+	*changed = false;
+	if (!copy)
+		return -ENOMEM;
+	if (valid_in_chunk(rk_cf_size(cf), cf->hdr.chunk_size, idx) == 0)
+		return 0;
+	ret = slot_read_open(cf, idx, &sh, &payload, NULL, true);
+	if (ret == 1)
+		return 0;
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&cf->lock);
+	const struct rk_cf_keyent *e = &cf->hdr.keys[sh.key_idx];
+	bool same = strcmp(e->name, key->name) == 0 && memcmp(e->fp, key->fp, RK_FP_BYTES) == 0;
+	pthread_mutex_unlock(&cf->lock);
+	if (same)
+		return 0;
+	/* the payload lives in scratch 1, which sealing does not use; copy anyway
+	 * so that the writer may read chunks */
+	memcpy(copy, payload, sh.stored_len);
+	ret = seal_and_write(cf, idx, copy, sh.stored_len, sh.plain_len, (enum rk_comp)sh.comp, key, sh.key_idx, true);
+	if (ret == 0)
+		*changed = true;
+	return ret;
+}
+
+/* Make sure the partial last chunk holds no plaintext past EOF before the
+ * file grows (after a crash it might).  */
+static int fix_tail(struct rk_cf *cf, struct rk_key *key, enum rk_comp comp)
+{
+	if (cf->tail_ok)
+		return 0;
+	uint32_t cs = cf->hdr.chunk_size;
+	uint64_t size = rk_cf_size(cf);
+	if (size % cs == 0) {
+		cf->tail_ok = true;
+		return 0;
+	}
+	uint64_t idx = size / cs;
+	uint8_t p[RK_SLOT_HDR];
+	ssize_t n = rk_pread_full(cf->fd, p, sizeof(p), (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	if (n < 0)
+		return (int)n;
+	if (n == RK_SLOT_HDR && !all_zero(p, RK_SLOT_HDR) && rk_get32(p + 8) > size % cs) {
+		uint8_t *buf = rk_scratch(4, cs);
+		int k;
+		if (!buf)
+			return -ENOMEM;
+		int ret = rk_cf_read_chunk(cf, idx, buf, &k); /* masks past EOF */
+		if (ret < 0)
+			return ret;
+		ret = rk_cf_write_chunk(cf, idx, buf, (uint32_t)(size % cs), key, comp);
+		if (ret < 0)
+			return ret;
+	}
+	cf->tail_ok = true;
+	return 0;
+}
+
+ssize_t rk_cf_pread(struct rk_cf *cf, void *buf, size_t len, uint64_t off)
+{
+	uint32_t cs = cf->hdr.chunk_size;
+	uint64_t size = rk_cf_size(cf);
+	uint8_t *cb = rk_scratch(4, cs);
+	size_t done = 0;
+	int k;
+	if (!cb)
+		return -ENOMEM;
+	if (off >= size)
+		return 0;
+	len = (size_t)RK_MIN((uint64_t)len, size - off);
+	while (done < len) {
+		uint64_t pos = off + done, idx = pos / cs;
+		uint32_t in = (uint32_t)(pos % cs);
+		size_t n = RK_MIN((size_t)(cs - in), len - done);
+		int ret;
+		if (in == 0 && n == cs)
+			ret = rk_cf_read_chunk(cf, idx, (uint8_t *)buf + done, &k);
+		else {
+			ret = rk_cf_read_chunk(cf, idx, cb, &k);
+			if (ret == 0)
+				memcpy((uint8_t *)buf + done, cb + in, n);
+		}
+		if (ret < 0)
+			return done > 0 ? (ssize_t)done : ret;
+		done += n;
+	}
+	return (ssize_t)done;
+}
+
+ssize_t rk_cf_pwrite(struct rk_cf *cf, const void *buf, size_t len, uint64_t off, struct rk_key *key,
+                     enum rk_comp comp)
+{
+	uint32_t cs = cf->hdr.chunk_size;
+	uint8_t *cb = rk_scratch(4, cs);
+	size_t done = 0;
+	int ret = 0, k;
+	if (!cb)
+		return -ENOMEM;
+	if (len == 0)
+		return 0;
+	if (off + len > (uint64_t)INT64_MAX / 2)
+		return -EFBIG;
+	uint64_t size = rk_cf_size(cf);
+	if (off + len > size) {
+		ret = fix_tail(cf, key, comp);
+		if (ret < 0)
+			return ret;
+	}
+	while (done < len) {
+		uint64_t pos = off + done, idx = pos / cs;
+		uint32_t in = (uint32_t)(pos % cs);
+		size_t n = RK_MIN((size_t)(cs - in), len - done);
+		size = rk_cf_size(cf);
+		uint64_t valid = valid_in_chunk(size, cs, idx);
+		if (in == 0 && n == cs) {
+			ret = rk_cf_write_chunk(cf, idx, (const uint8_t *)buf + done, cs, key, comp);
+		} else {
+			if (valid > 0)
+				ret = rk_cf_read_chunk(cf, idx, cb, &k);
+			else
+				memset(cb, 0, cs);
+			if (ret == 0) {
+				memcpy(cb + in, (const uint8_t *)buf + done, n);
+				uint32_t plen = (uint32_t)RK_MAX(valid, (uint64_t)in + n);
+				ret = rk_cf_write_chunk(cf, idx, cb, plen, key, comp);
+			}
+		}
+		if (ret < 0)
+			break;
+		done += n;
+		pthread_mutex_lock(&cf->lock);
+		if (pos + n > cf->hdr.size) {
+			cf->hdr.size = pos + n;
+			cf->hdr_changed = true;
+		}
+		pthread_mutex_unlock(&cf->lock);
+	}
+	if (done > 0)
+		return (ssize_t)done;
+	return ret;
+}
+
+int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_comp comp)
+{
+	uint32_t cs = cf->hdr.chunk_size;
+	uint64_t old = rk_cf_size(cf);
+	int ret = 0, k;
+	if (size > (uint64_t)INT64_MAX / 2)
+		return -EFBIG;
+	if (size == old)
+		return 0;
+	if (size > old) {
+		ret = fix_tail(cf, key, comp);
+		if (ret < 0)
+			return ret;
+	} else if (size % cs) {
+		/* the new last chunk keeps only its first size % cs bytes */
+		uint64_t idx = size / cs;
+		uint8_t *cb = rk_scratch(4, cs);
+		int cur;
+		if (!cb)
+			return -ENOMEM;
+		ret = current_keyidx(cf, idx, &cur);
+		if (ret < 0)
+			return ret;
+		if (cur >= 0) {
+			ret = rk_cf_read_chunk(cf, idx, cb, &k);
+			if (ret < 0)
+				return ret;
+			ret = rk_cf_write_chunk(cf, idx, cb, (uint32_t)(size % cs), key, comp);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	/* chunks wholly past the new end leave the count */
+	if (size < old) {
+		uint64_t first = (size + cs - 1) / cs, last = (old + cs - 1) / cs;
+		for (uint64_t i = first; i < last; i++) {
+			int cur;
+			ret = rk_cf_chunk_keyidx(cf, i, &cur);
+			if (ret < 0)
+				cur = -1;
+			if (cur >= 0) {
+				pthread_mutex_lock(&cf->lock);
+				if (cf->hdr.keys[cur].count > 0)
+					cf->hdr.keys[cur].count--;
+				cf->counts_changed = true;
+				pthread_mutex_unlock(&cf->lock);
+			}
+		}
+	}
+	pthread_mutex_lock(&cf->lock);
+	cf->hdr.size = size;
+	cf->hdr_changed = true;
+	/* the header with the new size goes first, then the stored data is cut:
+	 * a crash in between leaves stale slots past EOF, trimmed at next open */
+	ret = hdr_write_locked(cf, cf->disk_dirty || cf->counts_changed);
+	pthread_mutex_unlock(&cf->lock);
+	if (ret < 0)
+		return ret;
+	if (size < old) {
+		uint64_t want = rk_cf_stored_len(cs, size);
+		if (size % cs) {
+			/* keep the whole slot of the last chunk, cut the rest */
+			want = rk_slot_off(cf->hdr.slot_size, size / cs + 1);
+		}
+		if (ftruncate(cf->fd, (off_t)want) < 0) {
+			ret = -errno;
+			rk_err("%s: cannot truncate stored file: %s", cf->path, strerror(errno));
+			return ret;
+		}
+	}
+	cf->tail_ok = true;
+	return 0;
+}
+
+static int cf_recount_locked(struct rk_cf *cf)
+{
+	uint64_t counts[RK_CF_MAX_KEYS] = {0};
+	uint64_t n = (cf->hdr.size + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
+	pthread_mutex_unlock(&cf->lock);
+	for (uint64_t i = 0; i < n; i++) {
+		int k, ret = rk_cf_chunk_keyidx(cf, i, &k);
+		if (ret == -EUCLEAN) {
+			rk_warn("%s: chunk %" PRIu64 " has a malformed slot header; not counted", cf->path, i);
+			continue;
+		}
+		if (ret < 0) {
+			pthread_mutex_lock(&cf->lock);
+			return ret;
+		}
+		if (k >= 0)
+			counts[k]++;
+	}
+	pthread_mutex_lock(&cf->lock);
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		if (cf->hdr.keys[j].in_use && cf->hdr.keys[j].count != counts[j]) {
+			cf->hdr.keys[j].count = counts[j];
+			cf->hdr_changed = true;
+		}
+	}
+	cf->counts_changed = true; /* the disk header is stale until the next sync */
+	return 0;
+}
+
+int rk_cf_recount(struct rk_cf *cf)
+{
+	pthread_mutex_lock(&cf->lock);
+	int ret = cf_recount_locked(cf);
+	pthread_mutex_unlock(&cf->lock);
+	return ret;
+}
+
+int rk_cf_flush(struct rk_cf *cf)
+{
+	int ret = 0;
+	pthread_mutex_lock(&cf->lock);
+	if (cf->hdr_changed)
+		ret = hdr_write_locked(cf, cf->disk_dirty || cf->counts_changed);
+	pthread_mutex_unlock(&cf->lock);
+	return ret;
+}
+
+int rk_cf_sync(struct rk_cf *cf)
+{
+	int ret = 0;
+	if (fdatasync(cf->fd) < 0) {
+		ret = -errno;
+		rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
+		return ret;
+	}
+	pthread_mutex_lock(&cf->lock);
+	if (cf->hdr_changed || cf->disk_dirty || cf->counts_changed) {
+		ret = hdr_write_locked(cf, false);
+		if (ret == 0 && fdatasync(cf->fd) < 0) {
+			ret = -errno;
+			rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
+		}
+		if (ret == 0)
+			cf->counts_changed = false;
+	}
+	pthread_mutex_unlock(&cf->lock);
+	return ret;
+}

@@ -1,0 +1,111 @@
+/* rekeyfs - sorted, symlink-safe tree walk. */
+#include "config.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "rekeyfs/common.h"
+#include "rekeyfs/datadir.h"
+#include "rekeyfs/walk.h"
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int walk_dir(int dfd, char *rel, size_t rellen, rk_walk_fn fn, void *arg)
+{
+	DIR *d = fdopendir(dfd);
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int ret = 0;
+	struct dirent *de;
+	if (!d) {
+		ret = -errno;
+		close(dfd);
+		return ret;
+	}
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (rellen == 0 && strcmp(de->d_name, RK_STATE_DIR) == 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			char **nn = realloc(names, cap * sizeof(*nn));
+			if (!nn) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			names = nn;
+		}
+		names[n] = strdup(de->d_name);
+		if (!names[n]) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		n++;
+	}
+	if (n)
+		qsort(names, n, sizeof(*names), cmp_names);
+	for (size_t i = 0; i < n && ret >= 0; i++) {
+		struct stat st;
+		size_t nl = strlen(names[i]);
+		if (rellen + 1 + nl >= PATH_MAX) {
+			ret = -ENAMETOOLONG;
+			break;
+		}
+		if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno == ENOENT)
+				continue; /* vanished meanwhile */
+			ret = -errno;
+			break;
+		}
+		rel[rellen] = '/';
+		memcpy(rel + rellen + 1, names[i], nl + 1);
+		struct rk_walk_ent e = {.rel = rel, .dirfd = dirfd(d), .name = names[i], .st = &st};
+		int r = fn(&e, arg);
+		if (r < 0) {
+			ret = r;
+			break;
+		}
+		if (S_ISDIR(st.st_mode) && r != 1) {
+			int cfd = openat(dirfd(d), names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (cfd < 0) {
+				if (errno == ENOENT)
+					continue;
+				ret = -errno;
+				break;
+			}
+			ret = walk_dir(cfd, rel, rellen + 1 + nl, fn, arg);
+		}
+		rel[rellen] = '\0';
+	}
+out:
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	closedir(d);
+	return ret;
+}
+
+int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg)
+{
+	char rel[PATH_MAX];
+	char norm[PATH_MAX];
+	int ret = rk_table_path_norm(start, norm, sizeof(norm));
+	if (ret < 0)
+		return ret;
+	int dfd;
+	if (strcmp(norm, "/") == 0) {
+		dfd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rel[0] = '\0';
+	} else {
+		dfd = openat(rootfd, norm + 1, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		snprintf(rel, sizeof(rel), "%s", norm);
+	}
+	if (dfd < 0)
+		return -errno;
+	return walk_dir(dfd, rel, strlen(rel), fn, arg);
+}
