@@ -1,0 +1,214 @@
+/* rekeyfs daemon - the virtual .rekeyfs/ directory: status (JSON) and the
+ * control file.  A command is written to .rekeyfs/control; its reply is read
+ * back from the same open file. */
+#include "config.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "rekeyfs/common.h"
+
+struct jbuf {
+	char *p;
+	size_t len, cap;
+	int err;
+};
+
+static void jb_put(struct jbuf *b, const char *s, size_t n)
+{
+	if (b->err)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t nc = (b->cap + n + 1024) * 2;
+		char *np = realloc(b->p, nc);
+		if (!np) {
+			b->err = -ENOMEM;
+			return;
+		}
+		b->p = np;
+		b->cap = nc;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void jb_printf(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void jb_printf(struct jbuf *b, const char *fmt, ...)
+{
+	char tmp[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		b->err = -EINVAL;
+		return;
+	}
+	jb_put(b, tmp, RK_MIN((size_t)n, sizeof(tmp) - 1));
+}
+
+/* a JSON string literal */
+static void jb_str(struct jbuf *b, const char *s)
+{
+	jb_put(b, "\"", 1);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			char e[2] = {'\\', (char)c};
+			jb_put(b, e, 2);
+		} else if (c < 0x20) {
+			char e[8];
+			snprintf(e, sizeof(e), "\\u%04x", c);
+			jb_put(b, e, 6);
+		} else {
+			jb_put(b, (const char *)&c, 1);
+		}
+	}
+	jb_put(b, "\"", 1);
+}
+
+int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
+{
+	struct jbuf b = {0};
+	char hex[2 * RK_FP_BYTES + 1];
+	jb_printf(&b, "{\n  \"version\": ");
+	jb_str(&b, PACKAGE_VERSION);
+	jb_printf(&b, ",\n  \"format\": %d,\n  \"pid\": %ld,\n  \"datadir\": ", RK_FORMAT_VERSION, (long)getpid());
+	jb_str(&b, fs->datadir_real);
+	jb_printf(&b, ",\n  \"keydir\": ");
+	jb_str(&b, rk_keyring_dir(fs->kr));
+	jb_printf(&b, ",\n  \"started\": %lld,\n  \"uptime_s\": %lld,\n  \"writeback_cache\": %s,\n",
+	          (long long)fs->started, (long long)(time(NULL) - fs->started), fs->o.writeback ? "true" : "false");
+	pthread_rwlock_rdlock(&fs->policy_lock);
+	jb_printf(&b, "  \"tables\": [");
+	for (size_t i = 0; i < fs->dd->ntables; i++) {
+		const struct rk_table *t = &fs->dd->tables[i];
+		jb_printf(&b, "%s\n    {\"path\": ", i ? "," : "");
+		jb_str(&b, t->path);
+		jb_printf(&b, ", \"key\": ");
+		jb_str(&b, t->key);
+		jb_printf(&b, ", \"chunk_kb\": %u, \"compression\": \"%s\"}", t->chunk_size / 1024, rk_comp_name(t->comp));
+	}
+	jb_printf(&b, "\n  ],\n  \"keys\": [");
+	for (size_t i = 0; i < fs->dd->nkeys; i++) {
+		const struct rk_regent *e = &fs->dd->keys[i];
+		rk_hex(hex, e->fp, RK_FP_BYTES);
+		jb_printf(&b, "%s\n    {\"name\": ", i ? "," : "");
+		jb_str(&b, e->name);
+		jb_printf(&b, ", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"state\": \"%s\"}",
+		          rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state));
+	}
+	pthread_rwlock_unlock(&fs->policy_lock);
+	jb_printf(&b,
+	          "\n  ],\n  \"io\": {\"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"bytes_read\": %" PRIu64
+	          ", \"bytes_written\": %" PRIu64 ", \"read_errors\": %" PRIu64 ", \"write_errors\": %" PRIu64 "}\n}\n",
+	          (uint64_t)atomic_load(&fs->st.reads), (uint64_t)atomic_load(&fs->st.writes),
+	          (uint64_t)atomic_load(&fs->st.bytes_read), (uint64_t)atomic_load(&fs->st.bytes_written),
+	          (uint64_t)atomic_load(&fs->st.read_errors), (uint64_t)atomic_load(&fs->st.write_errors));
+	if (b.err) {
+		free(b.p);
+		return b.err;
+	}
+	*out = b.p;
+	*len = b.len;
+	return 0;
+}
+
+static int reply(char **out, size_t *len, int ret, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int reply(char **out, size_t *len, int ret, const char *fmt, ...)
+{
+	char tmp[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	n = (int)RK_MIN((size_t)n, sizeof(tmp) - 1);
+	*out = malloc((size_t)n + 16);
+	if (!*out)
+		return -ENOMEM;
+	*len = (size_t)snprintf(*out, (size_t)n + 16, "%s %s\n", ret == 0 ? "ok" : "error", tmp);
+	return 0;
+}
+
+/* alter TABLE KEY [CHUNK_KB|-] [COMPRESSION|-] */
+static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
+{
+	char *save = NULL;
+	char *table = strtok_r(args, " \t", &save);
+	char *keyname = strtok_r(NULL, " \t", &save);
+	char *ckb = strtok_r(NULL, " \t", &save);
+	char *cz = strtok_r(NULL, " \t", &save);
+	struct rk_key *key = NULL;
+	int comp = -1;
+	uint32_t chunk = 0;
+	if (!table || !keyname)
+		return reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-]");
+	if (ckb && strcmp(ckb, "-") != 0)
+		chunk = (uint32_t)strtoul(ckb, NULL, 10) * 1024;
+	if (cz && strcmp(cz, "-") != 0) {
+		enum rk_comp z;
+		if (rk_comp_parse(cz, &z) < 0)
+			return reply(out, len, -EINVAL, "compression %s: use snappy or none", cz);
+		comp = (int)z;
+	}
+	bool setkey = strcmp(keyname, "-") != 0;
+	if (setkey) {
+		rk_keyring_reload(fs->kr);
+		int r = rk_keyring_get(fs->kr, keyname, &key);
+		if (r < 0)
+			return reply(out, len, r, "key '%s' cannot be used: %s (key directory %s)", keyname, rk_strerror(r),
+			             rk_keyring_dir(fs->kr));
+	}
+	pthread_rwlock_wrlock(&fs->policy_lock);
+	int r = 0;
+	if (setkey)
+		r = rk_registry_add(fs->dd, key);
+	if (r == 0)
+		r = rk_policy_set(fs->dd, table, setkey ? keyname : NULL, chunk, comp);
+	if (r == 0 && setkey)
+		r = rk_registry_save(fs->dd);
+	if (r == 0)
+		r = rk_policy_save(fs->dd);
+	char tpath[RK_TABLE_PATH_MAX + 128] = "";
+	if (r == 0) {
+		const struct rk_table *t = rk_policy_lookup(fs->dd, table);
+		snprintf(tpath, sizeof(tpath), "%s key=%s chunk_kb=%u compression=%s", t->path, t->key, t->chunk_size / 1024,
+		         rk_comp_name(t->comp));
+	}
+	pthread_rwlock_unlock(&fs->policy_lock);
+	if (r < 0)
+		return reply(out, len, r, "alter %s failed: %s", table, rk_strerror(r));
+	atomic_fetch_add(&fs->policy_gen, 1);
+	rk_info("table %s altered: %s", table, tpath);
+	return reply(out, len, 0, "table %s", tpath);
+}
+
+int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
+{
+	char buf[4096];
+	snprintf(buf, sizeof(buf), "%s", cmdline);
+	size_t n = strlen(buf);
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		buf[--n] = '\0';
+	char *save = NULL;
+	char *cmd = strtok_r(buf, " \t", &save);
+	char *rest = save ? save : (char *)"";
+	if (!cmd)
+		return reply(out, len, -EINVAL, "empty command");
+	if (strcmp(cmd, "alter") == 0)
+		return ctl_alter(fs, rest, out, len);
+	if (strcmp(cmd, "reload-keys") == 0) {
+		rk_keyring_reload(fs->kr);
+		return reply(out, len, 0, "key directory will be re-read on next use");
+	}
+	if (strcmp(cmd, "ping") == 0)
+		return reply(out, len, 0, "pong pid %ld", (long)getpid());
+	return reply(out, len, -EINVAL, "unknown command '%s' (known: alter, reload-keys, ping)", cmd);
+}

@@ -1,0 +1,115 @@
+/* rekeyfs daemon internals. */
+#ifndef REKEYFS_DAEMON_H
+#define REKEYFS_DAEMON_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include <uthash.h>
+
+#include "rekeyfs/datadir.h"
+#include "rekeyfs/format.h"
+#include "rekeyfs/keys.h"
+
+#define RKD_CHUNK_STRIPES 64
+
+enum rkd_virt { RKD_REAL = 0, RKD_VDIR = 1, RKD_VSTATUS = 2, RKD_VCONTROL = 3 };
+
+struct rkd_file; /* open state shared by all handles of an inode */
+
+struct rkd_inode {
+	int fd;              /* O_PATH fd of the backing object */
+	dev_t dev;
+	ino_t ino;
+	mode_t type;         /* S_IFMT bits */
+	enum rkd_virt virt;
+	uint64_t nlookup;    /* protected by fs->itab_lock */
+	pthread_mutex_t lock; /* protects of and the header cache */
+	struct rkd_file *of;
+	/* cache of a closed chunk file's plaintext size, valid while the backing
+	 * file's size, mtime and ctime are unchanged */
+	int hdr_kind;        /* -1 unknown, 0 plain, 1 chunk */
+	uint64_t hdr_size;
+	struct timespec hdr_mtime, hdr_ctime;
+	off_t hdr_stsize;
+	UT_hash_handle hh;
+};
+
+struct rkd_file {
+	struct rkd_inode *in; /* the inode (held by the kernel's lookup while open) */
+	int fd;               /* read-write (or read-only) fd on the backing file */
+	bool rw;
+	int refs;             /* open handles */
+	bool chunk;           /* chunk file (else plain pass-through) */
+	struct rk_cf *cf;
+	pthread_rwlock_t rw_lock;   /* shared: read/write; exclusive: truncate, sync, extension */
+	pthread_rwlock_t stripes[RKD_CHUNK_STRIPES];
+	/* the table policy as of policy_gen */
+	pthread_mutex_t pol_lock;
+	unsigned policy_gen;
+	char key[RK_KEY_NAME_MAX + 1];
+	enum rk_comp comp;
+	bool dirty;           /* written since the last header flush */
+};
+
+struct rkd_handle {
+	struct rkd_inode *in;
+	struct rkd_file *f;
+	int flags;
+	/* virtual files: a snapshot for reads, a reply after a control write */
+	char *vbuf;
+	size_t vlen;
+	pthread_mutex_t vlock;
+};
+
+struct rkd_opts {
+	char *keydir;
+	char *key;
+	double entry_timeout;
+	double attr_timeout;
+	int writeback;
+	int max_threads;
+	int foreground;
+	int debug;
+	int clone_fd;
+};
+
+struct rkd_stats {
+	atomic_uint_fast64_t reads, writes, bytes_read, bytes_written;
+	atomic_uint_fast64_t read_errors, write_errors, chunks_corrupt;
+};
+
+struct rkd_fs {
+	struct rkd_opts o;
+	char *datadir;        /* as given */
+	char *datadir_real;   /* realpath, used to turn /proc/self/fd links into table paths */
+	size_t datadir_len;
+	int rootfd;
+	struct rk_datadir *dd;
+	struct rk_keyring *kr;
+	pthread_rwlock_t policy_lock; /* dd->tables and dd->keys */
+	atomic_uint policy_gen;
+	pthread_mutex_t itab_lock;
+	struct rkd_inode *inodes;     /* by (dev, ino) */
+	struct rkd_inode root;
+	struct rkd_inode vdir, vstatus, vcontrol;
+	struct rkd_stats st;
+	time_t started;
+	struct fuse_session *se;
+};
+
+extern const struct fuse_lowlevel_ops rkd_ops;
+
+/* ctl.c: the virtual .rekeyfs directory */
+int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len);
+int rkd_control(struct rkd_fs *fs, const char *cmd, char **reply, size_t *rlen);
+
+/* fs.c helpers used by ctl.c */
+int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp);
+
+#endif

@@ -1,0 +1,1491 @@
+/* rekeyfs daemon - the FUSE low-level operations.
+ *
+ * Every inode holds an O_PATH fd on its backing object.  An open regular
+ * file has one rkd_file shared by all its handles: one read-write backing fd
+ * and, for chunk files, one rk_cf.  Reads and writes take the file's rwlock
+ * shared and lock the chunk stripes they touch (readers shared, writers
+ * exclusive); truncation, extension and fsync take the file lock exclusively. */
+#include "config.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
+
+#define PROCPATH(buf, fd) snprintf((buf), sizeof(buf), "/proc/self/fd/%d", (fd))
+
+static struct rkd_fs *FS(fuse_req_t req) { return fuse_req_userdata(req); }
+
+static struct rkd_inode *INO(struct rkd_fs *fs, fuse_ino_t ino)
+{
+	if (ino == FUSE_ROOT_ID)
+		return &fs->root;
+	return (struct rkd_inode *)(uintptr_t)ino;
+}
+
+static fuse_ino_t NODEID(struct rkd_fs *fs, struct rkd_inode *in)
+{
+	return in == &fs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)in;
+}
+
+/* Map library errors to what a filesystem caller can see. */
+static int ferr(int neg)
+{
+	switch (-neg) {
+	case EUCLEAN:
+	case ENOKEY:
+	case EKEYREVOKED:
+	case EKEYREJECTED:
+	case EPROTONOSUPPORT:
+	case EBADMSG:
+		return EIO;
+	default:
+		return neg < 0 ? -neg : EIO;
+	}
+}
+
+static bool reserved_name(fuse_ino_t parent, const char *name)
+{
+	return (parent == FUSE_ROOT_ID && strcmp(name, RK_STATE_DIR) == 0) || rk_is_tmp_name(name);
+}
+
+/* Path of an inode relative to the data directory ("/a/b"), for policy and
+ * messages.  Falls back to "?" when the link cannot be read. */
+static void inode_rel(struct rkd_fs *fs, struct rkd_inode *in, char *out, size_t len)
+{
+	char pp[64], link[PATH_MAX];
+	if (in == &fs->root) {
+		snprintf(out, len, "/");
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	ssize_t n = readlink(pp, link, sizeof(link) - 1);
+	if (n < 0) {
+		snprintf(out, len, "?");
+		return;
+	}
+	link[n] = '\0';
+	char *del = strstr(link, " (deleted)");
+	if (del && del[10] == '\0')
+		*del = '\0';
+	if (strncmp(link, fs->datadir_real, fs->datadir_len) == 0 &&
+	    (link[fs->datadir_len] == '/' || link[fs->datadir_len] == '\0'))
+		snprintf(out, len, "%s", link[fs->datadir_len] ? link + fs->datadir_len : "/");
+	else if (fs->datadir_len == 1 && link[0] == '/')
+		snprintf(out, len, "%s", link);
+	else
+		snprintf(out, len, "%s", link);
+}
+
+/* ---- inode table ------------------------------------------------------------------- */
+struct ikey {
+	dev_t dev;
+	ino_t ino;
+};
+_Static_assert(offsetof(struct rkd_inode, ino) == offsetof(struct rkd_inode, dev) + sizeof(dev_t) &&
+                   sizeof(struct ikey) == sizeof(dev_t) + sizeof(ino_t),
+               "the inode hash key must be the adjacent dev and ino members");
+
+static struct rkd_inode *itab_find(struct rkd_fs *fs, dev_t dev, ino_t ino)
+{
+	struct rkd_inode *in;
+	struct ikey k = {dev, ino};
+	HASH_FIND(hh, fs->inodes, &k, sizeof(k), in);
+	return in;
+}
+
+/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1. */
+static struct rkd_inode *inode_get(struct rkd_fs *fs, int fd, const struct stat *st)
+{
+	struct rkd_inode *in;
+	pthread_mutex_lock(&fs->itab_lock);
+	in = itab_find(fs, st->st_dev, st->st_ino);
+	if (in) {
+		in->nlookup++;
+		pthread_mutex_unlock(&fs->itab_lock);
+		close(fd);
+		return in;
+	}
+	in = calloc(1, sizeof(*in));
+	if (!in) {
+		pthread_mutex_unlock(&fs->itab_lock);
+		close(fd);
+		return NULL;
+	}
+	in->fd = fd;
+	in->dev = st->st_dev;
+	in->ino = st->st_ino;
+	in->type = st->st_mode & S_IFMT;
+	in->nlookup = 1;
+	in->hdr_kind = -1;
+	pthread_mutex_init(&in->lock, NULL);
+	/* key: the adjacent (dev, ino) members, laid out like struct ikey */
+	HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
+	pthread_mutex_unlock(&fs->itab_lock);
+	return in;
+}
+
+static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
+{
+	if (in->virt != RKD_REAL || in == &fs->root)
+		return;
+	pthread_mutex_lock(&fs->itab_lock);
+	if (n > in->nlookup)
+		n = in->nlookup;
+	in->nlookup -= n;
+	if (in->nlookup == 0) {
+		HASH_DELETE(hh, fs->inodes, in);
+		pthread_mutex_unlock(&fs->itab_lock);
+		close(in->fd);
+		pthread_mutex_destroy(&in->lock);
+		free(in);
+		return;
+	}
+	pthread_mutex_unlock(&fs->itab_lock);
+}
+
+/* ---- attributes ------------------------------------------------------------------------ */
+static void virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = in->ino;
+	st->st_uid = 0;
+	st->st_gid = 0;
+	st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = fs->started;
+	st->st_blksize = 4096;
+	if (in->virt == RKD_VDIR) {
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+	} else if (in->virt == RKD_VSTATUS) {
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+	} else {
+		st->st_mode = S_IFREG | 0600;
+		st->st_nlink = 1;
+	}
+}
+
+/* Replace st_size of a regular file by its plaintext size. */
+static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
+{
+	if (!S_ISREG(st->st_mode))
+		return 0;
+	pthread_mutex_lock(&in->lock);
+	if (in->of) {
+		if (in->of->chunk)
+			st->st_size = (off_t)rk_cf_size(in->of->cf);
+		pthread_mutex_unlock(&in->lock);
+		return 0;
+	}
+	if (in->hdr_kind >= 0 && in->hdr_stsize == st->st_size && in->hdr_mtime.tv_sec == st->st_mtim.tv_sec &&
+	    in->hdr_mtime.tv_nsec == st->st_mtim.tv_nsec && in->hdr_ctime.tv_sec == st->st_ctim.tv_sec &&
+	    in->hdr_ctime.tv_nsec == st->st_ctim.tv_nsec) {
+		if (in->hdr_kind == 1)
+			st->st_size = (off_t)in->hdr_size;
+		pthread_mutex_unlock(&in->lock);
+		return 0;
+	}
+	char pp[64];
+	PROCPATH(pp, in->fd);
+	int fd = open(pp, O_RDONLY | O_CLOEXEC | O_NOATIME);
+	if (fd < 0 && errno == EPERM)
+		fd = open(pp, O_RDONLY | O_CLOEXEC);
+	int ret = 0;
+	if (fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	int kind = rk_cf_probe(fd);
+	if (kind < 0) {
+		ret = kind;
+		goto out;
+	}
+	uint64_t size = (uint64_t)st->st_size;
+	if (kind == 1) {
+		struct rk_cf_header h;
+		char rel[PATH_MAX];
+		inode_rel(fs, in, rel, sizeof(rel));
+		ret = rk_cf_read_header(fd, rel, &h, NULL);
+		if (ret < 0) {
+			/* unreadable header: show the stored size, reads will fail with EIO */
+			ret = 0;
+			goto out;
+		}
+		size = h.size;
+	}
+	in->hdr_kind = kind;
+	in->hdr_size = size;
+	in->hdr_stsize = st->st_size;
+	in->hdr_mtime = st->st_mtim;
+	in->hdr_ctime = st->st_ctim;
+	st->st_size = (off_t)size;
+out:
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&in->lock);
+	return ret;
+}
+
+static int get_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
+{
+	if (in->virt != RKD_REAL) {
+		virt_attr(fs, in, st);
+		return 0;
+	}
+	if (fstatat(in->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	return fix_size(fs, in, st);
+}
+
+/* ---- lookup -------------------------------------------------------------------------------- */
+static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, struct fuse_entry_param *e)
+{
+	struct rkd_inode *p = INO(fs, parent);
+	memset(e, 0, sizeof(*e));
+	e->attr_timeout = fs->o.attr_timeout;
+	e->entry_timeout = fs->o.entry_timeout;
+	if (p->virt == RKD_VDIR) {
+		struct rkd_inode *v = strcmp(name, "status") == 0 ? &fs->vstatus : strcmp(name, "control") == 0 ? &fs->vcontrol : NULL;
+		if (!v)
+			return -ENOENT;
+		e->ino = (fuse_ino_t)(uintptr_t)v;
+		virt_attr(fs, v, &e->attr);
+		e->attr_timeout = e->entry_timeout = 0;
+		return 0;
+	}
+	if (p->virt != RKD_REAL)
+		return -ENOTDIR;
+	if (parent == FUSE_ROOT_ID && strcmp(name, RK_STATE_DIR) == 0) {
+		e->ino = (fuse_ino_t)(uintptr_t)&fs->vdir;
+		virt_attr(fs, &fs->vdir, &e->attr);
+		return 0;
+	}
+	if (rk_is_tmp_name(name))
+		return -ENOENT;
+	int fd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	struct rkd_inode *in = inode_get(fs, fd, &st);
+	if (!in)
+		return -ENOMEM;
+	int ret = fix_size(fs, in, &st);
+	if (ret < 0) {
+		inode_unref(fs, in, 1);
+		return ret;
+	}
+	e->ino = NODEID(fs, in);
+	e->attr = st;
+	return 0;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fuse_entry_param e;
+	int ret = do_lookup(FS(req), parent, name, &e);
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct rkd_fs *fs = FS(req);
+	inode_unref(fs, INO(fs, ino), nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct rkd_fs *fs = FS(req);
+	for (size_t i = 0; i < count; i++)
+		inode_unref(fs, INO(fs, forgets[i].ino), forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct stat st;
+	(void)fi;
+	int ret = get_attr(fs, INO(fs, ino), &st);
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, fs->o.attr_timeout);
+}
+
+/* ---- open files ------------------------------------------------------------------------------ */
+static void inode_rel(struct rkd_fs *fs, struct rkd_inode *in, char *out, size_t len);
+
+int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp)
+{
+	char name[RK_KEY_NAME_MAX + 1];
+	unsigned gen = atomic_load(&fs->policy_gen);
+	pthread_mutex_lock(&f->pol_lock);
+	if (f->policy_gen != gen || !f->key[0]) {
+		/* renames and policy changes bump the generation: find where the
+		 * file lives now and which table that is */
+		char rel[PATH_MAX];
+		inode_rel(fs, f->in, rel, sizeof(rel));
+		if (f->cf)
+			rk_cf_set_path(f->cf, rel);
+		pthread_rwlock_rdlock(&fs->policy_lock);
+		const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
+		snprintf(f->key, sizeof(f->key), "%s", t->key);
+		f->comp = t->comp;
+		pthread_rwlock_unlock(&fs->policy_lock);
+		f->policy_gen = gen;
+	}
+	snprintf(name, sizeof(name), "%s", f->key);
+	*comp = f->comp;
+	pthread_mutex_unlock(&f->pol_lock);
+	int ret = rk_keyring_get(fs->kr, name, key);
+	if (ret < 0)
+		rk_err("%s: cannot seal under the table's target key '%s': %s", f->cf ? rk_cf_path(f->cf) : "?", name,
+		       rk_strerror(ret));
+	return ret;
+}
+
+/* Refresh the file's path (for policy and messages) after a rename. */
+static void file_repath(struct rkd_fs *fs, struct rkd_inode *in)
+{
+	char rel[PATH_MAX];
+	pthread_mutex_lock(&in->lock);
+	if (in->of && in->of->cf) {
+		inode_rel(fs, in, rel, sizeof(rel));
+		rk_cf_set_path(in->of->cf, rel);
+	}
+	pthread_mutex_unlock(&in->lock);
+}
+
+static void file_free(struct rkd_file *f)
+{
+	if (!f)
+		return;
+	rk_cf_close(f->cf);
+	if (f->fd >= 0)
+		close(f->fd);
+	pthread_rwlock_destroy(&f->rw_lock);
+	for (int i = 0; i < RKD_CHUNK_STRIPES; i++)
+		pthread_rwlock_destroy(&f->stripes[i]);
+	pthread_mutex_destroy(&f->pol_lock);
+	free(f);
+}
+
+static struct rkd_file *file_alloc(void)
+{
+	struct rkd_file *f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	f->fd = -1;
+	pthread_rwlock_init(&f->rw_lock, NULL);
+	for (int i = 0; i < RKD_CHUNK_STRIPES; i++)
+		pthread_rwlock_init(&f->stripes[i], NULL);
+	pthread_mutex_init(&f->pol_lock, NULL);
+	return f;
+}
+
+/* Open (or share) the inode's file state.  fd_new: a freshly created backing
+ * fd that is already a chunk file (cf_new), or -1. */
+static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
+{
+	char pp[64], rel[PATH_MAX];
+	int ret = 0;
+	pthread_mutex_lock(&in->lock);
+	if (in->of) {
+		in->of->refs++;
+		*out = in->of;
+		pthread_mutex_unlock(&in->lock);
+		return 0;
+	}
+	struct rkd_file *f = file_alloc();
+	if (!f) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	PROCPATH(pp, in->fd);
+	f->fd = open(pp, O_RDWR | O_CLOEXEC);
+	f->rw = true;
+	if (f->fd < 0 && (errno == EROFS || errno == EACCES || errno == ETXTBSY || errno == EPERM)) {
+		f->fd = open(pp, O_RDONLY | O_CLOEXEC);
+		f->rw = false;
+	}
+	if (f->fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = rk_cf_probe(f->fd);
+	if (ret < 0)
+		goto out;
+	f->chunk = ret == 1;
+	ret = 0;
+	if (f->chunk) {
+		inode_rel(fs, in, rel, sizeof(rel));
+		ret = rk_cf_open(f->fd, rel, fs->kr, f->rw, &f->cf);
+		if (ret < 0) {
+			rk_err("%s: cannot open chunk file: %s", rel, rk_strerror(ret));
+			goto out;
+		}
+	}
+	f->refs = 1;
+	f->in = in;
+	in->of = f;
+	*out = f;
+	f = NULL;
+out:
+	file_free(f);
+	pthread_mutex_unlock(&in->lock);
+	return ret;
+}
+
+static int file_flush(struct rkd_file *f)
+{
+	if (!f->chunk || !f->rw)
+		return 0;
+	pthread_rwlock_wrlock(&f->rw_lock);
+	int ret = rk_cf_flush(f->cf);
+	pthread_rwlock_unlock(&f->rw_lock);
+	return ret;
+}
+
+static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
+{
+	(void)fs;
+	pthread_mutex_lock(&in->lock);
+	if (--f->refs > 0) {
+		pthread_mutex_unlock(&in->lock);
+		return;
+	}
+	in->of = NULL;
+	in->hdr_kind = -1; /* re-read the header next time */
+	pthread_mutex_unlock(&in->lock);
+	if (f->chunk && f->rw) {
+		int ret = rk_cf_flush(f->cf);
+		if (ret < 0)
+			rk_err("%s: header write at close failed: %s", rk_cf_path(f->cf), strerror(-ret));
+	}
+	file_free(f);
+}
+
+/* ---- chunk stripe locks ----------------------------------------------------------------------- */
+static uint64_t stripe_mask(struct rkd_file *f, uint64_t off, size_t len)
+{
+	uint32_t cs = rk_cf_chunk_size(f->cf);
+	if (len == 0)
+		len = 1;
+	uint64_t first = off / cs, last = (off + len - 1) / cs;
+	if (last - first + 1 >= RKD_CHUNK_STRIPES)
+		return ~0ULL;
+	uint64_t m = 0;
+	for (uint64_t i = first; i <= last; i++)
+		m |= 1ULL << (i % RKD_CHUNK_STRIPES);
+	return m;
+}
+
+static void stripes_lock(struct rkd_file *f, uint64_t m, bool excl)
+{
+	for (int i = 0; i < RKD_CHUNK_STRIPES; i++)
+		if (m & (1ULL << i)) {
+			if (excl)
+				pthread_rwlock_wrlock(&f->stripes[i]);
+			else
+				pthread_rwlock_rdlock(&f->stripes[i]);
+		}
+}
+
+static void stripes_unlock(struct rkd_file *f, uint64_t m)
+{
+	for (int i = RKD_CHUNK_STRIPES - 1; i >= 0; i--)
+		if (m & (1ULL << i))
+			pthread_rwlock_unlock(&f->stripes[i]);
+}
+
+/* ---- handles ---------------------------------------------------------------------------------- */
+static struct rkd_handle *handle_new(struct rkd_inode *in, struct rkd_file *f, int flags)
+{
+	struct rkd_handle *h = calloc(1, sizeof(*h));
+	if (!h)
+		return NULL;
+	h->in = in;
+	h->f = f;
+	h->flags = flags;
+	pthread_mutex_init(&h->vlock, NULL);
+	return h;
+}
+
+static void handle_free(struct rkd_handle *h)
+{
+	if (!h)
+		return;
+	free(h->vbuf);
+	pthread_mutex_destroy(&h->vlock);
+	free(h);
+}
+
+static int truncate_file(struct rkd_fs *fs, struct rkd_file *f, uint64_t size)
+{
+	int ret;
+	if (!f->rw)
+		return -EROFS;
+	if (!f->chunk)
+		return ftruncate(f->fd, (off_t)size) < 0 ? -errno : 0;
+	struct rk_key *key;
+	enum rk_comp comp;
+	ret = rkd_policy_for(fs, f, &key, &comp);
+	if (ret < 0)
+		return ret;
+	pthread_rwlock_wrlock(&f->rw_lock);
+	ret = rk_cf_truncate(f->cf, size, key, comp);
+	pthread_rwlock_unlock(&f->rw_lock);
+	return ret;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	struct rkd_file *f = NULL;
+	struct rkd_handle *h;
+	int ret;
+
+	if (in->virt == RKD_VSTATUS || in->virt == RKD_VCONTROL) {
+		h = handle_new(in, NULL, fi->flags);
+		if (!h) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		if (in->virt == RKD_VSTATUS) {
+			ret = rkd_status_json(fs, &h->vbuf, &h->vlen);
+			if (ret < 0) {
+				handle_free(h);
+				fuse_reply_err(req, -ret);
+				return;
+			}
+		}
+		fi->fh = (uint64_t)(uintptr_t)h;
+		fi->direct_io = 1;
+		fi->nonseekable = 0;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if (in->virt != RKD_REAL || !S_ISREG(in->type)) {
+		fuse_reply_err(req, in->type == S_IFDIR ? EISDIR : EINVAL);
+		return;
+	}
+	ret = file_get(fs, in, &f);
+	if (ret < 0) {
+		fuse_reply_err(req, ferr(ret));
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY && !f->rw) {
+		file_put(fs, in, f);
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (fi->flags & O_TRUNC) {
+		ret = truncate_file(fs, f, 0);
+		if (ret < 0) {
+			file_put(fs, in, f);
+			fuse_reply_err(req, ferr(ret));
+			return;
+		}
+	}
+	h = handle_new(in, f, fi->flags);
+	if (!h) {
+		file_put(fs, in, f);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	/* we are the only way to this data: the page cache stays valid */
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
+	(void)ino;
+	if (h->f)
+		file_put(fs, h->in, h->f);
+	handle_free(h);
+	fuse_reply_err(req, 0);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
+	(void)ino;
+	int ret = h->f ? file_flush(h->f) : 0;
+	fuse_reply_err(req, ret < 0 ? ferr(ret) : 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
+	struct rkd_file *f = h->f;
+	int ret = 0;
+	(void)ino;
+	if (!f) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	if (f->chunk && f->rw) {
+		pthread_rwlock_wrlock(&f->rw_lock);
+		ret = rk_cf_sync(f->cf);
+		pthread_rwlock_unlock(&f->rw_lock);
+	} else if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0) {
+		ret = -errno;
+	}
+	fuse_reply_err(req, ret < 0 ? ferr(ret) : 0);
+}
+
+/* per-thread reply buffer: no allocation per request after warm-up */
+static __thread uint8_t *tbuf;
+static __thread size_t tbuf_len;
+
+static uint8_t *thread_buf(size_t len)
+{
+	if (tbuf_len < len) {
+		size_t want = (len + 65535) / 65536 * 65536;
+		uint8_t *n = realloc(tbuf, want);
+		if (!n)
+			return NULL;
+		tbuf = n;
+		tbuf_len = want;
+	}
+	return tbuf;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
+	struct rkd_file *f = h->f;
+	(void)ino;
+	if (!f) {
+		pthread_mutex_lock(&h->vlock);
+		if ((size_t)off >= h->vlen)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_buf(req, h->vbuf + off, RK_MIN(size, h->vlen - (size_t)off));
+		pthread_mutex_unlock(&h->vlock);
+		return;
+	}
+	atomic_fetch_add(&fs->st.reads, 1);
+	if (!f->chunk) {
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = f->fd;
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
+	}
+	uint8_t *buf = thread_buf(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	pthread_rwlock_rdlock(&f->rw_lock);
+	uint64_t m = stripe_mask(f, (uint64_t)off, size);
+	stripes_lock(f, m, false);
+	ssize_t n = rk_cf_pread(f->cf, buf, size, (uint64_t)off);
+	stripes_unlock(f, m);
+	pthread_rwlock_unlock(&f->rw_lock);
+	if (n < 0) {
+		atomic_fetch_add(&fs->st.read_errors, 1);
+		fuse_reply_err(req, ferr((int)n));
+		return;
+	}
+	atomic_fetch_add(&fs->st.bytes_read, (uint64_t)n);
+	fuse_reply_buf(req, (const char *)buf, (size_t)n);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
+	struct rkd_file *f = h->f;
+	(void)ino;
+	if (!f) {
+		if (h->in->virt != RKD_VCONTROL) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
+		char *cmd = strndup(buf, size), *reply = NULL;
+		size_t rlen = 0;
+		if (!cmd) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		int ret = rkd_control(fs, cmd, &reply, &rlen);
+		free(cmd);
+		pthread_mutex_lock(&h->vlock);
+		free(h->vbuf);
+		h->vbuf = reply;
+		h->vlen = rlen;
+		pthread_mutex_unlock(&h->vlock);
+		if (ret < 0)
+			fuse_reply_err(req, -ret);
+		else
+			fuse_reply_write(req, size);
+		return;
+	}
+	atomic_fetch_add(&fs->st.writes, 1);
+	if (!f->rw) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	bool append = (h->flags & O_APPEND) && !fs->o.writeback;
+	if (!f->chunk) {
+		if (append) {
+			struct stat st;
+			if (fstat(f->fd, &st) < 0) {
+				fuse_reply_err(req, errno);
+				return;
+			}
+			off = st.st_size;
+		}
+		ssize_t n = pwrite(f->fd, buf, size, off);
+		if (n < 0)
+			fuse_reply_err(req, errno);
+		else
+			fuse_reply_write(req, (size_t)n);
+		return;
+	}
+	struct rk_key *key;
+	enum rk_comp comp;
+	int ret = rkd_policy_for(fs, f, &key, &comp);
+	if (ret < 0) {
+		atomic_fetch_add(&fs->st.write_errors, 1);
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	/* writes that extend the file (or append) hold the file lock exclusively */
+	bool excl = append || (uint64_t)off + size > rk_cf_size(f->cf);
+	if (excl)
+		pthread_rwlock_wrlock(&f->rw_lock);
+	else
+		pthread_rwlock_rdlock(&f->rw_lock);
+	if (!excl && (uint64_t)off + size > rk_cf_size(f->cf)) {
+		/* grew meanwhile: retake exclusively */
+		pthread_rwlock_unlock(&f->rw_lock);
+		pthread_rwlock_wrlock(&f->rw_lock);
+		excl = true;
+	}
+	if (append)
+		off = (off_t)rk_cf_size(f->cf);
+	uint64_t m = stripe_mask(f, (uint64_t)off, size);
+	stripes_lock(f, m, true);
+	ssize_t n = rk_cf_pwrite(f->cf, buf, size, (uint64_t)off, key, comp);
+	stripes_unlock(f, m);
+	pthread_rwlock_unlock(&f->rw_lock);
+	if (n < 0) {
+		atomic_fetch_add(&fs->st.write_errors, 1);
+		fuse_reply_err(req, ferr((int)n));
+		return;
+	}
+	f->dirty = true;
+	atomic_fetch_add(&fs->st.bytes_written, (uint64_t)n);
+	fuse_reply_write(req, (size_t)n);
+}
+
+/* ---- creating objects ---------------------------------------------------------------------- */
+/* Give a new object the caller's identity (and a setgid directory's group). */
+static void set_owner(struct rkd_inode *parent, int dirfd, const char *name, const struct fuse_ctx *ctx, bool isdir)
+{
+	struct stat pst;
+	gid_t gid = ctx->gid;
+	if (fstatat(parent->fd, "", &pst, AT_EMPTY_PATH) == 0 && (pst.st_mode & S_ISGID)) {
+		gid = pst.st_gid;
+		if (isdir) {
+			struct stat st;
+			if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !(st.st_mode & S_ISGID)) {
+				char pp[64];
+				int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+				if (fd >= 0) {
+					PROCPATH(pp, fd);
+					chmod(pp, (st.st_mode & 07777) | S_ISGID);
+					close(fd);
+				}
+			}
+		}
+	}
+	if (fchownat(dirfd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+		rk_warn("cannot set owner %u:%u: %s", (unsigned)ctx->uid, (unsigned)gid, strerror(errno));
+}
+
+/* Create an empty chunk file at parent/name under the table policy.  Returns
+ * the open backing fd (O_RDWR). */
+static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, mode_t mode, bool excl,
+                             const struct fuse_ctx *ctx, bool *created)
+{
+	char rel[PATH_MAX], prel[PATH_MAX];
+	int fd = openat(parent->fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	*created = fd >= 0;
+	if (fd < 0) {
+		if (errno != EEXIST || excl)
+			return -errno;
+		fd = openat(parent->fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		return fd < 0 ? -errno : fd;
+	}
+	set_owner(parent, parent->fd, name, ctx, false);
+	inode_rel(fs, parent, prel, sizeof(prel));
+	if (snprintf(rel, sizeof(rel), "%s/%s", strcmp(prel, "/") ? prel : "", name) >= (int)sizeof(rel)) {
+		unlinkat(parent->fd, name, 0);
+		close(fd);
+		return -ENAMETOOLONG;
+	}
+	pthread_rwlock_rdlock(&fs->policy_lock);
+	const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
+	char keyname[RK_KEY_NAME_MAX + 1];
+	snprintf(keyname, sizeof(keyname), "%s", t->key);
+	uint32_t cs = t->chunk_size;
+	enum rk_comp comp = t->comp;
+	pthread_rwlock_unlock(&fs->policy_lock);
+	struct rk_key *key;
+	struct rk_cf *cf;
+	int ret = rk_keyring_get(fs->kr, keyname, &key);
+	if (ret == 0)
+		ret = rk_cf_create(fd, rel, fs->kr, cs, comp, key, &cf);
+	if (ret < 0) {
+		rk_err("%s: cannot create chunk file under key '%s': %s", rel, keyname, rk_strerror(ret));
+		unlinkat(parent->fd, name, 0);
+		close(fd);
+		return ret == -ENOSPC ? ret : -EIO;
+	}
+	rk_cf_close(cf);
+	return fd;
+}
+
+static int entry_for(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, struct fuse_entry_param *e)
+{
+	return do_lookup(fs, NODEID(fs, parent), name, e);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent);
+	struct fuse_entry_param e;
+	struct rkd_file *f = NULL;
+	bool created;
+	int ret;
+	if (p->virt != RKD_REAL) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (reserved_name(parent, name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	int fd = create_chunk_file(fs, p, name, mode & 07777, fi->flags & O_EXCL, fuse_req_ctx(req), &created);
+	if (fd < 0) {
+		fuse_reply_err(req, ferr(fd));
+		return;
+	}
+	close(fd);
+	ret = entry_for(fs, p, name, &e);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	struct rkd_inode *in = INO(fs, e.ino);
+	ret = file_get(fs, in, &f);
+	if (ret == 0 && !created && (fi->flags & O_TRUNC))
+		ret = truncate_file(fs, f, 0);
+	if (ret < 0) {
+		if (f)
+			file_put(fs, in, f);
+		inode_unref(fs, in, 1);
+		fuse_reply_err(req, ferr(ret));
+		return;
+	}
+	struct rkd_handle *h = handle_new(in, f, fi->flags);
+	if (!h) {
+		file_put(fs, in, f);
+		inode_unref(fs, in, 1);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (f->chunk)
+		e.attr.st_size = (off_t)rk_cf_size(f->cf);
+	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->keep_cache = 1;
+	fuse_reply_create(req, &e, fi);
+}
+
+static void reply_new_entry(fuse_req_t req, struct rkd_fs *fs, struct rkd_inode *p, const char *name)
+{
+	struct fuse_entry_param e;
+	int ret = entry_for(fs, p, name, &e);
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent);
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (S_ISREG(mode)) {
+		bool created;
+		int fd = create_chunk_file(fs, p, name, mode & 07777, true, fuse_req_ctx(req), &created);
+		if (fd < 0) {
+			fuse_reply_err(req, ferr(fd));
+			return;
+		}
+		close(fd);
+	} else {
+		if (mknodat(p->fd, name, mode, rdev) < 0) {
+			fuse_reply_err(req, errno);
+			return;
+		}
+		set_owner(p, p->fd, name, fuse_req_ctx(req), false);
+	}
+	reply_new_entry(req, fs, p, name);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent);
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (mkdirat(p->fd, name, mode) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	set_owner(p, p->fd, name, fuse_req_ctx(req), true);
+	reply_new_entry(req, fs, p, name);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent);
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (symlinkat(link, p->fd, name) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	set_owner(p, p->fd, name, fuse_req_ctx(req), false);
+	reply_new_entry(req, fs, p, name);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino), *p = INO(fs, newparent);
+	char pp[64];
+	if (in->virt != RKD_REAL || p->virt != RKD_REAL || reserved_name(newparent, newname)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	if (linkat(AT_FDCWD, pp, p->fd, newname, AT_SYMLINK_FOLLOW) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	reply_new_entry(req, fs, p, newname);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent);
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		fuse_reply_err(req, p->virt != RKD_REAL ? EPERM : ENOENT);
+		return;
+	}
+	fuse_reply_err(req, unlinkat(p->fd, name, 0) < 0 ? errno : 0);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent);
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		fuse_reply_err(req, p->virt != RKD_REAL ? EPERM : EBUSY);
+		return;
+	}
+	fuse_reply_err(req, unlinkat(p->fd, name, AT_REMOVEDIR) < 0 ? errno : 0);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
+                      unsigned int flags)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *p = INO(fs, parent), *np = INO(fs, newparent);
+	if (p->virt != RKD_REAL || np->virt != RKD_REAL || reserved_name(parent, name) ||
+	    reserved_name(newparent, newname)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (renameat2(p->fd, name, np->fd, newname, flags) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	/* the moved object may now belong to another table; open files re-read
+	 * their path (messages) and policy lazily */
+	int fd = openat(np->fd, newname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0) {
+		struct stat st;
+		if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+			pthread_mutex_lock(&fs->itab_lock);
+			struct rkd_inode *in = itab_find(fs, st.st_dev, st.st_ino);
+			if (in)
+				in->nlookup++;
+			pthread_mutex_unlock(&fs->itab_lock);
+			if (in) {
+				file_repath(fs, in);
+				inode_unref(fs, in, 1);
+			}
+		}
+		close(fd);
+	}
+	atomic_fetch_add(&fs->policy_gen, 1);
+	fuse_reply_err(req, 0);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	char buf[PATH_MAX + 1];
+	ssize_t n = readlinkat(in->fd, "", buf, sizeof(buf) - 1);
+	if (n < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	buf[n] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	char pp[64];
+	int ret = 0;
+	if (in->virt != RKD_REAL) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	if (valid & FUSE_SET_ATTR_MODE) {
+		if (S_ISLNK(in->type)) {
+			ret = -EOPNOTSUPP;
+			goto out;
+		}
+		if (chmod(pp, attr->st_mode & 07777) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
+		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
+		if (fchownat(in->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		struct rkd_file *f = NULL;
+		if (!S_ISREG(in->type)) {
+			ret = -EINVAL;
+			goto out;
+		}
+		if (fi && fi->fh) {
+			f = ((struct rkd_handle *)(uintptr_t)fi->fh)->f;
+			ret = f ? truncate_file(fs, f, (uint64_t)attr->st_size) : -EINVAL;
+		} else {
+			ret = file_get(fs, in, &f);
+			if (ret == 0) {
+				ret = truncate_file(fs, f, (uint64_t)attr->st_size);
+				file_put(fs, in, f);
+			}
+		}
+		if (ret < 0)
+			goto out;
+	}
+	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+		if (valid & FUSE_SET_ATTR_ATIME_NOW)
+			ts[0].tv_nsec = UTIME_NOW;
+		else if (valid & FUSE_SET_ATTR_ATIME)
+			ts[0] = attr->st_atim;
+		if (valid & FUSE_SET_ATTR_MTIME_NOW)
+			ts[1].tv_nsec = UTIME_NOW;
+		else if (valid & FUSE_SET_ATTR_MTIME)
+			ts[1] = attr->st_mtim;
+		if (S_ISLNK(in->type)) {
+			/* utimensat cannot take an O_PATH fd for a symlink: ignore like many FUSE fs */
+		} else if (utimensat(AT_FDCWD, pp, ts, 0) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+out:
+	if (ret < 0) {
+		fuse_reply_err(req, ferr(ret));
+		return;
+	}
+	struct stat st;
+	ret = get_attr(fs, in, &st);
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, fs->o.attr_timeout);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                         struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
+	struct rkd_file *f = h->f;
+	(void)ino;
+	if (!f || !f->rw) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (!f->chunk) {
+		fuse_reply_err(req, fallocate(f->fd, mode, offset, length) < 0 ? errno : 0);
+		return;
+	}
+	/* chunk files: only size extension (space is not reserved: chunks are
+	 * written when data arrives) */
+	if (mode & ~FALLOC_FL_KEEP_SIZE) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	int ret = 0;
+	if (!(mode & FALLOC_FL_KEEP_SIZE) && (uint64_t)(offset + length) > rk_cf_size(f->cf))
+		ret = truncate_file(fs, f, (uint64_t)(offset + length));
+	fuse_reply_err(req, ret < 0 ? ferr(ret) : 0);
+}
+
+/* ---- directories ------------------------------------------------------------------------------ */
+struct rkd_dir {
+	DIR *dp;
+	bool virt;
+	int vpos;
+	bool root;
+};
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	struct rkd_dir *d = calloc(1, sizeof(*d));
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (in->virt == RKD_VDIR) {
+		d->virt = true;
+	} else {
+		int fd = openat(in->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0 || !(d->dp = fdopendir(fd))) {
+			int e = errno;
+			if (fd >= 0)
+				close(fd);
+			free(d);
+			fuse_reply_err(req, e);
+			return;
+		}
+		d->root = ino == FUSE_ROOT_ID;
+	}
+	fi->fh = (uint64_t)(uintptr_t)d;
+	fi->cache_readdir = 0;
+	fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_dir *d = (struct rkd_dir *)(uintptr_t)fi->fh;
+	char *buf = malloc(size);
+	size_t pos = 0;
+	(void)ino;
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (d->virt) {
+		static const char *names[] = {".", "..", "status", "control"};
+		const ino_t inos[] = {fs->vdir.ino, fs->root.ino, fs->vstatus.ino, fs->vcontrol.ino};
+		for (off_t i = off; i < 4; i++) {
+			struct stat st = {0};
+			st.st_mode = i < 2 ? S_IFDIR : S_IFREG;
+			st.st_ino = inos[i];
+			size_t n = fuse_add_direntry(req, buf + pos, size - pos, names[i], &st, i + 1);
+			if (n > size - pos)
+				break;
+			pos += n;
+		}
+		fuse_reply_buf(req, buf, pos);
+		free(buf);
+		return;
+	}
+	/* offsets: telldir cookies; the virtual .rekeyfs entry of the root is
+	 * emitted right after "." using the reserved cookie -1 handling below */
+	seekdir(d->dp, off);
+	for (;;) {
+		errno = 0;
+		struct dirent *de = readdir(d->dp);
+		if (!de) {
+			if (errno) {
+				free(buf);
+				fuse_reply_err(req, errno);
+				return;
+			}
+			break;
+		}
+		if (rk_is_tmp_name(de->d_name))
+			continue;
+		struct stat st = {0};
+		st.st_ino = de->d_ino;
+		st.st_mode = (mode_t)DTTOIF(de->d_type);
+		if (d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
+			/* the real state directory never shows: this name is the virtual one */
+			st.st_ino = fs->vdir.ino;
+			st.st_mode = S_IFDIR;
+		}
+		size_t n = fuse_add_direntry(req, buf + pos, size - pos, de->d_name, &st, telldir(d->dp));
+		if (n > size - pos) {
+			seekdir(d->dp, off);
+			break;
+		}
+		pos += n;
+		off = telldir(d->dp);
+	}
+	fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct rkd_dir *d = (struct rkd_dir *)(uintptr_t)fi->fh;
+	(void)ino;
+	if (d->dp)
+		closedir(d->dp);
+	free(d);
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct rkd_dir *d = (struct rkd_dir *)(uintptr_t)fi->fh;
+	(void)ino;
+	(void)datasync;
+	if (!d->dp) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	fuse_reply_err(req, fsync(dirfd(d->dp)) < 0 ? errno : 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct rkd_fs *fs = FS(req);
+	struct statvfs sv;
+	(void)ino;
+	if (fstatvfs(fs->rootfd, &sv) < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_statfs(req, &sv);
+}
+
+/* ---- extended attributes ------------------------------------------------------------------- */
+static bool xattr_ok(struct rkd_inode *in)
+{
+	return in->virt == RKD_REAL && !S_ISLNK(in->type);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	char pp[64];
+	if (!xattr_ok(in)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	fuse_reply_err(req, setxattr(pp, name, value, size, flags) < 0 ? errno : 0);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	char pp[64];
+	if (!xattr_ok(in)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	if (size == 0) {
+		ssize_t n = getxattr(pp, name, NULL, 0);
+		if (n < 0)
+			fuse_reply_err(req, errno);
+		else
+			fuse_reply_xattr(req, (size_t)n);
+		return;
+	}
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ssize_t n = getxattr(pp, name, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	char pp[64];
+	if (!xattr_ok(in)) {
+		if (size == 0)
+			fuse_reply_xattr(req, 0);
+		else
+			fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	if (size == 0) {
+		ssize_t n = listxattr(pp, NULL, 0);
+		if (n < 0)
+			fuse_reply_err(req, errno);
+		else
+			fuse_reply_xattr(req, (size_t)n);
+		return;
+	}
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ssize_t n = listxattr(pp, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct rkd_fs *fs = FS(req);
+	struct rkd_inode *in = INO(fs, ino);
+	char pp[64];
+	if (!xattr_ok(in)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	PROCPATH(pp, in->fd);
+	fuse_reply_err(req, removexattr(pp, name) < 0 ? errno : 0);
+}
+
+/* ---- init ------------------------------------------------------------------------------------ */
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct rkd_fs *fs = userdata;
+	if (fs->o.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+	else
+		fs->o.writeback = 0;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
+	/* locks are handled by the kernel locally (one host, one mount) */
+	conn->want &= ~(unsigned)(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+	conn->max_readahead = RK_MIN(conn->max_readahead, 1u << 20);
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+	rk_info("mounted %s (writeback cache %s, max_write %u, max_readahead %u)", fs->datadir,
+	        fs->o.writeback ? "on" : "off", conn->max_write, conn->max_readahead);
+}
+
+static void op_destroy(void *userdata)
+{
+	struct rkd_fs *fs = userdata;
+	rk_info("unmounting %s", fs->datadir);
+}
+
+const struct fuse_lowlevel_ops rkd_ops = {
+	.init = op_init,
+	.destroy = op_destroy,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.create = op_create,
+	.fallocate = op_fallocate,
+};

@@ -1,0 +1,240 @@
+/* rekeyfs - mount the plaintext view of a rekeyfs data directory.
+ *
+ *   rekeyfs [-f] [-d] [-o keydir=DIR,key=NAME,...] DATADIR MOUNTPOINT
+ *
+ * MOUNTPOINT may be DATADIR itself: the data directory is opened before the
+ * mount covers it. */
+#include "config.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "rekeyfs/common.h"
+
+#define OPT(t, f, v) {t, offsetof(struct rkd_fs, o.f), v}
+static const struct fuse_opt rkd_optspec[] = {
+	OPT("keydir=%s", keydir, 0),
+	OPT("key=%s", key, 0),
+	OPT("entry_timeout=%lf", entry_timeout, 0),
+	OPT("attr_timeout=%lf", attr_timeout, 0),
+	OPT("writeback", writeback, 1),
+	OPT("no_writeback", writeback, 0),
+	OPT("max_threads=%d", max_threads, 0),
+	FUSE_OPT_END,
+};
+
+static int nonopts;
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct rkd_fs *fs = data;
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT && nonopts++ == 0) {
+		fs->datadir = strdup(arg);
+		return 0; /* consumed: the next one is the mount point */
+	}
+	return 1;
+}
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] DATADIR MOUNTPOINT\n\n"
+	       "Mount the plaintext view of the rekeyfs data directory DATADIR on MOUNTPOINT\n"
+	       "(which may be DATADIR itself).\n\n"
+	       "rekeyfs options:\n"
+	       "    -o keydir=DIR          key directory (default $REKEYFS_KEYDIR, else %s)\n"
+	       "    -o key=NAME            target key of the root table when DATADIR is not yet\n"
+	       "                           a rekeyfs data directory (it is initialised)\n"
+	       "    -o writeback|no_writeback  kernel writeback cache (default on)\n"
+	       "    -o entry_timeout=SECS  name lookup cache (default 1.0)\n"
+	       "    -o attr_timeout=SECS   attribute cache (default 1.0)\n"
+	       "    -o max_threads=N       worker threads (default 8)\n\n"
+	       "FUSE options:\n",
+	       prog, RK_DEFAULT_KEYDIR);
+	fuse_cmdline_help();
+	fuse_lowlevel_help();
+}
+
+static int setup_virtual(struct rkd_fs *fs)
+{
+	struct rkd_inode *v[] = {&fs->vdir, &fs->vstatus, &fs->vcontrol};
+	enum rkd_virt kinds[] = {RKD_VDIR, RKD_VSTATUS, RKD_VCONTROL};
+	for (int i = 0; i < 3; i++) {
+		v[i]->virt = kinds[i];
+		v[i]->fd = -1;
+		v[i]->ino = (ino_t)(0xFFFFFFFFFFFF0000ULL + (unsigned)i);
+		v[i]->type = i == 0 ? S_IFDIR : S_IFREG;
+		v[i]->nlookup = 1;
+		v[i]->hdr_kind = -1;
+		pthread_mutex_init(&v[i]->lock, NULL);
+	}
+	return 0;
+}
+
+/* Open the data directory and its state; initialise it when key= is given
+ * and it is not a data directory yet. */
+static int open_datadir(struct rkd_fs *fs)
+{
+	int ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
+	if (ret == -ENOTDIR && fs->o.key) {
+		struct rk_key *key;
+		ret = rk_key_load(rk_keyring_dir(fs->kr), fs->o.key, &key);
+		if (ret < 0) {
+			rk_err("cannot initialise %s: key '%s' cannot be loaded from %s: %s", fs->datadir, fs->o.key,
+			       rk_keyring_dir(fs->kr), rk_strerror(ret));
+			return ret;
+		}
+		ret = rk_datadir_init(fs->datadir_real, key, RK_CHUNK_DEFAULT, RK_COMP_SNAPPY);
+		rk_key_free(key);
+		if (ret < 0)
+			return ret;
+		rk_info("initialised %s as a rekeyfs data directory under key %s", fs->datadir, fs->o.key);
+		ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
+	}
+	if (ret < 0)
+		return ret;
+	/* the key directory must still hold the keys the registry recorded */
+	ret = rk_registry_verify(fs->dd, fs->kr);
+	if (ret < 0) {
+		rk_err("refusing to mount %s: a key file does not match the data directory's key registry (see above)",
+		       fs->datadir);
+		return ret;
+	}
+	for (size_t i = 0; i < fs->dd->ntables; i++) {
+		struct rk_key *k;
+		ret = rk_keyring_get(fs->kr, fs->dd->tables[i].key, &k);
+		if (ret < 0) {
+			rk_err("refusing to mount %s: table %s's target key '%s' cannot be used: %s (key directory %s)",
+			       fs->datadir, fs->dd->tables[i].path, fs->dd->tables[i].key, rk_strerror(ret),
+			       rk_keyring_dir(fs->kr));
+			return ret;
+		}
+	}
+	return 0;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts copts = {0};
+	struct fuse_loop_config *lcfg = NULL;
+	struct rkd_fs *fs = calloc(1, sizeof(*fs));
+	int ret = 1;
+
+	rk_harden_process();
+	if (!fs)
+		return 1;
+	fs->rootfd = -1;
+	fs->o.entry_timeout = 1.0;
+	fs->o.attr_timeout = 1.0;
+	fs->o.writeback = 1;
+	fs->o.max_threads = 8;
+	if (fuse_opt_parse(&args, fs, rkd_optspec, opt_proc) < 0)
+		return 2;
+	if (fuse_parse_cmdline(&args, &copts) != 0)
+		return 2;
+	if (copts.show_help) {
+		usage(argv[0]);
+		return 0;
+	}
+	if (copts.show_version) {
+		printf("rekeyfs %s (chunk-file format %d)\n", PACKAGE_VERSION, RK_FORMAT_VERSION);
+		fuse_lowlevel_version();
+		return 0;
+	}
+	if (!fs->datadir || !copts.mountpoint) {
+		fprintf(stderr, "usage: %s [options] DATADIR MOUNTPOINT (see %s --help)\n", argv[0], argv[0]);
+		return 2;
+	}
+	if (copts.debug)
+		rk_log_set_level(RK_LOG_DEBUG);
+	fs->datadir_real = realpath(fs->datadir, NULL);
+	if (!fs->datadir_real) {
+		rk_err("data directory %s: %s", fs->datadir, strerror(errno));
+		goto out;
+	}
+	fs->datadir_len = strlen(fs->datadir_real);
+	if (fs->datadir_len == 1)
+		fs->datadir_len = 0; /* "/" */
+	/* opened before the mount: DATADIR may be covered by it */
+	fs->rootfd = open(fs->datadir_real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fs->rootfd < 0) {
+		rk_err("cannot open data directory %s: %s", fs->datadir, strerror(errno));
+		goto out;
+	}
+	if (rk_keyring_new(rk_keydir_resolve(fs->o.keydir), &fs->kr) < 0)
+		goto out;
+	if (open_datadir(fs) < 0)
+		goto out;
+
+	fs->started = time(NULL);
+	pthread_mutex_init(&fs->itab_lock, NULL);
+	pthread_rwlock_init(&fs->policy_lock, NULL);
+	atomic_store(&fs->policy_gen, 1);
+	fs->root.fd = open(fs->datadir_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fs->root.fd < 0) {
+		rk_err("cannot open data directory %s: %s", fs->datadir, strerror(errno));
+		goto out;
+	}
+	struct stat rst;
+	if (fstat(fs->root.fd, &rst) < 0)
+		goto out;
+	fs->root.dev = rst.st_dev;
+	fs->root.ino = rst.st_ino;
+	fs->root.type = S_IFDIR;
+	fs->root.nlookup = 2;
+	fs->root.hdr_kind = -1;
+	pthread_mutex_init(&fs->root.lock, NULL);
+	setup_virtual(fs);
+
+	char fsname[PATH_MAX + 32];
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=rekeyfs", fs->datadir_real);
+	if (!strchr(fs->datadir_real, ','))
+		fuse_opt_add_arg(&args, fsname);
+
+	fs->se = fuse_session_new(&args, &rkd_ops, sizeof(rkd_ops), fs);
+	if (!fs->se)
+		goto out;
+	if (fuse_set_signal_handlers(fs->se) != 0)
+		goto out_session;
+	if (fuse_session_mount(fs->se, copts.mountpoint) != 0)
+		goto out_signals;
+	fuse_daemonize(copts.foreground);
+	if (!copts.foreground)
+		rk_log_to_syslog("rekeyfs");
+	if (copts.singlethread) {
+		ret = fuse_session_loop(fs->se);
+	} else {
+		lcfg = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_clone_fd(lcfg, (unsigned)copts.clone_fd);
+		fuse_loop_cfg_set_max_threads(lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
+		fuse_loop_cfg_set_idle_threads(lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
+		ret = fuse_session_loop_mt(fs->se, lcfg);
+	}
+	fuse_session_unmount(fs->se);
+out_signals:
+	fuse_remove_signal_handlers(fs->se);
+out_session:
+	fuse_session_destroy(fs->se);
+out:
+	if (lcfg)
+		fuse_loop_cfg_destroy(lcfg);
+	rk_datadir_close(fs->dd);
+	rk_keyring_free(fs->kr);
+	if (fs->rootfd >= 0)
+		close(fs->rootfd);
+	free(copts.mountpoint);
+	fuse_opt_free_args(&args);
+	free(fs->datadir_real);
+	free(fs->datadir);
+	free(fs->o.keydir);
+	free(fs->o.key);
+	free(fs);
+	return ret ? 1 : 0;
+}
