@@ -70,6 +70,13 @@ void rk_secure_free(void *p, size_t len);
 /* Make this process undumpable (no core files, no ptrace by others). */
 void rk_harden_process(void);
 
+/* ---- crash points --------------------------------------------------------
+ * Tests prove crash safety by killing the process at named points:
+ * REKEYFS_CRASHPOINT=name[:n] sends SIGKILL to the process at the n-th
+ * (default first) time the named point is reached.  "name" may end in '*'
+ * to match a prefix.  Unset: a cheap no-op. */
+void rk_crashpoint(const char *name);
+
 /* ---- I/O helpers --------------------------------------------------------- */
 /* pread/pwrite loops that retry on EINTR and short transfers.  pread returns
  * the number of bytes read (short only at end of file). */

@@ -43,6 +43,7 @@ struct rk_datadir {
 	int dirfd;       /* the data directory */
 	int statefd;     /* .rekeyfs */
 	int lockfd;      /* .rekeyfs/lock, flock()ed */
+	bool lock_exclusive; /* we hold the lock exclusively (and wrote our pid into it) */
 	struct rk_table *tables;
 	size_t ntables;
 	struct rk_regent *keys;

@@ -125,14 +125,27 @@ uint64_t rk_cf_stored_len(uint32_t chunk_size, uint64_t size);
 struct rk_cf;
 
 /* How a sealed slot image reaches the disk.  The default writes in place
- * (pwrite); the daemon installs its journal so that a slot that may hold
- * durable data is replaced crash-safely.  overwrite is true when the slot
- * currently holds data (not a hole). */
+ * (pwrite) and is used for files nobody else can see (conversion temporaries,
+ * offline tools on new files); the daemon installs its redo journal so that a
+ * slot that may hold durable data is replaced crash-safely.
+ *   write_slot: store len bytes of slot image for chunk idx; old_end is how
+ *     many bytes the slot held before (0: a hole), bytes past len up to
+ *     old_end must end up zero (no stale ciphertext stays behind).
+ *   read_slot (optional): copy a newer-than-disk image of slot idx into buf
+ *     (at most len bytes) and return its length, or -ENOENT if none.
+ *   truncated (optional): slots >= first_dead no longer exist. */
 struct rk_cf_writer {
-	int (*write_slot)(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len,
-	                  bool overwrite);
+	int (*write_slot)(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len, size_t old_end);
+	ssize_t (*read_slot)(void *ctx, struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t len);
+	int (*truncated)(void *ctx, struct rk_cf *cf, uint64_t first_dead);
 	void *ctx;
 };
+
+/* Zero [off, off+len) of fd: punch whole blocks, write zeros at the edges. */
+int rk_zero_range(int fd, uint64_t off, uint64_t len);
+/* File id of an open chunk file. */
+void rk_cf_file_id(const struct rk_cf *cf, uint8_t out[RK_FILE_ID_BYTES]);
+uint32_t rk_cf_slot_size(const struct rk_cf *cf);
 
 /* Initialise an empty stored file (length 0) as a chunk file whose key
  * table already names key (the table's target key), so that the first chunk

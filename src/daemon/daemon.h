@@ -64,6 +64,7 @@ struct rkd_handle {
 	/* virtual files: a snapshot for reads, a reply after a control write */
 	char *vbuf;
 	size_t vlen;
+	uint64_t vbase; /* control: file offset where the last command ended */
 	pthread_mutex_t vlock;
 };
 

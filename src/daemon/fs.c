@@ -684,6 +684,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	(void)ino;
 	if (!f) {
 		pthread_mutex_lock(&h->vlock);
+		/* a control reply reads from where the command ended (shell style:
+		 * exec 3<>control; echo cmd >&3; cat <&3) or from offset 0 (pread) */
+		if (h->in->virt == RKD_VCONTROL && (uint64_t)off >= h->vbase)
+			off -= (off_t)h->vbase;
 		if ((size_t)off >= h->vlen)
 			fuse_reply_buf(req, NULL, 0);
 		else
@@ -744,6 +748,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		free(h->vbuf);
 		h->vbuf = reply;
 		h->vlen = rlen;
+		h->vbase = (uint64_t)off + size;
 		pthread_mutex_unlock(&h->vlock);
 		if (ret < 0)
 			fuse_reply_err(req, -ret);

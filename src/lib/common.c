@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -94,6 +95,44 @@ void rk_harden_process(void)
 	struct rlimit rl = {0, 0};
 	(void)setrlimit(RLIMIT_CORE, &rl);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+/* ---- crash points ------------------------------------------------------------ */
+#include <signal.h>
+#include <stdatomic.h>
+static pthread_once_t crash_once = PTHREAD_ONCE_INIT;
+static char crash_name[128];
+static long crash_target = 1;
+static atomic_long crash_hits;
+
+static void crash_init(void)
+{
+	const char *env = getenv("REKEYFS_CRASHPOINT");
+	if (!env || !*env)
+		return;
+	snprintf(crash_name, sizeof(crash_name), "%s", env);
+	char *colon = strrchr(crash_name, ':');
+	if (colon) {
+		*colon = '\0';
+		crash_target = strtol(colon + 1, NULL, 10);
+		if (crash_target < 1)
+			crash_target = 1;
+	}
+}
+
+void rk_crashpoint(const char *name)
+{
+	pthread_once(&crash_once, crash_init);
+	if (!crash_name[0])
+		return;
+	size_t n = strlen(crash_name);
+	bool match = (n > 0 && crash_name[n - 1] == '*') ? strncmp(name, crash_name, n - 1) == 0
+	                                                 : strcmp(name, crash_name) == 0;
+	if (match && atomic_fetch_add(&crash_hits, 1) + 1 == crash_target) {
+		fprintf(stderr, "crash point %s reached: killing process %ld\n", name, (long)getpid());
+		kill(getpid(), SIGKILL);
+		pause();
+	}
 }
 
 /* ---- I/O helpers ------------------------------------------------------------ */

@@ -87,8 +87,10 @@ static int finish_replace(int dirfd, const char *name, const char *tmpname, int 
 		       "the writer, or let it write through a rekeyfs mount", rel);
 		return -EAGAIN;
 	}
+	rk_crashpoint("convert.before-rename");
 	if (renameat(dirfd, tmpname, dirfd, name) < 0)
 		return -errno;
+	rk_crashpoint("convert.after-rename");
 	return rk_fsync_dir(dirfd);
 }
 
@@ -158,6 +160,7 @@ int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, con
 		rk_err("%s: cannot create temporary file: %s", rel, strerror(-ret));
 		goto out;
 	}
+	rk_crashpoint("convert.tmp-created");
 	ret = rk_cf_create(tmp, rel, kr, tab->chunk_size, tab->comp, key, &cf);
 	if (ret < 0)
 		goto out;
@@ -185,12 +188,14 @@ int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, con
 			ret = (int)w;
 			goto out;
 		}
+		rk_crashpoint("convert.chunk-written");
 	}
 	ret = rk_cf_truncate(cf, (uint64_t)st.st_size, key, tab->comp);
 	if (ret == 0)
 		ret = rk_cf_sync(cf);
 	if (ret < 0)
 		goto out;
+	rk_crashpoint("convert.synced");
 	ret = finish_replace(dirfd, name, tmpname, src, tmp, &st, rel);
 	if (ret == 0)
 		tmpname[0] = '\0';

@@ -259,8 +259,13 @@ void rk_datadir_close(struct rk_datadir *dd)
 {
 	if (!dd)
 		return;
-	if (dd->lockfd >= 0)
+	if (dd->lockfd >= 0) {
+		/* forget our pid: a later "in use" message must not name a process
+		 * that has exited (or a pid reused by an unrelated process) */
+		if (dd->lock_exclusive && ftruncate(dd->lockfd, 0) < 0)
+			rk_dbg("%s: cannot clear %s/lock: %s", dd->path, RK_STATE_DIR, strerror(errno));
 		close(dd->lockfd);
+	}
 	if (dd->statefd >= 0)
 		close(dd->statefd);
 	if (dd->dirfd >= 0)
@@ -307,6 +312,7 @@ static int take_lock(struct rk_datadir *dd, enum rk_dd_lock lock)
 	}
 	if (lock == RK_DD_EXCLUSIVE) {
 		char pidbuf[32];
+		dd->lock_exclusive = true;
 		int n = snprintf(pidbuf, sizeof(pidbuf), "%ld\n", (long)getpid());
 		if (ftruncate(dd->lockfd, 0) == 0)
 			(void)rk_pwrite_full(dd->lockfd, pidbuf, (size_t)n, 0);

@@ -48,8 +48,8 @@ uint8_t *rk_scratch(int which, size_t len)
 		pthread_setspecific(scratch_key, s);
 	}
 	if (s->len[which] < len) {
-		/* grow once to the largest chunk the format allows: no regrowth later */
-		size_t want = RK_MAX(len, (size_t)RK_CHUNK_MAX + RK_SLOT_OVERHEAD + 4096);
+		/* grow in 64 KiB steps: after warm-up no request allocates */
+		size_t want = (len + 65535) / 65536 * 65536;
 		uint8_t *np = aligned_alloc(4096, (want + 4095) / 4096 * 4096);
 		if (!np)
 			return NULL;
@@ -265,20 +265,70 @@ void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out)
 	pthread_mutex_unlock(&cf->lock);
 }
 
+int rk_zero_range(int fd, uint64_t off, uint64_t len)
+{
+	static const uint8_t zeros[4096];
+	uint64_t end = off + len;
+	uint64_t a = (off + 4095) / 4096 * 4096, b = end / 4096 * 4096;
+	if (a < b) {
+		if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)a, (off_t)(b - a)) < 0) {
+			a = b = end; /* no hole punching here: write zeros throughout */
+		}
+	} else {
+		a = b = end;
+	}
+	for (uint64_t p = off; p < a;) {
+		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), a - p);
+		int ret = rk_pwrite_full(fd, zeros, n, (off_t)p);
+		if (ret < 0)
+			return ret;
+		p += n;
+	}
+	for (uint64_t p = b; p < end;) {
+		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), end - p);
+		int ret = rk_pwrite_full(fd, zeros, n, (off_t)p);
+		if (ret < 0)
+			return ret;
+		p += n;
+	}
+	return 0;
+}
+
 static int default_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len,
-                              bool overwrite)
+                              size_t old_end)
 {
 	(void)ctx;
-	(void)overwrite;
-	return rk_pwrite_full(cf->fd, slot, len, (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	uint64_t off = rk_slot_off(cf->hdr.slot_size, idx);
+	int ret = rk_pwrite_full(cf->fd, slot, len, (off_t)off);
+	if (ret == 0 && old_end > len)
+		ret = rk_zero_range(cf->fd, off + len, old_end - len);
+	return ret;
+}
+
+static const struct rk_cf_writer default_writer = {default_write_slot, NULL, NULL, NULL};
+
+void rk_cf_file_id(const struct rk_cf *cf, uint8_t out[RK_FILE_ID_BYTES])
+{
+	memcpy(out, cf->hdr.file_id, RK_FILE_ID_BYTES);
+}
+
+uint32_t rk_cf_slot_size(const struct rk_cf *cf) { return cf->hdr.slot_size; }
+
+/* Read a slot (or its first len bytes): a pending newer image if the writer
+ * has one, else the disk. */
+static ssize_t slot_pread(struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t len)
+{
+	if (cf->writer.read_slot) {
+		ssize_t n = cf->writer.read_slot(cf->writer.ctx, cf, idx, buf, len);
+		if (n != -ENOENT)
+			return n;
+	}
+	return rk_pread_full(cf->fd, buf, len, (off_t)rk_slot_off(cf->hdr.slot_size, idx));
 }
 
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w)
 {
-	if (w)
-		cf->writer = *w;
-	else
-		cf->writer = (struct rk_cf_writer){default_write_slot, NULL};
+	cf->writer = w ? *w : default_writer;
 }
 
 static struct rk_cf *cf_alloc(int fd, const char *path, struct rk_keyring *kr, bool writable)
@@ -295,7 +345,7 @@ static struct rk_cf *cf_alloc(int fd, const char *path, struct rk_keyring *kr, b
 	cf->kr = kr;
 	cf->writable = writable;
 	pthread_mutex_init(&cf->lock, NULL);
-	cf->writer = (struct rk_cf_writer){default_write_slot, NULL};
+	cf->writer = default_writer;
 	return cf;
 }
 
@@ -556,7 +606,7 @@ static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, ui
 	int ret;
 	if (!slot || !pay)
 		return -ENOMEM;
-	ssize_t n = rk_pread_full(cf->fd, slot, cf->hdr.slot_size, (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	ssize_t n = slot_pread(cf, idx, slot, cf->hdr.slot_size);
 	if (n < 0) {
 		rk_err("%s: chunk %" PRIu64 ": read error: %s", cf->path, idx, strerror((int)-n));
 		return (int)n;
@@ -646,7 +696,7 @@ int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx)
 	struct rk_cf_header h;
 	struct slothdr sh;
 	const char *why = NULL;
-	ssize_t n = rk_pread_full(cf->fd, p, sizeof(p), (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	ssize_t n = slot_pread(cf, idx, p, sizeof(p));
 	if (n < 0)
 		return (int)n;
 	pthread_mutex_lock(&cf->lock);
@@ -722,7 +772,7 @@ static int prepare_count_change_locked(struct rk_cf *cf, int to)
 /* Seal payload (already compressed as comp) as chunk idx and hand the slot
  * to the writer.  old_key: entry the slot held before (-1 hole). */
 static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload, uint32_t stored_len,
-                          uint32_t plain_len, enum rk_comp comp, struct rk_key *key, int old_key, bool overwrite)
+                          uint32_t plain_len, enum rk_comp comp, struct rk_key *key, int old_key, size_t old_end)
 {
 	uint8_t *slot = rk_scratch(3, cf->hdr.slot_size);
 	const uint8_t *subkey;
@@ -769,7 +819,7 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 	                   slot + RK_SLOT_HDR, slot + RK_SLOT_HDR + stored_len);
 	if (ret < 0)
 		return ret;
-	ret = cf->writer.write_slot(cf->writer.ctx, cf, idx, slot, RK_SLOT_HDR + stored_len + RK_TAG_BYTES, overwrite);
+	ret = cf->writer.write_slot(cf->writer.ctx, cf, idx, slot, RK_SLOT_HDR + stored_len + RK_TAG_BYTES, old_end);
 	if (ret < 0) {
 		rk_err("%s: cannot write chunk %" PRIu64 " (offset %" PRIu64 "): %s; the previous content stays in place",
 		       cf->path, idx, idx * cf->hdr.chunk_size, strerror(-ret));
@@ -789,20 +839,36 @@ unlock:
 	return ret;
 }
 
-/* Key entry the slot of idx holds now (-1: hole or past EOF). */
-static int current_keyidx(struct rk_cf *cf, uint64_t idx, int *k)
+/* Key entry the slot of idx holds now (-1: hole or past EOF) and how many
+ * bytes of the slot are in use (0 for a hole). */
+static int current_slot(struct rk_cf *cf, uint64_t idx, int *k, size_t *old_end)
 {
-	if (valid_in_chunk(rk_cf_size(cf), cf->hdr.chunk_size, idx) == 0) {
-		*k = -1;
+	uint8_t p[RK_SLOT_HDR];
+	*k = -1;
+	*old_end = 0;
+	if (valid_in_chunk(rk_cf_size(cf), cf->hdr.chunk_size, idx) == 0)
+		return 0; /* past EOF: whatever is there is stale and gets replaced */
+	ssize_t n = slot_pread(cf, idx, p, sizeof(p));
+	if (n < 0)
+		return (int)n;
+	if (n < RK_SLOT_HDR || all_zero(p, RK_SLOT_HDR)) {
+		/* a hole, or a torn slot: clear what follows when rewriting */
+		*old_end = n > 0 ? cf->hdr.slot_size : 0;
 		return 0;
 	}
+	*old_end = cf->hdr.slot_size; /* unknown contents: clear the whole slot */
 	int ret = rk_cf_chunk_keyidx(cf, idx, k);
 	if (ret == -EUCLEAN) {
 		/* a malformed slot holds no countable key: it is replaced */
 		*k = -1;
 		return 0;
 	}
-	return ret;
+	if (ret < 0)
+		return ret;
+	uint32_t stored = rk_get32(p + 12);
+	if (stored <= cf->hdr.chunk_size)
+		*old_end = RK_SLOT_HDR + stored + RK_TAG_BYTES;
+	return 0;
 }
 
 int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_t len, struct rk_key *key,
@@ -811,15 +877,16 @@ int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_
 	uint8_t *cbuf = rk_scratch(2, rk_comp_bound(cf->hdr.chunk_size));
 	size_t clen;
 	int old, ret;
+	size_t old_end;
 	if (!cbuf)
 		return -ENOMEM;
 	if (len == 0 || len > cf->hdr.chunk_size)
 		return -EINVAL;
-	ret = current_keyidx(cf, idx, &old);
+	ret = current_slot(cf, idx, &old, &old_end);
 	if (ret < 0)
 		return ret;
 	enum rk_comp used = rk_comp_chunk(comp, pt, len, cbuf, &clen);
-	return seal_and_write(cf, idx, cbuf, (uint32_t)clen, len, used, key, old, old >= 0);
+	return seal_and_write(cf, idx, cbuf, (uint32_t)clen, len, used, key, old, old_end);
 }
 
 int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *changed)
@@ -847,7 +914,8 @@ int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *
 	/* the payload lives in scratch 1, which sealing does not use; copy anyway
 	 * so that the writer may read chunks */
 	memcpy(copy, payload, sh.stored_len);
-	ret = seal_and_write(cf, idx, copy, sh.stored_len, sh.plain_len, (enum rk_comp)sh.comp, key, sh.key_idx, true);
+	ret = seal_and_write(cf, idx, copy, sh.stored_len, sh.plain_len, (enum rk_comp)sh.comp, key, sh.key_idx,
+	                     RK_SLOT_HDR + sh.stored_len + RK_TAG_BYTES);
 	if (ret == 0)
 		*changed = true;
 	return ret;
@@ -867,7 +935,7 @@ static int fix_tail(struct rk_cf *cf, struct rk_key *key, enum rk_comp comp)
 	}
 	uint64_t idx = size / cs;
 	uint8_t p[RK_SLOT_HDR];
-	ssize_t n = rk_pread_full(cf->fd, p, sizeof(p), (off_t)rk_slot_off(cf->hdr.slot_size, idx));
+	ssize_t n = slot_pread(cf, idx, p, sizeof(p));
 	if (n < 0)
 		return (int)n;
 	if (n == RK_SLOT_HDR && !all_zero(p, RK_SLOT_HDR) && rk_get32(p + 8) > size % cs) {
@@ -988,9 +1056,10 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 		uint64_t idx = size / cs;
 		uint8_t *cb = rk_scratch(4, cs);
 		int cur;
+		size_t cur_end;
 		if (!cb)
 			return -ENOMEM;
-		ret = current_keyidx(cf, idx, &cur);
+		ret = current_slot(cf, idx, &cur, &cur_end);
 		if (ret < 0)
 			return ret;
 		if (cur >= 0) {
@@ -1028,6 +1097,11 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	pthread_mutex_unlock(&cf->lock);
 	if (ret < 0)
 		return ret;
+	if (size < old && cf->writer.truncated) {
+		ret = cf->writer.truncated(cf->writer.ctx, cf, (size + cs - 1) / cs);
+		if (ret < 0)
+			return ret;
+	}
 	if (size < old) {
 		uint64_t want = rk_cf_stored_len(cs, size);
 		if (size % cs) {
