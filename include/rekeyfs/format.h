@@ -163,6 +163,7 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 void rk_cf_close(struct rk_cf *cf);
 
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w);
+void rk_cf_get_writer(const struct rk_cf *cf, struct rk_cf_writer *w);
 int rk_cf_fd(const struct rk_cf *cf);
 const char *rk_cf_path(const struct rk_cf *cf);
 /* Update the path used in messages (after a rename). */

@@ -14,6 +14,7 @@
 #include "rekeyfs/coverage.h"
 #include "rekeyfs/datadir.h"
 #include "rekeyfs/format.h"
+#include "rekeyfs/journal.h"
 #include "rekeyfs/keys.h"
 #include "rekeyfs/walk.h"
 #include "cli.h"
@@ -196,10 +197,28 @@ static int cmd_init(int argc, char **argv)
  * holds it, replays the journal first. */
 int rkc_open_offline(const char *dir, enum rk_dd_lock lock, struct rk_keyring *kr, struct rk_datadir **out)
 {
+	struct stat st;
+	(void)kr;
 	int ret = rk_datadir_open(dir, lock, out);
 	if (ret < 0)
 		return ret;
-	(void)kr;
+	/* a journal left by a crash is replayed before anything reads the data */
+	if (fstatat((*out)->statefd, RK_JOURNAL_NAME, &st, 0) == 0 && st.st_size > 0) {
+		if (lock != RK_DD_EXCLUSIVE) {
+			rk_datadir_close(*out);
+			*out = NULL;
+			ret = rk_datadir_open(dir, RK_DD_EXCLUSIVE, out);
+			if (ret < 0)
+				return ret;
+		}
+		uint64_t n;
+		ret = rk_journal_replay(*out, &n);
+		if (ret < 0) {
+			rk_datadir_close(*out);
+			*out = NULL;
+			return ret;
+		}
+	}
 	return 0;
 }
 

@@ -14,6 +14,7 @@
 
 #include "rekeyfs/datadir.h"
 #include "rekeyfs/format.h"
+#include "rekeyfs/journal.h"
 #include "rekeyfs/keys.h"
 
 #define RKD_CHUNK_STRIPES 64
@@ -93,6 +94,7 @@ struct rkd_fs {
 	int rootfd;
 	struct rk_datadir *dd;
 	struct rk_keyring *kr;
+	struct rk_journal *j;
 	pthread_rwlock_t policy_lock; /* dd->tables and dd->keys */
 	atomic_uint policy_gen;
 	pthread_mutex_t itab_lock;

@@ -345,8 +345,11 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 		 * file lives now and which table that is */
 		char rel[PATH_MAX];
 		inode_rel(fs, f->in, rel, sizeof(rel));
-		if (f->cf)
+		if (f->cf) {
 			rk_cf_set_path(f->cf, rel);
+			if (f->rw)
+				rk_journal_repath(fs->j, f->cf, rel);
+		}
 		pthread_rwlock_rdlock(&fs->policy_lock);
 		const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
 		snprintf(f->key, sizeof(f->key), "%s", t->key);
@@ -372,6 +375,8 @@ static void file_repath(struct rkd_fs *fs, struct rkd_inode *in)
 	if (in->of && in->of->cf) {
 		inode_rel(fs, in, rel, sizeof(rel));
 		rk_cf_set_path(in->of->cf, rel);
+		if (in->of->rw)
+			rk_journal_repath(fs->j, in->of->cf, rel);
 	}
 	pthread_mutex_unlock(&in->lock);
 }
@@ -444,6 +449,11 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 			rk_err("%s: cannot open chunk file: %s", rel, rk_strerror(ret));
 			goto out;
 		}
+		if (f->rw) {
+			ret = rk_journal_attach(fs->j, f->cf, rel);
+			if (ret < 0)
+				goto out;
+		}
 	}
 	f->refs = 1;
 	f->in = in;
@@ -468,7 +478,6 @@ static int file_flush(struct rkd_file *f)
 
 static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 {
-	(void)fs;
 	pthread_mutex_lock(&in->lock);
 	if (--f->refs > 0) {
 		pthread_mutex_unlock(&in->lock);
@@ -481,6 +490,14 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		int ret = rk_cf_flush(f->cf);
 		if (ret < 0)
 			rk_err("%s: header write at close failed: %s", rk_cf_path(f->cf), strerror(-ret));
+		ret = rk_journal_detach(fs->j, f->cf);
+		if (ret < 0) {
+			/* the journal still needs this file's fd to put chunks in place:
+			 * keep it open (the data is safe in the journal) */
+			rk_err("%s: pending chunk writes cannot be applied yet (%s); the file stays open in the daemon "
+			       "until they can", rk_cf_path(f->cf), strerror(-ret));
+			return;
+		}
 	}
 	file_free(f);
 }
@@ -641,6 +658,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
+	struct rkd_fs *fs = FS(req);
 	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
 	struct rkd_file *f = h->f;
 	int ret = 0;
@@ -650,8 +668,11 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 		return;
 	}
 	if (f->chunk && f->rw) {
+		/* the journal holds rewritten chunks not yet in place: durable first */
 		pthread_rwlock_wrlock(&f->rw_lock);
-		ret = rk_cf_sync(f->cf);
+		ret = rk_journal_commit(fs->j);
+		if (ret == 0)
+			ret = rk_cf_sync(f->cf);
 		pthread_rwlock_unlock(&f->rw_lock);
 	} else if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0) {
 		ret = -errno;

@@ -106,6 +106,13 @@ static int open_datadir(struct rkd_fs *fs)
 		       fs->datadir);
 		return ret;
 	}
+	/* a crash may have left chunk writes in the journal: redo them before
+	 * anything reads the data */
+	ret = rk_journal_replay(fs->dd, NULL);
+	if (ret < 0) {
+		rk_err("refusing to mount %s: the journal cannot be replayed: %s", fs->datadir, rk_strerror(ret));
+		return ret;
+	}
 	for (size_t i = 0; i < fs->dd->ntables; i++) {
 		struct rk_key *k;
 		ret = rk_keyring_get(fs->kr, fs->dd->tables[i].key, &k);
@@ -198,6 +205,8 @@ int main(int argc, char *argv[])
 	if (!strchr(fs->datadir_real, ','))
 		fuse_opt_add_arg(&args, fsname);
 
+	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0)
+		goto out;
 	fs->se = fuse_session_new(&args, &rkd_ops, sizeof(rkd_ops), fs);
 	if (!fs->se)
 		goto out;
@@ -225,6 +234,11 @@ out_session:
 out:
 	if (lcfg)
 		fuse_loop_cfg_destroy(lcfg);
+	if (fs->j && rk_journal_close(fs->j) < 0) {
+		rk_err("%s: the journal could not be emptied at unmount; it is replayed at the next mount",
+		       fs->datadir);
+		ret = 1;
+	}
 	rk_datadir_close(fs->dd);
 	rk_keyring_free(fs->kr);
 	if (fs->rootfd >= 0)

@@ -1,0 +1,978 @@
+/* rekeyfs - redo journal with group commit (see include/rekeyfs/journal.h). */
+#include "config.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <uthash.h>
+
+#include "rekeyfs/common.h"
+#include "rekeyfs/journal.h"
+
+#define REC_HDR 56
+#define REC_SUM 32
+#define REC_SLOT 1
+#define REC_TRUNC 2
+#define HANDLE_MAX 128
+static const uint8_t rec_magic[4] = {'R', 'K', 'J', '1'};
+
+struct jfile {
+	struct rk_journal *j;
+	struct rk_cf *cf;
+	uint8_t file_id[RK_FILE_ID_BYTES];
+	int handle_type;
+	uint16_t handle_len;
+	uint8_t handle[HANDLE_MAX];
+	char path[PATH_MAX];
+	unsigned npending;     /* queued entries of this file */
+	bool dirty;            /* applied since the last checkpoint: its dup is in the dirty list */
+	uint64_t gen;          /* journal generation of its last slot record */
+	struct jfile *prev, *next; /* live (attached) files */
+};
+
+struct jkey {
+	struct jfile *jf;
+	uint64_t idx;
+};
+
+struct jent {
+	struct jkey key;
+	uint64_t off;         /* slot offset in the stored file */
+	uint32_t len;
+	uint32_t old_end;
+	size_t aoff;          /* image position in the arena */
+	size_t charge;        /* arena bytes this entry accounts for (with wrap waste) */
+	uint64_t seq;
+	bool dead;            /* superseded or truncated away: not applied */
+	bool hashed;
+	UT_hash_handle hh;
+	struct jent *next;
+};
+
+struct rk_journal {
+	struct rk_datadir *dd;
+	int fd;
+	struct rk_journal_opts o;
+	pthread_mutex_t lock;
+	pthread_cond_t work;     /* committer wake-up */
+	pthread_cond_t changed;  /* space freed, commits done, entries applied */
+	uint64_t tail;           /* journal file length */
+	uint64_t seq;            /* last sequence number handed out */
+	uint64_t committed;      /* records with seq <= committed are durable */
+	uint64_t commit_want;    /* a caller waits for this seq to be durable */
+	int error;               /* sticky commit error */
+	int apply_error;         /* last in-place write failed (cleared by a success) */
+	uint8_t *arena;
+	size_t asize, ahead, atail, aused;
+	struct jent *hash;
+	struct jent *qhead, *qtail;
+	struct jent *freelist;
+	int *dirty_fds;
+	size_t ndirty, capdirty;
+	struct jent *applying;   /* being written in place (lock dropped) */
+	uint64_t generation;     /* bumped each time the journal is emptied */
+	struct jfile *files;     /* attached files */
+	bool stop;
+	pthread_t thr;
+	struct rk_journal_stats st;
+};
+
+/* ---- record encoding ------------------------------------------------------------ */
+static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t len, uint32_t old_end,
+                       const struct jfile *jf, uint16_t pathlen)
+{
+	memset(h, 0, REC_HDR);
+	memcpy(h, rec_magic, 4);
+	h[4] = (uint8_t)type;
+	rk_put64(h + 8, seq);
+	rk_put64(h + 16, a);
+	rk_put32(h + 24, len);
+	rk_put32(h + 28, old_end);
+	memcpy(h + 32, jf->file_id, RK_FILE_ID_BYTES);
+	rk_put32(h + 48, (uint32_t)jf->handle_type);
+	rk_put16(h + 52, jf->handle_len);
+	rk_put16(h + 54, pathlen);
+}
+
+/* Append one record; caller holds j->lock.  Returns 0 or -errno. */
+static int rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,
+                      struct jfile *jf, uint64_t *seq_out)
+{
+	uint8_t hdr[REC_HDR], sum[REC_SUM];
+	uint16_t pathlen = (uint16_t)strnlen(jf->path, PATH_MAX - 1);
+	uint64_t seq = j->seq + 1;
+	rec_header(hdr, type, seq, a, type == REC_SLOT ? len : 0, old_end, jf, pathlen);
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned int sl = REC_SUM;
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(md, hdr, REC_HDR) != 1 ||
+	    EVP_DigestUpdate(md, jf->handle, jf->handle_len) != 1 || EVP_DigestUpdate(md, jf->path, pathlen) != 1 ||
+	    (type == REC_SLOT && EVP_DigestUpdate(md, img, len) != 1) || EVP_DigestFinal_ex(md, sum, &sl) != 1) {
+		EVP_MD_CTX_free(md);
+		return -EIO;
+	}
+	EVP_MD_CTX_free(md);
+	struct iovec iov[5] = {
+		{hdr, REC_HDR}, {jf->handle, jf->handle_len}, {jf->path, pathlen},
+		{(void *)img, type == REC_SLOT ? len : 0}, {sum, REC_SUM},
+	};
+	size_t total = REC_HDR + jf->handle_len + pathlen + (type == REC_SLOT ? len : 0) + REC_SUM;
+	size_t done = 0;
+	while (done < total) {
+		/* advance the iovec past what was written */
+		struct iovec v[5];
+		int nv = 0;
+		size_t skip = done;
+		for (int i = 0; i < 5; i++) {
+			if (skip >= iov[i].iov_len) {
+				skip -= iov[i].iov_len;
+				continue;
+			}
+			v[nv].iov_base = (uint8_t *)iov[i].iov_base + skip;
+			v[nv].iov_len = iov[i].iov_len - skip;
+			skip = 0;
+			nv++;
+		}
+		ssize_t n = pwritev(j->fd, v, nv, (off_t)(j->tail + done));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = errno;
+			/* leave no partial record behind: later records must follow a valid one */
+			if (ftruncate(j->fd, (off_t)j->tail) < 0)
+				rk_warn("journal: cannot cut a partial record: %s", strerror(errno));
+			return -e;
+		}
+		done += (size_t)n;
+	}
+	j->tail += total;
+	j->seq = seq;
+	j->st.records++;
+	j->st.journal_bytes = j->tail;
+	*seq_out = seq;
+	return 0;
+}
+
+/* ---- arena ---------------------------------------------------------------------------- */
+/* Reserve len contiguous bytes; caller holds the lock.  -EAGAIN when full. */
+static int arena_alloc(struct rk_journal *j, size_t len, size_t *off, size_t *charge)
+{
+	if (len > j->asize)
+		return -EFBIG;
+	if (j->aused == 0) {
+		j->ahead = j->atail = 0;
+	}
+	if (j->aused == 0 || j->ahead > j->atail) {
+		if (j->asize - j->ahead >= len) {
+			*off = j->ahead;
+			*charge = len;
+		} else if (j->atail > len || (j->aused == 0 && len <= j->asize)) {
+			*off = 0;
+			*charge = len + (j->asize - j->ahead); /* waste at the end */
+		} else {
+			return -EAGAIN;
+		}
+	} else if (j->ahead < j->atail && j->atail - j->ahead > len) {
+		*off = j->ahead;
+		*charge = len;
+	} else {
+		return -EAGAIN;
+	}
+	j->ahead = *off + len;
+	j->aused += *charge;
+	return 0;
+}
+
+static void arena_free(struct rk_journal *j, struct jent *e)
+{
+	j->aused -= e->charge;
+	j->atail = e->aoff + e->len;
+	if (j->aused == 0)
+		j->ahead = j->atail = 0;
+}
+
+/* ---- pending entries ------------------------------------------------------------------ */
+static struct jent *ent_new(struct rk_journal *j)
+{
+	struct jent *e = j->freelist;
+	if (e)
+		j->freelist = e->next;
+	else
+		e = malloc(sizeof(*e));
+	if (e)
+		memset(e, 0, sizeof(*e));
+	return e;
+}
+
+static void ent_unhash(struct rk_journal *j, struct jent *e)
+{
+	if (e->hashed) {
+		HASH_DEL(j->hash, e);
+		e->hashed = false;
+	}
+}
+
+static int add_dirty(struct rk_journal *j, struct jfile *jf)
+{
+	if (jf->dirty)
+		return 0;
+	if (j->ndirty == j->capdirty) {
+		size_t nc = j->capdirty ? j->capdirty * 2 : 64;
+		int *n = realloc(j->dirty_fds, nc * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		j->dirty_fds = n;
+		j->capdirty = nc;
+	}
+	int fd = fcntl(rk_cf_fd(jf->cf), F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		return -errno;
+	j->dirty_fds[j->ndirty++] = fd;
+	jf->dirty = true;
+	return 0;
+}
+
+/* Write the oldest committed entry in place; caller holds the lock (dropped
+ * while writing).  Returns 1 if an entry was handled, 0 if none is ready. */
+static int apply_one(struct rk_journal *j)
+{
+	while (j->applying)
+		pthread_cond_wait(&j->changed, &j->lock);
+	struct jent *e = j->qhead;
+	if (!e || e->seq > j->committed)
+		return 0;
+	int ret = 0;
+	if (!e->dead) {
+		struct jfile *jf = e->key.jf;
+		j->applying = e;
+		pthread_mutex_unlock(&j->lock);
+		int fd = rk_cf_fd(jf->cf);
+		ret = rk_pwrite_full(fd, j->arena + e->aoff, e->len, (off_t)e->off);
+		if (ret == 0 && e->old_end > e->len)
+			ret = rk_zero_range(fd, e->off + e->len, e->old_end - e->len);
+		rk_crashpoint("journal.applied");
+		pthread_mutex_lock(&j->lock);
+		j->applying = NULL;
+		if (ret < 0) {
+			/* the journal holds the record: it stays pending and is retried; a
+			 * crash meanwhile replays it */
+			if (j->apply_error != ret)
+				rk_err("%s: cannot write chunk at offset %" PRIu64 " in place: %s (kept in the journal and "
+				       "retried)", jf->path, e->off, strerror(-ret));
+			j->st.last_error = ret;
+			j->apply_error = ret;
+			pthread_cond_broadcast(&j->changed);
+			return -1;
+		}
+		if (add_dirty(j, jf) < 0) {
+			/* cannot remember to sync it: sync now */
+			fdatasync(fd);
+		}
+		j->st.applied++;
+		j->apply_error = 0;
+	}
+	ent_unhash(j, e);
+	j->qhead = e->next;
+	if (!j->qhead)
+		j->qtail = NULL;
+	e->key.jf->npending--;
+	arena_free(j, e);
+	e->next = j->freelist;
+	j->freelist = e;
+	pthread_cond_broadcast(&j->changed);
+	return 1;
+}
+
+/* Group commit: make every record appended so far durable.  Caller holds
+ * the lock (dropped during fdatasync). */
+static int commit_locked(struct rk_journal *j)
+{
+	uint64_t target = j->seq;
+	if (j->committed >= target)
+		return 0;
+	pthread_mutex_unlock(&j->lock);
+	rk_crashpoint("journal.before-commit");
+	int ret = fdatasync(j->fd) < 0 ? -errno : 0;
+	pthread_mutex_lock(&j->lock);
+	if (ret < 0) {
+		rk_err("journal: fdatasync failed: %s", strerror(-ret));
+		j->error = ret;
+		j->st.last_error = ret;
+	} else {
+		if (target > j->committed)
+			j->committed = target;
+		j->st.commits++;
+	}
+	pthread_cond_broadcast(&j->changed);
+	return ret;
+}
+
+static int checkpoint_locked(struct rk_journal *j)
+{
+	int ret = commit_locked(j);
+	if (ret < 0)
+		return ret;
+	while (j->qhead) {
+		int r = apply_one(j);
+		if (r < 0)
+			return j->st.last_error ? j->st.last_error : -EIO;
+		if (r == 0) {
+			ret = commit_locked(j);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	uint64_t tail = j->tail;
+	int *fds = j->dirty_fds;
+	size_t n = j->ndirty;
+	j->dirty_fds = NULL;
+	j->ndirty = j->capdirty = 0;
+	/* files get re-added to the new list as they are applied again */
+	for (struct jfile *f = j->files; f; f = f->next)
+		f->dirty = false;
+	pthread_mutex_unlock(&j->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (fdatasync(fds[i]) < 0 && ret == 0) {
+			ret = -errno;
+			rk_err("journal checkpoint: fdatasync of a data file failed: %s", strerror(-ret));
+		}
+		close(fds[i]);
+	}
+	free(fds);
+	pthread_mutex_lock(&j->lock);
+	if (ret < 0)
+		return ret;
+	if (j->tail == tail && !j->qhead && tail > 0) {
+		rk_crashpoint("journal.before-truncate");
+		if (ftruncate(j->fd, 0) < 0 || fsync(j->fd) < 0) {
+			ret = -errno;
+			rk_err("journal: cannot empty the journal: %s", strerror(-ret));
+			return ret;
+		}
+		j->tail = 0;
+		j->generation++;
+		j->st.checkpoints++;
+		j->st.journal_bytes = 0;
+	}
+	return 0;
+}
+
+static void *committer(void *arg)
+{
+	struct rk_journal *j = arg;
+	pthread_mutex_lock(&j->lock);
+	while (!j->stop) {
+		if (j->seq == j->committed && !j->qhead && j->commit_want <= j->committed) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += (long)j->o.commit_interval_ms * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&j->work, &j->lock, &ts);
+			continue;
+		}
+		/* let writers batch up unless someone waits */
+		if (j->commit_want <= j->committed && j->aused < j->asize / 2 && j->seq != j->committed) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += (long)j->o.commit_interval_ms * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&j->work, &j->lock, &ts);
+			if (j->stop)
+				break;
+		}
+		if (commit_locked(j) < 0) {
+			/* keep everything pending; try again later */
+			pthread_mutex_unlock(&j->lock);
+			usleep(100000);
+			pthread_mutex_lock(&j->lock);
+			continue;
+		}
+		int r;
+		while ((r = apply_one(j)) == 1)
+			;
+		if (r < 0) {
+			/* ENOSPC or EIO in place: the journal keeps the data; back off */
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 200000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&j->work, &j->lock, &ts);
+			continue;
+		}
+		if (j->tail >= j->o.checkpoint_bytes && !j->qhead)
+			checkpoint_locked(j);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return NULL;
+}
+
+/* ---- writer hooks --------------------------------------------------------------------- */
+static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len, size_t old_end)
+{
+	struct jfile *jf = ctx;
+	struct rk_journal *j = jf->j;
+	uint64_t off = rk_slot_off(rk_cf_slot_size(cf), idx);
+	int ret;
+	if (old_end == 0) {
+		/* a hole holds no data: write directly, nothing to lose */
+		return rk_pwrite_full(rk_cf_fd(cf), slot, len, (off_t)off);
+	}
+	pthread_mutex_lock(&j->lock);
+	size_t aoff = 0, charge = 0;
+	while ((ret = arena_alloc(j, len, &aoff, &charge)) == -EAGAIN) {
+		j->st.waits++;
+		j->commit_want = j->seq;
+		pthread_cond_signal(&j->work);
+		pthread_cond_wait(&j->changed, &j->lock);
+	}
+	if (ret < 0)
+		goto out;
+	struct jent *e = ent_new(j);
+	if (!e) {
+		ret = -ENOMEM;
+		goto unalloc;
+	}
+	memcpy(j->arena + aoff, slot, len);
+	ret = rec_append(j, REC_SLOT, off, slot, (uint32_t)len, (uint32_t)old_end, jf, &e->seq);
+	if (ret < 0) {
+		e->next = j->freelist;
+		j->freelist = e;
+		goto unalloc;
+	}
+	rk_crashpoint("journal.appended");
+	e->key.jf = jf;
+	e->key.idx = idx;
+	e->off = off;
+	e->len = (uint32_t)len;
+	e->old_end = (uint32_t)old_end;
+	jf->gen = j->generation;
+	e->aoff = aoff;
+	e->charge = charge;
+	struct jent *prev;
+	HASH_FIND(hh, j->hash, &e->key, sizeof(e->key), prev);
+	if (prev) {
+		/* the slot on disk still has prev's predecessor: clear up to the larger */
+		if (prev->old_end > e->old_end)
+			e->old_end = prev->old_end;
+		prev->dead = true;
+		ent_unhash(j, prev);
+	}
+	HASH_ADD(hh, j->hash, key, sizeof(e->key), e);
+	e->hashed = true;
+	if (j->qtail)
+		j->qtail->next = e;
+	else
+		j->qhead = e;
+	j->qtail = e;
+	jf->npending++;
+	j->st.pending_bytes = j->aused;
+	if (j->aused > j->asize / 2)
+		pthread_cond_signal(&j->work);
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+unalloc:
+	/* undo the reservation: it is the newest, so the head moves back */
+	j->aused -= charge;
+	j->ahead = aoff;
+	if (j->aused == 0)
+		j->ahead = j->atail = 0;
+out:
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+static ssize_t j_read_slot(void *ctx, struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t len)
+{
+	struct jfile *jf = ctx;
+	struct rk_journal *j = jf->j;
+	struct jkey k = {jf, idx};
+	struct jent *e;
+	ssize_t n = -ENOENT;
+	(void)cf;
+	pthread_mutex_lock(&j->lock);
+	if (jf->npending) {
+		HASH_FIND(hh, j->hash, &k, sizeof(k), e);
+		if (e) {
+			n = (ssize_t)RK_MIN(len, (size_t)e->len);
+			memcpy(buf, j->arena + e->aoff, (size_t)n);
+		}
+	}
+	pthread_mutex_unlock(&j->lock);
+	return n;
+}
+
+static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
+{
+	struct jfile *jf = ctx;
+	struct rk_journal *j = jf->j;
+	uint64_t seq;
+	pthread_mutex_lock(&j->lock);
+	/* an entry being written in place right now must land before the cut */
+	while (j->applying && j->applying->key.jf == jf && j->applying->key.idx >= first_dead)
+		pthread_cond_wait(&j->changed, &j->lock);
+	for (struct jent *e = j->qhead; e; e = e->next) {
+		if (e->key.jf == jf && e->key.idx >= first_dead && !e->dead) {
+			e->dead = true;
+			ent_unhash(j, e);
+		}
+	}
+	/* records of this generation may hold the dead slots: replay must skip them */
+	int ret = 0;
+	if (jf->gen == j->generation && j->tail > 0)
+		ret = rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+/* ---- public API ------------------------------------------------------------------------- */
+int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel)
+{
+	struct jfile *jf = calloc(1, sizeof(*jf));
+	if (!jf)
+		return -ENOMEM;
+	jf->j = j;
+	jf->cf = cf;
+	rk_cf_file_id(cf, jf->file_id);
+	snprintf(jf->path, sizeof(jf->path), "%s", rel);
+	struct {
+		struct file_handle fh;
+		uint8_t buf[HANDLE_MAX];
+	} h;
+	int mount_id;
+	h.fh.handle_bytes = HANDLE_MAX;
+	if (name_to_handle_at(rk_cf_fd(cf), "", &h.fh, &mount_id, AT_EMPTY_PATH) == 0 && h.fh.handle_bytes <= HANDLE_MAX) {
+		jf->handle_type = h.fh.handle_type;
+		jf->handle_len = (uint16_t)h.fh.handle_bytes;
+		memcpy(jf->handle, h.fh.f_handle, h.fh.handle_bytes);
+	} else {
+		jf->handle_type = -1;
+		jf->handle_len = 0;
+	}
+	jf->gen = UINT64_MAX;
+	pthread_mutex_lock(&j->lock);
+	jf->next = j->files;
+	if (j->files)
+		j->files->prev = jf;
+	j->files = jf;
+	pthread_mutex_unlock(&j->lock);
+	struct rk_cf_writer w = {j_write_slot, j_read_slot, j_truncated, jf};
+	rk_cf_set_writer(cf, &w);
+	return 0;
+}
+
+static struct jfile *jfile_of(struct rk_journal *j, struct rk_cf *cf)
+{
+	struct rk_cf_writer w;
+	rk_cf_get_writer(cf, &w);
+	if (w.write_slot != j_write_slot)
+		return NULL;
+	struct jfile *jf = w.ctx;
+	return jf->j == j ? jf : NULL;
+}
+
+int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
+{
+	struct jfile *jf = jfile_of(j, cf);
+	int ret = 0;
+	if (!jf)
+		return 0;
+	pthread_mutex_lock(&j->lock);
+	/* this file's entries must be in place before its fd goes away */
+	while (jf->npending > 0 && !j->error && !j->apply_error) {
+		if (j->commit_want < j->seq)
+			j->commit_want = j->seq;
+		pthread_cond_signal(&j->work);
+		pthread_cond_wait(&j->changed, &j->lock);
+	}
+	if (jf->npending > 0) {
+		/* cannot make them durable: keep the file attached (the caller keeps
+		 * the fd open) and report */
+		ret = j->error ? j->error : j->apply_error ? j->apply_error : -EIO;
+		pthread_mutex_unlock(&j->lock);
+		return ret;
+	}
+	if (jf->prev)
+		jf->prev->next = jf->next;
+	else
+		j->files = jf->next;
+	if (jf->next)
+		jf->next->prev = jf->prev;
+	pthread_mutex_unlock(&j->lock);
+	rk_cf_set_writer(cf, NULL);
+	free(jf);
+	return 0;
+}
+
+void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel)
+{
+	struct jfile *jf = jfile_of(j, cf);
+	if (!jf)
+		return;
+	pthread_mutex_lock(&j->lock);
+	snprintf(jf->path, sizeof(jf->path), "%s", rel);
+	pthread_mutex_unlock(&j->lock);
+}
+
+int rk_journal_commit(struct rk_journal *j)
+{
+	pthread_mutex_lock(&j->lock);
+	uint64_t target = j->seq;
+	int ret = 0;
+	while (j->committed < target) {
+		if (j->error) {
+			ret = j->error;
+			j->error = 0; /* reported once; the committer retries */
+			break;
+		}
+		if (j->commit_want < target)
+			j->commit_want = target;
+		pthread_cond_signal(&j->work);
+		pthread_cond_wait(&j->changed, &j->lock);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+int rk_journal_checkpoint(struct rk_journal *j)
+{
+	pthread_mutex_lock(&j->lock);
+	int ret = checkpoint_locked(j);
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+void rk_journal_get_stats(struct rk_journal *j, struct rk_journal_stats *st)
+{
+	pthread_mutex_lock(&j->lock);
+	*st = j->st;
+	st->pending_bytes = j->aused;
+	st->journal_bytes = j->tail;
+	pthread_mutex_unlock(&j->lock);
+}
+
+int rk_journal_open(struct rk_datadir *dd, const struct rk_journal_opts *o, struct rk_journal **out)
+{
+	struct rk_journal *j = calloc(1, sizeof(*j));
+	int ret;
+	if (!j)
+		return -ENOMEM;
+	j->dd = dd;
+	j->o.mem_limit = o && o->mem_limit ? o->mem_limit : 16u << 20;
+	j->o.commit_interval_ms = o && o->commit_interval_ms ? o->commit_interval_ms : 20;
+	j->o.checkpoint_bytes = o && o->checkpoint_bytes ? o->checkpoint_bytes : 64u << 20;
+	j->asize = RK_MAX(j->o.mem_limit, (size_t)(2 * (RK_CHUNK_MAX + RK_SLOT_OVERHEAD)));
+	j->arena = malloc(j->asize);
+	if (!j->arena) {
+		free(j);
+		return -ENOMEM;
+	}
+	j->fd = openat(dd->statefd, RK_JOURNAL_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (j->fd < 0) {
+		ret = -errno;
+		rk_err("%s: cannot open %s/%s: %s", dd->path, RK_STATE_DIR, RK_JOURNAL_NAME, strerror(errno));
+		free(j->arena);
+		free(j);
+		return ret;
+	}
+	struct stat st;
+	if (fstat(j->fd, &st) == 0 && st.st_size > 0) {
+		/* must have been replayed: refuse to append after unknown records */
+		rk_err("%s: the journal is not empty; it must be replayed first", dd->path);
+		close(j->fd);
+		free(j->arena);
+		free(j);
+		return -EUCLEAN;
+	}
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->work, NULL);
+	pthread_cond_init(&j->changed, NULL);
+	ret = pthread_create(&j->thr, NULL, committer, j);
+	if (ret) {
+		close(j->fd);
+		free(j->arena);
+		free(j);
+		return -ret;
+	}
+	*out = j;
+	return 0;
+}
+
+int rk_journal_close(struct rk_journal *j)
+{
+	if (!j)
+		return 0;
+	pthread_mutex_lock(&j->lock);
+	j->stop = true;
+	pthread_cond_broadcast(&j->work);
+	pthread_mutex_unlock(&j->lock);
+	pthread_join(j->thr, NULL);
+	pthread_mutex_lock(&j->lock);
+	int ret = checkpoint_locked(j);
+	pthread_mutex_unlock(&j->lock);
+	for (size_t i = 0; i < j->ndirty; i++)
+		close(j->dirty_fds[i]);
+	free(j->dirty_fds);
+	struct jent *e, *tmp;
+	HASH_ITER(hh, j->hash, e, tmp)
+	{
+		HASH_DEL(j->hash, e);
+	}
+	while (j->qhead) {
+		e = j->qhead;
+		j->qhead = e->next;
+		free(e);
+	}
+	while (j->freelist) {
+		e = j->freelist;
+		j->freelist = e->next;
+		free(e);
+	}
+	close(j->fd);
+	free(j->arena);
+	pthread_cond_destroy(&j->work);
+	pthread_cond_destroy(&j->changed);
+	pthread_mutex_destroy(&j->lock);
+	free(j);
+	return ret;
+}
+
+/* ---- replay ------------------------------------------------------------------------------ */
+struct rrec {
+	uint64_t joff;        /* record offset in the journal */
+	int type;
+	uint64_t seq, a;
+	uint32_t len, old_end;
+	uint8_t file_id[RK_FILE_ID_BYTES];
+	int handle_type;
+	uint16_t handle_len, path_len;
+	bool dead;
+};
+
+struct rfile {
+	uint8_t file_id[RK_FILE_ID_BYTES];
+	int fd;               /* -1: not found */
+	char path[PATH_MAX];
+	UT_hash_handle hh;
+};
+
+static bool fd_has_id(int fd, const uint8_t *id)
+{
+	struct rk_cf_header h;
+	int lvl = rk_log_get_level();
+	rk_log_set_level(RK_LOG_ERR - 1);
+	int r = rk_cf_read_header(fd, "(journal replay)", &h, NULL);
+	rk_log_set_level(lvl);
+	return r == 0 && memcmp(h.file_id, id, RK_FILE_ID_BYTES) == 0;
+}
+
+static int resolve_file(struct rk_datadir *dd, struct rfile **files, const struct rrec *r, const uint8_t *handle,
+                        const char *path)
+{
+	struct rfile *f;
+	HASH_FIND(hh, *files, r->file_id, RK_FILE_ID_BYTES, f);
+	if (f)
+		return f->fd;
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	memcpy(f->file_id, r->file_id, RK_FILE_ID_BYTES);
+	f->fd = -1;
+	snprintf(f->path, sizeof(f->path), "%s", path);
+	if (r->handle_len > 0 && r->handle_type != -1) {
+		struct {
+			struct file_handle fh;
+			uint8_t buf[HANDLE_MAX];
+		} h;
+		h.fh.handle_bytes = r->handle_len;
+		h.fh.handle_type = r->handle_type;
+		memcpy(h.fh.f_handle, handle, r->handle_len);
+		int fd = open_by_handle_at(dd->dirfd, &h.fh, O_RDWR | O_CLOEXEC);
+		if (fd >= 0 && fd_has_id(fd, r->file_id))
+			f->fd = fd;
+		else if (fd >= 0)
+			close(fd);
+	}
+	if (f->fd < 0 && path[0] == '/' && path[1]) {
+		int fd = openat(dd->dirfd, path + 1, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0 && fd_has_id(fd, r->file_id))
+			f->fd = fd;
+		else if (fd >= 0)
+			close(fd);
+	}
+	if (f->fd < 0)
+		rk_info("journal replay: %s no longer exists (deleted after the write); its records are skipped", path);
+	HASH_ADD(hh, *files, file_id, RK_FILE_ID_BYTES, f);
+	return f->fd;
+}
+
+int rk_journal_replay(struct rk_datadir *dd, uint64_t *applied)
+{
+	struct rrec *recs = NULL;
+	size_t nrecs = 0, cap = 0;
+	struct rfile *files = NULL, *f, *tmp;
+	uint8_t *buf = NULL;
+	size_t bufcap = 0;
+	uint64_t napplied = 0;
+	int ret = 0;
+	struct stat st;
+	if (applied)
+		*applied = 0;
+	int fd = openat(dd->statefd, RK_JOURNAL_NAME, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (st.st_size == 0)
+		goto out;
+	rk_info("%s: replaying the journal (%jd bytes) left by an interrupted daemon or tool", dd->path,
+	        (intmax_t)st.st_size);
+	/* pass 1: the valid prefix of records */
+	uint64_t pos = 0, last_seq = 0;
+	while (pos + REC_HDR + REC_SUM <= (uint64_t)st.st_size) {
+		uint8_t h[REC_HDR];
+		if (rk_pread_full(fd, h, REC_HDR, (off_t)pos) != REC_HDR || memcmp(h, rec_magic, 4) != 0)
+			break;
+		struct rrec r = {.joff = pos, .type = h[4]};
+		r.seq = rk_get64(h + 8);
+		r.a = rk_get64(h + 16);
+		r.len = rk_get32(h + 24);
+		r.old_end = rk_get32(h + 28);
+		memcpy(r.file_id, h + 32, RK_FILE_ID_BYTES);
+		r.handle_type = (int)rk_get32(h + 48);
+		r.handle_len = rk_get16(h + 52);
+		r.path_len = rk_get16(h + 54);
+		if ((r.type != REC_SLOT && r.type != REC_TRUNC) || r.handle_len > HANDLE_MAX || r.path_len >= PATH_MAX ||
+		    r.len > RK_CHUNK_MAX + RK_SLOT_OVERHEAD || (r.type == REC_TRUNC && r.len != 0) || r.seq <= last_seq)
+			break;
+		size_t total = REC_HDR + r.handle_len + r.path_len + r.len + REC_SUM;
+		if (pos + total > (uint64_t)st.st_size)
+			break;
+		if (bufcap < total) {
+			uint8_t *nb = realloc(buf, total);
+			if (!nb) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			buf = nb;
+			bufcap = total;
+		}
+		if (rk_pread_full(fd, buf, total, (off_t)pos) != (ssize_t)total)
+			break;
+		uint8_t sum[32];
+		rk_sha256(buf, total - REC_SUM, sum);
+		if (memcmp(sum, buf + total - REC_SUM, REC_SUM) != 0)
+			break;
+		if (nrecs == cap) {
+			cap = cap ? cap * 2 : 256;
+			struct rrec *nr = realloc(recs, cap * sizeof(*nr));
+			if (!nr) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			recs = nr;
+		}
+		recs[nrecs++] = r;
+		last_seq = r.seq;
+		pos += total;
+	}
+	if (pos < (uint64_t)st.st_size)
+		rk_info("%s: journal: %jd bytes of an incomplete last record ignored (never acknowledged)", dd->path,
+		        (intmax_t)((uint64_t)st.st_size - pos));
+	/* a truncation kills earlier records of the same file at or past its cut */
+	for (size_t t = 0; t < nrecs; t++) {
+		if (recs[t].type != REC_TRUNC)
+			continue;
+		uint64_t cut = (uint64_t)RK_HDR_AREA + recs[t].a * (uint64_t)recs[t].old_end;
+		for (size_t i = 0; i < t; i++)
+			if (recs[i].type == REC_SLOT && !recs[i].dead && recs[i].a >= cut &&
+			    memcmp(recs[i].file_id, recs[t].file_id, RK_FILE_ID_BYTES) == 0)
+				recs[i].dead = true;
+	}
+	/* pass 2: write the live images in order */
+	for (size_t i = 0; i < nrecs; i++) {
+		struct rrec *r = &recs[i];
+		size_t total = REC_HDR + r->handle_len + r->path_len + r->len + REC_SUM;
+		if (r->type != REC_SLOT || r->dead)
+			continue;
+		if (rk_pread_full(fd, buf, total, (off_t)r->joff) != (ssize_t)total) {
+			ret = -EIO;
+			goto out;
+		}
+		char path[PATH_MAX];
+		memcpy(path, buf + REC_HDR + r->handle_len, r->path_len);
+		path[r->path_len] = '\0';
+		int dfd = resolve_file(dd, &files, r, buf + REC_HDR, path);
+		if (dfd == -ENOMEM) {
+			ret = dfd;
+			goto out;
+		}
+		if (dfd < 0)
+			continue;
+		const uint8_t *img = buf + REC_HDR + r->handle_len + r->path_len;
+		ret = rk_pwrite_full(dfd, img, r->len, (off_t)r->a);
+		if (ret == 0 && r->old_end > r->len)
+			ret = rk_zero_range(dfd, r->a + r->len, r->old_end - r->len);
+		if (ret < 0) {
+			rk_err("journal replay: cannot write %s at offset %" PRIu64 ": %s; the journal is kept, fix the "
+			       "cause (free space?) and run again", path, r->a, strerror(-ret));
+			goto out;
+		}
+		napplied++;
+	}
+	/* the touched files: durable, and their headers recounted exactly */
+	HASH_ITER(hh, files, f, tmp)
+	{
+		if (f->fd < 0)
+			continue;
+		if (fdatasync(f->fd) < 0) {
+			ret = -errno;
+			rk_err("journal replay: fdatasync %s: %s", f->path, strerror(errno));
+			goto out;
+		}
+		struct rk_cf *cf;
+		int r = rk_cf_open(f->fd, f->path, NULL, true, &cf);
+		if (r == 0) {
+			r = rk_cf_recount(cf);
+			if (r == 0)
+				r = rk_cf_sync(cf);
+			rk_cf_close(cf);
+		}
+		if (r < 0)
+			rk_warn("journal replay: %s: cannot recount the header: %s", f->path, rk_strerror(r));
+	}
+	rk_crashpoint("journal.replayed");
+	if (ftruncate(fd, 0) < 0 || fsync(fd) < 0) {
+		ret = -errno;
+		rk_err("%s: cannot empty the journal after replay: %s", dd->path, strerror(errno));
+		goto out;
+	}
+	rk_info("%s: journal replayed: %" PRIu64 " chunk writes redone", dd->path, napplied);
+	if (applied)
+		*applied = napplied;
+out:
+	HASH_ITER(hh, files, f, tmp)
+	{
+		HASH_DEL(files, f);
+		if (f->fd >= 0)
+			close(f->fd);
+		free(f);
+	}
+	free(buf);
+	free(recs);
+	close(fd);
+	return ret;
+}
