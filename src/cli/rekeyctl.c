@@ -517,6 +517,24 @@ static int cmd_cat(int argc, char **argv)
 		return -EINVAL;
 	}
 	const char *path = argv[optind];
+	/* inside a data directory whose journal holds chunk writes from a crash:
+	 * replay first, or the file could read older data */
+	char *root = NULL, *rel = NULL;
+	if (rk_datadir_find(path, &root, &rel) == 0) {
+		char jpath[4096];
+		struct stat jst;
+		snprintf(jpath, sizeof(jpath), "%s/%s/%s", root, RK_STATE_DIR, RK_JOURNAL_NAME);
+		if (stat(jpath, &jst) == 0 && jst.st_size > 0) {
+			struct rk_datadir *dd = NULL;
+			if (rkc_open_offline(root, RK_DD_EXCLUSIVE, NULL, &dd) == 0)
+				rk_datadir_close(dd);
+			else
+				rk_warn("%s: the data directory's journal could not be replayed (see above); reading the "
+				        "file as it is on disk", path);
+		}
+	}
+	free(root);
+	free(rel);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;
