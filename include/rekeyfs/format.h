@@ -164,6 +164,12 @@ void rk_cf_close(struct rk_cf *cf);
 
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w);
 void rk_cf_get_writer(const struct rk_cf *cf, struct rk_cf_writer *w);
+/* Called after every successful chunk read with the chunk's key entry (the
+ * daemon schedules lazy rekeys from it).  Must not block. */
+typedef void (*rk_cf_read_hook)(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx);
+void rk_cf_set_read_hook(struct rk_cf *cf, rk_cf_read_hook fn, void *arg);
+/* Header entry naming key (same name and fingerprint), or -1. */
+int rk_cf_key_entry(struct rk_cf *cf, const struct rk_key *key);
 int rk_cf_fd(const struct rk_cf *cf);
 const char *rk_cf_path(const struct rk_cf *cf);
 /* Update the path used in messages (after a rename). */

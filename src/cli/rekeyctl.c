@@ -44,6 +44,9 @@ static void usage(FILE *f)
 	        "  keys [-d KEYDIR] [DATADIR]                    list keys, fingerprints, states, coverage\n"
 	        "  encrypt [-d KEYDIR] DATADIR [PATH...]        turn plain files into chunk files\n"
 	        "  cat [-d KEYDIR] FILE                         decrypt one stored file to stdout\n"
+	        "  rekey [-d KEYDIR] [-q] DATADIR_OR_MOUNT [TABLE...]  rewrite chunks under their table's target key\n"
+	        "  status [--json] MOUNT                        walker state, progress, rates, errors\n"
+	        "  release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...   retire a key no chunk is under\n"
 	        "\n"
 	        "Key directory: -d KEYDIR, else $REKEYFS_KEYDIR, else %s.\n"
 	        "See rekeyctl(8).\n",
@@ -238,6 +241,8 @@ static int cmd_alter(int argc, char **argv)
 		return -EINVAL;
 	}
 	const char *target = argv[optind];
+	if (rkc_is_mount(target))
+		return rkc_online_alter(target, o.key, o.chunk_kb, o.comp);
 	ret = rk_datadir_find(target, &root, &rel);
 	if (ret < 0) {
 		rk_err("%s is not inside a rekeyfs data directory or mount (no .rekeyfs found above it)", target);
@@ -615,6 +620,7 @@ int main(int argc, char **argv)
 	} cmds[] = {
 		{"createkey", cmd_createkey}, {"init", cmd_init}, {"alter", cmd_alter},
 		{"keys", cmd_keys},           {"encrypt", cmd_encrypt}, {"cat", cmd_cat},
+		{"rekey", rkc_cmd_rekey},     {"status", rkc_cmd_status}, {"release-key", rkc_cmd_release},
 	};
 	rk_harden_process();
 	if (argc < 2) {

@@ -12,13 +12,13 @@
 #include "daemon.h"
 #include "rekeyfs/common.h"
 
-struct jbuf {
-	char *p;
-	size_t len, cap;
-	int err;
-};
+#define jbuf rkd_jbuf
+#define jb_put rkd_jb_put
+#define jb_printf rkd_jb_printf
+#define jb_str rkd_jb_str
+#define reply rkd_reply
 
-static void jb_put(struct jbuf *b, const char *s, size_t n)
+void rkd_jb_put(struct jbuf *b, const char *s, size_t n)
 {
 	if (b->err)
 		return;
@@ -37,8 +37,7 @@ static void jb_put(struct jbuf *b, const char *s, size_t n)
 	b->p[b->len] = '\0';
 }
 
-static void jb_printf(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void jb_printf(struct jbuf *b, const char *fmt, ...)
+void rkd_jb_printf(struct jbuf *b, const char *fmt, ...)
 {
 	char tmp[1024];
 	va_list ap;
@@ -53,7 +52,7 @@ static void jb_printf(struct jbuf *b, const char *fmt, ...)
 }
 
 /* a JSON string literal */
-static void jb_str(struct jbuf *b, const char *s)
+void rkd_jb_str(struct jbuf *b, const char *s)
 {
 	jb_put(b, "\"", 1);
 	for (; *s; s++) {
@@ -104,8 +103,18 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 		          rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state));
 	}
 	pthread_rwlock_unlock(&fs->policy_lock);
+	jb_printf(&b, "\n  ],\n");
+	rkd_walker_json(fs, &b);
+	struct rk_journal_stats js;
+	rk_journal_get_stats(fs->j, &js);
 	jb_printf(&b,
-	          "\n  ],\n  \"io\": {\"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"bytes_read\": %" PRIu64
+	          "  \"journal\": {\"records\": %" PRIu64 ", \"commits\": %" PRIu64 ", \"applied\": %" PRIu64
+	          ", \"checkpoints\": %" PRIu64 ", \"pending_bytes\": %" PRIu64 ", \"journal_bytes\": %" PRIu64
+	          ", \"waits\": %" PRIu64 ", \"last_error\": ",
+	          js.records, js.commits, js.applied, js.checkpoints, js.pending_bytes, js.journal_bytes, js.waits);
+	jb_str(&b, js.last_error ? strerror(-js.last_error) : "");
+	jb_printf(&b,
+	          "},\n  \"io\": {\"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"bytes_read\": %" PRIu64
 	          ", \"bytes_written\": %" PRIu64 ", \"read_errors\": %" PRIu64 ", \"write_errors\": %" PRIu64 "}\n}\n",
 	          (uint64_t)atomic_load(&fs->st.reads), (uint64_t)atomic_load(&fs->st.writes),
 	          (uint64_t)atomic_load(&fs->st.bytes_read), (uint64_t)atomic_load(&fs->st.bytes_written),
@@ -119,8 +128,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	return 0;
 }
 
-static int reply(char **out, size_t *len, int ret, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int reply(char **out, size_t *len, int ret, const char *fmt, ...)
+int rkd_reply(char **out, size_t *len, int ret, const char *fmt, ...)
 {
 	char tmp[2048];
 	va_list ap;
@@ -210,5 +218,10 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	}
 	if (strcmp(cmd, "ping") == 0)
 		return reply(out, len, 0, "pong pid %ld", (long)getpid());
-	return reply(out, len, -EINVAL, "unknown command '%s' (known: alter, reload-keys, ping)", cmd);
+	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
+	    strcmp(cmd, "rate") == 0 || strcmp(cmd, "release") == 0 || strcmp(cmd, "scan") == 0)
+		return rkd_walker_control(fs, cmd, rest, out, len);
+	return reply(out, len, -EINVAL,
+	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, scan, reload-keys, ping)",
+	             cmd);
 }

@@ -41,7 +41,10 @@ struct rkd_inode {
 	UT_hash_handle hh;
 };
 
+struct rkd_fs;
+
 struct rkd_file {
+	struct rkd_fs *fs;
 	struct rkd_inode *in; /* the inode (held by the kernel's lookup while open) */
 	int fd;               /* read-write (or read-only) fd on the backing file */
 	bool rw;
@@ -56,6 +59,9 @@ struct rkd_file {
 	char key[RK_KEY_NAME_MAX + 1];
 	enum rk_comp comp;
 	bool dirty;           /* written since the last header flush */
+	/* lazy rekey: header entry of the target key, as of target_gen */
+	unsigned target_gen;
+	int target_idx;
 };
 
 struct rkd_handle {
@@ -79,12 +85,20 @@ struct rkd_opts {
 	int foreground;
 	int debug;
 	int clone_fd;
+	int walker;            /* background walker on (default) or off */
+	unsigned long long walker_rate; /* bytes/s of rewritten chunks, 0 = unlimited */
+	int rekey_on_mount;    /* start a full sweep at mount */
+	int lazy;              /* rewrite on read (default on) */
 };
 
 struct rkd_stats {
 	atomic_uint_fast64_t reads, writes, bytes_read, bytes_written;
 	atomic_uint_fast64_t read_errors, write_errors, chunks_corrupt;
+	atomic_int inflight;            /* foreground data requests being served */
+	atomic_uint_fast64_t last_fg_ns; /* CLOCK_MONOTONIC of the last foreground request */
 };
+
+struct rkd_walker;
 
 struct rkd_fs {
 	struct rkd_opts o;
@@ -102,6 +116,7 @@ struct rkd_fs {
 	struct rkd_inode root;
 	struct rkd_inode vdir, vstatus, vcontrol;
 	struct rkd_stats st;
+	struct rkd_walker *w;
 	time_t started;
 	struct fuse_session *se;
 };
@@ -109,10 +124,37 @@ struct rkd_fs {
 extern const struct fuse_lowlevel_ops rkd_ops;
 
 /* ctl.c: the virtual .rekeyfs directory */
+struct rkd_jbuf {
+	char *p;
+	size_t len, cap;
+	int err;
+};
+void rkd_jb_put(struct rkd_jbuf *b, const char *s, size_t n);
+void rkd_jb_printf(struct rkd_jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void rkd_jb_str(struct rkd_jbuf *b, const char *s);
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len);
 int rkd_control(struct rkd_fs *fs, const char *cmd, char **reply, size_t *rlen);
+int rkd_reply(char **out, size_t *len, int ret, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* fs.c helpers used by ctl.c */
+/* fs.c helpers used by the walker and ctl.c */
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp);
+/* The inode of dirfd/name, shared with the kernel's view (nlookup+1). */
+int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out);
+void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in);
+int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out);
+void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f);
+/* Take a reference on an open file from inside a request that holds one. */
+void rkd_file_ref(struct rkd_inode *in, struct rkd_file *f);
+void rkd_chunk_lock(struct rkd_file *f, uint64_t idx);
+void rkd_chunk_unlock(struct rkd_file *f, uint64_t idx);
+/* Call fn for every open chunk file (inode table locked: fn must not block long). */
+void rkd_for_each_open(struct rkd_fs *fs, void (*fn)(struct rkd_file *f, void *arg), void *arg);
+
+/* walker.c: background sweeps, lazy rekey, key release */
+int rkd_walker_init(struct rkd_fs *fs);
+void rkd_walker_shutdown(struct rkd_fs *fs);
+void rkd_lazy_hook(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx);
+int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b);
 
 #endif

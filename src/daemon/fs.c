@@ -17,6 +17,7 @@
 #include <sys/file.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -453,10 +454,14 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 			ret = rk_journal_attach(fs->j, f->cf, rel);
 			if (ret < 0)
 				goto out;
+			if (fs->o.lazy)
+				rk_cf_set_read_hook(f->cf, rkd_lazy_hook, f);
 		}
+		f->target_idx = -1;
 	}
 	f->refs = 1;
 	f->in = in;
+	f->fs = fs;
 	in->of = f;
 	*out = f;
 	f = NULL;
@@ -680,6 +685,16 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	fuse_reply_err(req, ret < 0 ? ferr(ret) : 0);
 }
 
+static void fg_begin(struct rkd_fs *fs)
+{
+	struct timespec ts;
+	atomic_fetch_add(&fs->st.inflight, 1);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	atomic_store(&fs->st.last_fg_ns, (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec);
+}
+
+static void fg_end(struct rkd_fs *fs) { atomic_fetch_sub(&fs->st.inflight, 1); }
+
 /* per-thread reply buffer: no allocation per request after warm-up */
 static __thread uint8_t *tbuf;
 static __thread size_t tbuf_len;
@@ -730,12 +745,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	fg_begin(fs);
 	pthread_rwlock_rdlock(&f->rw_lock);
 	uint64_t m = stripe_mask(f, (uint64_t)off, size);
 	stripes_lock(f, m, false);
 	ssize_t n = rk_cf_pread(f->cf, buf, size, (uint64_t)off);
 	stripes_unlock(f, m);
 	pthread_rwlock_unlock(&f->rw_lock);
+	fg_end(fs);
 	if (n < 0) {
 		atomic_fetch_add(&fs->st.read_errors, 1);
 		fuse_reply_err(req, ferr((int)n));
@@ -807,6 +824,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_err(req, EIO);
 		return;
 	}
+	fg_begin(fs);
 	/* writes that extend the file (or append) hold the file lock exclusively */
 	bool excl = append || (uint64_t)off + size > rk_cf_size(f->cf);
 	if (excl)
@@ -826,6 +844,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	ssize_t n = rk_cf_pwrite(f->cf, buf, size, (uint64_t)off, key, comp);
 	stripes_unlock(f, m);
 	pthread_rwlock_unlock(&f->rw_lock);
+	fg_end(fs);
 	if (n < 0) {
 		atomic_fetch_add(&fs->st.write_errors, 1);
 		fuse_reply_err(req, ferr((int)n));
@@ -1450,6 +1469,59 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	}
 	PROCPATH(pp, in->fd);
 	fuse_reply_err(req, removexattr(pp, name) < 0 ? errno : 0);
+}
+
+/* ---- for the walker ---------------------------------------------------------------------------- */
+int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out)
+{
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0)
+		return -errno;
+	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	*out = inode_get(fs, fd, &st);
+	return *out ? 0 : -ENOMEM;
+}
+
+void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in) { inode_unref(fs, in, 1); }
+int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out) { return file_get(fs, in, out); }
+void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f) { file_put(fs, in, f); }
+
+void rkd_file_ref(struct rkd_inode *in, struct rkd_file *f)
+{
+	pthread_mutex_lock(&in->lock);
+	f->refs++;
+	pthread_mutex_unlock(&in->lock);
+}
+
+void rkd_chunk_lock(struct rkd_file *f, uint64_t idx)
+{
+	pthread_rwlock_rdlock(&f->rw_lock);
+	pthread_rwlock_wrlock(&f->stripes[idx % RKD_CHUNK_STRIPES]);
+}
+
+void rkd_chunk_unlock(struct rkd_file *f, uint64_t idx)
+{
+	pthread_rwlock_unlock(&f->stripes[idx % RKD_CHUNK_STRIPES]);
+	pthread_rwlock_unlock(&f->rw_lock);
+}
+
+void rkd_for_each_open(struct rkd_fs *fs, void (*fn)(struct rkd_file *f, void *arg), void *arg)
+{
+	struct rkd_inode *in, *tmp;
+	pthread_mutex_lock(&fs->itab_lock);
+	HASH_ITER(hh, fs->inodes, in, tmp)
+	{
+		pthread_mutex_lock(&in->lock);
+		if (in->of && in->of->chunk)
+			fn(in->of, arg);
+		pthread_mutex_unlock(&in->lock);
+	}
+	pthread_mutex_unlock(&fs->itab_lock);
 }
 
 /* ---- init ------------------------------------------------------------------------------------ */

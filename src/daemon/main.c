@@ -26,6 +26,12 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("writeback", writeback, 1),
 	OPT("no_writeback", writeback, 0),
 	OPT("max_threads=%d", max_threads, 0),
+	OPT("walker=on", walker, 1),
+	OPT("walker=off", walker, 0),
+	OPT("walker_rate=%llu", walker_rate, 0),
+	OPT("rekey_on_mount", rekey_on_mount, 1),
+	OPT("lazy=on", lazy, 1),
+	OPT("lazy=off", lazy, 0),
 	FUSE_OPT_END,
 };
 
@@ -54,7 +60,12 @@ static void usage(const char *prog)
 	       "    -o writeback|no_writeback  kernel writeback cache (default on)\n"
 	       "    -o entry_timeout=SECS  name lookup cache (default 1.0)\n"
 	       "    -o attr_timeout=SECS   attribute cache (default 1.0)\n"
-	       "    -o max_threads=N       worker threads (default 8)\n\n"
+	       "    -o max_threads=N       worker threads (default 8)\n"
+	       "    -o walker=on|off       background walker (default on; sweeps run when asked)\n"
+	       "    -o walker_rate=BYTES   walker rate limit in bytes/s of rewritten chunks\n"
+	       "                           (default 104857600; 0 = unlimited)\n"
+	       "    -o rekey_on_mount      start a full sweep at mount\n"
+	       "    -o lazy=on|off         rewrite chunks read under an old key (default on)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -142,6 +153,9 @@ int main(int argc, char *argv[])
 	fs->o.attr_timeout = 1.0;
 	fs->o.writeback = 1;
 	fs->o.max_threads = 8;
+	fs->o.walker = 1;
+	fs->o.walker_rate = 100ULL << 20;
+	fs->o.lazy = 1;
 	if (fuse_opt_parse(&args, fs, rkd_optspec, opt_proc) < 0)
 		return 2;
 	if (fuse_parse_cmdline(&args, &copts) != 0)
@@ -205,8 +219,6 @@ int main(int argc, char *argv[])
 	if (!strchr(fs->datadir_real, ','))
 		fuse_opt_add_arg(&args, fsname);
 
-	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0)
-		goto out;
 	fs->se = fuse_session_new(&args, &rkd_ops, sizeof(rkd_ops), fs);
 	if (!fs->se)
 		goto out;
@@ -217,6 +229,12 @@ int main(int argc, char *argv[])
 	fuse_daemonize(copts.foreground);
 	if (!copts.foreground)
 		rk_log_to_syslog("rekeyfs");
+	/* threads start after the fork of fuse_daemonize */
+	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0)) {
+		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
+		ret = 1;
+		goto out_unmount;
+	}
 	if (copts.singlethread) {
 		ret = fuse_session_loop(fs->se);
 	} else {
@@ -226,6 +244,8 @@ int main(int argc, char *argv[])
 		fuse_loop_cfg_set_idle_threads(lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
 		ret = fuse_session_loop_mt(fs->se, lcfg);
 	}
+out_unmount:
+	rkd_walker_shutdown(fs);
 	fuse_session_unmount(fs->se);
 out_signals:
 	fuse_remove_signal_handlers(fs->se);

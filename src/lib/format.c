@@ -227,6 +227,8 @@ struct rk_cf {
 	bool tail_ok;                    /* last partial chunk holds no bytes past EOF */
 	struct keyslot ks[RK_CF_MAX_KEYS];
 	struct rk_cf_writer writer;
+	rk_cf_read_hook read_hook;
+	void *read_hook_arg;
 };
 
 int rk_cf_fd(const struct rk_cf *cf) { return cf->fd; }
@@ -327,6 +329,25 @@ static ssize_t slot_pread(struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t l
 }
 
 void rk_cf_get_writer(const struct rk_cf *cf, struct rk_cf_writer *w) { *w = cf->writer; }
+
+void rk_cf_set_read_hook(struct rk_cf *cf, rk_cf_read_hook fn, void *arg)
+{
+	cf->read_hook = fn;
+	cf->read_hook_arg = arg;
+}
+
+int rk_cf_key_entry(struct rk_cf *cf, const struct rk_key *key)
+{
+	int found = -1;
+	pthread_mutex_lock(&cf->lock);
+	for (int j = 0; j < RK_CF_MAX_KEYS && found < 0; j++) {
+		const struct rk_cf_keyent *e = &cf->hdr.keys[j];
+		if (e->in_use && strcmp(e->name, key->name) == 0 && memcmp(e->fp, key->fp, RK_FP_BYTES) == 0)
+			found = j;
+	}
+	pthread_mutex_unlock(&cf->lock);
+	return found;
+}
 
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w)
 {
@@ -689,6 +710,8 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 	uint64_t keep = RK_MIN((uint64_t)sh.plain_len, valid);
 	memset(out + keep, 0, cs - keep);
 	*key_idx = sh.key_idx;
+	if (cf->read_hook)
+		cf->read_hook(cf->read_hook_arg, cf, idx, sh.key_idx);
 	return 0;
 }
 
