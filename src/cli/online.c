@@ -87,8 +87,9 @@ int rkc_control(const char *mnt, const char *cmd, char **reply)
 		close(fd);
 		return -ENOMEM;
 	}
+	/* the reply is read from where the command ended (sequential reads) */
 	for (;;) {
-		ssize_t r = pread(fd, buf + got, cap - 1 - got, (off_t)got);
+		ssize_t r = read(fd, buf + got, cap - 1 - got);
 		if (r <= 0)
 			break;
 		got += (size_t)r;
@@ -168,7 +169,8 @@ int rkc_online_alter(const char *target, const char *key, uint32_t chunk_kb, int
 		snprintf(ckb, sizeof(ckb), "%u", chunk_kb);
 	snprintf(cmd, sizeof(cmd), "alter %s %s %s %s\n", rel, key ? key : "-", ckb,
 	         comp >= 0 ? rk_comp_name((enum rk_comp)comp) : "-");
-	ret = print_reply(rkc_control(root, cmd, &reply), reply);
+	ret = rkc_control(root, cmd, &reply);
+	ret = print_reply(ret, reply);
 	if (ret == 0 && key)
 		printf("new writes are sealed under %s; run 'rekeyctl rekey %s' to rewrite existing chunks now\n", key, root);
 	free(root);
@@ -569,7 +571,8 @@ int rkc_cmd_rekey(int argc, char **argv)
 		for (int i = optind + 1; i < argc && n < sizeof(cmd) - 1; i++)
 			n += (size_t)snprintf(cmd + n, sizeof(cmd) - n, " %s", argv[i]);
 		snprintf(cmd + n, sizeof(cmd) - n, "\n");
-		int ret = print_reply(rkc_control(root, cmd, &reply), reply);
+		int ret = rkc_control(root, cmd, &reply);
+		ret = print_reply(ret, reply);
 		if (ret == 0)
 			printf("watch it with: rekeyctl status %s\n", root);
 		free(root);
@@ -594,7 +597,8 @@ int rkc_cmd_release(int argc, char **argv)
 			char *root = NULL, *rel = NULL, *reply = NULL, cmd[256];
 			rkc_mount_find(argv[i], &root, &rel);
 			snprintf(cmd, sizeof(cmd), "release %s\n", name);
-			r = print_reply(rkc_control(root, cmd, &reply), reply);
+			r = rkc_control(root, cmd, &reply);
+			r = print_reply(r, reply);
 			free(root);
 			free(rel);
 		} else {
@@ -667,10 +671,11 @@ int rkc_cmd_status(int argc, char **argv)
 		       jfind(w, "error_count", c, sizeof(c)));
 		const char *t = strstr(w, "\"tables\"");
 		while (t && (t = strstr(t, "{\"path\": "))) {
+			char f[64];
 			printf("  table %-24s %6s%%  %s/%s chunks rewritten, %s/%s files\n", jfind(t, "path", a, sizeof(a)),
 			       jfind(t, "percent", b, sizeof(b)), jfind(t, "chunks_rewritten", c, sizeof(c)),
 			       jfind(t, "chunks_to_rewrite", d, sizeof(d)), jfind(t, "files_done", e, sizeof(e)),
-			       jfind(t, "files_total", a, sizeof(a)));
+			       jfind(t, "files_total", f, sizeof(f)));
 			t++;
 		}
 		const char *errs = strstr(w, "\"errors\": [");
