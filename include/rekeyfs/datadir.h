@@ -89,5 +89,9 @@ int rk_registry_add(struct rk_datadir *dd, const struct rk_key *key);
 /* Check every key the registry knows (not released) against the key
  * directory: a changed fingerprint is -EKEYREJECTED (mount must stop). */
 int rk_registry_verify(struct rk_datadir *dd, struct rk_keyring *kr);
+/* Keys the registry marks released are never loaded again, even if their
+ * key file is still in the key directory: a chunk found under one is
+ * reported as sealed under a released key. */
+void rk_registry_apply_released(struct rk_datadir *dd, struct rk_keyring *kr);
 
 #endif

@@ -201,10 +201,11 @@ static int cmd_init(int argc, char **argv)
 int rkc_open_offline(const char *dir, enum rk_dd_lock lock, struct rk_keyring *kr, struct rk_datadir **out)
 {
 	struct stat st;
-	(void)kr;
 	int ret = rk_datadir_open(dir, lock, out);
 	if (ret < 0)
 		return ret;
+	if (kr)
+		rk_registry_apply_released(*out, kr);
 	/* a journal left by a crash is replayed before anything reads the data */
 	if (fstatat((*out)->statefd, RK_JOURNAL_NAME, &st, 0) == 0 && st.st_size > 0) {
 		if (lock != RK_DD_EXCLUSIVE) {
@@ -577,6 +578,17 @@ static int cmd_cat(int argc, char **argv)
 	ret = rk_keyring_new(o.keydir, &kr);
 	if (ret < 0)
 		goto out;
+	{
+		/* keys released in the file's data directory stay released */
+		char *r2 = NULL, *l2 = NULL;
+		struct rk_datadir *dd2 = NULL;
+		if (rk_datadir_find(path, &r2, &l2) == 0 && rk_datadir_open(r2, RK_DD_NOLOCK, &dd2) == 0) {
+			rk_registry_apply_released(dd2, kr);
+			rk_datadir_close(dd2);
+		}
+		free(r2);
+		free(l2);
+	}
 	ret = rk_cf_open(fd, path, kr, false, &cf);
 	if (ret < 0) {
 		if (ret != -EUCLEAN && ret != -EPROTONOSUPPORT)

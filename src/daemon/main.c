@@ -110,6 +110,7 @@ static int open_datadir(struct rkd_fs *fs)
 	}
 	if (ret < 0)
 		return ret;
+	rk_registry_apply_released(fs->dd, fs->kr);
 	/* the key directory must still hold the keys the registry recorded */
 	ret = rk_registry_verify(fs->dd, fs->kr);
 	if (ret < 0) {

@@ -549,6 +549,17 @@ int rk_policy_set(struct rk_datadir *dd, const char *table, const char *key, uin
 		rk_err("invalid table path '%s'", table);
 		return ret;
 	}
+	/* the policy file holds one table per line with blank-separated fields */
+	for (const char *c = norm; *c; c++) {
+		if ((unsigned char)*c <= ' ' || *c == 0x7f) {
+			rk_err("invalid table path '%s': a table path cannot contain blanks or control characters", table);
+			return -EINVAL;
+		}
+	}
+	if (key && rk_key_name_check(key) < 0) {
+		rk_err("invalid key name '%s'", key);
+		return -EINVAL;
+	}
 	if (chunk_size && (chunk_size < RK_CHUNK_MIN || chunk_size > RK_CHUNK_MAX || (chunk_size & (chunk_size - 1)))) {
 		rk_err("chunk size %u KiB is invalid: use a power of two from 4 to 1024", chunk_size / 1024);
 		return -EINVAL;
@@ -651,4 +662,11 @@ int rk_registry_verify(struct rk_datadir *dd, struct rk_keyring *kr)
 		}
 	}
 	return ret;
+}
+
+void rk_registry_apply_released(struct rk_datadir *dd, struct rk_keyring *kr)
+{
+	for (size_t i = 0; i < dd->nkeys; i++)
+		if (dd->keys[i].state == RK_KS_RELEASED)
+			rk_keyring_release(kr, dd->keys[i].name);
 }
