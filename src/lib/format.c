@@ -148,11 +148,17 @@ int rk_cf_probe(int fd)
 		return (int)n;
 	if (n == (ssize_t)sizeof(a) && memcmp(a, rk_magic, RK_MAGIC_LEN) == 0)
 		return 1;
-	/* copy A may be torn by a crash while copy B holds the current header */
+	/* copy A may be torn by a crash, or have a damaged magic, while copy B
+	 * holds the current header: a chunk file must never pass as plain data */
 	n = rk_pread_full(fd, b, sizeof(b), RK_HDR_COPY_SIZE);
 	if (n < 0)
 		return (int)n;
-	return n == (ssize_t)sizeof(b) && memcmp(b, rk_magic, RK_MAGIC_LEN) == 0 && all_zero(a, sizeof(a)) ? 1 : 0;
+	if (n != (ssize_t)sizeof(b) || memcmp(b, rk_magic, RK_MAGIC_LEN) != 0)
+		return 0;
+	int flipped = 0;
+	for (int i = 0; i < RK_MAGIC_LEN; i++)
+		flipped += __builtin_popcount((unsigned)(a[i] ^ rk_magic[i]));
+	return all_zero(a, sizeof(a)) || flipped <= 2 ? 1 : 0;
 }
 
 int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which)

@@ -208,6 +208,12 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 		rk_err("cannot read key file %s: %s", path, strerror(-ret));
 		goto out;
 	}
+	if ((size_t)n == bufcap - 1) {
+		/* longer than any key file: do not parse a prefix of it */
+		rk_err("key file %s is malformed: expected one line CIPHER:STRENGTH:BASE64KEY", path);
+		ret = -EINVAL;
+		goto out;
+	}
 	buf[n] = '\0';
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
 		buf[--n] = '\0';
