@@ -16,6 +16,9 @@ enum {
 #include <stdint.h>
 #include <time.h>
 
+/* returned by commands for bad usage or arguments: exit status 2 */
+#define RKC_USAGE (-100000)
+
 int rkc_exit_code(int err);
 
 /* online.c: talking to a mounted daemon */

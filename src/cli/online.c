@@ -549,7 +549,7 @@ static int parse_d(int argc, char **argv, const char **keydir, bool *quiet, bool
 		else if (c == 'j' && json)
 			*json = true;
 		else
-			return -EINVAL;
+			return RKC_USAGE;
 	}
 	*keydir = rk_keydir_resolve(*keydir);
 	return 0;
@@ -561,7 +561,7 @@ int rkc_cmd_rekey(int argc, char **argv)
 	bool quiet = false;
 	if (parse_d(argc, argv, &keydir, &quiet, NULL) < 0 || argc - optind < 1) {
 		rk_err("usage: rekeyctl rekey [-d KEYDIR] [-q] DATADIR_OR_MOUNT [TABLE...]");
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *target = argv[optind];
 	if (rkc_is_mount(target)) {
@@ -587,7 +587,7 @@ int rkc_cmd_release(int argc, char **argv)
 	const char *keydir = NULL;
 	if (parse_d(argc, argv, &keydir, NULL, NULL) < 0 || argc - optind < 2) {
 		rk_err("usage: rekeyctl release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...");
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *name = argv[optind];
 	int ret = 0;
@@ -641,7 +641,7 @@ int rkc_cmd_status(int argc, char **argv)
 	bool json = false;
 	if (parse_d(argc, argv, &keydir, NULL, &json) < 0 || argc - optind != 1) {
 		rk_err("usage: rekeyctl status [--json] MOUNT");
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	char *root = NULL, *rel = NULL, *js = NULL;
 	int ret = rkc_mount_find(argv[optind], &root, &rel);

@@ -22,14 +22,11 @@
 /* exit codes shared by all commands (see rekeyctl(8)) */
 int rkc_exit_code(int err)
 {
-	switch (-err) {
-	case 0:
+	if (err == 0)
 		return RKC_EXIT_OK;
-	case EINVAL:
+	if (err == RKC_USAGE)
 		return RKC_EXIT_USAGE;
-	default:
-		return RKC_EXIT_FAIL;
-	}
+	return RKC_EXIT_FAIL;
 }
 
 static void usage(FILE *f)
@@ -63,24 +60,26 @@ static int cmd_createkey(int argc, char **argv)
 		if (c == 'd')
 			keydir = optarg;
 		else
-			return -EINVAL;
+			return RKC_USAGE;
 	}
 	if (argc - optind != 3) {
 		rk_err("usage: rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME   (e.g. AES/GCM/NoPadding 256 new_key)");
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *cipher = argv[optind], *strength = argv[optind + 1], *name = argv[optind + 2];
 	char *end;
 	unsigned long bits = strtoul(strength, &end, 10);
 	if (*end || !*strength) {
 		rk_err("strength '%s' is not a number of bits", strength);
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	keydir = rk_keydir_resolve(keydir);
 	uint8_t fp[RK_FP_BYTES];
 	int ret = rk_key_create(keydir, cipher, (unsigned)bits, name, fp);
+	if (ret == -EINVAL)
+		return RKC_USAGE; /* refused cipher, strength or name: the message says why */
 	if (ret < 0)
-		return ret == -EEXIST ? -EEXIST : ret;
+		return ret;
 	char hex[2 * RK_FP_BYTES + 1];
 	rk_hex(hex, fp, RK_FP_BYTES);
 	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", name, cipher, bits, keydir, hex);
@@ -125,7 +124,7 @@ static int parse_common(int argc, char **argv, struct opts *o, const char *usage
 			unsigned long v = strtoul(optarg, &end, 10);
 			if (*end || v < 4 || v > 1024 || (v & (v - 1))) {
 				rk_err("--chunk-kb %s: use a power of two from 4 to 1024", optarg);
-				return -EINVAL;
+				return RKC_USAGE;
 			}
 			o->chunk_kb = (uint32_t)v;
 			break;
@@ -134,7 +133,7 @@ static int parse_common(int argc, char **argv, struct opts *o, const char *usage
 			enum rk_comp z;
 			if (rk_comp_parse(optarg, &z) < 0) {
 				rk_err("--compression %s: use snappy or none", optarg);
-				return -EINVAL;
+				return RKC_USAGE;
 			}
 			o->comp = (int)z;
 			break;
@@ -159,7 +158,7 @@ static int parse_common(int argc, char **argv, struct opts *o, const char *usage
 			exit(0);
 		default:
 			rk_err("usage: %s", usage_line);
-			return -EINVAL;
+			return RKC_USAGE;
 		}
 	}
 	o->keydir = rk_keydir_resolve(o->keydir);
@@ -177,7 +176,7 @@ static int cmd_init(int argc, char **argv)
 		return ret;
 	if (!o.key || argc - optind != 1) {
 		rk_err("usage: %s", u);
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *dir = argv[optind];
 	ret = rk_key_load(o.keydir, o.key, &key);
@@ -239,7 +238,7 @@ static int cmd_alter(int argc, char **argv)
 		return ret;
 	if (argc - optind != 1 || (!o.key && !o.chunk_kb && o.comp < 0)) {
 		rk_err("usage: %s", u);
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *target = argv[optind];
 	if (rkc_is_mount(target))
@@ -316,7 +315,7 @@ static int cmd_keys(int argc, char **argv)
 		return ret;
 	if (argc - optind > 1) {
 		rk_err("usage: %s", u);
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	if (argc - optind == 0) {
 		char **names;
@@ -441,7 +440,7 @@ static int cmd_encrypt(int argc, char **argv)
 		return ret;
 	if (argc - optind < 1) {
 		rk_err("usage: %s", u);
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *dir = argv[optind];
 	ret = rk_keyring_new(o.keydir, &kr);
@@ -520,7 +519,7 @@ static int cmd_cat(int argc, char **argv)
 		return ret;
 	if (argc - optind != 1) {
 		rk_err("usage: %s", u);
-		return -EINVAL;
+		return RKC_USAGE;
 	}
 	const char *path = argv[optind];
 	/* inside a data directory whose journal holds chunk writes from a crash:
@@ -596,8 +595,10 @@ static int cmd_cat(int argc, char **argv)
 		goto out;
 	}
 	uint64_t size = rk_cf_size(cf);
+	/* chunk by chunk: everything before a bad chunk is printed, then the error */
+	size_t step = rk_cf_chunk_size(cf);
 	for (uint64_t off = 0; off < size;) {
-		ssize_t n = rk_cf_pread(cf, buf, bufsz, off);
+		ssize_t n = rk_cf_pread(cf, buf, RK_MIN(step, bufsz), off);
 		if (n < 0) {
 			ret = (int)n;
 			rk_err("%s: cannot decrypt at offset %" PRIu64 " (see the message above); output stopped there", path,

@@ -202,6 +202,10 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 {
 	char buf[4096];
 	snprintf(buf, sizeof(buf), "%s", cmdline);
+	/* one command per write: a second line is refused, not run as arguments */
+	char *nl = strchr(buf, '\n');
+	if (nl && nl[1] != '\0')
+		return reply(out, len, -EINVAL, "one command per write, please");
 	size_t n = strlen(buf);
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
 		buf[--n] = '\0';

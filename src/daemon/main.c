@@ -92,7 +92,12 @@ static int setup_virtual(struct rkd_fs *fs)
  * and it is not a data directory yet. */
 static int open_datadir(struct rkd_fs *fs)
 {
-	int ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
+	struct stat sst;
+	int ret;
+	if (fs->o.key && fstatat(fs->rootfd, RK_STATE_DIR, &sst, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+		ret = -ENOTDIR; /* not a data directory yet: key= initialises it below */
+	else
+		ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
 	if (ret == -ENOTDIR && fs->o.key) {
 		struct rk_key *key;
 		ret = rk_key_load(rk_keyring_dir(fs->kr), fs->o.key, &key);
@@ -114,8 +119,9 @@ static int open_datadir(struct rkd_fs *fs)
 	/* the key directory must still hold the keys the registry recorded */
 	ret = rk_registry_verify(fs->dd, fs->kr);
 	if (ret < 0) {
-		rk_err("refusing to mount %s: a key file does not match the data directory's key registry (see above)",
-		       fs->datadir);
+		rk_err("refusing to mount %s: %s", fs->datadir,
+		       ret == -EKEYREJECTED ? "a key file does not match the data directory's key registry (see above)"
+		                            : "a key file of the registry cannot be used (see above)");
 		return ret;
 	}
 	/* a crash may have left chunk writes in the journal: redo them before
@@ -190,7 +196,15 @@ int main(int argc, char *argv[])
 		rk_err("cannot open data directory %s: %s", fs->datadir, strerror(errno));
 		goto out;
 	}
-	if (rk_keyring_new(rk_keydir_resolve(fs->o.keydir), &fs->kr) < 0)
+	/* absolute: the daemon changes to / when it detaches */
+	char *keydir_real = realpath(rk_keydir_resolve(fs->o.keydir), NULL);
+	if (!keydir_real) {
+		rk_err("key directory %s: %s", rk_keydir_resolve(fs->o.keydir), strerror(errno));
+		goto out;
+	}
+	int kret = rk_keyring_new(keydir_real, &fs->kr);
+	free(keydir_real);
+	if (kret < 0)
 		goto out;
 	if (open_datadir(fs) < 0)
 		goto out;
@@ -215,6 +229,9 @@ int main(int argc, char *argv[])
 	pthread_mutex_init(&fs->root.lock, NULL);
 	setup_virtual(fs);
 
+	/* the kernel checks permissions against the attributes we report: without
+	 * it, allow_other would let every user open every file */
+	fuse_opt_add_arg(&args, "-odefault_permissions");
 	char fsname[PATH_MAX + 32];
 	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=rekeyfs", fs->datadir_real);
 	if (!strchr(fs->datadir_real, ','))
@@ -248,6 +265,9 @@ int main(int argc, char *argv[])
 out_unmount:
 	rkd_walker_shutdown(fs);
 	fuse_session_unmount(fs->se);
+	/* the loop returns the signal number when SIGTERM/SIGINT ended it: a clean stop */
+	if (ret > 0)
+		ret = 0;
 out_signals:
 	fuse_remove_signal_handlers(fs->se);
 out_session:

@@ -724,14 +724,14 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len)
 {
 	struct rkd_walker *w = fs->w;
-	if (!w)
-		return rkd_reply(out, len, -ENOTSUP, "the walker is off (mounted with -o walker=off)");
 	if (strcmp(cmd, "release") == 0) {
 		char *save = NULL, *name = strtok_r(args, " \t", &save);
 		if (!name || rk_key_name_check(name) < 0)
 			return rkd_reply(out, len, -EINVAL, "usage: release KEY");
 		return release_key(fs, name, out, len);
 	}
+	if (!w)
+		return rkd_reply(out, len, -ENOTSUP, "the walker is off (mounted with -o walker=off)");
 	pthread_mutex_lock(&w->lock);
 	int ret = 0;
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "scan") == 0) {

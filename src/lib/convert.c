@@ -145,8 +145,8 @@ int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, con
 		goto out;
 	}
 	if (st.st_nlink > 1) {
-		rk_warn("%s has %ju hard links; not converted (converting would split the links). Convert it through "
-		        "a rekeyfs mount instead", rel, (uintmax_t)st.st_nlink);
+		rk_warn("%s has %ju hard links; not converted (replacing it would split the links). Copy it to a "
+		        "single-link file first, or write it anew through a rekeyfs mount", rel, (uintmax_t)st.st_nlink);
 		ret = 2;
 		goto out;
 	}

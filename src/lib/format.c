@@ -184,6 +184,13 @@ int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *whi
 		pick = 0;
 	else if (r[1] == 0)
 		pick = 1;
+	if (pick >= 0 && r[1 - pick] != 0 && !all_zero(buf + (1 - pick) * RK_HDR_COPY_SIZE, RK_HDR_COPY_SIZE)) {
+		/* a crash while writing the other copy, or damage: this copy may be
+		 * older than the last state written */
+		rk_warn("%s: header copy %c is %s; using copy %c (generation %" PRIu64 ")", path, 'A' + (1 - pick),
+		        r[1 - pick] == -EPROTONOSUPPORT ? "of an unknown version" : "corrupt or torn", 'A' + pick,
+		        c[pick].seq);
+	}
 	if (pick >= 0) {
 		*h = c[pick];
 		if (which)
@@ -231,6 +238,7 @@ struct rk_cf {
 	bool disk_dirty;                 /* disk header has COUNTS_DIRTY */
 	bool disk_keys[RK_CF_MAX_KEYS];  /* entry present in the disk header */
 	bool tail_ok;                    /* last partial chunk holds no bytes past EOF */
+	bool copies_equal;               /* both header copies hold the current clean state */
 	struct keyslot ks[RK_CF_MAX_KEYS];
 	struct rk_cf_writer writer;
 	rk_cf_read_hook read_hook;
@@ -399,9 +407,20 @@ void rk_cf_close(struct rk_cf *cf)
 void rk_cf_forget_key(struct rk_cf *cf, const char *name)
 {
 	pthread_mutex_lock(&cf->lock);
-	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
-		if (cf->hdr.keys[j].in_use && strcmp(cf->hdr.keys[j].name, name) == 0)
-			ks_clear(&cf->ks[j]);
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		struct keyslot *s = &cf->ks[j];
+		if (!cf->hdr.keys[j].in_use || strcmp(cf->hdr.keys[j].name, name) != 0)
+			continue;
+		/* wipe the derived key but keep its page mapped until close (a reader
+		 * that holds the pointer fails authentication instead of touching
+		 * unmapped memory); the next use resolves the key again, which a
+		 * released key refuses */
+		if (s->subkey)
+			OPENSSL_cleanse(s->subkey, RK_MAX_KEY_BYTES);
+		s->resolved = false;
+		s->err = 0;
+		s->key = NULL;
+	}
 	pthread_mutex_unlock(&cf->lock);
 }
 
@@ -424,6 +443,7 @@ static int hdr_write_locked(struct rk_cf *cf, bool dirty)
 	cf->cur_copy = target;
 	cf->disk_dirty = dirty;
 	cf->hdr_changed = false;
+	cf->copies_equal = false;
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 		cf->disk_keys[j] = cf->hdr.keys[j].in_use;
 	return 0;
@@ -526,13 +546,13 @@ static int ks_resolve_locked(struct rk_cf *cf, int j, struct rk_key **keyp, cons
 		if (err == 0 && k->cipher != e->cipher)
 			err = -EKEYREJECTED;
 		if (err == 0) {
-			s->subkey = rk_secure_alloc(RK_MAX_KEY_BYTES);
+			if (!s->subkey)
+				s->subkey = rk_secure_alloc(RK_MAX_KEY_BYTES);
 			if (!s->subkey)
 				return -ENOMEM;
 			err = rk_derive_file_key(k->cipher, k->material, k->keylen, cf->hdr.file_id, s->subkey, k->keylen);
 			if (err < 0) {
-				rk_secure_free(s->subkey, RK_MAX_KEY_BYTES);
-				s->subkey = NULL;
+				OPENSSL_cleanse(s->subkey, RK_MAX_KEY_BYTES);
 				return err;
 			}
 		}
@@ -542,8 +562,9 @@ static int ks_resolve_locked(struct rk_cf *cf, int j, struct rk_key **keyp, cons
 	}
 	if (s->err == 0 && (!s->key->material || s->key->released)) {
 		/* released since we derived the subkey */
-		ks_clear(s);
-		s->resolved = true;
+		if (s->subkey)
+			OPENSSL_cleanse(s->subkey, RK_MAX_KEY_BYTES);
+		s->key = NULL;
 		s->err = -EKEYREVOKED;
 	}
 	if (s->err)
@@ -812,7 +833,7 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 	int ret, j;
 	if (!slot)
 		return -ENOMEM;
-	if (!key->material) {
+	if (!key->material || key->released) {
 		rk_err("%s: cannot seal chunk %" PRIu64 " under key '%s': the key has been released", cf->path, idx,
 		       key->name);
 		return -EKEYREVOKED;
@@ -1009,8 +1030,10 @@ ssize_t rk_cf_pread(struct rk_cf *cf, void *buf, size_t len, uint64_t off)
 			if (ret == 0)
 				memcpy((uint8_t *)buf + done, cb + in, n);
 		}
+		/* never a short read over a bad chunk: a caller (the kernel) would
+		 * take the missing tail as zeros */
 		if (ret < 0)
-			return done > 0 ? (ssize_t)done : ret;
+			return ret;
 		done += n;
 	}
 	return (ssize_t)done;
@@ -1199,20 +1222,28 @@ int rk_cf_flush(struct rk_cf *cf)
 int rk_cf_sync(struct rk_cf *cf)
 {
 	int ret = 0;
+	if (!cf->writable)
+		return 0; /* nothing of ours to make durable */
 	if (fdatasync(cf->fd) < 0) {
 		ret = -errno;
 		rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
 		return ret;
 	}
 	pthread_mutex_lock(&cf->lock);
-	if (cf->hdr_changed || cf->disk_dirty || cf->counts_changed) {
+	if (cf->hdr_changed || cf->disk_dirty || cf->counts_changed || !cf->copies_equal) {
 		ret = hdr_write_locked(cf, false);
 		if (ret == 0 && fdatasync(cf->fd) < 0) {
 			ret = -errno;
 			rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
 		}
-		if (ret == 0)
+		/* the other copy gets the same state: a copy damaged later then
+		 * falls back to an identical header, not to an older one */
+		if (ret == 0) {
 			cf->counts_changed = false;
+			ret = hdr_write_locked(cf, false);
+			if (ret == 0)
+				cf->copies_equal = true;
+		}
 	}
 	pthread_mutex_unlock(&cf->lock);
 	return ret;

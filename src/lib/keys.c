@@ -20,7 +20,8 @@
 int rk_key_name_check(const char *name)
 {
 	size_t n = strlen(name);
-	if (n == 0 || n > RK_KEY_NAME_MAX || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+	/* no leading dot: hidden names are skipped when listing a key directory */
+	if (n == 0 || n > RK_KEY_NAME_MAX || name[0] == '.')
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++) {
 		char c = name[i];
@@ -286,9 +287,11 @@ out:
 
 void rk_key_wipe(struct rk_key *k)
 {
+	/* zero the material but keep the page mapped until rk_key_free: another
+	 * thread may be deriving from it right now */
 	if (k && k->material) {
-		rk_secure_free(k->material, k->keylen);
-		k->material = NULL;
+		OPENSSL_cleanse(k->material, k->keylen);
+		k->released = true;
 	}
 }
 
@@ -296,7 +299,8 @@ void rk_key_free(struct rk_key *k)
 {
 	if (!k)
 		return;
-	rk_key_wipe(k);
+	if (k->material)
+		rk_secure_free(k->material, k->keylen);
 	free(k);
 }
 

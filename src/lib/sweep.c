@@ -35,7 +35,7 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 		if (cb->unlock)
 			cb->unlock(cb->arg, i);
 		res->chunks_checked++;
-		if (r == -EUCLEAN || r == -EIO || r == -ENOKEY || r == -EKEYREVOKED || r == -EKEYREJECTED) {
+		if (r == -EUCLEAN || r == -ENOKEY || r == -EKEYREVOKED || r == -EKEYREJECTED) {
 			/* unreadable chunk: it keeps its key; fsck reports it */
 			res->chunks_failed++;
 			res->last_error = r;

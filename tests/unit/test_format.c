@@ -987,9 +987,11 @@ static void test_chunk_bitflips(void **state)
 	expect_chunk_ok(fl.cf, data, 0);
 	expect_chunk_ok(fl.cf, data, 1);
 	expect_chunk_ok(fl.cf, data, 3);
-	/* a read spanning chunks 1..3 stops short before the bad chunk: no wrong byte */
+	/* a read spanning the bad chunk fails as a whole: never a short read, which
+	 * a caller (the kernel) would complete with zeros */
 	uint8_t *buf = tu_malloc(3 * cs);
-	assert_int_equal(rk_cf_pread(fl.cf, buf, 3 * cs, cs), (ssize_t)cs);
+	assert_int_equal(rk_cf_pread(fl.cf, buf, 3 * cs, cs), -EIO);
+	assert_int_equal(rk_cf_pread(fl.cf, buf, cs, cs), (ssize_t)cs);
 	assert_memory_equal(buf, data + cs, cs);
 	assert_int_equal(rk_cf_pread(fl.cf, buf, 3 * cs, 2 * cs + 5), -EIO);
 	free(buf);
@@ -1170,9 +1172,10 @@ static void test_truncated_stored_file(void **state)
 			expect_chunk_eio(fl.cf, fl.path, 2, "truncated");
 			expect_chunk_ok(fl.cf, data, 0);
 			expect_chunk_ok(fl.cf, data, 1);
-			/* a whole-file read returns the good prefix only */
+			/* a whole-file read fails (never a short read); the good prefix reads */
 			uint8_t *buf = tu_malloc(3 * cs);
-			assert_int_equal(rk_cf_pread(fl.cf, buf, 3 * cs, 0), (ssize_t)(2 * cs));
+			assert_int_equal(rk_cf_pread(fl.cf, buf, 3 * cs, 0), -EIO);
+			assert_int_equal(rk_cf_pread(fl.cf, buf, 2 * cs, 0), (ssize_t)(2 * cs));
 			assert_memory_equal(buf, data, 2 * cs);
 			free(buf);
 			file_close(&fl);
@@ -1275,7 +1278,9 @@ static void test_released_key(void **state)
 	assert_int_equal(rk_cf_rekey_chunk(fl.cf, 2, f->kb, &(bool){false}), 0);
 	check_content(fl.cf, data, 3 * (size_t)cs); /* subkeys derived and cached */
 	assert_int_equal(rk_keyring_release(f->kr, "ka"), 0);
-	assert_null(f->ka->material);
+	assert_true(f->ka->released);
+	for (size_t i = 0; i < f->ka->keylen; i++)
+		assert_int_equal(f->ka->material[i], 0);
 	expect_chunk_eio(fl.cf, fl.path, 0, "released");
 	tu_assert_logged(fl.path, "'ka'", "released");
 	expect_chunk_ok(fl.cf, data, 2);

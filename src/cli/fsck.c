@@ -1,0 +1,289 @@
+/* rekeyctl fsck - the coverage report with an fsck(8)-style exit status.
+ * Offline it scans the data directory itself (journal replayed first,
+ * refused while a daemon holds it); given a mount it asks the daemon, whose
+ * counts include writes not yet on disk.  Both render with the library's
+ * rk_fsck_render, so the output is the same.  Exit codes: rekeyfs/fsck.h. */
+#include "config.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "rekeyfs/common.h"
+#include "rekeyfs/coverage.h"
+#include "rekeyfs/fsck.h"
+
+static const char usage_line[] =
+	"rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT";
+
+/* ---- offline ------------------------------------------------------------------------------- */
+static void offline_progress(uint64_t done, uint64_t total, void *arg)
+{
+	struct rkc_progress *p = arg;
+	p->total = total;
+	if (done > p->done)
+		rkc_progress_add(p, done - p->done);
+}
+
+static int fsck_offline(const char *target, const char *keydir, struct rk_fsck_opts *fo)
+{
+	char *root = NULL, *rel = NULL, *report = NULL;
+	char tbuf[RK_TABLE_PATH_MAX], err[2048];
+	struct rk_keyring *kr = NULL;
+	struct rk_datadir *dd = NULL;
+	struct rk_cov *cov = NULL;
+	struct rkc_progress prog;
+	size_t rlen = 0;
+	int code = RK_FSCK_EXIT_OPERATIONAL;
+	int ret = rk_datadir_find(target, &root, &rel);
+	if (ret < 0) {
+		rk_err("%s is not inside a rekeyfs data directory or mount (no .rekeyfs found in it or above it): %s", target,
+		       rk_strerror(ret));
+		goto out;
+	}
+	if (strcmp(rel, "/") != 0) {
+		/* DATADIR/ks/t1 stands for --table /ks/t1 */
+		if (fo->table) {
+			rk_err("%s is inside the data directory %s: give the data directory with --table, or the table's "
+			       "directory alone", target, root);
+			code = RK_FSCK_EXIT_USAGE;
+			goto out;
+		}
+		fo->table = rel;
+	}
+	ret = rk_keyring_new(keydir, &kr);
+	if (ret < 0)
+		goto out;
+	ret = rkc_open_offline(root, RK_DD_SHARED, kr, &dd);
+	if (ret < 0) {
+		rk_err("fsck of %s: cannot open the data directory: %s", root, rk_strerror(ret));
+		goto out;
+	}
+	if (rk_fsck_check_opts(dd, fo, tbuf, sizeof(tbuf), err, sizeof(err)) < 0) {
+		rk_err("%s", err);
+		code = RK_FSCK_EXIT_USAGE;
+		goto out;
+	}
+	struct rk_cov_opts co;
+	rk_fsck_scan_opts(fo, kr, &co);
+	if (fo->deep) {
+		rkc_progress_init(&prog, "fsck --deep", 0);
+		co.progress = offline_progress;
+		co.progress_arg = &prog;
+	}
+	/* every unreadable header, chunk and key ends up in the report: keep
+	 * the format layer's per-chunk log lines off the terminal */
+	int lvl = rk_log_get_level();
+	rk_log_set_level(RK_LOG_ERR - 1);
+	ret = rk_coverage_scan(dd, &co, &cov);
+	rk_log_set_level(lvl);
+	if (fo->deep)
+		rkc_progress_done(&prog);
+	if (ret < 0) {
+		rk_err("fsck of %s failed: the scan stopped: %s", root, rk_strerror(ret));
+		goto out;
+	}
+	ret = rk_fsck_render(cov, fo, &report, &rlen);
+	if (ret < 0) {
+		rk_err("fsck of %s: cannot build the report: %s", root, rk_strerror(ret));
+		goto out;
+	}
+	if (fwrite(report, 1, rlen, stdout) != rlen || fflush(stdout) != 0) {
+		rk_err("fsck of %s: cannot write the report: %s", root, strerror(errno));
+		goto out;
+	}
+	code = rk_fsck_exit_code(cov);
+out:
+	free(report);
+	rk_coverage_free(cov);
+	rk_datadir_close(dd);
+	rk_keyring_free(kr);
+	free(root);
+	free(rel);
+	return code;
+}
+
+/* ---- online ------------------------------------------------------------------------------- */
+struct online_call {
+	const char *root, *cmd;
+	char *reply;
+	int ret;
+	atomic_bool done;
+};
+
+static void *online_thread(void *arg)
+{
+	struct online_call *oc = arg;
+	oc->ret = rkc_control(oc->root, oc->cmd, &oc->reply);
+	atomic_store(&oc->done, true);
+	return NULL;
+}
+
+/* A deep check inside the daemon: its progress is polled through a second
+ * control handle ("fsck-progress") while the first waits for the report. */
+static void online_with_progress(struct online_call *oc)
+{
+	pthread_t thr;
+	struct rkc_progress prog;
+	if (pthread_create(&thr, NULL, online_thread, oc) != 0) {
+		online_thread(oc);
+		return;
+	}
+	rkc_progress_init(&prog, "fsck --deep", 0);
+	while (!atomic_load(&oc->done)) {
+		struct timespec ts = {0, 200 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+		char *r = NULL;
+		uint64_t done, total;
+		int lvl = rk_log_get_level();
+		rk_log_set_level(RK_LOG_ERR - 1);
+		int pr = rkc_control(oc->root, "fsck-progress\n", &r);
+		rk_log_set_level(lvl);
+		if (pr == 0 && r && sscanf(r, "ok running done=%" SCNu64 " total=%" SCNu64, &done, &total) == 2) {
+			prog.total = total;
+			if (done > prog.done)
+				rkc_progress_add(&prog, done - prog.done);
+		}
+		free(r);
+	}
+	pthread_join(thr, NULL);
+	rkc_progress_done(&prog);
+}
+
+static int fsck_online(const char *target, struct rk_fsck_opts *fo)
+{
+	char *root = NULL, *rel = NULL;
+	char cmd[RK_TABLE_PATH_MAX + 256];
+	int code = RK_FSCK_EXIT_OPERATIONAL;
+	struct online_call oc = {0};
+	if (rkc_mount_find(target, &root, &rel) < 0) {
+		rk_err("%s: cannot find its rekeyfs mount", target);
+		goto out;
+	}
+	if (strcmp(rel, "/") != 0) {
+		if (fo->table) {
+			rk_err("%s is inside the mount %s: give the mount point with --table, or the table's directory alone",
+			       target, root);
+			code = RK_FSCK_EXIT_USAGE;
+			goto out;
+		}
+		fo->table = rel;
+	}
+	if (fo->table && strpbrk(fo->table, " \t\n")) {
+		rk_err("--table '%s': table paths with white space cannot be sent to the daemon", fo->table);
+		code = RK_FSCK_EXIT_USAGE;
+		goto out;
+	}
+	snprintf(cmd, sizeof(cmd), "fsck%s%s%s%s%s%s%s\n", fo->deep ? " --deep" : "", fo->json ? " --json" : "",
+	         fo->verbose ? " --verbose" : "", fo->key ? " --key " : "", fo->key ? fo->key : "",
+	         fo->table ? " --table " : "", fo->table ? fo->table : "");
+	oc.root = root;
+	oc.cmd = cmd;
+	if (fo->deep && isatty(STDERR_FILENO))
+		online_with_progress(&oc);
+	else
+		online_thread(&oc);
+	char *reply = oc.reply;
+	if (!reply) {
+		rk_err("fsck through %s: no answer from the daemon: %s", root, rk_strerror(oc.ret));
+		goto out;
+	}
+	int n = 0, e = -1;
+	if (oc.ret == 0 && sscanf(reply, "ok exit=%d%n", &e, &n) == 1 && e >= 0) {
+		const char *body = reply + n;
+		if (*body == '\n')
+			body++;
+		size_t bl = strlen(body);
+		if (fwrite(body, 1, bl, stdout) != bl || fflush(stdout) != 0) {
+			rk_err("fsck: cannot write the report: %s", strerror(errno));
+			goto out;
+		}
+		code = e;
+		goto out;
+	}
+	/* "error exit=N message" (N: 8 or 16), or another error reply */
+	size_t rl = strlen(reply);
+	while (rl && reply[rl - 1] == '\n')
+		reply[--rl] = '\0';
+	const char *msg = strncmp(reply, "error ", 6) == 0 ? reply + 6 : reply;
+	if (sscanf(msg, "exit=%d%n", &e, &n) == 1 && (e == RK_FSCK_EXIT_USAGE || e == RK_FSCK_EXIT_OPERATIONAL)) {
+		code = e;
+		msg += n;
+		while (*msg == ' ')
+			msg++;
+	}
+	rk_err("fsck through %s: %s", root, msg);
+out:
+	free(oc.reply);
+	free(root);
+	free(rel);
+	return code;
+}
+
+/* ---- the command --------------------------------------------------------------------------- */
+int rkc_cmd_fsck(int argc, char **argv)
+{
+	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'},
+	                                   {"deep", no_argument, NULL, 'D'},
+	                                   {"json", no_argument, NULL, 'j'},
+	                                   {"key", required_argument, NULL, 'k'},
+	                                   {"table", required_argument, NULL, 't'},
+	                                   {"verbose", no_argument, NULL, 'v'},
+	                                   {"help", no_argument, NULL, 'h'},
+	                                   {0, 0, 0, 0}};
+	struct rk_fsck_opts fo = {0};
+	const char *keydir = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "d:k:t:jvh", lo, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			keydir = optarg;
+			break;
+		case 'D':
+			fo.deep = true;
+			break;
+		case 'j':
+			fo.json = true;
+			break;
+		case 'k':
+			fo.key = optarg;
+			break;
+		case 't':
+			fo.table = optarg;
+			break;
+		case 'v':
+			fo.verbose = true;
+			break;
+		case 'h':
+			printf("usage: %s\n", usage_line);
+			return 0;
+		default:
+			rk_err("usage: %s", usage_line);
+			return RK_FSCK_EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1) {
+		rk_err("usage: %s", usage_line);
+		return RK_FSCK_EXIT_USAGE;
+	}
+	if (fo.key && rk_key_name_check(fo.key) < 0) {
+		rk_err("--key %s: not a valid key name (1 to 63 of A-Z a-z 0-9 . _ -)", fo.key);
+		return RK_FSCK_EXIT_USAGE;
+	}
+	if (fo.key && fo.table) {
+		rk_err("--key answers for the whole data directory (a key is released everywhere at once); it cannot be "
+		       "combined with --table");
+		return RK_FSCK_EXIT_USAGE;
+	}
+	const char *target = argv[optind];
+	if (rkc_is_mount(target))
+		return fsck_online(target, &fo);
+	return fsck_offline(target, rk_keydir_resolve(keydir), &fo);
+}
