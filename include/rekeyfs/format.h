@@ -141,6 +141,11 @@ struct rk_cf_writer {
 	void *ctx;
 };
 
+/* Write a slot image into a hole: payload and tag first, the 32-byte slot
+ * header last.  A process killed in between leaves the slot header zero,
+ * i.e. the hole it was (slot headers sit at 64-byte aligned offsets, so the
+ * header write never spans two pages and is never torn by a kill). */
+int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len);
 /* Zero [off, off+len) of fd: punch whole blocks, write zeros at the edges. */
 int rk_zero_range(int fd, uint64_t off, uint64_t len);
 /* File id of an open chunk file. */

@@ -310,12 +310,23 @@ int rk_zero_range(int fd, uint64_t off, uint64_t len)
 	return 0;
 }
 
+int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len)
+{
+	int ret = rk_pwrite_full(fd, slot + RK_SLOT_HDR, len - RK_SLOT_HDR, (off_t)(off + RK_SLOT_HDR));
+	if (ret == 0) {
+		rk_crashpoint("slot.payload-written");
+		ret = rk_pwrite_full(fd, slot, RK_SLOT_HDR, (off_t)off);
+	}
+	return ret;
+}
+
 static int default_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len,
                               size_t old_end)
 {
 	(void)ctx;
 	uint64_t off = rk_slot_off(cf->hdr.slot_size, idx);
-	int ret = rk_pwrite_full(cf->fd, slot, len, (off_t)off);
+	int ret = old_end == 0 ? rk_write_slot_direct(cf->fd, off, slot, len)
+	                       : rk_pwrite_full(cf->fd, slot, len, (off_t)off);
 	if (ret == 0 && old_end > len)
 		ret = rk_zero_range(cf->fd, off + len, old_end - len);
 	return ret;

@@ -426,8 +426,8 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	uint64_t off = rk_slot_off(rk_cf_slot_size(cf), idx);
 	int ret;
 	if (old_end == 0) {
-		/* a hole holds no data: write directly, nothing to lose */
-		return rk_pwrite_full(rk_cf_fd(cf), slot, len, (off_t)off);
+		/* a hole holds no data: write directly, header last */
+		return rk_write_slot_direct(rk_cf_fd(cf), off, slot, len);
 	}
 	pthread_mutex_lock(&j->lock);
 	size_t aoff = 0, charge = 0;
