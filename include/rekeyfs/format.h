@@ -51,6 +51,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "compress.h"
 #include "crypto.h"
@@ -148,6 +149,19 @@ struct rk_cf_writer {
 int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len);
 /* Zero [off, off+len) of fd: punch whole blocks, write zeros at the edges. */
 int rk_zero_range(int fd, uint64_t off, uint64_t len);
+/* The stored file's access and modification times are the user's: writes
+ * that only maintain the format (headers, journal applies, rekeys) keep
+ * them.  Setting times on an open chunk file takes this lock so that such a
+ * write cannot undo them. */
+void rk_cf_times_lock(struct rk_cf *cf);
+void rk_cf_times_unlock(struct rk_cf *cf);
+struct rk_times {
+	struct timespec ts[2];
+	bool ok;
+};
+/* Save the times (takes the times lock) / restore them (releases it). */
+void rk_cf_times_save(struct rk_cf *cf, struct rk_times *t);
+void rk_cf_times_restore(struct rk_cf *cf, struct rk_times *t);
 /* File id of an open chunk file. */
 void rk_cf_file_id(const struct rk_cf *cf, uint8_t out[RK_FILE_ID_BYTES]);
 uint32_t rk_cf_slot_size(const struct rk_cf *cf);

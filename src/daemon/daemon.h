@@ -31,6 +31,7 @@ struct rkd_inode {
 	enum rkd_virt virt;
 	uint64_t nlookup;    /* protected by fs->itab_lock */
 	pthread_mutex_t lock; /* protects of and the header cache */
+	pthread_cond_t closed; /* of finished closing */
 	struct rkd_file *of;
 	/* cache of a closed chunk file's plaintext size, valid while the backing
 	 * file's size, mtime and ctime are unchanged */
@@ -49,6 +50,7 @@ struct rkd_file {
 	int fd;               /* read-write (or read-only) fd on the backing file */
 	bool rw;
 	int refs;             /* open handles */
+	bool closing;         /* last handle gone; being flushed and detached */
 	bool chunk;           /* chunk file (else plain pass-through) */
 	struct rk_cf *cf;
 	pthread_rwlock_t rw_lock;   /* shared: read/write; exclusive: truncate, sync, extension */
@@ -156,5 +158,8 @@ void rkd_walker_shutdown(struct rkd_fs *fs);
 void rkd_lazy_hook(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx);
 int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
 void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b);
+
+/* fsck_ctl.c: the "fsck" and "fsck-progress" control commands */
+int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
 
 #endif

@@ -131,6 +131,7 @@ static struct rkd_inode *inode_get(struct rkd_fs *fs, int fd, const struct stat 
 	in->nlookup = 1;
 	in->hdr_kind = -1;
 	pthread_mutex_init(&in->lock, NULL);
+	pthread_cond_init(&in->closed, NULL);
 	/* key: the adjacent (dev, ino) members, laid out like struct ikey */
 	HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
 	pthread_mutex_unlock(&fs->itab_lock);
@@ -150,6 +151,7 @@ static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 		pthread_mutex_unlock(&fs->itab_lock);
 		close(in->fd);
 		pthread_mutex_destroy(&in->lock);
+		pthread_cond_destroy(&in->closed);
 		free(in);
 		return;
 	}
@@ -416,6 +418,9 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 	char pp[64], rel[PATH_MAX];
 	int ret = 0;
 	pthread_mutex_lock(&in->lock);
+	/* a file being closed is flushed and detached first: one rk_cf per file */
+	while (in->of && in->of->closing)
+		pthread_cond_wait(&in->closed, &in->lock);
 	if (in->of) {
 		in->of->refs++;
 		*out = in->of;
@@ -488,9 +493,11 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		pthread_mutex_unlock(&in->lock);
 		return;
 	}
-	in->of = NULL;
-	in->hdr_kind = -1; /* re-read the header next time */
+	/* stays registered (closing) until its header is written and its
+	 * journaled chunks are in place: an open meanwhile waits for it */
+	f->closing = true;
 	pthread_mutex_unlock(&in->lock);
+	bool keep = false;
 	if (f->chunk && f->rw) {
 		int ret = rk_cf_flush(f->cf);
 		if (ret < 0)
@@ -501,10 +508,21 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 			 * keep it open (the data is safe in the journal) */
 			rk_err("%s: pending chunk writes cannot be applied yet (%s); the file stays open in the daemon "
 			       "until they can", rk_cf_path(f->cf), strerror(-ret));
-			return;
+			keep = true;
 		}
 	}
-	file_free(f);
+	pthread_mutex_lock(&in->lock);
+	if (keep) {
+		/* back to an open file without handles: reused by the next open */
+		f->closing = false;
+	} else {
+		in->of = NULL;
+		in->hdr_kind = -1; /* re-read the header next time */
+	}
+	pthread_cond_broadcast(&in->closed);
+	pthread_mutex_unlock(&in->lock);
+	if (!keep)
+		file_free(f);
 }
 
 /* ---- chunk stripe locks ----------------------------------------------------------------------- */
@@ -849,6 +867,13 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		atomic_fetch_add(&fs->st.write_errors, 1);
 		fuse_reply_err(req, ferr((int)n));
 		return;
+	}
+	if (!fs->o.writeback) {
+		/* journaled overwrites do not touch the stored file now, and format
+		 * writes keep its times: the user's write sets mtime here (with the
+		 * writeback cache the kernel sends it) */
+		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
+		futimens(f->fd, ts);
 	}
 	f->dirty = true;
 	atomic_fetch_add(&fs->st.bytes_written, (uint64_t)n);
@@ -1197,9 +1222,22 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 			ts[1] = attr->st_mtim;
 		if (S_ISLNK(in->type)) {
 			/* utimensat cannot take an O_PATH fd for a symlink: ignore like many FUSE fs */
-		} else if (utimensat(AT_FDCWD, pp, ts, 0) < 0) {
-			ret = -errno;
-			goto out;
+		} else {
+			/* an open chunk file's format-only writes keep the times: set them
+			 * under the same lock so that none of those writes undoes them */
+			pthread_mutex_lock(&in->lock);
+			struct rk_cf *cf = in->of && in->of->chunk ? in->of->cf : NULL;
+			if (cf)
+				rk_cf_times_lock(cf);
+			int r = utimensat(AT_FDCWD, pp, ts, 0);
+			int e = errno;
+			if (cf)
+				rk_cf_times_unlock(cf);
+			pthread_mutex_unlock(&in->lock);
+			if (r < 0) {
+				ret = -e;
+				goto out;
+			}
 		}
 	}
 out:

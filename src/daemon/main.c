@@ -84,6 +84,7 @@ static int setup_virtual(struct rkd_fs *fs)
 		v[i]->nlookup = 1;
 		v[i]->hdr_kind = -1;
 		pthread_mutex_init(&v[i]->lock, NULL);
+		pthread_cond_init(&v[i]->closed, NULL);
 	}
 	return 0;
 }
@@ -227,6 +228,7 @@ int main(int argc, char *argv[])
 	fs->root.nlookup = 2;
 	fs->root.hdr_kind = -1;
 	pthread_mutex_init(&fs->root.lock, NULL);
+	pthread_cond_init(&fs->root.closed, NULL);
 	setup_virtual(fs);
 
 	/* the kernel checks permissions against the attributes we report: without

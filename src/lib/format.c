@@ -231,6 +231,7 @@ struct rk_cf {
 	struct rk_keyring *kr;
 	bool writable;
 	pthread_mutex_t lock;           /* header state, key slots */
+	pthread_mutex_t times_lock;     /* user-visible times vs. format-only writes */
 	struct rk_cf_header hdr;         /* in-memory header: exact counts, current size */
 	int cur_copy;                    /* copy holding the newest header on disk */
 	bool hdr_changed;                /* in-memory header differs from disk */
@@ -393,6 +394,7 @@ static struct rk_cf *cf_alloc(int fd, const char *path, struct rk_keyring *kr, b
 	cf->kr = kr;
 	cf->writable = writable;
 	pthread_mutex_init(&cf->lock, NULL);
+	pthread_mutex_init(&cf->times_lock, NULL);
 	cf->writer = default_writer;
 	return cf;
 }
@@ -411,6 +413,7 @@ void rk_cf_close(struct rk_cf *cf)
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 		ks_clear(&cf->ks[j]);
 	pthread_mutex_destroy(&cf->lock);
+	pthread_mutex_destroy(&cf->times_lock);
 	free(cf->path);
 	free(cf);
 }
@@ -435,8 +438,43 @@ void rk_cf_forget_key(struct rk_cf *cf, const char *name)
 	pthread_mutex_unlock(&cf->lock);
 }
 
+static int hdr_write_times_kept(struct rk_cf *cf, bool dirty);
+
+void rk_cf_times_lock(struct rk_cf *cf) { pthread_mutex_lock(&cf->times_lock); }
+void rk_cf_times_unlock(struct rk_cf *cf) { pthread_mutex_unlock(&cf->times_lock); }
+
+void rk_cf_times_save(struct rk_cf *cf, struct rk_times *t)
+{
+	struct stat st;
+	pthread_mutex_lock(&cf->times_lock);
+	t->ok = fstat(cf->fd, &st) == 0;
+	if (t->ok) {
+		t->ts[0] = st.st_atim;
+		t->ts[1] = st.st_mtim;
+	}
+}
+
+void rk_cf_times_restore(struct rk_cf *cf, struct rk_times *t)
+{
+	struct stat st;
+	if (t->ok && fstat(cf->fd, &st) == 0 &&
+	    (st.st_mtim.tv_sec != t->ts[1].tv_sec || st.st_mtim.tv_nsec != t->ts[1].tv_nsec ||
+	     st.st_atim.tv_sec != t->ts[0].tv_sec || st.st_atim.tv_nsec != t->ts[0].tv_nsec))
+		(void)futimens(cf->fd, t->ts);
+	pthread_mutex_unlock(&cf->times_lock);
+}
+
 /* Write the in-memory header to the older copy.  Caller holds cf->lock. */
 static int hdr_write_locked(struct rk_cf *cf, bool dirty)
+{
+	struct rk_times t;
+	rk_cf_times_save(cf, &t);
+	int ret = hdr_write_times_kept(cf, dirty);
+	rk_cf_times_restore(cf, &t);
+	return ret;
+}
+
+static int hdr_write_times_kept(struct rk_cf *cf, bool dirty)
 {
 	uint8_t buf[RK_HDR_COPY_SIZE] __attribute__((aligned(64)));
 	struct rk_cf_header h = cf->hdr;

@@ -256,9 +256,12 @@ static int apply_one(struct rk_journal *j)
 		j->applying = e;
 		pthread_mutex_unlock(&j->lock);
 		int fd = rk_cf_fd(jf->cf);
+		struct rk_times t;
+		rk_cf_times_save(jf->cf, &t); /* putting chunks in place is not a user write */
 		ret = rk_pwrite_full(fd, j->arena + e->aoff, e->len, (off_t)e->off);
 		if (ret == 0 && e->old_end > e->len)
 			ret = rk_zero_range(fd, e->off + e->len, e->old_end - e->len);
+		rk_cf_times_restore(jf->cf, &t);
 		rk_crashpoint("journal.applied");
 		pthread_mutex_lock(&j->lock);
 		j->applying = NULL;
