@@ -197,6 +197,8 @@ uint64_t rk_cf_size(struct rk_cf *cf);
 uint32_t rk_cf_chunk_size(const struct rk_cf *cf);
 void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out);
 uint64_t rk_cf_nchunks(struct rk_cf *cf);
+/* The header on disk has COUNTS_DIRTY set (a sync would clean it). */
+bool rk_cf_disk_dirty(struct rk_cf *cf);
 
 /* Read chunk idx into out (chunk_size bytes; bytes past the chunk's
  * plaintext, or past end of file, are zero).  *key_idx gets the sealing key

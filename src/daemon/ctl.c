@@ -225,6 +225,8 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
 	    strcmp(cmd, "rate") == 0 || strcmp(cmd, "release") == 0 || strcmp(cmd, "scan") == 0)
 		return rkd_walker_control(fs, cmd, rest, out, len);
+	if (strcmp(cmd, "fsck") == 0 || strcmp(cmd, "fsck-progress") == 0)
+		return rkd_fsck_control(fs, cmd, rest, out, len);
 	return reply(out, len, -EINVAL,
 	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, scan, reload-keys, ping)",
 	             cmd);

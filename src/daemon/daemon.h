@@ -102,6 +102,17 @@ struct rkd_stats {
 
 struct rkd_walker;
 
+struct rkd_dirty {
+	uint8_t file_id[16];
+	int handle_type;
+	unsigned handle_len;
+	unsigned char handle[128];
+};
+
+/* Clean the headers of files closed with dirty counts (no FUSE requests may
+ * run: at unmount). */
+void rkd_clean_dirty_headers(struct rkd_fs *fs);
+
 struct rkd_fs {
 	struct rkd_opts o;
 	char *datadir;        /* as given */
@@ -119,6 +130,11 @@ struct rkd_fs {
 	struct rkd_inode vdir, vstatus, vcontrol;
 	struct rkd_stats st;
 	struct rkd_walker *w;
+	/* files closed with COUNTS_DIRTY headers, cleaned (recount + sync) at
+	 * unmount so that a clean unmount leaves exact header counts */
+	pthread_mutex_t dirty_lock;
+	struct rkd_dirty *dirty;
+	size_t ndirty, capdirty;
 	time_t started;
 	struct fuse_session *se;
 };

@@ -486,6 +486,68 @@ static int file_flush(struct rkd_file *f)
 	return ret;
 }
 
+static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
+{
+	struct {
+		struct file_handle fh;
+		unsigned char buf[128];
+	} h;
+	int mount_id;
+	h.fh.handle_bytes = sizeof(h.buf);
+	if (name_to_handle_at(f->fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) < 0)
+		return; /* counts stay dirty; readers recount them */
+	pthread_mutex_lock(&fs->dirty_lock);
+	if (fs->ndirty == fs->capdirty && fs->capdirty < (1u << 22)) {
+		size_t nc = fs->capdirty ? fs->capdirty * 2 : 256;
+		struct rkd_dirty *n = realloc(fs->dirty, nc * sizeof(*n));
+		if (n) {
+			fs->dirty = n;
+			fs->capdirty = nc;
+		}
+	}
+	if (fs->ndirty < fs->capdirty) {
+		struct rkd_dirty *d = &fs->dirty[fs->ndirty++];
+		rk_cf_file_id(f->cf, d->file_id);
+		d->handle_type = h.fh.handle_type;
+		d->handle_len = h.fh.handle_bytes;
+		memcpy(d->handle, h.fh.f_handle, h.fh.handle_bytes);
+	}
+	pthread_mutex_unlock(&fs->dirty_lock);
+}
+
+void rkd_clean_dirty_headers(struct rkd_fs *fs)
+{
+	size_t cleaned = 0;
+	pthread_mutex_lock(&fs->dirty_lock);
+	for (size_t i = 0; i < fs->ndirty; i++) {
+		struct rkd_dirty *d = &fs->dirty[i];
+		struct {
+			struct file_handle fh;
+			unsigned char buf[128];
+		} h;
+		h.fh.handle_bytes = d->handle_len;
+		h.fh.handle_type = d->handle_type;
+		memcpy(h.fh.f_handle, d->handle, d->handle_len);
+		int fd = open_by_handle_at(fs->rootfd, &h.fh, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* deleted since */
+		struct rk_cf *cf;
+		/* a writable open of a dirty header recounts from the slots and syncs */
+		if (rk_cf_open(fd, "(closed file)", fs->kr, true, &cf) == 0) {
+			uint8_t id[RK_FILE_ID_BYTES];
+			rk_cf_file_id(cf, id);
+			if (memcmp(id, d->file_id, sizeof(id)) == 0 && rk_cf_disk_dirty(cf) == false)
+				cleaned++;
+			rk_cf_close(cf);
+		}
+		close(fd);
+	}
+	fs->ndirty = 0;
+	pthread_mutex_unlock(&fs->dirty_lock);
+	if (cleaned)
+		rk_info("header counts made exact and durable for %zu files", cleaned);
+}
+
 static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 {
 	pthread_mutex_lock(&in->lock);
@@ -502,6 +564,8 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		int ret = rk_cf_flush(f->cf);
 		if (ret < 0)
 			rk_err("%s: header write at close failed: %s", rk_cf_path(f->cf), strerror(-ret));
+		if (rk_cf_disk_dirty(f->cf))
+			remember_dirty(fs, f);
 		ret = rk_journal_detach(fs->j, f->cf);
 		if (ret < 0) {
 			/* the journal still needs this file's fd to put chunks in place:

@@ -212,6 +212,7 @@ int main(int argc, char *argv[])
 
 	fs->started = time(NULL);
 	pthread_mutex_init(&fs->itab_lock, NULL);
+	pthread_mutex_init(&fs->dirty_lock, NULL);
 	pthread_rwlock_init(&fs->policy_lock, NULL);
 	atomic_store(&fs->policy_gen, 1);
 	fs->root.fd = open(fs->datadir_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -281,7 +282,10 @@ out:
 		rk_err("%s: the journal could not be emptied at unmount; it is replayed at the next mount",
 		       fs->datadir);
 		ret = 1;
+	} else if (fs->j) {
+		rkd_clean_dirty_headers(fs);
 	}
+	free(fs->dirty);
 	rk_datadir_close(fs->dd);
 	rk_keyring_free(fs->kr);
 	if (fs->rootfd >= 0)

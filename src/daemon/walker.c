@@ -29,6 +29,7 @@ struct tstat {
 	char path[RK_TABLE_PATH_MAX];
 	uint64_t files_total, chunks_total, chunks_todo; /* pre-scan: chunks not on target (header counts) */
 	uint64_t files_done, chunks_checked, chunks_rewritten, bytes_rewritten, chunks_failed;
+	uint64_t chunks_done; /* chunks of the files visited so far (progress) */
 };
 
 struct lazy_ent {
@@ -137,6 +138,7 @@ static void load_checkpoint(struct rkd_walker *w)
 	bool running = false;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char word[32], rest[PATH_MAX];
+		rest[0] = '\0'; /* a bare "filter" line (all tables) has no rest */
 		if (line[0] == '#' || sscanf(line, "%31s %4095[^\n]", word, rest) < 1)
 			continue;
 		if (strcmp(word, "state") == 0)
@@ -382,6 +384,9 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 			t->files_total++;
 			t->chunks_total += nchunks;
 			t->chunks_todo += todo;
+			/* a resumed sweep: files before the checkpoint are done */
+			if (w->position[0] && cmp_walk_order(e->rel, w->position) <= 0)
+				t->chunks_done += nchunks;
 		}
 		pthread_mutex_unlock(&w->lock);
 		return w->stop ? -ECANCELED : 0;
@@ -422,8 +427,10 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		}
 	}
 	pthread_mutex_lock(&w->lock);
-	if (chunk)
+	if (chunk) {
 		t->files_done++;
+		t->chunks_done += nchunks;
+	}
 	snprintf(w->position, sizeof(w->position), "%s", e->rel);
 	bool save = time(NULL) != w->last_save;
 	pthread_mutex_unlock(&w->lock);
@@ -450,8 +457,10 @@ static void run_sweep(struct rkd_walker *w)
 		w->error_next = 0;
 	} else {
 		/* totals are re-counted below; progress counters come from the checkpoint */
-		for (int i = 0; i < w->ntables; i++)
+		for (int i = 0; i < w->ntables; i++) {
 			w->tables[i].files_total = w->tables[i].chunks_total = w->tables[i].chunks_todo = 0;
+			w->tables[i].chunks_done = 0;
+		}
 	}
 	w->finished = 0;
 	w->state = W_RUNNING;
@@ -809,7 +818,11 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 	              (uint64_t)atomic_load(&w->lazy_queued), (uint64_t)atomic_load(&w->lazy_dropped), w->error_count);
 	for (int i = 0; i < w->ntables; i++) {
 		struct tstat *t = &w->tables[i];
-		double pct = t->chunks_todo ? 100.0 * (double)t->chunks_rewritten / (double)t->chunks_todo : 100.0;
+		/* progress through the table's chunks (visited, whether rewritten or
+		 * already on target); a finished sweep is complete */
+		double pct = w->state == W_IDLE ? 100.0
+		             : t->chunks_total ? 100.0 * (double)t->chunks_done / (double)t->chunks_total
+		                               : (t->files_total ? 100.0 * (double)t->files_done / (double)t->files_total : 0.0);
 		if (pct > 100.0)
 			pct = 100.0;
 		rkd_jb_printf(b, "%s\n      {\"path\": ", i ? "," : "");

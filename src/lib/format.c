@@ -275,6 +275,14 @@ uint64_t rk_cf_nchunks(struct rk_cf *cf)
 	return (s + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
 }
 
+bool rk_cf_disk_dirty(struct rk_cf *cf)
+{
+	pthread_mutex_lock(&cf->lock);
+	bool d = cf->disk_dirty || cf->counts_changed;
+	pthread_mutex_unlock(&cf->lock);
+	return d;
+}
+
 void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out)
 {
 	pthread_mutex_lock(&cf->lock);
