@@ -112,6 +112,7 @@ struct rkd_dirty {
 /* Clean the headers of files closed with dirty counts (no FUSE requests may
  * run: at unmount). */
 void rkd_clean_dirty_headers(struct rkd_fs *fs);
+void rkd_inodes_free(struct rkd_fs *fs);
 
 struct rkd_fs {
 	struct rkd_opts o;

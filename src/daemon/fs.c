@@ -515,6 +515,24 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 	pthread_mutex_unlock(&fs->dirty_lock);
 }
 
+/* At exit: forget every inode the kernel still had (it has unmounted). */
+void rkd_inodes_free(struct rkd_fs *fs)
+{
+	struct rkd_inode *in, *tmp;
+	pthread_mutex_lock(&fs->itab_lock);
+	HASH_ITER(hh, fs->inodes, in, tmp)
+	{
+		HASH_DELETE(hh, fs->inodes, in);
+		if (in->of)
+			file_free(in->of);
+		close(in->fd);
+		pthread_mutex_destroy(&in->lock);
+		pthread_cond_destroy(&in->closed);
+		free(in);
+	}
+	pthread_mutex_unlock(&fs->itab_lock);
+}
+
 void rkd_clean_dirty_headers(struct rkd_fs *fs)
 {
 	size_t cleaned = 0;
@@ -777,21 +795,44 @@ static void fg_begin(struct rkd_fs *fs)
 
 static void fg_end(struct rkd_fs *fs) { atomic_fetch_sub(&fs->st.inflight, 1); }
 
-/* per-thread reply buffer: no allocation per request after warm-up */
-static __thread uint8_t *tbuf;
-static __thread size_t tbuf_len;
+/* per-thread reply buffer: no allocation per request after warm-up; freed
+ * when the worker thread exits */
+struct tbuf {
+	uint8_t *p;
+	size_t len;
+};
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+
+static void tbuf_free(void *arg)
+{
+	struct tbuf *t = arg;
+	free(t->p);
+	free(t);
+	rk_crypto_thread_cleanup();
+}
+
+static void tbuf_init(void) { pthread_key_create(&tbuf_key, tbuf_free); }
 
 static uint8_t *thread_buf(size_t len)
 {
-	if (tbuf_len < len) {
+	pthread_once(&tbuf_once, tbuf_init);
+	struct tbuf *t = pthread_getspecific(tbuf_key);
+	if (!t) {
+		t = calloc(1, sizeof(*t));
+		if (!t)
+			return NULL;
+		pthread_setspecific(tbuf_key, t);
+	}
+	if (t->len < len) {
 		size_t want = (len + 65535) / 65536 * 65536;
-		uint8_t *n = realloc(tbuf, want);
+		uint8_t *n = realloc(t->p, want);
 		if (!n)
 			return NULL;
-		tbuf = n;
-		tbuf_len = want;
+		t->p = n;
+		t->len = want;
 	}
-	return tbuf;
+	return t->p;
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)

@@ -157,6 +157,7 @@ int main(int argc, char *argv[])
 	if (!fs)
 		return 1;
 	fs->rootfd = -1;
+	fs->root.fd = -1;
 	fs->o.entry_timeout = 1.0;
 	fs->o.attr_timeout = 1.0;
 	fs->o.writeback = 1;
@@ -286,6 +287,10 @@ out:
 		rkd_clean_dirty_headers(fs);
 	}
 	free(fs->dirty);
+	rkd_inodes_free(fs);
+	if (fs->root.fd >= 0)
+		close(fs->root.fd);
+	rk_crypto_thread_cleanup();
 	rk_datadir_close(fs->dd);
 	rk_keyring_free(fs->kr);
 	if (fs->rootfd >= 0)

@@ -727,6 +727,13 @@ int rk_journal_close(struct rk_journal *j)
 	for (size_t i = 0; i < j->ndirty; i++)
 		close(j->dirty_fds[i]);
 	free(j->dirty_fds);
+	/* files still attached (never closed before unmount): detach them */
+	while (j->files) {
+		struct jfile *jf = j->files;
+		j->files = jf->next;
+		rk_cf_set_writer(jf->cf, NULL);
+		free(jf);
+	}
 	struct jent *e, *tmp;
 	HASH_ITER(hh, j->hash, e, tmp)
 	{
