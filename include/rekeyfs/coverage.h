@@ -1,5 +1,7 @@
 /* rekeyfs - coverage: which chunks are under which key, from headers alone
- * (fast path) or by reading every slot header / authenticating every chunk. */
+ * (fast path), by reading every slot header (exact) or by authenticating
+ * every chunk (deep).  The result feeds `rekeyctl keys` and the fsck report
+ * (fsck.h), offline and inside the daemon. */
 #ifndef REKEYFS_COVERAGE_H
 #define REKEYFS_COVERAGE_H
 
@@ -7,49 +9,102 @@
 #include <stdint.h>
 
 #include "datadir.h"
+#include "format.h"
 #include "keys.h"
+
+struct rk_walk_ent;
+
+/* Can the chunks sealed under a key (name + fingerprint from a header) be
+ * opened with the key directory / daemon the scan was given? */
+enum rk_cov_keystat {
+	RK_COVK_UNCHECKED = 0, /* no keyring given to the scan */
+	RK_COVK_OK = 1,        /* key file present with that fingerprint and cipher */
+	RK_COVK_MISSING = 2,   /* no key file of that name in the key directory */
+	RK_COVK_RELEASED = 3,  /* released (registry or daemon): its material is gone */
+	RK_COVK_CHANGED = 4,   /* the key file of that name has another fingerprint or cipher */
+	RK_COVK_REFUSED = 5,   /* key file refused: loose permissions, malformed, unreadable */
+};
+const char *rk_cov_keystat_name(enum rk_cov_keystat s);
+/* OK or UNCHECKED: not a problem by itself. */
+static inline bool rk_cov_keystat_usable(enum rk_cov_keystat s)
+{
+	return s == RK_COVK_OK || s == RK_COVK_UNCHECKED;
+}
 
 struct rk_cov_key {
 	char name[RK_KEY_NAME_MAX + 1];
 	uint8_t fp[RK_FP_BYTES];
+	enum rk_cipher cipher;
+	unsigned bits;
+	enum rk_cov_keystat status;
 	uint64_t chunks;  /* chunks sealed under this key */
 	uint64_t files;   /* chunk files with at least one such chunk */
-	uint64_t bytes;   /* plaintext bytes of those chunks (upper bound at file ends) */
+	uint64_t bytes;   /* plaintext bytes of those chunks (exact/deep: exact;
+	                     headers only: chunks x chunk size, capped at the file size) */
+	char **names;     /* status not usable: first files (rel paths) with such chunks */
+	size_t nnames;
 };
 
 struct rk_cov_table {
 	char path[RK_TABLE_PATH_MAX];
 	char target[RK_KEY_NAME_MAX + 1];
-	uint64_t files;          /* regular files */
+	uint32_t chunk_size;     /* policy chunk size (new files) */
+	uint64_t files;          /* regular files (a file with several hard links once) */
+	uint64_t extra_links;    /* further names of files already counted (hard links) */
 	uint64_t chunk_files;
 	uint64_t plain_files;
-	uint64_t corrupt_files;  /* unreadable or corrupt headers */
-	uint64_t recounted;      /* headers whose counts were stale (crash) and were recounted */
+	uint64_t corrupt_files;  /* unreadable, corrupt or unsupported headers */
+	uint64_t recounted;      /* headers whose counts were marked dirty (crash, open file) and were recounted */
+	uint64_t count_mismatch; /* exact/deep: clean headers whose counts differ from the slot references */
 	uint64_t chunks;         /* chunks holding data */
 	uint64_t chunks_on_target;
 	uint64_t bytes;          /* plaintext bytes of chunk files */
 	uint64_t files_off_target; /* chunk files with any chunk not under the target key */
+	uint64_t chunks_unusable;  /* chunks under a key that is missing, released, changed or refused */
+	uint64_t files_unusable;
+	uint64_t malformed_chunks; /* exact/deep: unreadable slot headers (their key is unknown) */
+	uint64_t corrupt_chunks;   /* deep: chunks that fail authentication */
+	uint64_t chunks_verified;  /* deep: chunks that authenticated */
 	struct rk_cov_key *keys;
 	size_t nkeys;
-	char **off_target;       /* first names (rel paths) of such files */
+	char **off_target;       /* first names (rel paths) of files off target */
 	size_t noff_target;
 };
 
 enum rk_cov_problem_kind {
-	RK_COVP_CORRUPT_HEADER = 1,
-	RK_COVP_UNSUPPORTED_VERSION = 2,
-	RK_COVP_IO = 3,
-	RK_COVP_CORRUPT_CHUNK = 4,
-	RK_COVP_KEY_MISSING = 5,
-	RK_COVP_KEY_RELEASED = 6,
-	RK_COVP_KEY_CHANGED = 7,
+	RK_COVP_CORRUPT_HEADER = 1,      /* neither header copy verifies */
+	RK_COVP_UNSUPPORTED_VERSION = 2, /* a format version this rekeyfs does not read */
+	RK_COVP_IO = 3,                  /* the file cannot be opened or read */
+	RK_COVP_CORRUPT_CHUNK = 4,       /* deep: the chunk fails authentication */
+	RK_COVP_MALFORMED_SLOT = 5,      /* exact/deep: the slot header is malformed */
 };
+const char *rk_cov_problem_name(enum rk_cov_problem_kind k);
 
 struct rk_cov_problem {
 	enum rk_cov_problem_kind kind;
 	char *path;      /* rel path */
 	int64_t chunk;   /* -1 when not about one chunk */
-	char *detail;
+	int64_t offset;  /* plaintext offset of the chunk, -1 when not about one chunk */
+	char *detail;    /* the cause */
+};
+
+/* A key as the data directory's registry records it. */
+struct rk_cov_regkey {
+	char name[RK_KEY_NAME_MAX + 1];
+	uint8_t fp[RK_FP_BYTES];
+	enum rk_cipher cipher;
+	unsigned bits;
+	enum rk_keystate state;
+	enum rk_cov_keystat file; /* its key file, as the scan's keyring sees it */
+};
+
+/* The release question for one key (opts->query_key), from an exact scan. */
+struct rk_cov_query {
+	char name[RK_KEY_NAME_MAX + 1];
+	uint64_t chunks;  /* chunks whose slot names this key (any fingerprint) */
+	uint64_t files;
+	char **names;     /* first such files */
+	size_t nnames;
 };
 
 struct rk_cov {
@@ -58,20 +113,50 @@ struct rk_cov {
 	struct rk_cov_table total;
 	struct rk_cov_problem *problems;
 	size_t nproblems;
+	/* context for the report */
+	char *datadir;       /* data directory as given */
+	char *keydir;        /* key directory of the keyring, NULL without one */
+	bool online;         /* set by the daemon: counts include its pending writes */
+	bool exact, deep;    /* how chunks were counted */
+	char table_filter[RK_TABLE_PATH_MAX]; /* "" when every table was scanned */
+	uint64_t deep_total; /* deep: plaintext bytes to authenticate (sum of file sizes) */
+	uint64_t deep_done;
+	struct rk_cov_regkey *registry;
+	size_t nregistry;
+	bool has_query;
+	struct rk_cov_query query;
+};
+
+/* How exact and deep scans reach the chunks of a chunk file.  Without it the
+ * stored file is opened read-only; the daemon supplies its shared open-file
+ * state so that chunks being rewritten are read consistently (pending
+ * journal images, chunk locks). */
+struct rk_cov_access {
+	/* 0 with *cf and *token set; -ENOMSG: not a chunk file (any more) */
+	int (*open)(void *arg, const struct rk_walk_ent *e, struct rk_cf **cf, void **token);
+	void (*close)(void *arg, void *token);
+	void (*lock)(void *token, uint64_t idx);
+	void (*unlock)(void *token, uint64_t idx);
+	void *arg;
 };
 
 struct rk_cov_opts {
-	const char *table;     /* limit to this table (NULL: all) */
-	size_t max_names;      /* off-target file names kept per table (0: none) */
+	const char *table;     /* limit to this table, normalised path (NULL: all) */
+	size_t max_names;      /* file names kept per list (0: none; SIZE_MAX: all) */
 	bool exact;            /* read every slot header instead of trusting header counts */
-	bool deep;             /* authenticate every chunk (needs keyring) */
-	struct rk_keyring *kr; /* for deep */
-	/* progress callback for deep scans: bytes done so far */
-	void (*progress)(uint64_t bytes_done, void *arg);
+	bool deep;             /* authenticate every chunk (implies exact; needs kr) */
+	struct rk_keyring *kr; /* key status of every key named by data; deep reads */
+	const char *query_key; /* count chunks under this key name exactly (needs exact) */
+	const struct rk_cov_access *access; /* exact/deep chunk access (NULL: read-only open) */
+	/* deep scans: a headers-only pass first sums the plaintext total; then
+	 * called as chunks are authenticated (from the scanning thread) */
+	void (*progress)(uint64_t bytes_done, uint64_t bytes_total, void *arg);
 	void *progress_arg;
 };
 
-/* First pass of a deep scan needs the total: sum of plaintext sizes. */
+/* Scan the data directory dd (dd->dirfd, its tables and registry).
+ * Unreadable files and chunks are recorded as problems, not errors; the
+ * return value is negative only when the scan itself could not run. */
 int rk_coverage_scan(struct rk_datadir *dd, const struct rk_cov_opts *opts, struct rk_cov **out);
 void rk_coverage_free(struct rk_cov *c);
 /* Chunks under key NAME (any fingerprint) in the whole result. */

@@ -31,6 +31,8 @@ int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int nt
 int rkc_cmd_rekey(int argc, char **argv);
 int rkc_cmd_release(int argc, char **argv);
 int rkc_cmd_status(int argc, char **argv);
+/* fsck.c: returns its own exit status (rekeyfs/fsck.h), never a negative errno */
+int rkc_cmd_fsck(int argc, char **argv);
 
 /* a progress bar on stderr when it is a terminal, silent otherwise */
 struct rkc_progress {

@@ -5,6 +5,7 @@
  * rk_fsck_render, so the output is the same.  Exit codes: rekeyfs/fsck.h. */
 #include "config.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -63,7 +64,8 @@ static int fsck_offline(const char *target, const char *keydir, struct rk_fsck_o
 		goto out;
 	ret = rkc_open_offline(root, RK_DD_SHARED, kr, &dd);
 	if (ret < 0) {
-		rk_err("fsck of %s: cannot open the data directory: %s", root, rk_strerror(ret));
+		if (ret != -EBUSY && ret != -ENOTDIR) /* those are explained already */
+			rk_err("fsck of %s: cannot open the data directory: %s", root, rk_strerror(ret));
 		goto out;
 	}
 	if (rk_fsck_check_opts(dd, fo, tbuf, sizeof(tbuf), err, sizeof(err)) < 0) {
@@ -137,16 +139,21 @@ static void online_with_progress(struct online_call *oc)
 		return;
 	}
 	rkc_progress_init(&prog, "fsck --deep", 0);
-	while (!atomic_load(&oc->done)) {
-		struct timespec ts = {0, 200 * 1000 * 1000};
-		nanosleep(&ts, NULL);
-		char *r = NULL;
+	for (bool last = false; !last;) {
+		last = atomic_load(&oc->done); /* one more poll after the end: the final counts */
+		if (!last) {
+			struct timespec ts = {0, 200 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+		}
+		char *r = NULL, state[16];
 		uint64_t done, total;
 		int lvl = rk_log_get_level();
 		rk_log_set_level(RK_LOG_ERR - 1);
 		int pr = rkc_control(oc->root, "fsck-progress\n", &r);
 		rk_log_set_level(lvl);
-		if (pr == 0 && r && sscanf(r, "ok running done=%" SCNu64 " total=%" SCNu64, &done, &total) == 2) {
+		if (pr == 0 && r &&
+		    sscanf(r, "ok %15s done=%" SCNu64 " total=%" SCNu64, state, &done, &total) == 3 &&
+		    (last || strcmp(state, "running") == 0)) {
 			prog.total = total;
 			if (done > prog.done)
 				rkc_progress_add(&prog, done - prog.done);
@@ -184,6 +191,17 @@ static int fsck_online(const char *target, struct rk_fsck_opts *fo)
 	snprintf(cmd, sizeof(cmd), "fsck%s%s%s%s%s%s%s\n", fo->deep ? " --deep" : "", fo->json ? " --json" : "",
 	         fo->verbose ? " --verbose" : "", fo->key ? " --key " : "", fo->key ? fo->key : "",
 	         fo->table ? " --table " : "", fo->table ? fo->table : "");
+	/* writes still in the kernel's writeback cache are sent to the daemon
+	 * first.  Best effort: without a FUSE syncfs handler (libfuse 3.14 has none)
+	 * the kernel does not wait for them to be processed.  A write that
+	 * arrives later can only move chunks to a target key, so the report
+	 * errs on the side of old keys. */
+	int mfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (mfd < 0 || syncfs(mfd) < 0)
+		rk_warn("%s: cannot sync the mount (%s): writes still cached by the kernel may not be counted", root,
+		        strerror(errno));
+	if (mfd >= 0)
+		close(mfd);
 	oc.root = root;
 	oc.cmd = cmd;
 	if (fo->deep && isatty(STDERR_FILENO))
@@ -285,5 +303,9 @@ int rkc_cmd_fsck(int argc, char **argv)
 	const char *target = argv[optind];
 	if (rkc_is_mount(target))
 		return fsck_online(target, &fo);
-	return fsck_offline(target, rk_keydir_resolve(keydir), &fo);
+	/* the report names the key directory: absolute, as the daemon's */
+	char *abs = realpath(rk_keydir_resolve(keydir), NULL);
+	int code = fsck_offline(target, abs ? abs : rk_keydir_resolve(keydir), &fo);
+	free(abs);
+	return code;
 }

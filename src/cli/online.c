@@ -338,10 +338,12 @@ static int orekey_visit(const struct rk_walk_ent *e, void *arg)
 			ret = rk_sweep_file(cf, key, &cb, 0, &res);
 			o->rewritten += res.chunks_rewritten;
 			o->failed += res.chunks_failed;
-			int r2 = rk_cf_flush(cf);
 			int r3 = rk_journal_detach(o->j, cf);
+			/* chunks in place: make them durable and the header counts exact
+			 * and clean, so the fast fsck path trusts them */
+			int r2 = r3 == 0 ? rk_cf_sync(cf) : rk_cf_flush(cf);
 			if (ret == 0)
-				ret = r2 ? r2 : r3;
+				ret = r3 ? r3 : r2;
 			if (r3 == 0)
 				rk_cf_close(cf);
 			/* else: the journal still needs the fd; leak it, the journal keeps the data */

@@ -44,6 +44,8 @@ static void usage(FILE *f)
 	        "  rekey [-d KEYDIR] [-q] DATADIR_OR_MOUNT [TABLE...]  rewrite chunks under their table's target key\n"
 	        "  status [--json] MOUNT                        walker state, progress, rates, errors\n"
 	        "  release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...   retire a key no chunk is under\n"
+	        "  fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT\n"
+	        "                                               coverage report; exit 0 clean, 1 old keys, 4 corrupt\n"
 	        "\n"
 	        "Key directory: -d KEYDIR, else $REKEYFS_KEYDIR, else %s.\n"
 	        "See rekeyctl(8).\n",
@@ -634,6 +636,7 @@ int main(int argc, char **argv)
 		{"createkey", cmd_createkey}, {"init", cmd_init}, {"alter", cmd_alter},
 		{"keys", cmd_keys},           {"encrypt", cmd_encrypt}, {"cat", cmd_cat},
 		{"rekey", rkc_cmd_rekey},     {"status", rkc_cmd_status}, {"release-key", rkc_cmd_release},
+		{"fsck", rkc_cmd_fsck},
 	};
 	rk_harden_process();
 	if (argc < 2) {

@@ -228,6 +228,6 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	if (strcmp(cmd, "fsck") == 0 || strcmp(cmd, "fsck-progress") == 0)
 		return rkd_fsck_control(fs, cmd, rest, out, len);
 	return reply(out, len, -EINVAL,
-	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, scan, reload-keys, ping)",
+	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, fsck, reload-keys, ping)",
 	             cmd);
 }

@@ -160,17 +160,40 @@ static void percent(char *buf, size_t len, uint64_t on, uint64_t total)
 
 static const char *plural(uint64_t n, const char *one, const char *many) { return n == 1 ? one : many; }
 
+/* Length of the valid UTF-8 sequence at p (1..4), or 0. */
+static int utf8_len(const unsigned char *p)
+{
+	int n = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : (p[0] & 0xf8) == 0xf0 ? 4 : 0;
+	if (n == 0 || (n == 2 && p[0] < 0xc2) || (n == 4 && p[0] > 0xf4))
+		return 0;
+	for (int i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	if ((n == 3 && p[0] == 0xe0 && p[1] < 0xa0) || (n == 3 && p[0] == 0xed && p[1] >= 0xa0) ||
+	    (n == 4 && p[0] == 0xf0 && p[1] < 0x90) || (n == 4 && p[0] == 0xf4 && p[1] >= 0x90))
+		return 0; /* overlong, surrogate, beyond U+10FFFF */
+	return n;
+}
+
+/* A JSON string.  File names are bytes: a byte that is not part of valid
+ * UTF-8 is written as \u00XX (its Latin-1 reading), so the output stays
+ * valid JSON. */
 static void jstr(FILE *f, const char *s)
 {
+	const unsigned char *p = (const unsigned char *)s;
 	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			fprintf(f, "\\%c", ch);
-		else if (ch < 0x20 || ch == 0x7f)
-			fprintf(f, "\\u%04x", ch);
-		else
-			fputc(ch, f);
+	while (*p) {
+		int n = utf8_len(p);
+		if (n == 0) {
+			fprintf(f, "\\u%04x", *p++);
+		} else if (*p == '"' || *p == '\\') {
+			fprintf(f, "\\%c", *p++);
+		} else if (*p < 0x20 || *p == 0x7f) {
+			fprintf(f, "\\u%04x", *p++);
+		} else {
+			fwrite(p, 1, (size_t)n, f);
+			p += n;
+		}
 	}
 	fputc('"', f);
 }
@@ -281,7 +304,8 @@ static void query_line(FILE *f, const struct rk_cov *c)
 		        plural(q->chunks, "is", "are"));
 		tnames(f, q->names, q->nnames, q->files);
 		fprintf(f, "%s\n", reg && reg->state == RK_KS_RELEASED
-		                       ? " (restored from a backup? its data cannot be read until the key file is back)"
+		                       ? " (restored from a backup? read it with rekeyctl cat and the old key file, then "
+		                         "write it again through the mount)"
 		                       : " (rekey first)");
 	} else if (unc) {
 		fprintf(f,
@@ -296,7 +320,8 @@ static void query_line(FILE *f, const struct rk_cov *c)
 		        "directory's key registry\n",
 		        q->name);
 	} else {
-		fprintf(f, "key %s may be released: no chunk is under it (every slot header of %" PRIu64 " chunk %s was read)\n",
+		fprintf(f,
+		        "key %s may be released: no chunk is under it (every slot header of %" PRIu64 " chunk %s was read)\n",
 		        q->name, c->total.chunk_files, plural(c->total.chunk_files, "file", "files"));
 	}
 }
@@ -308,22 +333,25 @@ static void text_keys_of_table(FILE *f, const struct rk_cov_table *t, const stru
 	char b[32];
 	for (size_t i = 0; i < t->nkeys; i++)
 		w = RK_MAX(w, (int)strlen(t->keys[i].name));
-	fprintf(f, "    %-*s  %-9s %12s %11s %9s\n", w, "KEY", "KEY FILE", "CHUNKS", "BYTES", "FILES");
+	fprintf(f, "    %-*s  %-9s  %10s  %10s  %8s\n", w, "KEY", "KEY FILE", "CHUNKS", "BYTES", "FILES");
 	for (size_t i = 0; i < t->nkeys; i++) {
 		const struct rk_cov_key *k = &t->keys[i];
 		bool target = false;
 		for (size_t j = 0; j < c->nregistry; j++)
 			if (strcmp(c->registry[j].name, t->target) == 0)
 				target = strcmp(k->name, t->target) == 0 && memcmp(k->fp, c->registry[j].fp, RK_FP_BYTES) == 0;
-		fprintf(f, "    %-*s  %-9s %12" PRIu64 " %11s %9" PRIu64 "  %s\n", w, k->name, rk_cov_keystat_name(k->status),
-		        k->chunks, human(b, sizeof(b), k->bytes), k->files, target ? "target" : "old key");
+		fprintf(f, "    %-*s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  %s\n", w, k->name,
+		        rk_cov_keystat_name(k->status), k->chunks, human(b, sizeof(b), k->bytes), k->files,
+		        target ? "target" : "old key");
 	}
 }
 
 static void text_counts(FILE *f, const struct rk_cov_table *t, const struct rk_cov *c, const char *what)
 {
 	char b[32], p[16];
-	fprintf(f, "  files   %" PRIu64 ": %" PRIu64 " chunk %s, %" PRIu64 " plain, %" PRIu64 " with a corrupt or unreadable header",
+	fprintf(f,
+	        "  files   %" PRIu64 ": %" PRIu64 " chunk %s, %" PRIu64 " plain, %" PRIu64
+	        " with a corrupt or unreadable header",
 	        t->files, t->chunk_files, plural(t->chunk_files, "file", "files"), t->plain_files, t->corrupt_files);
 	if (t->extra_links)
 		fprintf(f, "; %" PRIu64 " more hard-link %s not counted again", t->extra_links,
@@ -369,18 +397,20 @@ static void text_table(FILE *f, const struct rk_cov_table *t, const struct rk_co
 
 static void text_key_table(FILE *f, const struct rk_cov *c, const struct krow *rows, size_t n)
 {
-	int w = 3, wt = 9;
+	int w = 3, wc = 6;
 	char b[32], hex[2 * RK_FP_BYTES + 1], cb[48];
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		w = RK_MAX(w, (int)strlen(rows[i].name));
-	fprintf(f, "  %-*s  %-32s  %-31s  %-12s  %-9s %12s %11s %9s  %s\n", w, "KEY", "FINGERPRINT", "CIPHER", "REGISTRY",
-	        "KEY FILE", "CHUNKS", "BYTES", "FILES", "TARGET OF");
-	(void)wt;
+		snprintf(cb, sizeof(cb), "%s %u", rk_cipher_name(rows[i].cipher), rows[i].bits);
+		wc = RK_MAX(wc, (int)strlen(cb));
+	}
+	fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10s  %10s  %8s  %s\n", w, "KEY", "FINGERPRINT", wc, "CIPHER",
+	        "REGISTRY", "KEY FILE", "CHUNKS", "BYTES", "FILES", "TARGET OF");
 	for (size_t i = 0; i < n; i++) {
 		const struct krow *r = &rows[i];
 		rk_hex(hex, r->fp, RK_FP_BYTES);
 		snprintf(cb, sizeof(cb), "%s %u", rk_cipher_name(r->cipher), r->bits);
-		fprintf(f, "  %-*s  %-32s  %-31s  %-12s  %-9s %12" PRIu64 " %11s %9" PRIu64 "  ", w, r->name, hex, cb,
+		fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  ", w, r->name, hex, wc, cb,
 		        r->registry, rk_cov_keystat_name(r->file), r->data ? r->data->chunks : 0,
 		        human(b, sizeof(b), r->data ? r->data->bytes : 0), r->data ? r->data->files : 0);
 		size_t nt = 0;
@@ -430,7 +460,8 @@ static void text_report(FILE *f, const struct rk_cov *c)
 			                  : k->status == RK_COVK_RELEASED ? "released: its material is gone"
 			                  : k->status == RK_COVK_CHANGED  ? "the key file of that name holds another key"
 			                                                   : "its key file is refused or unreadable";
-			fprintf(f, "  %s (fingerprint %s): %s; %" PRIu64 " %s (%s) in %" PRIu64 " %s cannot be read: ", k->name, hex,
+			fprintf(f, "  %s (fingerprint %s): %s; %" PRIu64 " %s (%s) in %" PRIu64 " %s cannot be read: ",
+			        k->name, hex,
 			        why, k->chunks, plural(k->chunks, "chunk", "chunks"), human(b, sizeof(b), k->bytes), k->files,
 			        plural(k->files, "file", "files"));
 			tnames(f, k->names, k->nnames, k->files);
@@ -452,8 +483,14 @@ static void text_report(FILE *f, const struct rk_cov *c)
 	/* verdict */
 	fputc('\n', f);
 	const struct rk_cov_table *tot = &c->total;
-	if (tot->chunks_on_target == tot->chunks) {
+	uint64_t uncounted = uncertain_refs(c);
+	if (tot->chunks_on_target == tot->chunks && uncounted == 0) {
 		fprintf(f, "rotation complete: every chunk is on its table's target key\n");
+	} else if (tot->chunks_on_target == tot->chunks) {
+		fprintf(f,
+		        "every readable chunk is on its table's target key, but %" PRIu64 " unreadable %s could hide "
+		        "chunks under other keys (see the problems above)\n",
+		        uncounted, plural(uncounted, "header or slot header", "headers or slot headers"));
 	} else {
 		uint64_t old = tot->chunks - tot->chunks_on_target;
 		fprintf(f, "%" PRIu64 " %s in %" PRIu64 " %s still under old keys: ", old, plural(old, "chunk", "chunks"),
@@ -483,7 +520,7 @@ static void text_report(FILE *f, const struct rk_cov *c)
 				io++;
 			}
 		}
-		fprintf(f, "corruption found:");
+		fprintf(f, "corrupt or unreadable data found:");
 		const char *sep = " ";
 		if (hdr) {
 			fprintf(f, "%s%" PRIu64 " corrupt or unsupported %s", sep, hdr, plural(hdr, "header", "headers"));
@@ -518,58 +555,64 @@ static void text_report(FILE *f, const struct rk_cov *c)
 }
 
 /* ---- JSON ------------------------------------------------------------------------------------------ */
+/* ",\n<ind>  "name": " then the value */
+static void jkey(FILE *f, const char *ind, const char *name, bool first)
+{
+	fprintf(f, "%s\n%s  \"%s\": ", first ? "" : ",", ind, name);
+}
+
+static void ju64(FILE *f, const char *ind, const char *name, uint64_t v)
+{
+	jkey(f, ind, name, false);
+	fprintf(f, "%" PRIu64, v);
+}
+
+/* a counter only some scan modes count: null when not counted */
+static void ju64_if(FILE *f, const char *ind, const char *name, bool counted, uint64_t v)
+{
+	jkey(f, ind, name, false);
+	if (counted)
+		fprintf(f, "%" PRIu64, v);
+	else
+		fputs("null", f);
+}
+
 static void json_table(FILE *f, const struct rk_cov_table *t, const struct rk_cov *c, bool total, const char *ind)
 {
 	char p[16], hex[2 * RK_FP_BYTES + 1];
 	percent(p, sizeof(p), t->chunks_on_target, t->chunks);
-	fprintf(f, "{\n%s  \"path\": ", ind);
-	if (total)
-		fputs("null", f);
-	else
-		jstr(f, t->path);
-	fprintf(f, ",\n%s  \"target\": ", ind);
-	if (total)
-		fputs("null", f);
-	else
-		jstr(f, t->target);
-	fprintf(f, ",\n%s  \"chunk_size\": ", ind);
-	if (total)
-		fputs("null", f);
-	else
-		fprintf(f, "%u", t->chunk_size);
-	fprintf(f,
-	        ",\n%s  \"files\": %" PRIu64 ",\n%s  \"chunk_files\": %" PRIu64 ",\n%s  \"plain_files\": %" PRIu64
-	        ",\n%s  \"corrupt_files\": %" PRIu64 ",\n%s  \"extra_links\": %" PRIu64 ",\n%s  \"chunks\": %" PRIu64
-	        ",\n%s  \"chunks_on_target\": %" PRIu64 ",\n%s  \"chunks_off_target\": %" PRIu64
-	        ",\n%s  \"percent_on_target\": %s,\n%s  \"bytes\": %" PRIu64 ",\n%s  \"files_off_target\": %" PRIu64
-	        ",\n%s  \"off_target_files\": ",
-	        ind, t->files, ind, t->chunk_files, ind, t->plain_files, ind, t->corrupt_files, ind, t->extra_links, ind,
-	        t->chunks, ind, t->chunks_on_target, ind, t->chunks - t->chunks_on_target, ind, p, ind, t->bytes, ind,
-	        t->files_off_target);
+	fputc('{', f);
+	jkey(f, ind, "path", true);
+	total ? (void)fputs("null", f) : jstr(f, t->path);
+	jkey(f, ind, "target", false);
+	total ? (void)fputs("null", f) : jstr(f, t->target);
+	ju64_if(f, ind, "chunk_size", !total, t->chunk_size);
+	ju64(f, ind, "files", t->files);
+	ju64(f, ind, "chunk_files", t->chunk_files);
+	ju64(f, ind, "plain_files", t->plain_files);
+	ju64(f, ind, "corrupt_files", t->corrupt_files);
+	ju64(f, ind, "extra_links", t->extra_links);
+	ju64(f, ind, "chunks", t->chunks);
+	ju64(f, ind, "chunks_on_target", t->chunks_on_target);
+	ju64(f, ind, "chunks_off_target", t->chunks - t->chunks_on_target);
+	jkey(f, ind, "percent_on_target", false);
+	fputs(p, f);
+	ju64(f, ind, "bytes", t->bytes);
+	ju64(f, ind, "files_off_target", t->files_off_target);
+	jkey(f, ind, "off_target_files", false);
 	jnames(f, t->off_target, t->noff_target);
-	fprintf(f,
-	        ",\n%s  \"off_target_files_complete\": %s,\n%s  \"chunks_unusable\": %" PRIu64
-	        ",\n%s  \"files_unusable\": %" PRIu64 ",\n%s  \"recounted\": %" PRIu64,
-	        ind, t->noff_target == t->files_off_target ? "true" : "false", ind, t->chunks_unusable, ind,
-	        t->files_unusable, ind, t->recounted);
-	/* counted only by exact/deep scans: null when not counted */
-	fprintf(f, ",\n%s  \"malformed_chunks\": ", ind);
-	c->exact ? fprintf(f, "%" PRIu64, t->malformed_chunks) : fprintf(f, "null");
-	fprintf(f, ",\n%s  \"count_mismatch\": ", ind);
-	c->exact ? fprintf(f, "%" PRIu64, t->count_mismatch) : fprintf(f, "null");
-	fprintf(f, ",\n%s  \"corrupt_chunks\": ", ind);
-	c->deep ? fprintf(f, "%" PRIu64, t->corrupt_chunks) : fprintf(f, "null");
-	fprintf(f, ",\n%s  \"chunks_verified\": ", ind);
-	c->deep ? fprintf(f, "%" PRIu64, t->chunks_verified) : fprintf(f, "null");
-	/* keys under which data of this table is sealed, and the problem lists */
-	static const struct {
-		const char *field;
-		enum rk_cov_keystat st;
-	} lists[] = {{"keys_missing", RK_COVK_MISSING},
-	             {"keys_released", RK_COVK_RELEASED},
-	             {"keys_changed", RK_COVK_CHANGED},
-	             {"keys_refused", RK_COVK_REFUSED}};
-	fprintf(f, ",\n%s  \"keys\": [", ind);
+	jkey(f, ind, "off_target_files_complete", false);
+	fputs(t->noff_target == t->files_off_target ? "true" : "false", f);
+	ju64(f, ind, "chunks_unusable", t->chunks_unusable);
+	ju64(f, ind, "files_unusable", t->files_unusable);
+	ju64(f, ind, "recounted", t->recounted);
+	ju64_if(f, ind, "malformed_chunks", c->exact, t->malformed_chunks);
+	ju64_if(f, ind, "count_mismatch", c->exact, t->count_mismatch);
+	ju64_if(f, ind, "corrupt_chunks", c->deep, t->corrupt_chunks);
+	ju64_if(f, ind, "chunks_verified", c->deep, t->chunks_verified);
+	/* the keys this table's data is sealed under */
+	jkey(f, ind, "keys", false);
+	fputc('[', f);
 	for (size_t i = 0; i < t->nkeys; i++) {
 		const struct rk_cov_key *k = &t->keys[i];
 		bool target = false;
@@ -586,11 +629,19 @@ static void json_table(FILE *f, const struct rk_cov_table *t, const struct rk_co
 		        hex, rk_cov_keystat_name(k->status), total ? "null" : target ? "true" : "false", k->chunks, k->bytes,
 		        k->files);
 	}
-	fprintf(f, "%s]", t->nkeys ? "\n    " : "");
 	if (t->nkeys)
-		fputs(ind, f);
+		fprintf(f, "\n%s  ", ind);
+	fputc(']', f);
+	static const struct {
+		const char *field;
+		enum rk_cov_keystat st;
+	} lists[] = {{"keys_missing", RK_COVK_MISSING},
+	             {"keys_released", RK_COVK_RELEASED},
+	             {"keys_changed", RK_COVK_CHANGED},
+	             {"keys_refused", RK_COVK_REFUSED}};
 	for (size_t l = 0; l < RK_ARRAY_SIZE(lists); l++) {
-		fprintf(f, ",\n%s  \"%s\": [", ind, lists[l].field);
+		jkey(f, ind, lists[l].field, false);
+		fputc('[', f);
 		size_t n = 0;
 		for (size_t i = 0; i < t->nkeys; i++)
 			if (t->keys[i].status == lists[l].st) {
@@ -639,7 +690,9 @@ static void json_report(FILE *f, const struct rk_cov *c, const struct rk_fsck_op
 		rk_hex(hex, r->fp, RK_FP_BYTES);
 		fprintf(f, "%s\n    {\"name\": ", i ? "," : "");
 		jstr(f, r->name);
-		fprintf(f, ", \"fingerprint\": \"%s\", \"cipher\": \"%s\", \"bits\": %u, \"registry\": \"%s\", \"key_file\": \"%s\"",
+		fprintf(f,
+		        ", \"fingerprint\": \"%s\", \"cipher\": \"%s\", \"bits\": %u, \"registry\": \"%s\""
+		        ", \"key_file\": \"%s\"",
 		        hex, rk_cipher_name(r->cipher), r->bits, r->registry, rk_cov_keystat_name(r->file));
 		fprintf(f, ", \"target_of\": [");
 		size_t n = 0;
@@ -679,7 +732,6 @@ static void json_report(FILE *f, const struct rk_cov *c, const struct rk_fsck_op
 		for (size_t i = 0; i < c->nregistry; i++)
 			if (strcmp(c->registry[i].name, q->name) == 0)
 				reg = &c->registry[i];
-		const struct rk_cov_table *tt[1];
 		fprintf(f, "{\n    \"name\": ");
 		jstr(f, q->name);
 		fprintf(f, ",\n    \"may_release\": %s,\n    \"registry\": \"%s\",\n    \"target_of\": [",
@@ -690,7 +742,6 @@ static void json_report(FILE *f, const struct rk_cov *c, const struct rk_fsck_op
 				fprintf(f, "%s", n++ ? ", " : "");
 				jstr(f, c->tables[t].path);
 			}
-		(void)tt;
 		fprintf(f, "],\n    \"chunks\": %" PRIu64 ",\n    \"files\": %" PRIu64 ",\n    \"file_names\": ", q->chunks,
 		        q->files);
 		jnames(f, q->names, q->nnames);
