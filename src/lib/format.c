@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -244,6 +245,11 @@ struct rk_cf {
 	struct rk_cf_writer writer;
 	rk_cf_read_hook read_hook;
 	void *read_hook_arg;
+	/* chunks of this file that did not compress in a row: past a few,
+	 * compression is only retried now and then (database files are often
+	 * compressed or encrypted already) */
+	atomic_uint incompressible;
+	atomic_uint comp_skips;
 };
 
 int rk_cf_fd(const struct rk_cf *cf) { return cf->fd; }
@@ -994,7 +1000,17 @@ int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_
 	ret = current_slot(cf, idx, &old, &old_end);
 	if (ret < 0)
 		return ret;
-	enum rk_comp used = rk_comp_chunk(comp, pt, len, cbuf, &clen);
+	enum rk_comp want = comp;
+	if (want == RK_COMP_SNAPPY && atomic_load(&cf->incompressible) >= 8 &&
+	    atomic_fetch_add(&cf->comp_skips, 1) % 16 != 15)
+		want = RK_COMP_NONE; /* retried every 16th chunk */
+	enum rk_comp used = rk_comp_chunk(want, pt, len, cbuf, &clen);
+	if (want == RK_COMP_SNAPPY) {
+		if (used == RK_COMP_SNAPPY)
+			atomic_store(&cf->incompressible, 0);
+		else
+			atomic_fetch_add(&cf->incompressible, 1);
+	}
 	return seal_and_write(cf, idx, cbuf, (uint32_t)clen, len, used, key, old, old_end);
 }
 

@@ -1924,6 +1924,40 @@ static void *thr_main(void *arg)
 	return NULL;
 }
 
+/* Incompressible data makes the writer stop trying snappy for a while, but
+ * compressible data that follows is compressed again (and every byte reads
+ * back either way). */
+static void test_adaptive_compression(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	const int nrand = 24, ntext = 64;
+	struct file fl;
+	file_create(f, &fl, "adaptive", cs, RK_COMP_SNAPPY, f->ka);
+	size_t len = (size_t)(nrand + ntext) * cs;
+	uint8_t *data = tu_malloc(len);
+	tu_fill_random(data, (size_t)nrand * cs, 9);
+	for (size_t i = (size_t)nrand * cs; i < len; i++)
+		data[i] = (uint8_t)("row 000123 value alpha beta gamma\n"[i % 34]);
+	for (int c = 0; c < nrand + ntext; c++)
+		write_all(&fl, data + (size_t)c * cs, cs, (uint64_t)c * cs, f->ka, RK_COMP_SNAPPY);
+	check_content(fl.cf, data, len);
+	int comp_text = 0, comp_rand = 0;
+	for (int c = 0; c < nrand + ntext; c++) {
+		uint8_t h[RK_SLOT_HDR];
+		assert_int_equal(pread(fl.fd, h, sizeof(h), (off_t)rk_slot_off(cs + RK_SLOT_OVERHEAD, (uint64_t)c)),
+		                 (ssize_t)sizeof(h));
+		if (h[5] == RK_COMP_SNAPPY)
+			(c < nrand ? &comp_rand : &comp_text)[0]++;
+	}
+	assert_int_equal(comp_rand, 0);
+	/* at most one retry period passes before compression is back */
+	if (comp_text < ntext - 16)
+		fail_msg("only %d of %d compressible chunks were compressed after incompressible ones", comp_text, ntext);
+	file_sync_close(&fl);
+	free(data);
+}
+
 static void test_parallel_chunks(void **state)
 {
 	struct fx *f = *state;
@@ -1999,6 +2033,7 @@ int main(void)
 		T(test_rewrite_clears_stale_tail),
 		T(test_writer_hooks),
 		T(test_parallel_chunks),
+		T(test_adaptive_compression),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
