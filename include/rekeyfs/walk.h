@@ -16,6 +16,11 @@ struct rk_walk_ent {
  * to stop the walk with that error, 1 to skip a directory's contents. */
 typedef int (*rk_walk_fn)(const struct rk_walk_ent *e, void *arg);
 
+/* Order of two paths ("/a/b") in the walk: <0, 0 or >0.  Names sort per
+ * directory and a directory comes before its contents, so this is not
+ * strcmp ("/a/b" comes before "/a.x"). */
+int rk_walk_cmp(const char *a, const char *b);
+
 /* Walk the subtree start ("/" or "/ks/t1") of the tree at rootfd. */
 int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg);
 

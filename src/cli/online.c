@@ -66,6 +66,32 @@ bool rkc_is_mount(const char *path)
 	return r == 0;
 }
 
+/* Read fd to its end into a NUL-terminated buffer (allocated). */
+static char *read_rest(int fd, size_t *got, size_t *capp)
+{
+	size_t cap = 1 << 16;
+	char *buf = malloc(cap);
+	*got = 0;
+	if (!buf)
+		return NULL;
+	for (;;) {
+		ssize_t r = read(fd, buf + *got, cap - 1 - *got);
+		if (r <= 0)
+			break;
+		*got += (size_t)r;
+		if (*got == cap - 1) {
+			char *nb = realloc(buf, cap * 2);
+			if (!nb)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+	}
+	buf[*got] = '\0';
+	*capp = cap;
+	return buf;
+}
+
 /* Send one command to the daemon; *reply gets its answer (allocated).
  * Returns 0 when the daemon says ok. */
 int rkc_control(const char *mnt, const char *cmd, char **reply)
@@ -81,28 +107,12 @@ int rkc_control(const char *mnt, const char *cmd, char **reply)
 	size_t len = strlen(cmd);
 	ssize_t n = write(fd, cmd, len);
 	int werr = n < 0 ? errno : 0;
-	size_t cap = 1 << 16, got = 0;
-	char *buf = malloc(cap);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
 	/* the reply is read from where the command ended (sequential reads) */
-	for (;;) {
-		ssize_t r = read(fd, buf + got, cap - 1 - got);
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-		if (got == cap - 1) {
-			char *nb = realloc(buf, cap * 2);
-			if (!nb)
-				break;
-			buf = nb;
-			cap *= 2;
-		}
-	}
-	buf[got] = '\0';
+	size_t got = 0, cap;
+	char *buf = read_rest(fd, &got, &cap);
 	close(fd);
+	if (!buf)
+		return -ENOMEM;
 	*reply = buf;
 	if (strncmp(buf, "ok", 2) == 0)
 		return 0;
@@ -118,27 +128,11 @@ int rkc_read_status(const char *mnt, char **json)
 	int fd = open(p, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	size_t cap = 1 << 16, got = 0;
-	char *buf = malloc(cap);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
-	for (;;) {
-		ssize_t r = read(fd, buf + got, cap - 1 - got);
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-		if (got == cap - 1) {
-			char *nb = realloc(buf, cap * 2);
-			if (!nb)
-				break;
-			buf = nb;
-			cap *= 2;
-		}
-	}
-	buf[got] = '\0';
+	size_t got = 0, cap;
+	char *buf = read_rest(fd, &got, &cap);
 	close(fd);
+	if (!buf)
+		return -ENOMEM;
 	*json = buf;
 	return 0;
 }
@@ -265,25 +259,6 @@ static int save_offline_checkpoint(struct orekey *o, const char *state)
 	return rk_write_file_atomic(o->dd->statefd, "walker", buf, (size_t)RK_MIN((size_t)n, sizeof(buf) - 1), 0600);
 }
 
-static int cmp_walk_order(const char *a, const char *b)
-{
-	while (*a == '/' && *b == '/') {
-		a++;
-		b++;
-		size_t la = strcspn(a, "/"), lb = strcspn(b, "/");
-		int c = strncmp(a, b, RK_MIN(la, lb));
-		if (c == 0 && la != lb)
-			c = la < lb ? -1 : 1;
-		if (c != 0)
-			return c;
-		a += la;
-		b += lb;
-	}
-	if (!*a && !*b)
-		return 0;
-	return !*a ? -1 : 1;
-}
-
 static int o_throttle(void *arg, uint64_t bytes)
 {
 	struct orekey *o = arg;
@@ -296,7 +271,7 @@ static int orekey_visit(const struct rk_walk_ent *e, void *arg)
 	struct orekey *o = arg;
 	if (!S_ISREG(e->st->st_mode))
 		return 0;
-	if (!o->prescan && o->position[0] && cmp_walk_order(e->rel, o->position) <= 0)
+	if (!o->prescan && o->position[0] && rk_walk_cmp(e->rel, o->position) <= 0)
 		return 0;
 	const struct rk_table *t = rk_policy_lookup(o->dd, e->rel);
 	if (!table_selected(o, t->path))

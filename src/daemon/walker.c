@@ -184,25 +184,6 @@ static void load_checkpoint(struct rkd_walker *w)
 /* ---- path order -------------------------------------------------------------------------
  * The walk visits names sorted per directory, depth first: compare paths
  * component by component to know whether a file comes before the checkpoint. */
-static int cmp_walk_order(const char *a, const char *b)
-{
-	while (*a == '/' && *b == '/') {
-		a++;
-		b++;
-		size_t la = strcspn(a, "/"), lb = strcspn(b, "/");
-		int c = strncmp(a, b, RK_MIN(la, lb));
-		if (c == 0 && la != lb)
-			c = la < lb ? -1 : 1;
-		if (c != 0)
-			return c;
-		a += la;
-		b += lb;
-	}
-	if (!*a && !*b)
-		return 0;
-	return !*a ? -1 : 1; /* a directory comes before its contents */
-}
-
 /* ---- throttling ------------------------------------------------------------------------------ */
 static void sleep_ms(double ms)
 {
@@ -356,7 +337,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	struct rkd_fs *fs = w->fs;
 	if (!S_ISREG(e->st->st_mode))
 		return 0;
-	if (!c->prescan && w->position[0] && cmp_walk_order(e->rel, w->position) <= 0)
+	if (!c->prescan && w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
 		return 0; /* done before the checkpoint */
 	pthread_rwlock_rdlock(&fs->policy_lock);
 	const struct rk_table *tab = rk_policy_lookup(fs->dd, e->rel);
@@ -385,7 +366,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 			t->chunks_total += nchunks;
 			t->chunks_todo += todo;
 			/* a resumed sweep: files before the checkpoint are done */
-			if (w->position[0] && cmp_walk_order(e->rel, w->position) <= 0)
+			if (w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
 				t->chunks_done += nchunks;
 		}
 		pthread_mutex_unlock(&w->lock);

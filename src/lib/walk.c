@@ -109,3 +109,22 @@ int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg)
 		return -errno;
 	return walk_dir(dfd, rel, strlen(rel), fn, arg);
 }
+
+int rk_walk_cmp(const char *a, const char *b)
+{
+	while (*a == '/' && *b == '/') {
+		a++;
+		b++;
+		size_t la = strcspn(a, "/"), lb = strcspn(b, "/");
+		int c = strncmp(a, b, RK_MIN(la, lb));
+		if (c == 0 && la != lb)
+			c = la < lb ? -1 : 1;
+		if (c != 0)
+			return c;
+		a += la;
+		b += lb;
+	}
+	if (!*a && !*b)
+		return 0;
+	return !*a ? -1 : 1; /* a directory comes before its contents */
+}

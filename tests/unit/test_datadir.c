@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "rekeyfs/walk.h"
 #include "testutil.h"
 
 #include "rekeyfs/common.h"
@@ -522,13 +523,58 @@ static void test_find(void **state)
 	assert_null(root);
 }
 
+/* The walk's order (checkpoints compare paths with it): per directory by
+ * name, a directory before its contents; agrees with the real walk. */
+struct order {
+	char paths[16][64];
+	int n;
+};
+
+static int collect(const struct rk_walk_ent *e, void *arg)
+{
+	struct order *o = arg;
+	if (o->n < 16)
+		snprintf(o->paths[o->n++], sizeof(o->paths[0]), "%s", e->rel);
+	return 0;
+}
+
+static void test_walk_order(void **state)
+{
+	struct fx *f = *state;
+	assert_true(rk_walk_cmp("/a/b", "/a.x") < 0); /* strcmp says the opposite */
+	assert_true(rk_walk_cmp("/a", "/a/b") < 0);
+	assert_true(rk_walk_cmp("/a/b", "/a") > 0);
+	assert_int_equal(rk_walk_cmp("/a/b", "/a/b"), 0);
+	assert_true(rk_walk_cmp("/ab", "/a/z") > 0);
+	assert_true(rk_walk_cmp("/a/z", "/b") < 0);
+	const char *mk[] = {"a", "a.x", "a/b", "a/b/c", "ab", "b"};
+	char p[512];
+	for (size_t i = 0; i < sizeof(mk) / sizeof(mk[0]); i++) {
+		tu_path(p, "%s/%s", f->dir, mk[i]);
+		if (strcmp(mk[i], "a.x") == 0 || strcmp(mk[i], "ab") == 0 || strcmp(mk[i], "a/b/c") == 0)
+			tu_write_file(p, "x", 1, 0644);
+		else
+			assert_int_equal(mkdir(p, 0755), 0);
+	}
+	int dfd = open(f->dir, O_RDONLY | O_DIRECTORY);
+	assert_true(dfd >= 0);
+	struct order o = {.n = 0};
+	assert_int_equal(rk_walk(dfd, "/", collect, &o), 0);
+	close(dfd);
+	assert_true(o.n >= 6);
+	for (int i = 1; i < o.n; i++)
+		if (rk_walk_cmp(o.paths[i - 1], o.paths[i]) >= 0)
+			fail_msg("walk visited %s before %s, but rk_walk_cmp orders them the other way", o.paths[i - 1],
+			         o.paths[i]);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		T(test_init),     T(test_open_not_datadir), T(test_policy),
 		T(test_policy_malformed), T(test_table_path_norm), T(test_registry),
-		T(test_registry_verify_changed_key), T(test_lock), T(test_find),
+		T(test_registry_verify_changed_key), T(test_lock), T(test_find), T(test_walk_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
