@@ -35,6 +35,10 @@ struct rkd_inode {
 	struct rkd_file *of;
 	/* cache of a closed chunk file's plaintext size, valid while the backing
 	 * file's size, mtime and ctime are unchanged */
+	/* where the kernel last looked it up (for invalidation when fds run short) */
+	dev_t pdev;
+	ino_t pino;
+	char *name;
 	int hdr_kind;        /* -1 unknown, 0 plain, 1 chunk */
 	uint64_t hdr_size;
 	struct timespec hdr_mtime, hdr_ctime;
@@ -113,6 +117,10 @@ struct rkd_dirty {
  * run: at unmount). */
 void rkd_clean_dirty_headers(struct rkd_fs *fs);
 void rkd_inodes_free(struct rkd_fs *fs);
+/* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
+ * kernel to drop idle dentries (it then forgets their inodes). */
+int rkd_reclaim_start(struct rkd_fs *fs);
+void rkd_reclaim_stop(struct rkd_fs *fs);
 
 struct rkd_fs {
 	struct rkd_opts o;
@@ -127,6 +135,11 @@ struct rkd_fs {
 	atomic_uint policy_gen;
 	pthread_mutex_t itab_lock;
 	struct rkd_inode *inodes;     /* by (dev, ino) */
+	size_t ninodes;               /* each holds one O_PATH fd */
+	size_t inode_high, inode_low; /* reclaim above high, down to low (fd limit) */
+	pthread_t reclaim_thr;
+	pthread_cond_t reclaim_cond;
+	bool reclaim_stop, reclaim_started;
 	struct rkd_inode root;
 	struct rkd_inode vdir, vstatus, vcontrol;
 	struct rkd_stats st;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -106,14 +107,32 @@ static struct rkd_inode *itab_find(struct rkd_fs *fs, dev_t dev, ino_t ino)
 	return in;
 }
 
-/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1. */
-static struct rkd_inode *inode_get(struct rkd_fs *fs, int fd, const struct stat *st)
+static void set_where(struct rkd_inode *in, const struct rkd_inode *parent, const char *name)
+{
+	if (!parent || !name)
+		return;
+	if (in->name && strcmp(in->name, name) == 0 && in->pdev == parent->dev && in->pino == parent->ino)
+		return;
+	char *n = strdup(name);
+	if (!n)
+		return;
+	free(in->name);
+	in->name = n;
+	in->pdev = parent->dev;
+	in->pino = parent->ino;
+}
+
+/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1.
+ * parent/name: where it was looked up (NULL when unknown). */
+static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
+                                      const char *name)
 {
 	struct rkd_inode *in;
 	pthread_mutex_lock(&fs->itab_lock);
 	in = itab_find(fs, st->st_dev, st->st_ino);
 	if (in) {
 		in->nlookup++;
+		set_where(in, parent, name);
 		pthread_mutex_unlock(&fs->itab_lock);
 		close(fd);
 		return in;
@@ -132,10 +151,18 @@ static struct rkd_inode *inode_get(struct rkd_fs *fs, int fd, const struct stat 
 	in->hdr_kind = -1;
 	pthread_mutex_init(&in->lock, NULL);
 	pthread_cond_init(&in->closed, NULL);
+	set_where(in, parent, name);
 	/* key: the adjacent (dev, ino) members, laid out like struct ikey */
 	HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
+	if (++fs->ninodes > fs->inode_high && fs->reclaim_started)
+		pthread_cond_signal(&fs->reclaim_cond);
 	pthread_mutex_unlock(&fs->itab_lock);
 	return in;
+}
+
+static struct rkd_inode *inode_get(struct rkd_fs *fs, int fd, const struct stat *st)
+{
+	return inode_get_at(fs, fd, st, NULL, NULL);
 }
 
 static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
@@ -148,8 +175,10 @@ static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 	in->nlookup -= n;
 	if (in->nlookup == 0) {
 		HASH_DELETE(hh, fs->inodes, in);
+		fs->ninodes--;
 		pthread_mutex_unlock(&fs->itab_lock);
 		close(in->fd);
+		free(in->name);
 		pthread_mutex_destroy(&in->lock);
 		pthread_cond_destroy(&in->closed);
 		free(in);
@@ -285,7 +314,7 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 		close(fd);
 		return r;
 	}
-	struct rkd_inode *in = inode_get(fs, fd, &st);
+	struct rkd_inode *in = inode_get_at(fs, fd, &st, p, name);
 	if (!in)
 		return -ENOMEM;
 	int ret = fix_size(fs, in, &st);
@@ -515,6 +544,101 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 	pthread_mutex_unlock(&fs->dirty_lock);
 }
 
+/* ---- fd budget ---------------------------------------------------------------------------
+ * Every inode the kernel knows holds an O_PATH fd.  When they near the fd
+ * limit, ask the kernel to drop idle dentries of files nobody has open; it
+ * then sends FORGET and the fds close as usual.  Nothing here closes an fd a
+ * request might be using. */
+struct victim {
+	fuse_ino_t parent;
+	char *name;
+};
+
+static void *reclaimer(void *arg)
+{
+	struct rkd_fs *fs = arg;
+	pthread_mutex_lock(&fs->itab_lock);
+	while (!fs->reclaim_stop) {
+		if (fs->ninodes <= fs->inode_high) {
+			pthread_cond_wait(&fs->reclaim_cond, &fs->itab_lock);
+			continue;
+		}
+		size_t want = fs->ninodes - fs->inode_low, n = 0;
+		struct victim *v = calloc(want, sizeof(*v));
+		if (!v)
+			break;
+		struct rkd_inode *in, *tmp;
+		HASH_ITER(hh, fs->inodes, in, tmp)
+		{
+			if (n == want)
+				break;
+			if (in->virt != RKD_REAL || !in->name || pthread_mutex_trylock(&in->lock) != 0)
+				continue;
+			bool idle = !in->of;
+			pthread_mutex_unlock(&in->lock);
+			if (!idle)
+				continue;
+			struct rkd_inode *p = in->pdev == fs->root.dev && in->pino == fs->root.ino
+			                          ? &fs->root
+			                          : itab_find(fs, in->pdev, in->pino);
+			if (!p)
+				continue;
+			v[n].parent = NODEID(fs, p);
+			v[n].name = strdup(in->name);
+			if (v[n].name)
+				n++;
+		}
+		pthread_mutex_unlock(&fs->itab_lock);
+		size_t dropped = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (fuse_lowlevel_notify_inval_entry(fs->se, v[i].parent, v[i].name, strlen(v[i].name)) == 0)
+				dropped++;
+			free(v[i].name);
+		}
+		free(v);
+		rk_dbg("fd budget: asked the kernel to drop %zu idle entries", dropped);
+		/* let the forgets arrive before looking again */
+		struct timespec ts = {0, 200000000L};
+		nanosleep(&ts, NULL);
+		pthread_mutex_lock(&fs->itab_lock);
+	}
+	pthread_mutex_unlock(&fs->itab_lock);
+	return NULL;
+}
+
+int rkd_reclaim_start(struct rkd_fs *fs)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max; /* as many fds as we may have */
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	size_t limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (size_t)rl.rlim_cur
+	                                                                                   : 1048576;
+	/* leave room for open files, journal, walker and libfuse */
+	size_t reserve = RK_MAX(limit / 4, (size_t)256);
+	fs->inode_high = limit > reserve ? limit - reserve : limit / 2;
+	fs->inode_low = fs->inode_high * 3 / 4;
+	pthread_cond_init(&fs->reclaim_cond, NULL);
+	if (pthread_create(&fs->reclaim_thr, NULL, reclaimer, fs) != 0)
+		return -EAGAIN;
+	fs->reclaim_started = true;
+	rk_dbg("fd budget: %zu known inodes at most (fd limit %zu)", fs->inode_high, limit);
+	return 0;
+}
+
+void rkd_reclaim_stop(struct rkd_fs *fs)
+{
+	if (!fs->reclaim_started)
+		return;
+	pthread_mutex_lock(&fs->itab_lock);
+	fs->reclaim_stop = true;
+	pthread_cond_signal(&fs->reclaim_cond);
+	pthread_mutex_unlock(&fs->itab_lock);
+	pthread_join(fs->reclaim_thr, NULL);
+	fs->reclaim_started = false;
+}
+
 /* At exit: forget every inode the kernel still had (it has unmounted). */
 void rkd_inodes_free(struct rkd_fs *fs)
 {
@@ -526,6 +650,7 @@ void rkd_inodes_free(struct rkd_fs *fs)
 		if (in->of)
 			file_free(in->of);
 		close(in->fd);
+		free(in->name);
 		pthread_mutex_destroy(&in->lock);
 		pthread_cond_destroy(&in->closed);
 		free(in);
@@ -550,11 +675,12 @@ void rkd_clean_dirty_headers(struct rkd_fs *fs)
 		if (fd < 0)
 			continue; /* deleted since */
 		struct rk_cf *cf;
-		/* a writable open of a dirty header recounts from the slots and syncs */
+		/* a writable open of a dirty header recounts from the slots; the sync
+		 * makes the data durable and writes the exact counts as clean */
 		if (rk_cf_open(fd, "(closed file)", fs->kr, true, &cf) == 0) {
 			uint8_t id[RK_FILE_ID_BYTES];
 			rk_cf_file_id(cf, id);
-			if (memcmp(id, d->file_id, sizeof(id)) == 0 && rk_cf_disk_dirty(cf) == false)
+			if (memcmp(id, d->file_id, sizeof(id)) == 0 && rk_cf_sync(cf) == 0 && !rk_cf_disk_dirty(cf))
 				cleaned++;
 			rk_cf_close(cf);
 		}

@@ -252,7 +252,8 @@ int main(int argc, char *argv[])
 	if (!copts.foreground)
 		rk_log_to_syslog("rekeyfs");
 	/* threads start after the fork of fuse_daemonize */
-	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0)) {
+	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
+	    rkd_reclaim_start(fs) < 0) {
 		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
 		ret = 1;
 		goto out_unmount;
@@ -267,6 +268,7 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(fs->se, lcfg);
 	}
 out_unmount:
+	rkd_reclaim_stop(fs);
 	rkd_walker_shutdown(fs);
 	fuse_session_unmount(fs->se);
 	/* the loop returns the signal number when SIGTERM/SIGINT ended it: a clean stop */

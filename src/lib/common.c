@@ -69,8 +69,50 @@ static size_t page_round(size_t len)
 	return (len + p - 1) / p * p;
 }
 
+/* Small secrets (keys, derived subkeys: at most 64 bytes) come from a slab
+ * of locked, undumpable pages, so that opening a file costs no mmap/mlock;
+ * slots are wiped when freed and the pages stay mapped. */
+#define SLAB_SLOT 64
+static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *slab_free;
+
+static void *slab_alloc(void)
+{
+	pthread_mutex_lock(&slab_lock);
+	if (!slab_free) {
+		size_t plen = page_round(1);
+		uint8_t *p = mmap(NULL, plen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED) {
+			pthread_mutex_unlock(&slab_lock);
+			return NULL;
+		}
+		(void)madvise(p, plen, MADV_DONTDUMP);
+		(void)mlock(p, plen);
+		for (size_t off = 0; off + SLAB_SLOT <= plen; off += SLAB_SLOT) {
+			*(void **)(p + off) = slab_free;
+			slab_free = p + off;
+		}
+	}
+	void *r = slab_free;
+	slab_free = *(void **)r;
+	pthread_mutex_unlock(&slab_lock);
+	memset(r, 0, SLAB_SLOT);
+	return r;
+}
+
+static void slab_release(void *p)
+{
+	OPENSSL_cleanse(p, SLAB_SLOT);
+	pthread_mutex_lock(&slab_lock);
+	*(void **)p = slab_free;
+	slab_free = p;
+	pthread_mutex_unlock(&slab_lock);
+}
+
 void *rk_secure_alloc(size_t len)
 {
+	if (len <= SLAB_SLOT)
+		return slab_alloc();
 	size_t plen = page_round(len ? len : 1);
 	void *p = mmap(NULL, plen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
@@ -84,6 +126,10 @@ void rk_secure_free(void *p, size_t len)
 {
 	if (!p)
 		return;
+	if (len <= SLAB_SLOT) {
+		slab_release(p);
+		return;
+	}
 	size_t plen = page_round(len ? len : 1);
 	OPENSSL_cleanse(p, plen);
 	(void)munlock(p, plen);

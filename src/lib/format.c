@@ -579,12 +579,12 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 			}
 		}
 		if (cf->disk_dirty) {
+			/* exact counts in memory; the disk header stays marked dirty
+			 * (readers recount it) until the next rk_cf_sync makes it clean:
+			 * no fdatasync on the open path */
 			pthread_mutex_lock(&cf->lock);
 			ret = cf_recount_locked(cf);
 			pthread_mutex_unlock(&cf->lock);
-			if (ret < 0)
-				goto fail;
-			ret = rk_cf_sync(cf);
 			if (ret < 0)
 				goto fail;
 		}
