@@ -1139,9 +1139,9 @@ static void set_owner(struct rkd_inode *parent, int dirfd, const char *name, con
 /* Create an empty chunk file at parent/name under the table policy.  Returns
  * the open backing fd (O_RDWR). */
 static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, mode_t mode, bool excl,
-                             const struct fuse_ctx *ctx, bool *created)
+                             const struct fuse_ctx *ctx, bool *created, struct rk_cf **cfout, char *rel)
 {
-	char rel[PATH_MAX], prel[PATH_MAX];
+	char prel[PATH_MAX];
 	int fd = openat(parent->fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	*created = fd >= 0;
 	if (fd < 0) {
@@ -1152,7 +1152,7 @@ static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const 
 	}
 	set_owner(parent, parent->fd, name, ctx, false);
 	inode_rel(fs, parent, prel, sizeof(prel));
-	if (snprintf(rel, sizeof(rel), "%s/%s", strcmp(prel, "/") ? prel : "", name) >= (int)sizeof(rel)) {
+	if (snprintf(rel, PATH_MAX, "%s/%s", strcmp(prel, "/") ? prel : "", name) >= PATH_MAX) {
 		unlinkat(parent->fd, name, 0);
 		close(fd);
 		return -ENAMETOOLONG;
@@ -1175,8 +1175,67 @@ static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const 
 		close(fd);
 		return ret == -ENOSPC ? ret : -EIO;
 	}
-	rk_cf_close(cf);
+	if (cfout)
+		*cfout = cf; /* the caller keeps it: the new file's open state */
+	else
+		rk_cf_close(cf);
 	return fd;
+}
+
+/* A file we just created and hold open (fd, cf) becomes the inode's open
+ * state directly: no reopen, no second header read.  Returns the inode
+ * (nlookup+1) with its file (refs 1) in *fout, or NULL (fd and cf closed). */
+static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *name, int fd,
+                                         struct rk_cf *cf, const char *rel, struct stat *st, struct rkd_file **fout)
+{
+	struct rkd_file *f = NULL;
+	int pfd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0 || fstatat(pfd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		goto fail;
+	struct rkd_inode *in = inode_get_at(fs, pfd, st, p, name);
+	pfd = -1;
+	if (!in)
+		goto fail;
+	pthread_mutex_lock(&in->lock);
+	if (in->of || !(f = file_alloc())) {
+		/* someone opened it meanwhile: share theirs */
+		pthread_mutex_unlock(&in->lock);
+		rk_cf_close(cf);
+		close(fd);
+		if (file_get(fs, in, fout) < 0) {
+			inode_unref(fs, in, 1);
+			return NULL;
+		}
+		st->st_size = (off_t)((*fout)->chunk ? rk_cf_size((*fout)->cf) : (uint64_t)st->st_size);
+		return in;
+	}
+	f->fd = fd;
+	f->rw = true;
+	f->chunk = true;
+	f->cf = cf;
+	f->refs = 1;
+	f->in = in;
+	f->fs = fs;
+	f->target_idx = -1;
+	if (rk_journal_attach(fs->j, cf, rel) == 0) {
+		if (fs->o.lazy)
+			rk_cf_set_read_hook(cf, rkd_lazy_hook, f);
+		in->of = f;
+		pthread_mutex_unlock(&in->lock);
+		st->st_size = 0;
+		*fout = f;
+		return in;
+	}
+	pthread_mutex_unlock(&in->lock);
+	file_free(f); /* closes fd and cf */
+	inode_unref(fs, in, 1);
+	return NULL;
+fail:
+	if (pfd >= 0)
+		close(pfd);
+	rk_cf_close(cf);
+	close(fd);
+	return NULL;
 }
 
 static int entry_for(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, struct fuse_entry_param *e)
@@ -1200,19 +1259,36 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	int fd = create_chunk_file(fs, p, name, mode & 07777, fi->flags & O_EXCL, fuse_req_ctx(req), &created);
+	struct rk_cf *ncf = NULL;
+	char rel[PATH_MAX];
+	int fd = create_chunk_file(fs, p, name, mode & 07777, fi->flags & O_EXCL, fuse_req_ctx(req), &created, &ncf,
+	                           rel);
 	if (fd < 0) {
 		fuse_reply_err(req, ferr(fd));
 		return;
 	}
-	close(fd);
-	ret = entry_for(fs, p, name, &e);
-	if (ret < 0) {
-		fuse_reply_err(req, -ret);
-		return;
+	struct rkd_inode *in;
+	if (created) {
+		memset(&e, 0, sizeof(e));
+		in = install_created(fs, p, name, fd, ncf, rel, &e.attr, &f);
+		if (!in) {
+			fuse_reply_err(req, EIO);
+			return;
+		}
+		e.ino = NODEID(fs, in);
+		e.attr_timeout = fs->o.attr_timeout;
+		e.entry_timeout = fs->o.entry_timeout;
+		ret = 0;
+	} else {
+		close(fd);
+		ret = entry_for(fs, p, name, &e);
+		if (ret < 0) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
+		in = INO(fs, e.ino);
+		ret = file_get(fs, in, &f);
 	}
-	struct rkd_inode *in = INO(fs, e.ino);
-	ret = file_get(fs, in, &f);
 	if (ret == 0 && !created && (fi->flags & O_TRUNC))
 		ret = truncate_file(fs, f, 0);
 	if (ret < 0) {
@@ -1256,7 +1332,8 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	}
 	if (S_ISREG(mode)) {
 		bool created;
-		int fd = create_chunk_file(fs, p, name, mode & 07777, true, fuse_req_ctx(req), &created);
+		char rel[PATH_MAX];
+		int fd = create_chunk_file(fs, p, name, mode & 07777, true, fuse_req_ctx(req), &created, NULL, rel);
 		if (fd < 0) {
 			fuse_reply_err(req, ferr(fd));
 			return;
