@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -296,7 +297,23 @@ static int take_lock(struct rk_datadir *dd, enum rk_dd_lock lock)
 	}
 	if (lock == RK_DD_NOLOCK)
 		return 0;
-	if (flock(dd->lockfd, (lock == RK_DD_EXCLUSIVE ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0) {
+	/* a daemon that was just unmounted still empties its journal and cleans
+	 * headers before it lets go: wait a little (REKEYFS_LOCK_WAIT seconds,
+	 * default 10) before calling the directory busy */
+	const char *ws = getenv("REKEYFS_LOCK_WAIT");
+	long wait_ms = (ws && *ws ? strtol(ws, NULL, 10) : 10) * 1000;
+	int r;
+	for (long waited = 0;; waited += 100) {
+		r = flock(dd->lockfd, (lock == RK_DD_EXCLUSIVE ? LOCK_EX : LOCK_SH) | LOCK_NB);
+		if (r == 0 || errno != EWOULDBLOCK || waited >= wait_ms)
+			break;
+		if (waited == 1000)
+			rk_info("%s is held by another process; waiting up to %ld s for it to finish", dd->path,
+			        wait_ms / 1000);
+		struct timespec ts = {0, 100000000L};
+		nanosleep(&ts, NULL);
+	}
+	if (r < 0) {
 		int e = errno;
 		if (e == EWOULDBLOCK) {
 			char pidbuf[32] = "";
