@@ -250,6 +250,9 @@ struct rk_cf {
 	 * compressed or encrypted already) */
 	atomic_uint incompressible;
 	atomic_uint comp_skips;
+	/* bytes the last slot read used: sizes the next read (slots of a
+	 * compressed file hold mostly hole; reading it costs zero-filling) */
+	atomic_uint read_hint;
 };
 
 int rk_cf_fd(const struct rk_cf *cf) { return cf->fd; }
@@ -355,6 +358,38 @@ void rk_cf_file_id(const struct rk_cf *cf, uint8_t out[RK_FILE_ID_BYTES])
 }
 
 uint32_t rk_cf_slot_size(const struct rk_cf *cf) { return cf->hdr.slot_size; }
+
+static ssize_t slot_pread(struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t len);
+
+/* Read the used part of slot idx into buf (slot_size bytes of room): a
+ * first read sized from the previous slot of this file, then the rest of
+ * the sealed chunk if it is longer.  Returns the bytes read (a hole or a
+ * short file gives fewer than the slot header). */
+static ssize_t slot_read_used(struct rk_cf *cf, uint64_t idx, uint8_t *buf)
+{
+	size_t ss = cf->hdr.slot_size;
+	if (cf->writer.read_slot) {
+		ssize_t n = cf->writer.read_slot(cf->writer.ctx, cf, idx, buf, ss);
+		if (n != -ENOENT)
+			return n;
+	}
+	size_t hint = atomic_load(&cf->read_hint);
+	size_t first = hint ? RK_MIN(ss, (hint + 4095) / 4096 * 4096) : ss;
+	uint64_t off = rk_slot_off(ss, idx);
+	ssize_t n = rk_pread_full(cf->fd, buf, first, (off_t)off);
+	if (n < (ssize_t)first || n < RK_SLOT_HDR || all_zero(buf, RK_SLOT_HDR))
+		return n; /* end of file, or a hole */
+	uint32_t stored = rk_get32(buf + 12);
+	size_t need = stored <= cf->hdr.chunk_size ? RK_SLOT_HDR + (size_t)stored + RK_TAG_BYTES : ss;
+	if (need > (size_t)n) {
+		ssize_t m = rk_pread_full(cf->fd, buf + n, need - (size_t)n, (off_t)(off + (uint64_t)n));
+		if (m < 0)
+			return m;
+		n += m;
+	}
+	atomic_store(&cf->read_hint, (unsigned)need);
+	return n;
+}
 
 /* Read a slot (or its first len bytes): a pending newer image if the writer
  * has one, else the disk. */
@@ -719,7 +754,7 @@ static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, ui
 	int ret;
 	if (!slot || !pay)
 		return -ENOMEM;
-	ssize_t n = slot_pread(cf, idx, slot, cf->hdr.slot_size);
+	ssize_t n = slot_read_used(cf, idx, slot);
 	if (n < 0) {
 		rk_err("%s: chunk %" PRIu64 ": read error: %s", cf->path, idx, strerror((int)-n));
 		return (int)n;
