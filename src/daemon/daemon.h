@@ -117,6 +117,7 @@ struct rkd_dirty {
  * run: at unmount). */
 void rkd_clean_dirty_headers(struct rkd_fs *fs);
 void rkd_inodes_free(struct rkd_fs *fs);
+void rkd_size_cache_free(void);
 /* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
  * kernel to drop idle dentries (it then forgets their inodes). */
 int rkd_reclaim_start(struct rkd_fs *fs);

@@ -208,6 +208,87 @@ static void virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	}
 }
 
+/* ---- plaintext sizes of closed files ------------------------------------------------------
+ * A stat of a file the kernel has forgotten would open it and read its
+ * header; closed files' sizes are remembered here, keyed by (dev, ino) and
+ * valid only while the stored file's size, mtime and ctime are unchanged
+ * (any write changes ctime).  Bounded: cleared when it grows too large. */
+#define SIZE_CACHE_MAX 131072
+struct szent {
+	struct ikey k;
+	off_t stsize;
+	struct timespec mtime, ctime;
+	int kind;
+	uint64_t size;
+	UT_hash_handle hh;
+};
+static pthread_mutex_t szlock = PTHREAD_MUTEX_INITIALIZER;
+static struct szent *sztab;
+static unsigned szcount;
+
+static bool ts_eq(struct timespec a, struct timespec b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
+
+static bool size_cache_get(const struct stat *st, int *kind, uint64_t *size)
+{
+	struct ikey k = {st->st_dev, st->st_ino};
+	struct szent *e;
+	bool hit = false;
+	pthread_mutex_lock(&szlock);
+	HASH_FIND(hh, sztab, &k, sizeof(k), e);
+	if (e && e->stsize == st->st_size && ts_eq(e->mtime, st->st_mtim) && ts_eq(e->ctime, st->st_ctim)) {
+		*kind = e->kind;
+		*size = e->size;
+		hit = true;
+	}
+	pthread_mutex_unlock(&szlock);
+	return hit;
+}
+
+static void size_cache_put(const struct stat *st, int kind, uint64_t size)
+{
+	struct ikey k = {st->st_dev, st->st_ino};
+	struct szent *e, *tmp;
+	pthread_mutex_lock(&szlock);
+	HASH_FIND(hh, sztab, &k, sizeof(k), e);
+	if (!e) {
+		if (szcount >= SIZE_CACHE_MAX) {
+			HASH_ITER(hh, sztab, e, tmp)
+			{
+				HASH_DEL(sztab, e);
+				free(e);
+			}
+			szcount = 0;
+		}
+		e = calloc(1, sizeof(*e));
+		if (!e) {
+			pthread_mutex_unlock(&szlock);
+			return;
+		}
+		e->k = k;
+		HASH_ADD(hh, sztab, k, sizeof(e->k), e);
+		szcount++;
+	}
+	e->stsize = st->st_size;
+	e->mtime = st->st_mtim;
+	e->ctime = st->st_ctim;
+	e->kind = kind;
+	e->size = size;
+	pthread_mutex_unlock(&szlock);
+}
+
+void rkd_size_cache_free(void)
+{
+	struct szent *e, *tmp;
+	pthread_mutex_lock(&szlock);
+	HASH_ITER(hh, sztab, e, tmp)
+	{
+		HASH_DEL(sztab, e);
+		free(e);
+	}
+	szcount = 0;
+	pthread_mutex_unlock(&szlock);
+}
+
 /* Replace st_size of a regular file by its plaintext size. */
 static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 {
@@ -225,6 +306,19 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	    in->hdr_ctime.tv_nsec == st->st_ctim.tv_nsec) {
 		if (in->hdr_kind == 1)
 			st->st_size = (off_t)in->hdr_size;
+		pthread_mutex_unlock(&in->lock);
+		return 0;
+	}
+	int ckind;
+	uint64_t csize;
+	if (size_cache_get(st, &ckind, &csize)) {
+		in->hdr_kind = ckind;
+		in->hdr_size = csize;
+		in->hdr_stsize = st->st_size;
+		in->hdr_mtime = st->st_mtim;
+		in->hdr_ctime = st->st_ctim;
+		if (ckind == 1)
+			st->st_size = (off_t)csize;
 		pthread_mutex_unlock(&in->lock);
 		return 0;
 	}
@@ -261,6 +355,7 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	in->hdr_stsize = st->st_size;
 	in->hdr_mtime = st->st_mtim;
 	in->hdr_ctime = st->st_ctim;
+	size_cache_put(st, kind, size);
 	st->st_size = (off_t)size;
 out:
 	if (fd >= 0)
@@ -724,6 +819,11 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		/* back to an open file without handles: reused by the next open */
 		f->closing = false;
 	} else {
+		/* remember the closed file's plaintext size with the stored file's
+		 * attributes as they are now: a later stat needs no header read */
+		struct stat cst;
+		if (f->chunk && fstat(f->fd, &cst) == 0)
+			size_cache_put(&cst, 1, rk_cf_size(f->cf));
 		in->of = NULL;
 		in->hdr_kind = -1; /* re-read the header next time */
 	}

@@ -290,6 +290,7 @@ out:
 	}
 	free(fs->dirty);
 	rkd_inodes_free(fs);
+	rkd_size_cache_free();
 	if (fs->root.fd >= 0)
 		close(fs->root.fd);
 	rk_crypto_thread_cleanup();
