@@ -24,11 +24,4 @@ int rk_tmp_cleanup(int dirfd, const char *name);
  * 2 skipped for a reason that was logged (hard links, not a regular file),
  * or a negative errno. */
 int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel);
-
-/* Replace a chunk file with a copy in which every chunk is resealed under
- * its table's target key (whole-file replacement, for files not open).
- * *rewritten gets the number of chunks resealed.  0 ok. */
-int rk_rekey_file_atomic(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel,
-                         uint64_t *rewritten);
-
 #endif

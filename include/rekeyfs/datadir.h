@@ -71,6 +71,11 @@ void rk_datadir_close(struct rk_datadir *dd);
  * directory holding .rekeyfs.  *root and *rel (table path, "/..." form) are
  * allocated. */
 int rk_datadir_find(const char *path, char **root, char **rel);
+/* Walk up from path (whose last component need not exist yet) to the
+ * nearest directory D holding D/marker of the given type (S_IFDIR or
+ * S_IFREG).  *root = D, *rel = the rest of path ("/" for D itself), both
+ * allocated.  notfound is returned when there is none. */
+int rk_path_find_up(const char *path, const char *marker, mode_t type, int notfound, char **root, char **rel);
 
 int rk_policy_save(struct rk_datadir *dd);
 int rk_registry_save(struct rk_datadir *dd);

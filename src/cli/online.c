@@ -21,40 +21,10 @@
 #include "rekeyfs/walk.h"
 
 /* ---- finding a mount ------------------------------------------------------------------ */
-static bool has_control(const char *dir)
-{
-	char p[PATH_MAX];
-	struct stat st;
-	snprintf(p, sizeof(p), "%s/%s/control", strcmp(dir, "/") ? dir : "", RK_STATE_DIR);
-	return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
+/* A mount shows the virtual MOUNT/.rekeyfs/control; a data directory has none. */
 int rkc_mount_find(const char *path, char **root, char **rel)
 {
-	char *real = realpath(path, NULL);
-	if (!real)
-		return -errno;
-	char *cur = strdup(real);
-	int ret = -ENOENT;
-	while (cur) {
-		if (has_control(cur)) {
-			size_t n = strcmp(cur, "/") ? strlen(cur) : 0;
-			*root = strdup(cur);
-			*rel = strdup(real[n] ? real + n : "/");
-			ret = 0;
-			break;
-		}
-		if (strcmp(cur, "/") == 0)
-			break;
-		char *slash = strrchr(cur, '/');
-		if (slash == cur)
-			cur[1] = '\0';
-		else
-			*slash = '\0';
-	}
-	free(cur);
-	free(real);
-	return ret;
+	return rk_path_find_up(path, RK_STATE_DIR "/control", S_IFREG, -ENOENT, root, rel);
 }
 
 bool rkc_is_mount(const char *path)

@@ -64,7 +64,6 @@ struct rkd_file {
 	unsigned policy_gen;
 	char key[RK_KEY_NAME_MAX + 1];
 	enum rk_comp comp;
-	bool dirty;           /* written since the last header flush */
 	/* lazy rekey: header entry of the target key, as of target_gen */
 	unsigned target_gen;
 	int target_idx;
@@ -88,9 +87,6 @@ struct rkd_opts {
 	double attr_timeout;
 	int writeback;
 	int max_threads;
-	int foreground;
-	int debug;
-	int clone_fd;
 	int walker;            /* background walker on (default) or off */
 	unsigned long long walker_rate; /* bytes/s of rewritten chunks, 0 = unlimited */
 	int rekey_on_mount;    /* start a full sweep at mount */
@@ -99,7 +95,7 @@ struct rkd_opts {
 
 struct rkd_stats {
 	atomic_uint_fast64_t reads, writes, bytes_read, bytes_written;
-	atomic_uint_fast64_t read_errors, write_errors, chunks_corrupt;
+	atomic_uint_fast64_t read_errors, write_errors;
 	atomic_int inflight;            /* foreground data requests being served */
 	atomic_uint_fast64_t last_fg_ns; /* CLOCK_MONOTONIC of the last foreground request */
 };

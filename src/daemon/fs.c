@@ -1206,7 +1206,6 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
 		futimens(f->fd, ts);
 	}
-	f->dirty = true;
 	atomic_fetch_add(&fs->st.bytes_written, (uint64_t)n);
 	fuse_reply_write(req, (size_t)n);
 }
@@ -1839,6 +1838,25 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	fuse_reply_err(req, setxattr(pp, name, value, size, flags) < 0 ? errno : 0);
 }
 
+/* getxattr (name) or listxattr (name NULL) of a path: a size query when size
+ * is 0, else the value in a reply buffer */
+static void reply_sized(fuse_req_t req, size_t size, const char *path, const char *name)
+{
+	char *buf = NULL;
+	if (size && !(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ssize_t n = name ? getxattr(path, name, buf, size) : listxattr(path, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct rkd_fs *fs = FS(req);
@@ -1849,25 +1867,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	if (size == 0) {
-		ssize_t n = getxattr(pp, name, NULL, 0);
-		if (n < 0)
-			fuse_reply_err(req, errno);
-		else
-			fuse_reply_xattr(req, (size_t)n);
-		return;
-	}
-	char *buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	ssize_t n = getxattr(pp, name, buf, size);
-	if (n < 0)
-		fuse_reply_err(req, errno);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+	reply_sized(req, size, pp, name);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
@@ -1883,25 +1883,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	if (size == 0) {
-		ssize_t n = listxattr(pp, NULL, 0);
-		if (n < 0)
-			fuse_reply_err(req, errno);
-		else
-			fuse_reply_xattr(req, (size_t)n);
-		return;
-	}
-	char *buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	ssize_t n = listxattr(pp, buf, size);
-	if (n < 0)
-		fuse_reply_err(req, errno);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+	reply_sized(req, size, pp, NULL);
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)

@@ -492,13 +492,13 @@ out:
 	return ret;
 }
 
-int rk_datadir_find(const char *path, char **root, char **rel)
+int rk_path_find_up(const char *path, const char *marker, mode_t type, int notfound, char **root, char **rel)
 {
 	char buf[PATH_MAX];
 	char *real = realpath(path, NULL);
-	int ret = -ENOTDIR;
+	int ret = notfound;
 	if (!real) {
-		/* the table directory may not exist yet: resolve its parent */
+		/* the last component (a new table directory) may not exist yet */
 		char tmp[PATH_MAX];
 		if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp))
 			return -ENAMETOOLONG;
@@ -524,8 +524,8 @@ int rk_datadir_find(const char *path, char **root, char **rel)
 	}
 	for (;;) {
 		struct stat st;
-		snprintf(buf, sizeof(buf), "%s/%s", strcmp(cur, "/") ? cur : "", RK_STATE_DIR);
-		if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode)) {
+		snprintf(buf, sizeof(buf), "%s/%s", strcmp(cur, "/") ? cur : "", marker);
+		if (stat(buf, &st) == 0 && (st.st_mode & S_IFMT) == type) {
 			size_t n = strcmp(cur, "/") ? strlen(cur) : 0;
 			*root = strdup(cur);
 			*rel = strdup(real[n] ? real + n : "/");
@@ -543,6 +543,11 @@ int rk_datadir_find(const char *path, char **root, char **rel)
 	free(cur);
 	free(real);
 	return ret;
+}
+
+int rk_datadir_find(const char *path, char **root, char **rel)
+{
+	return rk_path_find_up(path, RK_STATE_DIR, S_IFDIR, -ENOTDIR, root, rel);
 }
 
 /* ---- policy --------------------------------------------------------------------------- */
