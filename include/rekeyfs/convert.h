@@ -7,6 +7,7 @@
 #define REKEYFS_CONVERT_H
 
 #include <stdbool.h>
+#include <sys/stat.h>
 
 #include "datadir.h"
 #include "keys.h"
@@ -18,6 +19,14 @@ bool rk_is_tmp_name(const char *name);
 /* Remove an interrupted conversion's temporary (only if it is a chunk file
  * or empty).  1 removed, 0 left alone. */
 int rk_tmp_cleanup(int dirfd, const char *name);
+/* Create a new temporary (mode 0600) in dirfd; name gets its name (len >= 40).
+ * Returns its read-write fd or a negative errno. */
+int rk_tmp_create(int dirfd, char *name, size_t len);
+/* Give tmp the owner, mode, extended attributes and access/modification
+ * times of the original (src, whose stat is st). */
+int rk_copy_identity(int src, int tmp, const struct stat *st, const char *rel);
+/* Same file (dev, ino) with the same size, mtime and ctime. */
+bool rk_stat_unchanged(const struct stat *a, const struct stat *b);
 
 /* Convert dirfd/name (rel: path from the data directory root, for messages
  * and policy).  Returns 0 converted, 1 already a chunk file (skipped),

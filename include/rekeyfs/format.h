@@ -212,6 +212,12 @@ int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_
 /* Re-seal chunk idx under key without recompressing.  *changed tells
  * whether anything was rewritten (false: hole, beyond EOF or already under key). */
 int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *changed);
+/* Whole-file rekey: reseal chunk idx of src into the same slot of dst (a new
+ * chunk file of the same chunk size that nobody else can see yet) under key,
+ * keeping its compression.  *copied is false for a hole or a chunk past EOF.
+ * A chunk that cannot be read gives -EUCLEAN (corrupt) or the key error
+ * (-ENOKEY, -EKEYREVOKED, -EKEYREJECTED), not logged. */
+int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, bool *copied);
 /* Key entry of chunk idx from its slot header alone (no decryption): -1 for
  * a hole.  -EUCLEAN when the slot header is malformed. */
 int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx);
@@ -230,6 +236,11 @@ int rk_cf_flush(struct rk_cf *cf);
 /* Make everything durable: fdatasync the data, then write a clean header
  * (exact counts, COUNTS_DIRTY clear) and fdatasync again. */
 int rk_cf_sync(struct rk_cf *cf);
+
+/* rk_cf_sync for a file nobody else can see yet (a temporary that is renamed
+ * into place afterwards): both header copies clean with the exact counts,
+ * then one fdatasync. */
+int rk_cf_sync_new(struct rk_cf *cf);
 
 /* Per-thread scratch buffers, sized for the largest chunk; never freed on
  * the hot path.  Exposed for the daemon and tools that seal chunks. */

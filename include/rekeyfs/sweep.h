@@ -4,6 +4,7 @@
 #define REKEYFS_SWEEP_H
 
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include "format.h"
 
@@ -33,6 +34,38 @@ struct rk_sweep_result {
  * file with that error and leave the old chunk in place. */
 int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep_cb *cb, uint64_t start_chunk,
                   struct rk_sweep_result *res);
+
+/* ---- whole-file rekey ------------------------------------------------------
+ * For a chunk file nobody has open: every chunk is resealed into a new chunk
+ * file built under a reserved temporary name in the same directory (a fresh
+ * file id, the same plaintext, compression and holes), which is synced and
+ * given the original's owner, mode, extended attributes and times, then
+ * renamed over the original.  Each chunk is read once and written once (the
+ * in-place path writes it twice: redo journal, then in place).  After a
+ * crash the file is wholly old or wholly new; a left-over temporary is
+ * removed by the next sweep, encrypt or rekey.
+ *
+ *   prepare: build and sync the new file.  -EMLINK the file has hard links;
+ *     -ENOSPC not enough free space for a second copy (checked first);
+ *     -EUCLEAN / key errors: a chunk cannot be read (use rk_sweep_file, which
+ *     leaves such chunks alone); -ECANCELED from the throttle callback.
+ *     Whatever the result, call rk_replace_end.
+ *   commit: check that the original is unchanged since prepare (same inode,
+ *     size, mtime, ctime: -EAGAIN otherwise) and rename the new file over it.
+ *     The caller holds whatever keeps others from changing or renaming the
+ *     file meanwhile.  new_path_fd (may be NULL) gets an O_PATH fd of the
+ *     new file, and new_st its stat.
+ *   end: after a commit, make the rename durable (fsync of the directory);
+ *     otherwise remove the temporary.  Frees r. */
+struct rk_replace;
+struct rk_replace_cb {
+	int (*throttle)(void *arg, uint64_t bytes); /* as in rk_sweep_cb */
+	void *arg;
+};
+int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_keyring *kr, struct rk_key *target,
+                       const struct rk_replace_cb *cb, struct rk_sweep_result *res, struct rk_replace **out);
+int rk_replace_commit(struct rk_replace *r, int *new_path_fd, struct stat *new_st);
+int rk_replace_end(struct rk_replace *r);
 
 /* Count chunks per header key entry by reading every slot's key reference
  * (no decryption).  malformed gets the number of unreadable slot headers. */

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
 #include "rekeyfs/coverage.h"
 #include "rekeyfs/format.h"
 #include "rekeyfs/journal.h"
@@ -241,6 +242,12 @@ static int orekey_visit(const struct rk_walk_ent *e, void *arg)
 	struct orekey *o = arg;
 	if (!S_ISREG(e->st->st_mode))
 		return 0;
+	if (rk_is_tmp_name(e->name)) {
+		/* an interrupted whole-file rekey's (or conversion's) temporary */
+		if (!o->prescan && rk_tmp_cleanup(e->dirfd, e->name) == 1)
+			rk_info("%s: removed an interrupted rekey's temporary file", e->rel);
+		return 0;
+	}
 	if (!o->prescan && o->position[0] && rk_walk_cmp(e->rel, o->position) <= 0)
 		return 0;
 	const struct rk_table *t = rk_policy_lookup(o->dd, e->rel);
@@ -271,6 +278,30 @@ static int orekey_visit(const struct rk_walk_ent *e, void *arg)
 		o->todo_bytes += todo * h.chunk_size;
 		close(fd);
 		return 0;
+	}
+	uint64_t nchunks = 0;
+	for (int i = 0; i < RK_CF_MAX_KEYS; i++)
+		nchunks += h.keys[i].in_use ? h.keys[i].count : 0;
+	if (needs && todo > 0 && todo * 2 >= nchunks) {
+		/* most chunks move: a resealed copy renamed into place writes each
+		 * chunk once (in place: journal, then slot) */
+		struct rk_replace_cb rcb = {o_throttle, o};
+		struct rk_sweep_result res;
+		struct rk_replace *r;
+		ret = rk_replace_prepare(e->dirfd, e->name, e->rel, o->kr, key, &rcb, &res, &r);
+		if (ret == 0)
+			ret = rk_replace_commit(r, NULL, NULL);
+		int r2 = rk_replace_end(r);
+		if (ret == 0 && r2 == 0) {
+			o->rewritten += res.chunks_rewritten;
+			o->files++;
+			needs = false;
+		} else if (ret == 0) {
+			close(fd);
+			return r2;
+		}
+		/* otherwise (hard links, no room for a copy, an unreadable chunk)
+		 * the file is as it was: chunk by chunk, in place */
 	}
 	if (needs) {
 		struct rk_cf *cf;

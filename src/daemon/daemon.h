@@ -33,6 +33,7 @@ struct rkd_inode {
 	pthread_mutex_t lock; /* protects of and the header cache */
 	pthread_cond_t closed; /* of finished closing */
 	struct rkd_file *of;
+	atomic_uint open_gen; /* bumped whenever of is created (whole-file rekey check) */
 	/* cache of a closed chunk file's plaintext size, valid while the backing
 	 * file's size, mtime and ctime are unchanged */
 	/* where the kernel last looked it up (for invalidation when fds run short) */
@@ -91,6 +92,7 @@ struct rkd_opts {
 	unsigned long long walker_rate; /* bytes/s of rewritten chunks, 0 = unlimited */
 	int rekey_on_mount;    /* start a full sweep at mount */
 	int lazy;              /* rewrite on read (default on) */
+	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
 };
 
 struct rkd_stats {
@@ -130,6 +132,10 @@ struct rkd_fs {
 	struct rk_journal *j;
 	pthread_rwlock_t policy_lock; /* dd->tables and dd->keys */
 	atomic_uint policy_gen;
+	/* shared by lookups and operations that change names or a closed file's
+	 * identity (unlink, rename, link, setattr, xattrs); exclusive while a
+	 * whole-file rekey renames the new file into place */
+	pthread_rwlock_t ns_lock;
 	pthread_mutex_t itab_lock;
 	struct rkd_inode *inodes;     /* by (dev, ino) */
 	size_t ninodes;               /* each holds one O_PATH fd */
@@ -170,6 +176,11 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 /* The inode of dirfd/name, shared with the kernel's view (nlookup+1). */
 int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out);
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in);
+/* Finish a whole-file rekey of in (prepared while no handle was open and
+ * open_gen was gen): rename the new file into place unless the file was
+ * opened meanwhile (-EBUSY) or changed (-EAGAIN), and point in at it. */
+struct rk_replace;
+int rkd_replace_commit(struct rkd_fs *fs, struct rkd_inode *in, unsigned gen, struct rk_replace *r);
 int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out);
 void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f);
 /* Take a reference on an open file from inside a request that holds one. */

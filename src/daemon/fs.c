@@ -24,6 +24,7 @@
 #include "daemon.h"
 #include "rekeyfs/common.h"
 #include "rekeyfs/convert.h"
+#include "rekeyfs/sweep.h"
 
 #define PROCPATH(buf, fd) snprintf((buf), sizeof(buf), "/proc/self/fd/%d", (fd))
 
@@ -400,16 +401,24 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 	}
 	if (rk_is_tmp_name(name))
 		return -ENOENT;
+	/* shared: a whole-file rekey cannot swap the file between the open and
+	 * the inode table lookup */
+	pthread_rwlock_rdlock(&fs->ns_lock);
 	int fd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		int r = -errno;
+		pthread_rwlock_unlock(&fs->ns_lock);
+		return r;
+	}
 	struct stat st;
 	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
 		int r = -errno;
+		pthread_rwlock_unlock(&fs->ns_lock);
 		close(fd);
 		return r;
 	}
 	struct rkd_inode *in = inode_get_at(fs, fd, &st, p, name);
+	pthread_rwlock_unlock(&fs->ns_lock);
 	if (!in)
 		return -ENOMEM;
 	int ret = fix_size(fs, in, &st);
@@ -556,6 +565,7 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 		ret = -ENOMEM;
 		goto out;
 	}
+	atomic_fetch_add(&in->open_gen, 1); /* a whole-file rekey in progress gives up */
 	PROCPATH(pp, in->fd);
 	f->fd = open(pp, O_RDWR | O_CLOEXEC);
 	f->rw = true;
@@ -1490,8 +1500,11 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	if (linkat(AT_FDCWD, pp, p->fd, newname, AT_SYMLINK_FOLLOW) < 0) {
-		fuse_reply_err(req, errno);
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int r = linkat(AT_FDCWD, pp, p->fd, newname, AT_SYMLINK_FOLLOW) < 0 ? errno : 0;
+	pthread_rwlock_unlock(&fs->ns_lock);
+	if (r) {
+		fuse_reply_err(req, r);
 		return;
 	}
 	reply_new_entry(req, fs, p, newname);
@@ -1505,7 +1518,10 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, p->virt != RKD_REAL ? EPERM : ENOENT);
 		return;
 	}
-	fuse_reply_err(req, unlinkat(p->fd, name, 0) < 0 ? errno : 0);
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int r = unlinkat(p->fd, name, 0) < 0 ? errno : 0;
+	pthread_rwlock_unlock(&fs->ns_lock);
+	fuse_reply_err(req, r);
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -1529,8 +1545,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	if (renameat2(p->fd, name, np->fd, newname, flags) < 0) {
-		fuse_reply_err(req, errno);
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int r = renameat2(p->fd, name, np->fd, newname, flags) < 0 ? errno : 0;
+	pthread_rwlock_unlock(&fs->ns_lock);
+	if (r) {
+		fuse_reply_err(req, r);
 		return;
 	}
 	/* the moved object may now belong to another table; open files re-read
@@ -1569,7 +1588,18 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_readlink(req, buf);
 }
 
+static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, struct fuse_file_info *fi);
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, struct fuse_file_info *fi)
+{
+	struct rkd_fs *fs = FS(req);
+	/* a whole-file rekey does not copy the identity of a file while it changes */
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	setattr_impl(req, ino, attr, valid, fi);
+	pthread_rwlock_unlock(&fs->ns_lock);
+}
+
+static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, struct fuse_file_info *fi)
 {
 	struct rkd_fs *fs = FS(req);
 	struct rkd_inode *in = INO(fs, ino);
@@ -1835,7 +1865,10 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	fuse_reply_err(req, setxattr(pp, name, value, size, flags) < 0 ? errno : 0);
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int r = setxattr(pp, name, value, size, flags) < 0 ? errno : 0;
+	pthread_rwlock_unlock(&fs->ns_lock);
+	fuse_reply_err(req, r);
 }
 
 /* getxattr (name) or listxattr (name NULL) of a path: a size query when size
@@ -1896,23 +1929,60 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	fuse_reply_err(req, removexattr(pp, name) < 0 ? errno : 0);
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int r = removexattr(pp, name) < 0 ? errno : 0;
+	pthread_rwlock_unlock(&fs->ns_lock);
+	fuse_reply_err(req, r);
 }
 
 /* ---- for the walker ---------------------------------------------------------------------------- */
+int rkd_replace_commit(struct rkd_fs *fs, struct rkd_inode *in, unsigned gen, struct rk_replace *r)
+{
+	struct stat nst;
+	int pfd = -1, ret = -EBUSY;
+	pthread_rwlock_wrlock(&fs->ns_lock);
+	pthread_mutex_lock(&in->lock);
+	if (!in->of && atomic_load(&in->open_gen) == gen)
+		ret = rk_replace_commit(r, &pfd, &nst);
+	if (ret == 0) {
+		/* same fd number, new file: users of in->fd in other threads see the
+		 * old or the new file, never an unrelated one */
+		if (dup3(pfd, in->fd, O_CLOEXEC) < 0) {
+			rk_warn("cannot move inode fd %d to the rekeyed file: %s", in->fd, strerror(errno));
+			in->fd = pfd; /* the old fd stays open (never reused) */
+			pfd = -1;
+		}
+		pthread_mutex_lock(&fs->itab_lock);
+		HASH_DELETE(hh, fs->inodes, in);
+		in->dev = nst.st_dev;
+		in->ino = nst.st_ino;
+		HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
+		pthread_mutex_unlock(&fs->itab_lock);
+		in->hdr_kind = -1;
+	}
+	pthread_mutex_unlock(&in->lock);
+	pthread_rwlock_unlock(&fs->ns_lock);
+	if (pfd >= 0)
+		close(pfd);
+	return ret;
+}
+
 int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out)
 {
-	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	struct stat st;
-	if (fd < 0)
-		return -errno;
-	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
-		int r = -errno;
-		close(fd);
-		return r;
+	int ret = 0;
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		ret = -errno;
+		if (fd >= 0)
+			close(fd);
+	} else {
+		*out = inode_get(fs, fd, &st);
+		ret = *out ? 0 : -ENOMEM;
 	}
-	*out = inode_get(fs, fd, &st);
-	return *out ? 0 : -ENOMEM;
+	pthread_rwlock_unlock(&fs->ns_lock);
+	return ret;
 }
 
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in) { inode_unref(fs, in, 1); }

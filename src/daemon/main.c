@@ -32,6 +32,8 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("rekey_on_mount", rekey_on_mount, 1),
 	OPT("lazy=on", lazy, 1),
 	OPT("lazy=off", lazy, 0),
+	OPT("whole_file=on", whole_file, 1),
+	OPT("whole_file=off", whole_file, 0),
 	FUSE_OPT_END,
 };
 
@@ -65,7 +67,10 @@ static void usage(const char *prog)
 	       "    -o walker_rate=BYTES   walker rate limit in bytes/s of rewritten chunks\n"
 	       "                           (default 104857600; 0 = unlimited)\n"
 	       "    -o rekey_on_mount      start a full sweep at mount\n"
-	       "    -o lazy=on|off         rewrite chunks read under an old key (default on)\n\n"
+	       "    -o lazy=on|off         rewrite chunks read under an old key (default on)\n"
+	       "    -o whole_file=on|off   sweeps rekey closed files by writing a new copy and\n"
+	       "                           renaming it into place (default on; off: in place,\n"
+	       "                           through the journal, keeping inode numbers)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -165,6 +170,7 @@ int main(int argc, char *argv[])
 	fs->o.walker = 1;
 	fs->o.walker_rate = 100ULL << 20;
 	fs->o.lazy = 1;
+	fs->o.whole_file = 1;
 	if (fuse_opt_parse(&args, fs, rkd_optspec, opt_proc) < 0)
 		return 2;
 	if (fuse_parse_cmdline(&args, &copts) != 0)
@@ -213,6 +219,15 @@ int main(int argc, char *argv[])
 
 	fs->started = time(NULL);
 	pthread_mutex_init(&fs->itab_lock, NULL);
+	{
+		/* writer-preferring: a rekey's short rename is not starved by lookups
+		 * (no path takes ns_lock recursively) */
+		pthread_rwlockattr_t a;
+		pthread_rwlockattr_init(&a);
+		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&fs->ns_lock, &a);
+		pthread_rwlockattr_destroy(&a);
+	}
 	pthread_mutex_init(&fs->dirty_lock, NULL);
 	pthread_rwlock_init(&fs->policy_lock, NULL);
 	atomic_store(&fs->policy_gen, 1);

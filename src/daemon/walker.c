@@ -14,6 +14,7 @@
 
 #include "daemon.h"
 #include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
 #include "rekeyfs/sweep.h"
 #include "rekeyfs/walk.h"
 
@@ -69,7 +70,7 @@ struct rkd_walker {
 	pthread_cond_t qcond;
 	struct lazy_ent q[LAZY_QUEUE];
 	int qhead, qlen;
-	atomic_uint_fast64_t lazy_rewritten, lazy_queued, lazy_dropped, walker_rewritten;
+	atomic_uint_fast64_t lazy_rewritten, lazy_queued, lazy_dropped, walker_rewritten, files_replaced;
 };
 
 static void add_error(struct rkd_walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -239,6 +240,7 @@ static int cb_throttle(void *arg, uint64_t bytes)
 struct walk_ctx {
 	struct rkd_walker *w;
 	bool prescan;
+	int pass; /* 0: the sweep; later passes catch files renamed behind the walker */
 	int err;
 };
 
@@ -287,7 +289,61 @@ static int header_needs(int dirfd, const char *name, const char *rel, const stru
 	return ret < 0 ? ret : 0;
 }
 
-static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, struct tstat *t, struct rk_key *key)
+struct replace_ctx {
+	struct sweep_ctx c;
+	struct rkd_inode *in;
+	unsigned gen;
+};
+
+static int cb_replace_throttle(void *arg, uint64_t bytes)
+{
+	struct replace_ctx *r = arg;
+	if (atomic_load(&r->in->open_gen) != r->gen)
+		return -EBUSY; /* opened meanwhile: its writes go in place */
+	return cb_throttle(&r->c, bytes);
+}
+
+static void add_result(struct rkd_walker *w, struct tstat *t, const struct rk_sweep_result *res)
+{
+	pthread_mutex_lock(&w->lock);
+	t->chunks_checked += res->chunks_checked;
+	t->chunks_rewritten += res->chunks_rewritten;
+	t->bytes_rewritten += res->bytes_rewritten;
+	t->chunks_failed += res->chunks_failed;
+	pthread_mutex_unlock(&w->lock);
+	atomic_fetch_add(&w->walker_rewritten, res->chunks_rewritten);
+}
+
+/* Whole-file rekey of a file nobody has open.  0 done; -ECANCELED stop;
+ * any other error: the file is as it was, use the in-place path. */
+static int replace_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, struct tstat *t, struct rk_key *key,
+                            struct rkd_inode *in)
+{
+	struct rkd_fs *fs = w->fs;
+	struct replace_ctx rc = {{w, NULL}, in, 0};
+	pthread_mutex_lock(&in->lock);
+	bool busy = in->of != NULL;
+	rc.gen = atomic_load(&in->open_gen);
+	pthread_mutex_unlock(&in->lock);
+	if (busy)
+		return -EBUSY;
+	struct rk_replace_cb cb = {cb_replace_throttle, &rc};
+	struct rk_sweep_result res;
+	struct rk_replace *r;
+	int ret = rk_replace_prepare(e->dirfd, e->name, e->rel, fs->kr, key, &cb, &res, &r);
+	if (ret == 0)
+		ret = rkd_replace_commit(fs, in, rc.gen, r);
+	int r2 = rk_replace_end(r);
+	if (ret == 0) {
+		add_result(w, t, &res);
+		atomic_fetch_add(&w->files_replaced, 1);
+		ret = r2;
+	}
+	return ret;
+}
+
+static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, struct tstat *t, struct rk_key *key,
+                          bool whole)
 {
 	struct rkd_fs *fs = w->fs;
 	struct rkd_inode *in;
@@ -295,6 +351,15 @@ static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, str
 	int ret = rkd_inode_at(fs, e->dirfd, e->name, &in);
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret;
+	if (whole && S_ISREG(in->type)) {
+		ret = replace_one_file(w, e, t, key, in);
+		if (ret == 0 || ret == -ECANCELED) {
+			rkd_inode_put(fs, in);
+			return ret;
+		}
+		/* opened or changed meanwhile, hard links, no room for a copy, an
+		 * unreadable chunk: chunk by chunk, in place */
+	}
 	ret = rkd_file_get(fs, in, &f);
 	if (ret < 0) {
 		rkd_inode_put(fs, in);
@@ -309,13 +374,7 @@ static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, str
 	struct rk_sweep_cb cb = {cb_lock, cb_unlock, cb_throttle, &c};
 	struct rk_sweep_result res;
 	ret = rk_sweep_file(f->cf, key, &cb, 0, &res);
-	pthread_mutex_lock(&w->lock);
-	t->chunks_checked += res.chunks_checked;
-	t->chunks_rewritten += res.chunks_rewritten;
-	t->bytes_rewritten += res.bytes_rewritten;
-	t->chunks_failed += res.chunks_failed;
-	pthread_mutex_unlock(&w->lock);
-	atomic_fetch_add(&w->walker_rewritten, res.chunks_rewritten);
+	add_result(w, t, &res);
 	if (res.chunks_failed)
 		add_error(w, "%s: %" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)", e->rel,
 		          res.chunks_failed);
@@ -337,6 +396,12 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	struct rkd_fs *fs = w->fs;
 	if (!S_ISREG(e->st->st_mode))
 		return 0;
+	if (rk_is_tmp_name(e->name)) {
+		/* an interrupted whole-file rekey's (or conversion's) temporary */
+		if (!c->prescan && rk_tmp_cleanup(e->dirfd, e->name) == 1)
+			rk_info("%s: removed an interrupted rekey's temporary file", e->rel);
+		return 0;
+	}
 	if (!c->prescan && w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
 		return 0; /* done before the checkpoint */
 	pthread_rwlock_rdlock(&fs->policy_lock);
@@ -379,7 +444,11 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		pthread_mutex_unlock(&w->lock);
 	} else if (chunk && needs) {
 		for (;;) {
-			ret = sweep_one_file(w, e, t, key);
+			/* whole-file replacement writes every chunk once; in place writes
+			 * each old-key chunk twice (journal, slot): replace when at
+			 * least half the chunks need it */
+			bool whole = fs->o.whole_file && todo > 0 && todo * 2 >= nchunks;
+			ret = sweep_one_file(w, e, t, key, whole);
 			if (ret == -ENOSPC || ret == -EDQUOT || ret == -EIO) {
 				/* the old chunks stay readable; retry this file once space is back */
 				pthread_mutex_lock(&w->lock);
@@ -408,7 +477,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		}
 	}
 	pthread_mutex_lock(&w->lock);
-	if (chunk) {
+	if (chunk && c->pass == 0) {
 		t->files_done++;
 		t->chunks_done += nchunks;
 	}
@@ -462,7 +531,23 @@ static void run_sweep(struct rkd_walker *w)
 			w->tables[i].chunks_todo += w->tables[i].chunks_rewritten;
 		pthread_mutex_unlock(&w->lock);
 		c.prescan = false;
-		ret = rk_walk(fs->rootfd, "/", visit, &c);
+		/* a file renamed behind the walker's position while it ran has not
+		 * been visited: walk again (headers only where nothing is left to
+		 * do) until a pass rewrites nothing */
+		for (c.pass = 0; ret != -ECANCELED && c.pass < 16; c.pass++) {
+			uint64_t before = atomic_load(&w->walker_rewritten);
+			if (c.pass > 0) {
+				pthread_mutex_lock(&w->lock);
+				w->position[0] = '\0';
+				pthread_mutex_unlock(&w->lock);
+			}
+			ret = rk_walk(fs->rootfd, "/", visit, &c);
+			if (atomic_load(&w->walker_rewritten) == before)
+				break;
+			if (c.pass > 0)
+				rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed during the sweep", w->sweep_id,
+				        c.pass + 1);
+		}
 	}
 	pthread_mutex_lock(&w->lock);
 	w->resume_checkpoint = false;
@@ -793,9 +878,10 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 	              w->waiting_space ? "true" : "false");
 	rkd_jb_str(b, w->position);
 	rkd_jb_printf(b, ",\n    \"chunks_rewritten_walker\": %" PRIu64 ", \"chunks_rewritten_lazy\": %" PRIu64
-	                 ", \"lazy_queued\": %" PRIu64 ", \"lazy_dropped\": %" PRIu64 ", \"error_count\": %" PRIu64
-	                 ",\n    \"tables\": [",
+	                 ", \"files_replaced\": %" PRIu64 ", \"lazy_queued\": %" PRIu64 ", \"lazy_dropped\": %" PRIu64
+	                 ", \"error_count\": %" PRIu64 ",\n    \"tables\": [",
 	              (uint64_t)atomic_load(&w->walker_rewritten), (uint64_t)atomic_load(&w->lazy_rewritten),
+	              (uint64_t)atomic_load(&w->files_replaced),
 	              (uint64_t)atomic_load(&w->lazy_queued), (uint64_t)atomic_load(&w->lazy_dropped), w->error_count);
 	for (int i = 0; i < w->ntables; i++) {
 		struct tstat *t = &w->tables[i];

@@ -47,7 +47,7 @@ static int copy_xattrs(int from, int to, const char *rel)
 	return 0;
 }
 
-static int make_tmp(int dirfd, char *name, size_t len)
+int rk_tmp_create(int dirfd, char *name, size_t len)
 {
 	uint8_t rnd[8];
 	char hex[17];
@@ -63,12 +63,8 @@ static int make_tmp(int dirfd, char *name, size_t len)
 	return -EEXIST;
 }
 
-/* Give tmp the identity of the original and rename it over name, unless the
- * original changed since st was taken. */
-static int finish_replace(int dirfd, const char *name, const char *tmpname, int src, int tmp, const struct stat *st,
-                          const char *rel)
+int rk_copy_identity(int src, int tmp, const struct stat *st, const char *rel)
 {
-	struct stat now;
 	struct timespec ts[2] = {st->st_atim, st->st_mtim};
 	if (fchown(tmp, st->st_uid, st->st_gid) < 0 && errno != EPERM)
 		return -errno;
@@ -77,6 +73,25 @@ static int finish_replace(int dirfd, const char *name, const char *tmpname, int 
 	copy_xattrs(src, tmp, rel);
 	if (futimens(tmp, ts) < 0)
 		return -errno;
+	return 0;
+}
+
+bool rk_stat_unchanged(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Give tmp the identity of the original and rename it over name, unless the
+ * original changed since st was taken. */
+static int finish_replace(int dirfd, const char *name, const char *tmpname, int src, int tmp, const struct stat *st,
+                          const char *rel)
+{
+	struct stat now;
+	int ret = rk_copy_identity(src, tmp, st, rel);
+	if (ret < 0)
+		return ret;
 	if (fsync(tmp) < 0)
 		return -errno;
 	if (fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) < 0)
@@ -153,7 +168,7 @@ int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, con
 	ret = resolve_table_key(dd, kr, rel, &tab, &key);
 	if (ret < 0)
 		goto out;
-	tmp = make_tmp(dirfd, tmpname, sizeof(tmpname));
+	tmp = rk_tmp_create(dirfd, tmpname, sizeof(tmpname));
 	if (tmp < 0) {
 		ret = tmp;
 		tmpname[0] = '\0';

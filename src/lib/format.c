@@ -1081,6 +1081,27 @@ int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *
 	return ret;
 }
 
+int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, bool *copied)
+{
+	struct slothdr sh;
+	uint8_t *payload;
+	*copied = false;
+	if (dst->hdr.chunk_size != src->hdr.chunk_size)
+		return -EINVAL;
+	if (valid_in_chunk(rk_cf_size(src), src->hdr.chunk_size, idx) == 0)
+		return 0;
+	int ret = slot_read_open(src, idx, &sh, &payload, NULL, false);
+	if (ret == 1)
+		return 0;
+	if (ret < 0)
+		return ret;
+	/* the payload is in scratch 1, which sealing does not use */
+	ret = seal_and_write(dst, idx, payload, sh.stored_len, sh.plain_len, (enum rk_comp)sh.comp, key, -1, 0);
+	if (ret == 0)
+		*copied = true;
+	return ret;
+}
+
 /* Make sure the partial last chunk holds no plaintext past EOF before the
  * file grows (after a crash it might).  */
 static int fix_tail(struct rk_cf *cf, struct rk_key *key, enum rk_comp comp)
@@ -1324,6 +1345,24 @@ int rk_cf_flush(struct rk_cf *cf)
 	if (cf->hdr_changed)
 		ret = hdr_write_locked(cf, cf->disk_dirty || cf->counts_changed);
 	pthread_mutex_unlock(&cf->lock);
+	return ret;
+}
+
+int rk_cf_sync_new(struct rk_cf *cf)
+{
+	int ret;
+	pthread_mutex_lock(&cf->lock);
+	cf->counts_changed = false;
+	ret = hdr_write_locked(cf, false);
+	if (ret == 0)
+		ret = hdr_write_locked(cf, false);
+	if (ret == 0)
+		cf->copies_equal = true;
+	pthread_mutex_unlock(&cf->lock);
+	if (ret == 0 && fdatasync(cf->fd) < 0) {
+		ret = -errno;
+		rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
+	}
 	return ret;
 }
 

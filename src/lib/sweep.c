@@ -2,9 +2,16 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
 #include "rekeyfs/sweep.h"
 
 int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep_cb *cb, uint64_t start_chunk,
@@ -84,4 +91,170 @@ int rk_scan_key_refs(struct rk_cf *cf, uint64_t counts[RK_CF_MAX_KEYS], uint64_t
 			counts[k]++;
 	}
 	return 0;
+}
+
+/* ---- whole-file rekey ------------------------------------------------------------------------- */
+struct rk_replace {
+	int dirfd;
+	char *name, *rel;
+	char tmpname[64];
+	int src, tmp;
+	struct stat st;
+	bool committed;
+};
+
+int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_keyring *kr, struct rk_key *target,
+                       const struct rk_replace_cb *cb, struct rk_sweep_result *res, struct rk_replace **out)
+{
+	struct rk_cf *in = NULL, *outcf = NULL;
+	struct rk_cf_header h;
+	struct statvfs vfs;
+	int ret;
+	memset(res, 0, sizeof(*res));
+	struct rk_replace *r = calloc(1, sizeof(*r));
+	*out = r;
+	if (!r)
+		return -ENOMEM;
+	r->dirfd = dirfd;
+	r->src = r->tmp = -1;
+	r->name = strdup(name);
+	r->rel = strdup(rel);
+	if (!r->name || !r->rel)
+		return -ENOMEM;
+	r->src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
+	if (r->src < 0 && errno == EPERM)
+		r->src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (r->src < 0)
+		return -errno;
+	if (fstat(r->src, &r->st) < 0)
+		return -errno;
+	if (!S_ISREG(r->st.st_mode))
+		return -EINVAL;
+	if (r->st.st_nlink > 1)
+		return -EMLINK; /* a new inode would split the links */
+	/* room for a second copy, with a margin: otherwise the in-place path,
+	 * which needs no extra space, is the better choice */
+	if (fstatvfs(r->src, &vfs) == 0 &&
+	    (uint64_t)vfs.f_bavail * vfs.f_frsize < (uint64_t)r->st.st_blocks * 512 + 64 * 1024 * 1024)
+		return -ENOSPC;
+	ret = rk_cf_open(r->src, rel, kr, false, &in);
+	if (ret < 0)
+		goto out;
+	rk_cf_get_header(in, &h);
+	r->tmp = rk_tmp_create(dirfd, r->tmpname, sizeof(r->tmpname));
+	if (r->tmp < 0) {
+		ret = r->tmp;
+		r->tmpname[0] = '\0';
+		rk_err("%s: cannot create a temporary file for the rekey: %s", rel, strerror(-ret));
+		goto out;
+	}
+	ret = rk_cf_create(r->tmp, rel, kr, h.chunk_size, (enum rk_comp)h.compression, target, &outcf);
+	if (ret == 0)
+		ret = rk_cf_truncate(outcf, h.size, target, (enum rk_comp)h.compression);
+	if (ret < 0)
+		goto out;
+	uint64_t n = rk_cf_nchunks(in);
+	for (uint64_t i = 0; i < n; i++) {
+		bool copied;
+		int k = -1;
+		ret = rk_cf_chunk_keyidx(in, i, &k);
+		if (ret == 0 && k >= 0)
+			ret = rk_cf_copy_chunk(in, outcf, i, target, &copied);
+		res->chunks_checked++;
+		if (ret < 0) {
+			res->last_error = ret;
+			goto out;
+		}
+		bool moved = k >= 0 && !(strcmp(h.keys[k].name, target->name) == 0 &&
+		                         memcmp(h.keys[k].fp, target->fp, RK_FP_BYTES) == 0);
+		if (moved) {
+			res->chunks_rewritten++;
+			res->bytes_rewritten += h.chunk_size;
+		}
+		rk_crashpoint("replace.chunk-copied");
+		if (cb && cb->throttle) {
+			ret = cb->throttle(cb->arg, moved ? h.chunk_size : 0);
+			if (ret < 0)
+				goto out;
+		}
+	}
+	/* a sparse tail stays sparse, but the stored length is the original's */
+	uint64_t want = RK_MIN((uint64_t)r->st.st_size, rk_cf_stored_len(h.chunk_size, h.size));
+	if (ftruncate(r->tmp, (off_t)want) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = rk_copy_identity(r->src, r->tmp, &r->st, rel);
+	if (ret == 0)
+		ret = rk_cf_sync_new(outcf); /* writes headers only: the times stay */
+	if (ret < 0)
+		goto out;
+	rk_crashpoint("replace.synced");
+	res->next_chunk = n;
+out:
+	if (ret < 0 && ret != -ECANCELED && ret != -EBUSY && ret != -EUCLEAN && ret != -ENOKEY && ret != -EKEYREVOKED &&
+	    ret != -EKEYREJECTED)
+		rk_err("%s: whole-file rekey failed: %s; the file stays as it was", rel, rk_strerror(ret));
+	rk_cf_close(outcf);
+	rk_cf_close(in);
+	return ret;
+}
+
+int rk_replace_commit(struct rk_replace *r, int *new_path_fd, struct stat *new_st)
+{
+	struct stat now;
+	int pfd = -1, ret;
+	if (new_path_fd)
+		*new_path_fd = -1;
+	if (fstatat(r->dirfd, r->name, &now, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? -EAGAIN : -errno;
+	if (!rk_stat_unchanged(&now, &r->st))
+		return -EAGAIN; /* written, renamed, re-created or chmod-ed meanwhile */
+	if (new_path_fd || new_st) {
+		pfd = openat(r->dirfd, r->tmpname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (pfd < 0)
+			return -errno;
+		if (new_st && fstat(r->tmp, new_st) < 0) {
+			ret = -errno;
+			close(pfd);
+			return ret;
+		}
+	}
+	rk_crashpoint("replace.before-rename");
+	if (renameat(r->dirfd, r->tmpname, r->dirfd, r->name) < 0) {
+		ret = -errno;
+		if (pfd >= 0)
+			close(pfd);
+		return ret;
+	}
+	r->committed = true;
+	r->tmpname[0] = '\0';
+	rk_crashpoint("replace.after-rename");
+	if (new_path_fd)
+		*new_path_fd = pfd;
+	else if (pfd >= 0)
+		close(pfd);
+	return 0;
+}
+
+int rk_replace_end(struct rk_replace *r)
+{
+	int ret = 0;
+	if (!r)
+		return 0;
+	if (r->committed) {
+		ret = rk_fsync_dir(r->dirfd);
+		if (ret < 0)
+			rk_err("%s: cannot sync its directory after the rekey: %s", r->rel, strerror(-ret));
+	} else if (r->tmpname[0]) {
+		unlinkat(r->dirfd, r->tmpname, 0);
+	}
+	if (r->tmp >= 0)
+		close(r->tmp);
+	if (r->src >= 0)
+		close(r->src);
+	free(r->name);
+	free(r->rel);
+	free(r);
+	return ret;
 }

@@ -138,7 +138,7 @@ def main(argv):
         return 2
     root = args[0]
     out = {"keys": {}, "header_keys": {}, "chunk_files": 0, "plain_files": 0, "chunks": 0,
-           "dirty": [], "count_mismatch": [], "problems": []}
+           "dirty": [], "count_mismatch": [], "problems": [], "temporaries": []}
     if want_files:
         out["files"] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -154,6 +154,11 @@ def main(argv):
             if rel_dir == "" and name == ".rekeyfs":
                 continue
             rel = "/" + os.path.join(rel_dir, name) if rel_dir else "/" + name
+            if name.startswith(".rekeyfs-tmp."):
+                # an interrupted whole-file rekey's or conversion's temporary:
+                # not part of the data, removed by the next sweep
+                out["temporaries"].append(rel)
+                continue
             scan_file(p, rel, out, want_files)
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")

@@ -96,7 +96,11 @@ if cmd == "schedule":
     seed, rounds = int(sys.argv[2]), int(sys.argv[3])
     r = random.Random(seed)
     points = {
-        "sweep": [("sweep.chunk-rekeyed", 1, 150), ("walker.file-done", 1, 8), ("journal.appended", 1, 150),
+        # whole-file rekey (the default for closed files) and, with
+        # whole_file=off, the in-place path through the journal
+        "sweep": [("replace.chunk-copied", 1, 150), ("replace.synced", 1, 8), ("replace.before-rename", 1, 8),
+                  ("replace.after-rename", 1, 8), ("walker.file-done", 1, 8),
+                  ("sweep.chunk-rekeyed", 1, 150), ("journal.appended", 1, 150),
                   ("journal.applied", 1, 150), ("journal.before-commit", 1, 5), ("journal.before-truncate", 1, 1)],
         "lazy": [("journal.appended", 1, 100), ("journal.applied", 1, 100), ("journal.before-commit", 1, 4)],
         "append": [("journal.appended", 1, 12), ("journal.applied", 1, 12), ("journal.before-commit", 1, 6)],
@@ -322,6 +326,8 @@ offline_checks() { # WHAT
 		;;
 	*) fail "$1: $(cat "$T_TMP/check.out")" ;;
 	esac
+	# an interrupted whole-file rekey's temporary is removed by the resumed sweep
+	[ "$(scget 'd["temporaries"]')" = "[]" ] || fail "$1: temporaries left in the data directory: $(scget 'd["temporaries"]')"
 	cat_all "$T_TMP/cat" || fail "$1: rekeyctl cat failed"
 	python3 "$PY" verify "$T_TMP/cat" "$SH" "$ACKED" 0 $APPEND_FILES >"$T_TMP/verify.out" ||
 		fail "$1: rekeyctl cat output differs from the shadow: $(cat "$T_TMP/verify.out")"
@@ -342,7 +348,7 @@ cat_all() {
 			echo "rekeyctl cat $rel: $(cat "$T_TMP/cat.err")" >&2
 			return 1
 		fi
-	done < <(cd "$DATA" && find . -path ./.rekeyfs -prune -o -type f -print0)
+	done < <(cd "$DATA" && find . -path ./.rekeyfs -prune -o -name '.rekeyfs-tmp.*' -prune -o -type f -print0)
 }
 
 # ---- the data set ---------------------------------------------------------------------------------------
@@ -391,7 +397,14 @@ while read -r -u 3 round kind point delay cat_first replay_kill with_sweep subse
 	checking "$what"
 	# ---- the kill mount ----
 	if [ "$point" != - ]; then export REKEYFS_CRASHPOINT="$point"; fi
-	opts="walker_rate=$SWEEP_RATE"
+	# sweeps rekey closed files whole (replace.* points); the in-place path
+	# (sweep.*, journal.* points, every other timed kill) with whole_file=off
+	wf=on
+	case "$kind:$point" in
+	sweep:sweep.* | sweep:journal.*) wf=off ;;
+	sweep:-) [ $((round % 2)) = 0 ] && wf=off ;;
+	esac
+	opts="walker_rate=$SWEEP_RATE,whole_file=$wf"
 	mount_fs "$DATA" "$MNT" "$opts"
 	unset REKEYFS_CRASHPOINT
 	DPID=$LAST_PID

@@ -10,12 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "testutil.h"
 
 #include "rekeyfs/common.h"
+#include "rekeyfs/convert.h"
+#include "rekeyfs/sweep.h"
 #include "rekeyfs/compress.h"
 #include "rekeyfs/crypto.h"
 #include "rekeyfs/format.h"
@@ -2001,6 +2004,217 @@ static void test_parallel_chunks(void **state)
 	free(data);
 }
 
+/* ---- whole-file rekey ------------------------------------------------------------------------ */
+static int count_tmp(const char *dir)
+{
+	int n = 0;
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	for (struct dirent *de; (de = readdir(d));)
+		n += rk_is_tmp_name(de->d_name);
+	closedir(d);
+	return n;
+}
+
+/* chunks 0,1 text under ka, 2 a hole, 3 random under kb, 4 text under kc
+ * (the target), then a hole, then a partial chunk 6 under ka */
+static uint8_t *mixed_file(struct fx *f, struct file *fl, const char *name, uint32_t cs, size_t *lenp)
+{
+	size_t len = 6 * (size_t)cs + 777;
+	uint8_t *data = tu_malloc(len);
+	memset(data, 0, len);
+	fill(data, 2 * (size_t)cs, 0, 1);
+	fill(data + 3 * (size_t)cs, cs, 1, 2);
+	fill(data + 4 * (size_t)cs, cs, 0, 3);
+	fill(data + 6 * (size_t)cs, 777, 0, 4);
+	file_create(f, fl, name, cs, RK_COMP_SNAPPY, f->ka);
+	write_all(fl, data, 2 * (size_t)cs, 0, f->ka, RK_COMP_SNAPPY);
+	write_all(fl, data + 3 * (size_t)cs, cs, 3 * (uint64_t)cs, f->kb, RK_COMP_SNAPPY);
+	write_all(fl, data + 4 * (size_t)cs, cs, 4 * (uint64_t)cs, f->kc, RK_COMP_SNAPPY);
+	write_all(fl, data + 6 * (size_t)cs, 777, 6 * (uint64_t)cs, f->ka, RK_COMP_SNAPPY);
+	file_sync_close(fl);
+	*lenp = len;
+	return data;
+}
+
+static int dir_fd(struct fx *f)
+{
+	int d = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(d >= 0);
+	return d;
+}
+
+static void test_replace_whole_file(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	struct file fl;
+	size_t len;
+	uint8_t *data = mixed_file(f, &fl, "whole", cs, &len);
+	uint8_t before[7][RK_SLOT_HDR];
+	int fd = open(fl.path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	for (int i = 0; i < 7; i++)
+		read_slot_hdr(fd, cs, (uint64_t)i, before[i]);
+	struct rk_cf_header h0;
+	assert_int_equal(rk_cf_read_header(fd, fl.path, &h0, NULL), 0);
+	close(fd);
+	assert_int_equal(chmod(fl.path, 0640), 0);
+	struct timespec ts[2] = {{1000000000, 123456789}, {1200000000, 987654321}};
+	assert_int_equal(utimensat(AT_FDCWD, fl.path, ts, 0), 0);
+	struct stat st0, st1;
+	assert_int_equal(stat(fl.path, &st0), 0);
+
+	int d = dir_fd(f);
+	struct rk_replace *r;
+	struct rk_sweep_result res;
+	int ret = rk_replace_prepare(d, "whole", "/whole", f->kr, f->kc, NULL, &res, &r);
+	if (ret != 0)
+		tu_log_dump();
+	assert_int_equal(ret, 0);
+	assert_int_equal(count_tmp(f->dir), 1);
+	struct stat nst;
+	int pfd;
+	assert_int_equal(rk_replace_commit(r, &pfd, &nst), 0);
+	assert_int_equal(rk_replace_end(r), 0);
+	assert_true(pfd >= 0);
+	close(pfd);
+	close(d);
+	assert_int_equal(count_tmp(f->dir), 0);
+	assert_int_equal(res.chunks_checked, 7);
+	assert_int_equal(res.chunks_rewritten, 4); /* 0, 1, 3, 6; 4 was on kc already */
+
+	/* a new inode with the original's identity */
+	assert_int_equal(stat(fl.path, &st1), 0);
+	assert_int_equal(st1.st_ino, nst.st_ino);
+	assert_int_not_equal(st1.st_ino, st0.st_ino);
+	assert_int_equal(st1.st_mode, st0.st_mode);
+	assert_int_equal(st1.st_size, st0.st_size);
+	assert_int_equal(st1.st_mtim.tv_sec, ts[1].tv_sec);
+	assert_int_equal(st1.st_mtim.tv_nsec, ts[1].tv_nsec);
+	assert_int_equal(st1.st_atim.tv_sec, ts[0].tv_sec);
+
+	/* same plaintext and holes; every chunk under kc; compression kept; a
+	 * fresh file id; a clean header with exact counts */
+	file_open(f, &fl, false);
+	check_content(fl.cf, data, len);
+	struct rk_cf_header h;
+	rk_cf_get_header(fl.cf, &h);
+	assert_memory_not_equal(h.file_id, h0.file_id, RK_FILE_ID_BYTES);
+	assert_int_equal(h.flags & RK_HF_COUNTS_DIRTY, 0);
+	assert_int_equal(hdr_count(&h, "kc"), 5);
+	assert_int_equal(hdr_count(&h, "ka"), 0);
+	assert_int_equal(hdr_count(&h, "kb"), 0);
+	int jc = hdr_find(&h, "kc");
+	for (int i = 0; i < 7; i++) {
+		uint8_t now[RK_SLOT_HDR];
+		read_slot_hdr(fl.fd, cs, (uint64_t)i, now);
+		if (i == 2 || i == 5) {
+			assert_true(tu_all_zero(now, RK_SLOT_HDR)); /* still a hole */
+			continue;
+		}
+		assert_int_equal(now[4], jc);
+		assert_int_equal(now[5], before[i][5]);
+		assert_memory_equal(now + 8, before[i] + 8, 8);
+	}
+	file_close(&fl);
+	/* none of the old keys is needed any more */
+	assert_int_equal(rk_keyring_release(f->kr, "ka"), 0);
+	assert_int_equal(rk_keyring_release(f->kr, "kb"), 0);
+	file_open(f, &fl, false);
+	check_content(fl.cf, data, len);
+	file_close(&fl);
+	free(data);
+}
+
+static int cancel_after_two(void *arg, uint64_t bytes)
+{
+	int *n = arg;
+	(void)bytes;
+	return ++*n > 2 ? -ECANCELED : 0;
+}
+
+static void expect_untouched(struct fx *f, struct file *fl, const struct stat *st0, const uint8_t *data, size_t len)
+{
+	struct stat st;
+	assert_int_equal(stat(fl->path, &st), 0);
+	assert_int_equal(st.st_ino, st0->st_ino);
+	assert_int_equal(count_tmp(f->dir), 0);
+	file_open(f, fl, false);
+	check_content(fl->cf, data, len);
+	file_close(fl);
+}
+
+static void test_replace_refusals(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	struct file fl;
+	size_t len;
+	uint8_t *data = mixed_file(f, &fl, "ref", cs, &len);
+	struct stat st0;
+	assert_int_equal(stat(fl.path, &st0), 0);
+	int d = dir_fd(f);
+	struct rk_replace *r;
+	struct rk_sweep_result res;
+	char lnk[PATH_MAX];
+
+	/* hard links: a new inode would split them */
+	tu_path(lnk, "%s/ref.link", f->dir);
+	assert_int_equal(link(fl.path, lnk), 0);
+	assert_int_equal(rk_replace_prepare(d, "ref", "/ref", f->kr, f->kc, NULL, &res, &r), -EMLINK);
+	assert_int_equal(rk_replace_end(r), 0);
+	assert_int_equal(unlink(lnk), 0);
+	assert_int_equal(stat(fl.path, &st0), 0);
+	expect_untouched(f, &fl, &st0, data, len);
+
+	/* the original changes between prepare and commit */
+	assert_int_equal(rk_replace_prepare(d, "ref", "/ref", f->kr, f->kc, NULL, &res, &r), 0);
+	struct timespec ts[2] = {{UTIME_OMIT, 0}, {1300000000, 0}};
+	assert_int_equal(utimensat(AT_FDCWD, fl.path, ts, 0), 0);
+	assert_int_equal(rk_replace_commit(r, NULL, NULL), -EAGAIN);
+	assert_int_equal(rk_replace_end(r), 0);
+	assert_int_equal(stat(fl.path, &st0), 0);
+	expect_untouched(f, &fl, &st0, data, len);
+
+	/* renamed away between prepare and commit: not resurrected */
+	char moved[PATH_MAX];
+	tu_path(moved, "%s/ref.moved", f->dir);
+	assert_int_equal(rk_replace_prepare(d, "ref", "/ref", f->kr, f->kc, NULL, &res, &r), 0);
+	assert_int_equal(rename(fl.path, moved), 0);
+	assert_int_equal(rk_replace_commit(r, NULL, NULL), -EAGAIN);
+	assert_int_equal(rk_replace_end(r), 0);
+	assert_int_equal(access(fl.path, F_OK), -1);
+	assert_int_equal(rename(moved, fl.path), 0);
+	expect_untouched(f, &fl, &st0, data, len);
+
+	/* stopped by the throttle callback */
+	int calls = 0;
+	struct rk_replace_cb cb = {cancel_after_two, &calls};
+	assert_int_equal(rk_replace_prepare(d, "ref", "/ref", f->kr, f->kc, &cb, &res, &r), -ECANCELED);
+	assert_int_equal(rk_replace_end(r), 0);
+	expect_untouched(f, &fl, &st0, data, len);
+
+	/* a corrupt chunk: refused (the in-place sweep keeps such chunks) */
+	tu_flip_bit(fl.path, (off_t)rk_slot_off(cs + RK_SLOT_OVERHEAD, 3) + RK_SLOT_HDR + 10, 2);
+	assert_int_equal(rk_replace_prepare(d, "ref", "/ref", f->kr, f->kc, NULL, &res, &r), -EUCLEAN);
+	assert_int_equal(rk_replace_end(r), 0);
+	assert_int_equal(count_tmp(f->dir), 0);
+	struct stat st;
+	assert_int_equal(stat(fl.path, &st), 0);
+	assert_int_equal(st.st_ino, st0.st_ino);
+
+	/* a missing key: refused too */
+	tu_flip_bit(fl.path, (off_t)rk_slot_off(cs + RK_SLOT_OVERHEAD, 3) + RK_SLOT_HDR + 10, 2);
+	assert_int_equal(rk_keyring_release(f->kr, "kb"), 0);
+	int ret = rk_replace_prepare(d, "ref", "/ref", f->kr, f->kc, NULL, &res, &r);
+	assert_true(ret == -EKEYREVOKED || ret == -ENOKEY);
+	assert_int_equal(rk_replace_end(r), 0);
+	assert_int_equal(count_tmp(f->dir), 0);
+	close(d);
+	free(data);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
@@ -2041,6 +2255,8 @@ int main(void)
 		T(test_writer_hooks),
 		T(test_parallel_chunks),
 		T(test_adaptive_compression),
+		T(test_replace_whole_file),
+		T(test_replace_refusals),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
