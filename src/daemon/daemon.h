@@ -93,6 +93,7 @@ struct rkd_opts {
 	int rekey_on_mount;    /* start a full sweep at mount */
 	int lazy;              /* rewrite on read (default on) */
 	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
+	unsigned read_ahead_kb; /* kernel read-ahead of the mount (0: leave the kernel's) */
 };
 
 struct rkd_stats {
@@ -116,6 +117,10 @@ struct rkd_dirty {
 void rkd_clean_dirty_headers(struct rkd_fs *fs);
 void rkd_inodes_free(struct rkd_fs *fs);
 void rkd_size_cache_free(void);
+/* Set the kernel read-ahead of the mount (fs->o.read_ahead_kb) once INIT is
+ * done: the kernel caps FUSE read-ahead at the bdi's default (128 KiB). */
+void rkd_readahead_start(struct rkd_fs *fs);
+void rkd_readahead_stop(struct rkd_fs *fs);
 /* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
  * kernel to drop idle dentries (it then forgets their inodes). */
 int rkd_reclaim_start(struct rkd_fs *fs);
@@ -154,6 +159,11 @@ struct rkd_fs {
 	size_t ndirty, capdirty;
 	time_t started;
 	struct fuse_session *se;
+	char *mountpoint;
+	atomic_bool initialized; /* the kernel's INIT has been answered */
+	pthread_t ra_thr;
+	bool ra_started;
+	atomic_bool ra_stop;
 };
 
 extern const struct fuse_lowlevel_ops rkd_ops;

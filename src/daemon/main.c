@@ -34,6 +34,7 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("lazy=off", lazy, 0),
 	OPT("whole_file=on", whole_file, 1),
 	OPT("whole_file=off", whole_file, 0),
+	OPT("read_ahead_kb=%u", read_ahead_kb, 0),
 	FUSE_OPT_END,
 };
 
@@ -70,7 +71,9 @@ static void usage(const char *prog)
 	       "    -o lazy=on|off         rewrite chunks read under an old key (default on)\n"
 	       "    -o whole_file=on|off   sweeps rekey closed files by writing a new copy and\n"
 	       "                           renaming it into place (default on; off: in place,\n"
-	       "                           through the journal, keeping inode numbers)\n\n"
+	       "                           through the journal, keeping inode numbers)\n"
+	       "    -o read_ahead_kb=N     kernel read-ahead of the mount in KiB (default 4096;\n"
+	       "                           0 leaves the kernel's 128)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -171,6 +174,7 @@ int main(int argc, char *argv[])
 	fs->o.walker_rate = 100ULL << 20;
 	fs->o.lazy = 1;
 	fs->o.whole_file = 1;
+	fs->o.read_ahead_kb = 4096;
 	if (fuse_opt_parse(&args, fs, rkd_optspec, opt_proc) < 0)
 		return 2;
 	if (fuse_parse_cmdline(&args, &copts) != 0)
@@ -267,12 +271,14 @@ int main(int argc, char *argv[])
 	if (!copts.foreground)
 		rk_log_to_syslog("rekeyfs");
 	/* threads start after the fork of fuse_daemonize */
+	fs->mountpoint = realpath(copts.mountpoint, NULL);
 	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
 	    rkd_reclaim_start(fs) < 0) {
 		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
 		ret = 1;
 		goto out_unmount;
 	}
+	rkd_readahead_start(fs);
 	if (copts.singlethread) {
 		ret = fuse_session_loop(fs->se);
 	} else {
@@ -283,6 +289,7 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(fs->se, lcfg);
 	}
 out_unmount:
+	rkd_readahead_stop(fs);
 	rkd_reclaim_stop(fs);
 	rkd_walker_shutdown(fs);
 	fuse_session_unmount(fs->se);
@@ -316,6 +323,7 @@ out:
 	free(copts.mountpoint);
 	fuse_opt_free_args(&args);
 	free(fs->datadir_real);
+	free(fs->mountpoint);
 	free(fs->datadir);
 	free(fs->o.keydir);
 	free(fs->o.key);

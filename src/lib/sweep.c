@@ -94,6 +94,8 @@ int rk_scan_key_refs(struct rk_cf *cf, uint64_t counts[RK_CF_MAX_KEYS], uint64_t
 }
 
 /* ---- whole-file rekey ------------------------------------------------------------------------- */
+#define RK_STREAM_WINDOW (8ULL << 20)
+
 struct rk_replace {
 	int dirfd;
 	char *name, *rel;
@@ -154,9 +156,24 @@ int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_k
 	if (ret < 0)
 		goto out;
 	uint64_t n = rk_cf_nchunks(in);
+	uint64_t flushed = 0; /* stored bytes of both files handed to write-back / dropped */
 	for (uint64_t i = 0; i < n; i++) {
 		bool copied;
 		int k = -1;
+		uint64_t end = rk_slot_off(h.slot_size, i);
+		if (end - flushed >= 2 * RK_STREAM_WINDOW) {
+			/* streaming: start write-back of the last window, wait for the one
+			 * before and drop both files' pages there, so that a sweep neither
+			 * floods the page cache (the database's) nor leaves one long
+			 * fsync for the end */
+			uint64_t a = flushed, b = flushed + RK_STREAM_WINDOW;
+			(void)sync_file_range(r->tmp, (off_t)b, RK_STREAM_WINDOW, SYNC_FILE_RANGE_WRITE);
+			(void)sync_file_range(r->tmp, (off_t)a, RK_STREAM_WINDOW,
+			                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+			(void)posix_fadvise(r->tmp, (off_t)a, RK_STREAM_WINDOW, POSIX_FADV_DONTNEED);
+			(void)posix_fadvise(r->src, (off_t)a, RK_STREAM_WINDOW, POSIX_FADV_DONTNEED);
+			flushed = b;
+		}
 		ret = rk_cf_chunk_keyidx(in, i, &k);
 		if (ret == 0 && k >= 0)
 			ret = rk_cf_copy_chunk(in, outcf, i, target, &copied);

@@ -116,4 +116,28 @@ rkfx_is_mounted "$DATA" && fail "still mounted after a failing command"
 run "$FIXTURE" run --keydir "$T_TMP/nokeys" "$DATA" "$DATA" -- true
 assert_rc 125 "status when the mount fails"
 assert_err_has "rekeyfs daemon log" "the daemon log is printed when the mount fails"
+
+checking "the kernel read-ahead of the mount is raised (default 4096 KiB, read_ahead_kb=N)"
+ra_of() { # MOUNTPOINT: read_ahead_kb of its bdi, once the daemon has set it
+	local dev
+	dev=$(findmnt -n -o MAJ:MIN -T "$1" | tail -1 | tr -d ' ')
+	cat "/sys/class/bdi/$dev/read_ahead_kb"
+}
+ra_wait() { # MOUNTPOINT WANT
+	local got
+	for _ in $(seq 30); do
+		got=$(ra_of "$1")
+		[ "$got" = "$2" ] && return 0
+		sleep 0.1
+	done
+	fail "read_ahead_kb of $1 is $got, expected $2"
+}
+mount_fs "$DATA" "$DATA" ""
+ra_wait "$DATA" 4096
+umount_fs "$DATA"
+mount_fs "$DATA" "$DATA" "read_ahead_kb=512"
+ra_wait "$DATA" 512
+cmp "$DATA/new.bin" "$T_TMP/new.expected" || fail "new.bin with read_ahead_kb=512"
+umount_fs "$DATA"
+ok "4096 by default, 512 when asked"
 finish
