@@ -71,7 +71,7 @@ extern const uint8_t rk_magic[RK_MAGIC_LEN];
 #define RK_AAD_LEN (RK_FILE_ID_BYTES + 8 + 16)
 #define RK_CHUNK_MIN 4096u
 #define RK_CHUNK_MAX (1024u * 1024u)
-#define RK_CHUNK_DEFAULT (64u * 1024u)
+#define RK_CHUNK_DEFAULT (16u * 1024u)
 
 #define RK_HF_COUNTS_DIRTY 0x1u
 
