@@ -214,10 +214,11 @@ int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_
 int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *changed);
 /* Whole-file rekey: reseal chunk idx of src into the same slot of dst (a new
  * chunk file of the same chunk size that nobody else can see yet) under key,
- * keeping its compression.  *copied is false for a hole or a chunk past EOF.
+ * keeping its compression.  *src_key gets the chunk's key entry in src, or
+ * -1 for a hole or a chunk past EOF (nothing written).
  * A chunk that cannot be read gives -EUCLEAN (corrupt) or the key error
  * (-ENOKEY, -EKEYREVOKED, -EKEYREJECTED), not logged. */
-int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, bool *copied);
+int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, int *src_key);
 /* Key entry of chunk idx from its slot header alone (no decryption): -1 for
  * a hole.  -EUCLEAN when the slot header is malformed. */
 int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx);

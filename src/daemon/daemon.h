@@ -35,14 +35,14 @@ struct rkd_inode {
 	struct rkd_file *of;
 	atomic_uint open_gen; /* bumped whenever of is created (whole-file rekey check) */
 	/* cache of a closed chunk file's plaintext size, valid while the backing
-	 * file's size, mtime and ctime are unchanged */
+	 * file's size and mtime are unchanged (hdr_* below) */
 	/* where the kernel last looked it up (for invalidation when fds run short) */
 	dev_t pdev;
 	ino_t pino;
 	char *name;
 	int hdr_kind;        /* -1 unknown, 0 plain, 1 chunk */
 	uint64_t hdr_size;
-	struct timespec hdr_mtime, hdr_ctime;
+	struct timespec hdr_mtime;
 	off_t hdr_stsize;
 	UT_hash_handle hh;
 };

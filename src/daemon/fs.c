@@ -218,7 +218,7 @@ static void virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 struct szent {
 	struct ikey k;
 	off_t stsize;
-	struct timespec mtime, ctime;
+	struct timespec mtime;
 	int kind;
 	uint64_t size;
 	UT_hash_handle hh;
@@ -236,7 +236,11 @@ static bool size_cache_get(const struct stat *st, int *kind, uint64_t *size)
 	bool hit = false;
 	pthread_mutex_lock(&szlock);
 	HASH_FIND(hh, sztab, &k, sizeof(k), e);
-	if (e && e->stsize == st->st_size && ts_eq(e->mtime, st->st_mtim) && ts_eq(e->ctime, st->st_ctim)) {
+	/* not the ctime: the kernel's write-back cache sets times (SETATTR) when
+	 * it evicts an inode, and chmod/chown/xattrs change it; none of these
+	 * changes the plaintext size, which only changes through an open file
+	 * of this daemon (whose close refreshes the entry) */
+	if (e && e->stsize == st->st_size && ts_eq(e->mtime, st->st_mtim)) {
 		*kind = e->kind;
 		*size = e->size;
 		hit = true;
@@ -271,7 +275,6 @@ static void size_cache_put(const struct stat *st, int kind, uint64_t size)
 	}
 	e->stsize = st->st_size;
 	e->mtime = st->st_mtim;
-	e->ctime = st->st_ctim;
 	e->kind = kind;
 	e->size = size;
 	pthread_mutex_unlock(&szlock);
@@ -302,9 +305,7 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 		pthread_mutex_unlock(&in->lock);
 		return 0;
 	}
-	if (in->hdr_kind >= 0 && in->hdr_stsize == st->st_size && in->hdr_mtime.tv_sec == st->st_mtim.tv_sec &&
-	    in->hdr_mtime.tv_nsec == st->st_mtim.tv_nsec && in->hdr_ctime.tv_sec == st->st_ctim.tv_sec &&
-	    in->hdr_ctime.tv_nsec == st->st_ctim.tv_nsec) {
+	if (in->hdr_kind >= 0 && in->hdr_stsize == st->st_size && ts_eq(in->hdr_mtime, st->st_mtim)) {
 		if (in->hdr_kind == 1)
 			st->st_size = (off_t)in->hdr_size;
 		pthread_mutex_unlock(&in->lock);
@@ -317,7 +318,6 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 		in->hdr_size = csize;
 		in->hdr_stsize = st->st_size;
 		in->hdr_mtime = st->st_mtim;
-		in->hdr_ctime = st->st_ctim;
 		if (ckind == 1)
 			st->st_size = (off_t)csize;
 		pthread_mutex_unlock(&in->lock);
@@ -355,7 +355,6 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	in->hdr_size = size;
 	in->hdr_stsize = st->st_size;
 	in->hdr_mtime = st->st_mtim;
-	in->hdr_ctime = st->st_ctim;
 	size_cache_put(st, kind, size);
 	st->st_size = (off_t)size;
 out:
@@ -989,7 +988,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static __attribute__((unused)) void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
 	(void)ino;
@@ -2071,7 +2070,6 @@ const struct fuse_lowlevel_ops rkd_ops = {
 	.open = op_open,
 	.read = op_read,
 	.write = op_write,
-	.flush = op_flush,
 	.release = op_release,
 	.fsync = op_fsync,
 	.opendir = op_opendir,

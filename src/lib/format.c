@@ -253,7 +253,69 @@ struct rk_cf {
 	/* bytes the last slot read used: sizes the next read (slots of a
 	 * compressed file hold mostly hole; reading it costs zero-filling) */
 	atomic_uint read_hint;
+	/* writable files only: slots from first_fresh on lay past the stored
+	 * file's end when it was opened (or created), so they are holes unless
+	 * written since (bit set in fresh_bits, protected by lock).  Reading a
+	 * hole to learn that it is one costs a read-ahead that zero-fills page
+	 * cache pages; writes that arrive out of order (write-back) would pay it
+	 * for every chunk.  Slots from fresh_limit on are not tracked. */
+	uint64_t first_fresh, fresh_limit;
+	uint64_t *fresh_bits;
+	size_t fresh_words;
 };
+
+#define RK_FRESH_MAX_WORDS (1u << 17) /* 1 MiB of bits: 8M slots */
+
+/* Is slot idx a hole we know of without reading it? */
+static bool slot_fresh_hole(struct rk_cf *cf, uint64_t idx)
+{
+	if (!cf->writable)
+		return false;
+	pthread_mutex_lock(&cf->lock);
+	bool hole = false;
+	if (idx >= cf->first_fresh && idx < cf->fresh_limit) {
+		uint64_t b = idx - cf->first_fresh;
+		hole = b / 64 >= cf->fresh_words || !(cf->fresh_bits[b / 64] & (1ULL << (b % 64)));
+	}
+	pthread_mutex_unlock(&cf->lock);
+	return hole;
+}
+
+/* Slot idx has been written.  Caller holds cf->lock. */
+static void slot_mark_written_locked(struct rk_cf *cf, uint64_t idx)
+{
+	if (!cf->writable || idx < cf->first_fresh || idx >= cf->fresh_limit)
+		return;
+	uint64_t b = idx - cf->first_fresh, w = b / 64;
+	if (w >= cf->fresh_words) {
+		size_t n = cf->fresh_words ? cf->fresh_words : 64;
+		while (n <= w)
+			n *= 2;
+		uint64_t *nb = n <= RK_FRESH_MAX_WORDS ? realloc(cf->fresh_bits, n * sizeof(uint64_t)) : NULL;
+		if (!nb) {
+			cf->fresh_limit = idx; /* stop tracking here: read such slots */
+			return;
+		}
+		memset(nb + cf->fresh_words, 0, (n - cf->fresh_words) * sizeof(uint64_t));
+		cf->fresh_bits = nb;
+		cf->fresh_words = n;
+	}
+	cf->fresh_bits[w] |= 1ULL << (b % 64);
+}
+
+/* Slots from first_dead on were cut off the stored file: holes again. */
+static void slots_cut_locked(struct rk_cf *cf, uint64_t first_dead)
+{
+	if (first_dead <= cf->first_fresh) {
+		cf->first_fresh = first_dead;
+		if (cf->fresh_bits)
+			memset(cf->fresh_bits, 0, cf->fresh_words * sizeof(uint64_t));
+		return;
+	}
+	uint64_t b = first_dead - cf->first_fresh;
+	for (uint64_t w = b / 64; w < cf->fresh_words; w++)
+		cf->fresh_bits[w] &= w == b / 64 ? (1ULL << (b % 64)) - 1 : 0;
+}
 
 int rk_cf_fd(const struct rk_cf *cf) { return cf->fd; }
 const char *rk_cf_path(const struct rk_cf *cf) { return cf->path; }
@@ -373,6 +435,8 @@ static ssize_t slot_read_used(struct rk_cf *cf, uint64_t idx, uint8_t *buf)
 		if (n != -ENOENT)
 			return n;
 	}
+	if (slot_fresh_hole(cf, idx))
+		return 0;
 	size_t hint = atomic_load(&cf->read_hint);
 	size_t first = hint ? RK_MIN(ss, (hint + 4095) / 4096 * 4096) : ss;
 	uint64_t off = rk_slot_off(ss, idx);
@@ -400,6 +464,8 @@ static ssize_t slot_pread(struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t l
 		if (n != -ENOENT)
 			return n;
 	}
+	if (slot_fresh_hole(cf, idx))
+		return 0;
 	return rk_pread_full(cf->fd, buf, len, (off_t)rk_slot_off(cf->hdr.slot_size, idx));
 }
 
@@ -445,6 +511,7 @@ static struct rk_cf *cf_alloc(int fd, const char *path, struct rk_keyring *kr, b
 	pthread_mutex_init(&cf->lock, NULL);
 	pthread_mutex_init(&cf->times_lock, NULL);
 	cf->writer = default_writer;
+	cf->fresh_limit = UINT64_MAX;
 	return cf;
 }
 
@@ -463,6 +530,7 @@ void rk_cf_close(struct rk_cf *cf)
 		ks_clear(&cf->ks[j]);
 	pthread_mutex_destroy(&cf->lock);
 	pthread_mutex_destroy(&cf->times_lock);
+	free(cf->fresh_bits);
 	free(cf->path);
 	free(cf);
 }
@@ -612,6 +680,13 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 				rk_err("%s: cannot trim stale data: %s", path, strerror(errno));
 				goto fail;
 			}
+			st.st_size = (off_t)want;
+		}
+		if (fstat(fd, &st) == 0) {
+			uint64_t end = (uint64_t)st.st_size;
+			cf->first_fresh = end <= RK_HDR_AREA ? 0 : (end - RK_HDR_AREA + cf->hdr.slot_size - 1) / cf->hdr.slot_size;
+		} else {
+			cf->fresh_limit = 0; /* unknown: read every slot */
 		}
 		if (cf->disk_dirty) {
 			/* exact counts in memory; the disk header stays marked dirty
@@ -740,47 +815,44 @@ static void build_aad(uint8_t aad[RK_AAD_LEN], const uint8_t *file_id, uint64_t 
 	memcpy(aad + RK_FILE_ID_BYTES + 8, slothdr, 16);
 }
 
-/* Read the slot of chunk idx and authenticate it.  On success the payload
- * (compressed or raw plaintext) is in *payload.  Returns 1 for a hole. */
-static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, uint8_t **payload, uint8_t *rawbuf,
-                          bool log_errors)
+/* Authenticate the slot of chunk idx, whose bytes (n of them, fewer for a
+ * hole or a short file) are in slot.  On success the payload (compressed or
+ * raw plaintext) is in *payload: rawbuf for a raw chunk when given, else
+ * scratch 1.  Returns 1 for a hole. */
+static int slot_open_from(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, ssize_t n, struct slothdr *sh,
+                          uint8_t **payload, uint8_t *rawbuf, bool log_errors)
 {
-	uint8_t *slot = rk_scratch(0, cf->hdr.slot_size);
 	uint8_t *pay = rk_scratch(1, cf->hdr.slot_size);
-	struct rk_cf_header h;
 	const char *why = NULL;
+	char kname[RK_KEY_NAME_MAX + 1] = "";
 	struct rk_key *key;
 	const uint8_t *subkey;
+	uint32_t cs = cf->hdr.chunk_size; /* chunk size and file id never change */
 	int ret;
-	if (!slot || !pay)
+	if (!pay)
 		return -ENOMEM;
-	ssize_t n = slot_read_used(cf, idx, slot);
-	if (n < 0) {
-		rk_err("%s: chunk %" PRIu64 ": read error: %s", cf->path, idx, strerror((int)-n));
-		return (int)n;
-	}
 	pthread_mutex_lock(&cf->lock);
-	h = cf->hdr; /* key table snapshot */
-	ret = slot_parse(cf, &h, slot, (size_t)n, sh, &why);
+	ret = slot_parse(cf, &cf->hdr, slot, (size_t)n, sh, &why);
 	if (ret == 0)
 		ret = ks_resolve_locked(cf, sh->key_idx, &key, &subkey);
+	if (ret < 0 && ret != -EUCLEAN)
+		snprintf(kname, sizeof(kname), "%s", cf->hdr.keys[sh->key_idx].name);
 	pthread_mutex_unlock(&cf->lock);
 	if (ret == 1)
 		return 1;
 	if (ret == -EUCLEAN) {
 		if (log_errors)
-			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: %s", cf->path, idx,
-			       idx * h.chunk_size, why);
+			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: %s", cf->path, idx, idx * cs, why);
 		return -EUCLEAN;
 	}
 	if (ret < 0) {
 		if (log_errors)
 			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 ") is sealed under key '%s' %s", cf->path, idx,
-			       idx * h.chunk_size, h.keys[sh->key_idx].name, key_err_text(ret));
+			       idx * cs, kname, key_err_text(ret));
 		return ret;
 	}
 	uint8_t aad[RK_AAD_LEN];
-	build_aad(aad, h.file_id, idx, slot);
+	build_aad(aad, cf->hdr.file_id, idx, slot);
 	uint8_t *dst = rawbuf && sh->comp == RK_COMP_NONE ? rawbuf : pay;
 	ret = rk_aead_open(key->cipher, subkey, key->keylen, sh->nonce, aad, sizeof(aad), slot + RK_SLOT_HDR,
 	                   sh->stored_len, slot + RK_SLOT_HDR + sh->stored_len, dst);
@@ -788,11 +860,26 @@ static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, ui
 		if (log_errors)
 			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: authentication failed under key '%s' "
 			       "(the chunk was altered, moved from another file or offset, or damaged)",
-			       cf->path, idx, idx * h.chunk_size, key->name);
+			       cf->path, idx, idx * cs, key->name);
 		return -EUCLEAN;
 	}
 	*payload = dst;
 	return 0;
+}
+
+/* Read the slot of chunk idx and authenticate it (see slot_open_from). */
+static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, uint8_t **payload, uint8_t *rawbuf,
+                          bool log_errors)
+{
+	uint8_t *slot = rk_scratch(0, cf->hdr.slot_size);
+	if (!slot)
+		return -ENOMEM;
+	ssize_t n = slot_read_used(cf, idx, slot);
+	if (n < 0) {
+		rk_err("%s: chunk %" PRIu64 ": read error: %s", cf->path, idx, strerror((int)-n));
+		return (int)n;
+	}
+	return slot_open_from(cf, idx, slot, n, sh, payload, rawbuf, log_errors);
 }
 
 static uint64_t valid_in_chunk(uint64_t size, uint32_t cs, uint64_t idx)
@@ -840,15 +927,12 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 	return 0;
 }
 
-int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx)
+/* Key entry from a slot header already read (n bytes of it in p). */
+static int keyidx_of(struct rk_cf *cf, const uint8_t *p, ssize_t n, int *key_idx)
 {
-	uint8_t p[RK_SLOT_HDR];
 	struct rk_cf_header h;
 	struct slothdr sh;
 	const char *why = NULL;
-	ssize_t n = slot_pread(cf, idx, p, sizeof(p));
-	if (n < 0)
-		return (int)n;
 	pthread_mutex_lock(&cf->lock);
 	h = cf->hdr;
 	pthread_mutex_unlock(&cf->lock);
@@ -864,6 +948,15 @@ int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx)
 		return ret;
 	*key_idx = sh.key_idx;
 	return 0;
+}
+
+int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx)
+{
+	uint8_t p[RK_SLOT_HDR];
+	ssize_t n = slot_pread(cf, idx, p, sizeof(p));
+	if (n < 0)
+		return (int)n;
+	return keyidx_of(cf, p, n, key_idx);
 }
 
 /* Find or add the header entry for key.  Caller holds cf->lock. */
@@ -969,6 +1062,10 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 	                   slot + RK_SLOT_HDR, slot + RK_SLOT_HDR + stored_len);
 	if (ret < 0)
 		return ret;
+	/* before the write: a failed write may leave bytes in the slot */
+	pthread_mutex_lock(&cf->lock);
+	slot_mark_written_locked(cf, idx);
+	pthread_mutex_unlock(&cf->lock);
 	ret = cf->writer.write_slot(cf->writer.ctx, cf, idx, slot, RK_SLOT_HDR + stored_len + RK_TAG_BYTES, old_end);
 	if (ret < 0) {
 		rk_err("%s: cannot write chunk %" PRIu64 " (offset %" PRIu64 "): %s; the previous content stays in place",
@@ -1007,7 +1104,7 @@ static int current_slot(struct rk_cf *cf, uint64_t idx, int *k, size_t *old_end)
 		return 0;
 	}
 	*old_end = cf->hdr.slot_size; /* unknown contents: clear the whole slot */
-	int ret = rk_cf_chunk_keyidx(cf, idx, k);
+	int ret = keyidx_of(cf, p, n, k);
 	if (ret == -EUCLEAN) {
 		/* a malformed slot holds no countable key: it is replaced */
 		*k = -1;
@@ -1081,11 +1178,11 @@ int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *
 	return ret;
 }
 
-int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, bool *copied)
+int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, int *src_key)
 {
 	struct slothdr sh;
 	uint8_t *payload;
-	*copied = false;
+	*src_key = -1;
 	if (dst->hdr.chunk_size != src->hdr.chunk_size)
 		return -EINVAL;
 	if (valid_in_chunk(rk_cf_size(src), src->hdr.chunk_size, idx) == 0)
@@ -1098,7 +1195,7 @@ int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct 
 	/* the payload is in scratch 1, which sealing does not use */
 	ret = seal_and_write(dst, idx, payload, sh.stored_len, sh.plain_len, (enum rk_comp)sh.comp, key, -1, 0);
 	if (ret == 0)
-		*copied = true;
+		*src_key = sh.key_idx;
 	return ret;
 }
 
@@ -1296,6 +1393,9 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 			rk_err("%s: cannot truncate stored file: %s", cf->path, strerror(errno));
 			return ret;
 		}
+		pthread_mutex_lock(&cf->lock);
+		slots_cut_locked(cf, want <= RK_HDR_AREA ? 0 : (want - RK_HDR_AREA + cf->hdr.slot_size - 1) / cf->hdr.slot_size);
+		pthread_mutex_unlock(&cf->lock);
 	}
 	cf->tail_ok = true;
 	return 0;

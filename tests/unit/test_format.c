@@ -2004,6 +2004,53 @@ static void test_parallel_chunks(void **state)
 	free(data);
 }
 
+/* Writes past the end arrive out of order (the kernel's write-back does
+ * that); slots past the stored end are known holes without reading them,
+ * until written, cut by a truncation or past a reopen. */
+static void test_out_of_order_extension(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	size_t len = 8 * (size_t)cs;
+	uint8_t *model = tu_malloc(len), *chunk = tu_malloc(cs);
+	memset(model, 0, len);
+	struct file fl;
+	file_create(f, &fl, "ooo", cs, RK_COMP_SNAPPY, f->ka);
+	const int order[] = {3, 1};
+	for (int i = 0; i < 2; i++) {
+		fill(chunk, cs, order[i] & 1, (uint64_t)order[i]);
+		write_all(&fl, chunk, cs, (uint64_t)order[i] * cs, f->ka, RK_COMP_SNAPPY);
+		memcpy(model + (size_t)order[i] * cs, chunk, cs);
+	}
+	check_content(fl.cf, model, 4 * (size_t)cs);
+	assert_int_equal(cf_count(fl.cf, "ka"), 2);
+	/* cut in the middle of chunk 1, then write chunk 3 again: 2 is a hole */
+	assert_int_equal(rk_cf_truncate(fl.cf, cs + cs / 2, f->ka, RK_COMP_SNAPPY), 0);
+	memset(model + cs + cs / 2, 0, len - cs - cs / 2);
+	fill(chunk, cs, 0, 33);
+	write_all(&fl, chunk, cs, 3 * (uint64_t)cs, f->ka, RK_COMP_SNAPPY);
+	memcpy(model + 3 * (size_t)cs, chunk, cs);
+	check_content(fl.cf, model, 4 * (size_t)cs);
+	assert_int_equal(cf_count(fl.cf, "ka"), 2);
+	/* reopened writable: what is on disk is read, new slots are holes */
+	file_reopen(f, &fl, true);
+	const int order2[] = {7, 5, 2};
+	for (int i = 0; i < 3; i++) {
+		fill(chunk, cs, 1, 100 + (uint64_t)order2[i]);
+		write_all(&fl, chunk, cs, (uint64_t)order2[i] * cs, f->ka, RK_COMP_SNAPPY);
+		memcpy(model + (size_t)order2[i] * cs, chunk, cs);
+	}
+	check_content(fl.cf, model, len);
+	assert_int_equal(cf_count(fl.cf, "ka"), 5);
+	file_reopen(f, &fl, false);
+	check_content(fl.cf, model, len);
+	assert_int_equal(rk_cf_recount(fl.cf), 0);
+	assert_int_equal(cf_count(fl.cf, "ka"), 5);
+	file_close(&fl);
+	free(chunk);
+	free(model);
+}
+
 /* ---- whole-file rekey ------------------------------------------------------------------------ */
 static int count_tmp(const char *dir)
 {
@@ -2255,6 +2302,7 @@ int main(void)
 		T(test_writer_hooks),
 		T(test_parallel_chunks),
 		T(test_adaptive_compression),
+		T(test_out_of_order_extension),
 		T(test_replace_whole_file),
 		T(test_replace_refusals),
 	};
