@@ -609,16 +609,6 @@ out:
 	return ret;
 }
 
-static int file_flush(struct rkd_file *f)
-{
-	if (!f->chunk || !f->rw)
-		return 0;
-	pthread_rwlock_wrlock(&f->rw_lock);
-	int ret = rk_cf_flush(f->cf);
-	pthread_rwlock_unlock(&f->rw_lock);
-	return ret;
-}
-
 static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 {
 	struct {
@@ -988,14 +978,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
-static __attribute__((unused)) void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	struct rkd_handle *h = (struct rkd_handle *)(uintptr_t)fi->fh;
-	(void)ino;
-	int ret = h->f ? file_flush(h->f) : 0;
-	fuse_reply_err(req, ret < 0 ? ferr(ret) : 0);
-}
-
+/* No flush handler: the kernel then stops sending FLUSH on close (one round
+ * trip less per close; with the write-back cache it still writes dirty pages
+ * back and reports their errors at close).  The header is written when the
+ * last handle is released, and made durable by fsync. */
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	struct rkd_fs *fs = FS(req);
