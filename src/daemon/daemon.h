@@ -105,6 +105,7 @@ struct rkd_stats {
 
 struct rkd_walker;
 
+#define RKD_DIRTY_MAX 16384u /* files remembered for cleaning at unmount (2.5 MiB) */
 struct rkd_dirty {
 	uint8_t file_id[16];
 	int handle_type;

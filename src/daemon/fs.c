@@ -214,7 +214,7 @@ static void virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
  * header; closed files' sizes are remembered here, keyed by (dev, ino) and
  * valid only while the stored file's size, mtime and ctime are unchanged
  * (any write changes ctime).  Bounded: cleared when it grows too large. */
-#define SIZE_CACHE_MAX 131072
+#define SIZE_CACHE_MAX 65536 /* about 6 MiB of entries */
 struct szent {
 	struct ikey k;
 	off_t stsize;
@@ -620,7 +620,9 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 	if (name_to_handle_at(f->fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) < 0)
 		return; /* counts stay dirty; readers recount them */
 	pthread_mutex_lock(&fs->dirty_lock);
-	if (fs->ndirty == fs->capdirty && fs->capdirty < (1u << 22)) {
+	/* bounded (RKD_DIRTY_MAX entries): past it a header stays marked, and
+	 * whoever reads its counts recounts them from the slots */
+	if (fs->ndirty == fs->capdirty && fs->capdirty < RKD_DIRTY_MAX) {
 		size_t nc = fs->capdirty ? fs->capdirty * 2 : 256;
 		struct rkd_dirty *n = realloc(fs->dirty, nc * sizeof(*n));
 		if (n) {
