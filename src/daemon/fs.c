@@ -161,11 +161,6 @@ static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct st
 	return in;
 }
 
-static struct rkd_inode *inode_get(struct rkd_fs *fs, int fd, const struct stat *st)
-{
-	return inode_get_at(fs, fd, st, NULL, NULL);
-}
-
 static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 {
 	if (in->virt != RKD_REAL || in == &fs->root)
@@ -376,6 +371,27 @@ static int get_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 }
 
 /* ---- lookup -------------------------------------------------------------------------------- */
+/* The inode of dirfd/name (nlookup+1) and its stat.  Under ns_lock (shared):
+ * a whole-file rekey cannot swap the file between the open and the inode
+ * table lookup. */
+static int inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const struct rkd_inode *parent,
+                        struct stat *st, struct rkd_inode **out)
+{
+	int ret = 0;
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		ret = -errno;
+		if (fd >= 0)
+			close(fd);
+	} else {
+		*out = inode_get_at(fs, fd, st, parent, name);
+		ret = *out ? 0 : -ENOMEM;
+	}
+	pthread_rwlock_unlock(&fs->ns_lock);
+	return ret;
+}
+
 static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, struct fuse_entry_param *e)
 {
 	struct rkd_inode *p = INO(fs, parent);
@@ -400,27 +416,12 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 	}
 	if (rk_is_tmp_name(name))
 		return -ENOENT;
-	/* shared: a whole-file rekey cannot swap the file between the open and
-	 * the inode table lookup */
-	pthread_rwlock_rdlock(&fs->ns_lock);
-	int fd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		int r = -errno;
-		pthread_rwlock_unlock(&fs->ns_lock);
-		return r;
-	}
 	struct stat st;
-	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
-		int r = -errno;
-		pthread_rwlock_unlock(&fs->ns_lock);
-		close(fd);
-		return r;
-	}
-	struct rkd_inode *in = inode_get_at(fs, fd, &st, p, name);
-	pthread_rwlock_unlock(&fs->ns_lock);
-	if (!in)
-		return -ENOMEM;
-	int ret = fix_size(fs, in, &st);
+	struct rkd_inode *in;
+	int ret = inode_lookup(fs, p->fd, name, p, &st, &in);
+	if (ret < 0)
+		return ret;
+	ret = fix_size(fs, in, &st);
 	if (ret < 0) {
 		inode_unref(fs, in, 1);
 		return ret;
@@ -1957,19 +1958,7 @@ int rkd_replace_commit(struct rkd_fs *fs, struct rkd_inode *in, unsigned gen, st
 int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out)
 {
 	struct stat st;
-	int ret = 0;
-	pthread_rwlock_rdlock(&fs->ns_lock);
-	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0 || fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
-		ret = -errno;
-		if (fd >= 0)
-			close(fd);
-	} else {
-		*out = inode_get(fs, fd, &st);
-		ret = *out ? 0 : -ENOMEM;
-	}
-	pthread_rwlock_unlock(&fs->ns_lock);
-	return ret;
+	return inode_lookup(fs, dirfd, name, NULL, &st, out);
 }
 
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in) { inode_unref(fs, in, 1); }

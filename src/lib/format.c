@@ -259,7 +259,8 @@ struct rk_cf {
 	 * hole to learn that it is one costs a read-ahead that zero-fills page
 	 * cache pages; writes that arrive out of order (write-back) would pay it
 	 * for every chunk.  Slots from fresh_limit on are not tracked. */
-	uint64_t first_fresh, fresh_limit;
+	atomic_uint_fast64_t first_fresh; /* read without the lock: see slot_fresh_hole */
+	uint64_t fresh_limit;
 	uint64_t *fresh_bits;
 	size_t fresh_words;
 };
@@ -269,7 +270,10 @@ struct rk_cf {
 /* Is slot idx a hole we know of without reading it? */
 static bool slot_fresh_hole(struct rk_cf *cf, uint64_t idx)
 {
-	if (!cf->writable)
+	/* most reads are of slots that existed at open: no lock for them
+	 * (first_fresh only moves down, by a truncation, which callers never run
+	 * alongside reads of the same file) */
+	if (!cf->writable || idx < atomic_load(&cf->first_fresh))
 		return false;
 	pthread_mutex_lock(&cf->lock);
 	bool hole = false;
@@ -930,14 +934,12 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 /* Key entry from a slot header already read (n bytes of it in p). */
 static int keyidx_of(struct rk_cf *cf, const uint8_t *p, ssize_t n, int *key_idx)
 {
-	struct rk_cf_header h;
 	struct slothdr sh;
 	const char *why = NULL;
-	pthread_mutex_lock(&cf->lock);
-	h = cf->hdr;
-	pthread_mutex_unlock(&cf->lock);
 	/* only the header is read: a stored length past the slot is checked by avail */
-	int ret = slot_parse(cf, &h, p, (size_t)n, &sh, &why);
+	pthread_mutex_lock(&cf->lock);
+	int ret = slot_parse(cf, &cf->hdr, p, (size_t)n, &sh, &why);
+	pthread_mutex_unlock(&cf->lock);
 	if (ret == -EUCLEAN && n == RK_SLOT_HDR && why && strcmp(why, "sealed chunk is truncated") == 0)
 		ret = 0;
 	if (ret == 1) {
