@@ -160,6 +160,7 @@ int main(int argc, char *argv[])
 	struct fuse_loop_config *lcfg = NULL;
 	struct rkd_fs *fs = calloc(1, sizeof(*fs));
 	int ret = 1;
+	bool start_failed = false; /* journal, walker or reclaimer did not start after the mount */
 
 	rk_harden_process();
 	if (!fs)
@@ -275,7 +276,7 @@ int main(int argc, char *argv[])
 	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
 	    rkd_reclaim_start(fs) < 0) {
 		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
-		ret = 1;
+		start_failed = true;
 		goto out_unmount;
 	}
 	rkd_readahead_start(fs);
@@ -296,6 +297,9 @@ out_unmount:
 	/* the loop returns the signal number when SIGTERM/SIGINT ended it: a clean stop */
 	if (ret > 0)
 		ret = 0;
+	/* a start that failed after the mount is a failure, whatever the loop said */
+	if (start_failed)
+		ret = 1;
 out_signals:
 	fuse_remove_signal_handlers(fs->se);
 out_session:
