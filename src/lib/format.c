@@ -105,6 +105,8 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 	if (memcmp(buf, rk_magic, RK_MAGIC_LEN) != 0)
 		return -ENOMSG;
 	h->version = rk_get16(buf + 8);
+	if (h->version == 0)
+		return -EUCLEAN; /* no such version: a damaged or cut-short copy */
 	if (h->version != RK_FORMAT_VERSION)
 		return -EPROTONOSUPPORT;
 	rk_sha256(buf, RK_HDR_SUM_OFF, sum);
