@@ -546,9 +546,9 @@ static int scan_slots(struct scan *s, const struct rk_walk_ent *e, int fd, const
 			uint64_t end = fstat(rk_cf_fd(cf), &st) == 0 ? (uint64_t)st.st_size : 0;
 			if (at >= 0)
 				snprintf(msg, sizeof(msg),
-				         "%" PRIu64 " chunk%s missing: the stored file ends at byte %" PRIu64
-				         " (cut short) but its clean header counts chunks from chunk %" PRId64 " on",
-				         lost, lost == 1 ? "" : "s", end, at);
+				         "%" PRIu64 " chunk%s missing from chunk %" PRId64 " on: the stored file ends at byte %" PRIu64
+				         " (cut short) but its clean header counts %s",
+				         lost, lost == 1 ? "" : "s", at, end, lost == 1 ? "it" : "them");
 			else
 				snprintf(msg, sizeof(msg),
 				         "%" PRIu64 " chunk%s missing: the clean header counts more chunks than the slots hold "

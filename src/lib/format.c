@@ -1117,6 +1117,16 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 		return -EKEYREVOKED;
 	}
 	pthread_mutex_lock(&cf->lock);
+	if (cf->miss_end > cf->miss_from) {
+		/* a write would make the header dirty, and a dirty header's counts
+		 * are recounted from the slots: the lost chunks would turn into
+		 * holes (zeros).  Restore the file, or truncate the lost part away. */
+		pthread_mutex_unlock(&cf->lock);
+		rk_err("%s: cannot write chunk %" PRIu64 ": the stored file was cut short (chunks from %" PRIu64
+		       " are missing); restore it or truncate it",
+		       cf->path, idx, cf->miss_from);
+		return -EUCLEAN;
+	}
 	j = keyent_for_locked(cf, key);
 	if (j < 0) {
 		ret = j;
@@ -1414,6 +1424,17 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 		return -EFBIG;
 	if (size == old)
 		return 0;
+	pthread_mutex_lock(&cf->lock);
+	if (size < old && (size + cs - 1) / cs <= cf->miss_from && cf->miss_end > cf->miss_from) {
+		/* every chunk a cut-short file lost is cut off: out of the count */
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			cf->hdr.keys[j].count -= RK_MIN(cf->hdr.keys[j].count, cf->miss_per_key[j]);
+		cf->miss_end = cf->miss_from;
+		cf->miss_count = 0;
+		cf->counts_changed = true;
+		cf->hdr_changed = true;
+	}
+	pthread_mutex_unlock(&cf->lock);
 	if (size > old) {
 		ret = fix_tail(cf, key, comp);
 		if (ret < 0)
@@ -1456,14 +1477,6 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 		}
 	}
 	pthread_mutex_lock(&cf->lock);
-	if (size < old && (size + cs - 1) / cs <= cf->miss_from && cf->miss_end > cf->miss_from) {
-		/* every chunk a cut-short file lost is cut off now: out of the count */
-		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
-			cf->hdr.keys[j].count -= RK_MIN(cf->hdr.keys[j].count, cf->miss_per_key[j]);
-		cf->miss_end = cf->miss_from;
-		cf->miss_count = 0;
-		cf->counts_changed = true;
-	}
 	cf->hdr.size = size;
 	cf->hdr_changed = true;
 	/* the header with the new size goes first, then the stored data is cut:
