@@ -172,6 +172,10 @@ for cut in "8192 0" "$((8192 + 2 * SS)) 2" "$((8192 + 2 * SS + 10)) 2" "$((8192 
 	assert_err_has "b\\.dat" "rekeyctl cat names b.dat"
 	fsck_corrupt b.dat "b.dat cut at $at" "$first"
 done
+checking "b.dat whose clean header counts a chunk whose slot header was zeroed: fsck --deep reports it"
+cp "$T_TMP/b.dat.stored" "$DATA/b.dat"
+dd if=/dev/zero of="$DATA/b.dat" bs=1 seek=$((8192 + SS)) count=32 conv=notrunc status=none
+fsck_corrupt b.dat "a zeroed slot header"
 rm -f "$DATA/b.dat"
 
 # ---- item 1 again: a sweep, then release-key (last: key1 goes) -------------------------------------
