@@ -1556,8 +1556,11 @@ uint64_t rk_cf_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end)
 			if (idx < ff) {
 				if (cf->low_untracked)
 					cand = idx;
-				else
-					cand = next_bit(cf->low_bits, cf->low_words, idx, RK_MIN(cand, ff));
+				else {
+					uint64_t to = RK_MIN(cand, ff);
+					uint64_t b = next_bit(cf->low_bits, cf->low_words, idx, to);
+					cand = b < to ? b : cand; /* none written below: the disk decides */
+				}
 			}
 			uint64_t from = RK_MAX(idx, ff);
 			if (from < cand && from < cf->fresh_limit) {

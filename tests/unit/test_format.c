@@ -2467,6 +2467,48 @@ static void test_huge_sparse(void **state)
 	(void)pad;
 }
 
+/* A slot whose image is pending in the writer (the daemon's journal) while
+ * the disk still has a hole there is never skipped by the hole-skipping
+ * loops: below and above the stored end at open. */
+static void test_next_slot_pending(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	uint8_t chunk[4 * KIB];
+	tu_fill_random(chunk, sizeof(chunk), 9);
+	struct file fl;
+	file_create(f, &fl, "pend", cs, RK_COMP_NONE, f->ka);
+	write_all(&fl, chunk, cs, 0, f->ka, RK_COMP_NONE);
+	write_all(&fl, chunk, cs, 6 * (uint64_t)cs, f->ka, RK_COMP_NONE);
+	file_sync_close(&fl);
+	file_open(f, &fl, true);
+	uint64_t n = rk_cf_nchunks(fl.cf);
+	assert_int_equal(n, 7);
+	/* only slots 0 and 6 hold data (slots 1..5 are holes of the stored file) */
+	assert_int_equal(rk_cf_next_slot(fl.cf, 0, n), 0);
+	uint64_t j = rk_cf_next_slot(fl.cf, 1, n);
+	assert_true(j <= 6);
+	struct rec_writer w;
+	memset(&w, 0, sizeof(w));
+	rk_cf_get_writer(fl.cf, &w.def);
+	struct rk_cf_writer mine = {rec_write, rec_read, rec_trunc, &w};
+	rk_cf_set_writer(fl.cf, &mine);
+	w.pending_mode = true;
+	write_all(&fl, chunk, cs, 3 * (uint64_t)cs, f->ka, RK_COMP_NONE); /* below the stored end */
+	assert_true(rk_cf_next_slot(fl.cf, 1, n) <= 3);
+	assert_true(rk_cf_next_slot(fl.cf, 4, n) <= 6);
+	write_all(&fl, chunk, cs, 7 * (uint64_t)cs, f->ka, RK_COMP_NONE); /* past it */
+	n = rk_cf_nchunks(fl.cf);
+	assert_int_equal(rk_cf_next_slot(fl.cf, 7, n), 7);
+	uint64_t counts[RK_CF_MAX_KEYS], malformed;
+	assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+	assert_int_equal(counts[0], 4);
+	rk_cf_set_writer(fl.cf, NULL);
+	for (int i = 0; i < 8; i++)
+		free(w.pending[i]);
+	file_close(&fl);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
@@ -2513,6 +2555,7 @@ int main(void)
 		T(test_damaged_first_block),
 		T(test_cut_short),
 		T(test_huge_sparse),
+		T(test_next_slot_pending),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
