@@ -77,6 +77,8 @@ enum rk_cov_problem_kind {
 	RK_COVP_IO = 3,                  /* the file cannot be opened or read */
 	RK_COVP_CORRUPT_CHUNK = 4,       /* deep: the chunk fails authentication */
 	RK_COVP_MALFORMED_SLOT = 5,      /* exact/deep: the slot header is malformed */
+	RK_COVP_MISSING_CHUNKS = 6,      /* exact/deep: a clean header counts chunks the slots lack (cut short) */
+	RK_COVP_DAMAGED_HEADER_COPY = 7, /* one header copy verifies, the other is overwritten */
 };
 const char *rk_cov_problem_name(enum rk_cov_problem_kind k);
 

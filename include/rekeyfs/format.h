@@ -74,6 +74,9 @@ extern const uint8_t rk_magic[RK_MAGIC_LEN];
 #define RK_CHUNK_DEFAULT (16u * 1024u)
 
 #define RK_HF_COUNTS_DIRTY 0x1u
+/* Largest plaintext size the format addresses (2^62-1): a header claiming
+ * more is invalid; growing a file past it fails with EFBIG. */
+#define RK_SIZE_MAX ((uint64_t)INT64_MAX / 2)
 
 struct rk_cf_keyent {
 	bool in_use;
@@ -103,9 +106,17 @@ void rk_hdr_encode(const struct rk_cf_header *h, uint8_t *buf);
  * or inconsistent fields. */
 int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h);
 
-/* Is the stored file a chunk file?  1 yes (magic present), 0 plain file
- * (no magic, or shorter than the magic), negative errno on read error. */
+/* Is the stored file a chunk file?  The one rule (man/rekeyfs.5, "Chunk
+ * file or plain file"): yes when copy A starts with the magic, or copy B
+ * verifies (magic, copy size, checksum), or copy B has the magic and copy A's
+ * first 8 bytes are zero or at most 2 bits off the magic.  A file that is
+ * identified as a chunk file is never passed through as plain data, even
+ * when its header is then found corrupt.  1 chunk file, 0 plain file,
+ * negative errno on read error. */
 int rk_cf_probe(int fd);
+/* The same rule on the first n bytes of a stored file, already read
+ * (n < RK_HDR_AREA: the file is that short). */
+int rk_cf_probe_buf(const uint8_t *buf, size_t n);
 /* Read the current header (the valid copy with the higher seq) without any
  * key.  *which gets 0 (copy A) or 1 (copy B) if non-NULL.  Errors as
  * rk_hdr_decode; -EUCLEAN when neither copy verifies.  path is for messages. */
@@ -220,7 +231,8 @@ int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *
  * (-ENOKEY, -EKEYREVOKED, -EKEYREJECTED), not logged. */
 int rk_cf_copy_chunk(struct rk_cf *src, struct rk_cf *dst, uint64_t idx, struct rk_key *key, int *src_key);
 /* Key entry of chunk idx from its slot header alone (no decryption): -1 for
- * a hole.  -EUCLEAN when the slot header is malformed. */
+ * a hole.  -EUCLEAN when the slot header is malformed, -ENODATA when the
+ * slot is missing (see rk_cf_missing). */
 int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx);
 
 /* Byte-level access built on the chunk calls (read-modify-write). */
@@ -228,6 +240,20 @@ ssize_t rk_cf_pread(struct rk_cf *cf, void *buf, size_t len, uint64_t off);
 ssize_t rk_cf_pwrite(struct rk_cf *cf, const void *buf, size_t len, uint64_t off, struct rk_key *key,
                      enum rk_comp comp);
 int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_comp comp);
+
+/* The first slot >= idx that may hold a chunk (below end), or end when none
+ * does: holes of the stored file (SEEK_DATA), slots past its end and slots
+ * known missing are skipped, slots written since the open are not.  Loops
+ * over a file's chunks step with it, so their cost follows the chunks that
+ * exist, not the plaintext size (a sparse 2 EiB file has 2^49 slots). */
+uint64_t rk_cf_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end);
+/* Chunks missing from a file cut short: the header was clean (exact counts)
+ * when the file was opened, but fewer chunks were present in the stored file
+ * than it counts.  Returns how many are missing (0: none); *first gets the
+ * first slot that is not present (reads from it on give EIO, they give
+ * -ENODATA from rk_cf_chunk_keyidx) and per_key[] (optional) the chunks
+ * missing under each key entry. */
+uint64_t rk_cf_missing(struct rk_cf *cf, uint64_t *first, uint64_t per_key[RK_CF_MAX_KEYS]);
 
 /* Recount per-key chunk counts from the slot headers (exact). */
 int rk_cf_recount(struct rk_cf *cf);

@@ -53,6 +53,10 @@ const char *rk_cov_problem_name(enum rk_cov_problem_kind k)
 		return "corrupt-chunk";
 	case RK_COVP_MALFORMED_SLOT:
 		return "malformed-slot";
+	case RK_COVP_MISSING_CHUNKS:
+		return "missing-chunks";
+	case RK_COVP_DAMAGED_HEADER_COPY:
+		return "damaged-header-copy";
 	}
 	return "unknown";
 }
@@ -382,39 +386,55 @@ static int header_problem(struct plist *pl, struct frec *f, const char *rel, int
 
 /* Decode the header area already read (n bytes): 0 ok, 1 plain file,
  * negative as rk_cf_read_header.  The copy claiming the higher seq is
- * verified first, so a clean file costs one SHA-256. */
-static int decode_area(uint8_t *buf, ssize_t n, struct rk_cf_header *h, unsigned *version)
+ * verified first, so a clean file costs one SHA-256.  *damaged gets the
+ * copy (0 A, 1 B) that was overwritten while the other verifies, or -1. */
+static int decode_area(uint8_t *buf, ssize_t n, struct rk_cf_header *h, unsigned *version, int *damaged)
 {
-	/* the same rule as rk_cf_probe: magic in copy A, or in copy B with copy
-	 * A's magic zero (torn) or at most 2 bits off (damaged) */
-	bool a = n >= RK_MAGIC_LEN && memcmp(buf, rk_magic, RK_MAGIC_LEN) == 0;
-	if (!a) {
-		if (n < RK_HDR_COPY_SIZE + RK_MAGIC_LEN || memcmp(buf + RK_HDR_COPY_SIZE, rk_magic, RK_MAGIC_LEN) != 0)
-			return 1;
-		int flipped = 0, zero = 0;
-		for (int i = 0; i < RK_MAGIC_LEN; i++) {
-			flipped += __builtin_popcount((unsigned)(buf[i] ^ rk_magic[i]));
-			zero += buf[i] == 0;
-		}
-		if (zero != RK_MAGIC_LEN && flipped > 2)
-			return 1;
-	}
+	*damaged = -1;
+	/* the one rule of rk_cf_probe */
+	if (rk_cf_probe_buf(buf, n > 0 ? (size_t)n : 0) != 1)
+		return 1;
 	if (n < RK_HDR_AREA)
 		memset(buf + n, 0, (size_t)(RK_HDR_AREA - n));
 	int first = rk_get64(buf + RK_HDR_COPY_SIZE + 16) > rk_get64(buf + 16) ? 1 : 0;
 	int r[2];
 	r[0] = rk_hdr_decode(buf + first * RK_HDR_COPY_SIZE, h);
 	if (r[0] == 0)
-		return 0;
+		goto ok;
 	unsigned v0 = h->version;
 	r[1] = rk_hdr_decode(buf + (1 - first) * RK_HDR_COPY_SIZE, h);
-	if (r[1] == 0)
-		return 0;
+	if (r[1] == 0) {
+		first = 1 - first;
+		goto ok;
+	}
 	if (r[0] == -EPROTONOSUPPORT || r[1] == -EPROTONOSUPPORT) {
 		*version = r[0] == -EPROTONOSUPPORT ? v0 : h->version;
 		return -EPROTONOSUPPORT;
 	}
 	return -EUCLEAN;
+ok:;
+	/* the copy in use verifies.  The other one is damage, not a torn write,
+	 * when it lacks the magic and is not all zero, or when it is copy A and
+	 * zero (copy A is written first, at creation; only copy B may be
+	 * missing).  A torn or older copy keeps the magic. */
+	const uint8_t *o = buf + (1 - first) * RK_HDR_COPY_SIZE;
+	bool zero = true;
+	for (size_t i = 0; i < RK_HDR_COPY_SIZE && zero; i++)
+		zero = o[i] == 0;
+	if (memcmp(o, rk_magic, RK_MAGIC_LEN) != 0 && (!zero || first == 1))
+		*damaged = 1 - first;
+	return 0;
+}
+
+/* One header copy verifies, the other was overwritten: corruption (the
+ * file stays readable from the good copy). */
+static int damaged_problem(struct plist *pl, const char *rel, int damaged)
+{
+	char msg[256];
+	snprintf(msg, sizeof(msg),
+	         "header copy %c is overwritten (no chunk-file magic); the file is read from copy %c, which verifies",
+	         'A' + damaged, 'A' + (1 - damaged));
+	return add_problem(pl, RK_COVP_DAMAGED_HEADER_COPY, rel, -1, -1, msg);
 }
 
 static void progress_add(struct scan *s, uint64_t bytes)
@@ -453,8 +473,13 @@ static int scan_slots(struct scan *s, const struct rk_walk_ent *e, int fd, const
 	}
 	uint32_t cs = f->h.chunk_size;
 	uint64_t size = f->h.size, n = (size + cs - 1) / cs;
-	for (uint64_t i = 0; i < n; i++) {
+	uint64_t prev = 0; /* deep progress: chunks up to here are accounted for */
+	/* holes are skipped: the cost follows the slots that exist */
+	for (uint64_t i = rk_cf_next_slot(cf, 0, n); i < n; i = rk_cf_next_slot(cf, i + 1, n)) {
 		uint64_t valid = RK_MIN((uint64_t)cs, size - i * cs);
+		if (o->deep && chunkbuf && i > prev)
+			progress_add(s, (i - prev) * (uint64_t)cs); /* skipped holes */
+		prev = i + 1;
 		int k = -1, r2 = 0, kk;
 		if (shared && o->access->lock)
 			o->access->lock(token, i);
@@ -494,10 +519,44 @@ static int scan_slots(struct scan *s, const struct rk_walk_ent *e, int fd, const
 		if (ret != 0)
 			break;
 	}
+	if (ret == 0 && o->deep && chunkbuf && n > prev)
+		progress_add(s, RK_MIN((n - prev) * (uint64_t)cs, size - prev * cs));
 	if (ret == 1)
 		ret = 0;
 	if (ret == 0 && !(f->h.flags & RK_HF_COUNTS_DIRTY) && f->malformed == 0)
 		f->mismatch = memcmp(hdr_counts, f->counts, sizeof(hdr_counts)) != 0;
+	if (ret == 0 && !(f->h.flags & RK_HF_COUNTS_DIRTY)) {
+		/* a clean header counts exactly: chunks it counts that no slot
+		 * holds are lost (file cut short, slots zeroed), and still need
+		 * their key as far as anyone can tell */
+		uint64_t lost = 0, first = 0, total_missing = rk_cf_missing(cf, &first, NULL);
+		int64_t at = total_missing ? (int64_t)first : -1;
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+			if (hdr_counts[j] <= f->counts[j])
+				continue;
+			uint64_t d = hdr_counts[j] - f->counts[j];
+			if (f->malformed >= d) /* malformed slots may be them */
+				continue;
+			lost += d;
+			f->counts[j] += d;
+			f->bytes[j] += RK_MIN(d * cs, size);
+		}
+		if (lost) {
+			struct stat st;
+			uint64_t end = fstat(rk_cf_fd(cf), &st) == 0 ? (uint64_t)st.st_size : 0;
+			if (at >= 0)
+				snprintf(msg, sizeof(msg),
+				         "%" PRIu64 " chunk%s missing from chunk %" PRId64 " on: the stored file ends at byte %" PRIu64
+				         " (cut short) but its clean header counts %s",
+				         lost, lost == 1 ? "" : "s", at, end, lost == 1 ? "it" : "them");
+			else
+				snprintf(msg, sizeof(msg),
+				         "%" PRIu64 " chunk%s missing: the clean header counts more chunks than the slots hold "
+				         "(slots zeroed or punched)",
+				         lost, lost == 1 ? "" : "s");
+			ret = add_problem(pl, RK_COVP_MISSING_CHUNKS, rel, at, at >= 0 ? at * (int64_t)cs : -1, msg);
+		}
+	}
 	if (shared)
 		o->access->close(o->access->arg, token);
 	else
@@ -516,13 +575,19 @@ static int read_file(struct scan *s, int fd, const char *rel, uint8_t *buf, stru
 	if (n < 0)
 		return header_problem(pl, f, rel, (int)n, 0);
 	unsigned version = 0;
-	int r = decode_area(buf, n, &f->h, &version);
+	int damaged;
+	int r = decode_area(buf, n, &f->h, &version, &damaged);
 	if (r == 1) {
 		f->plain = true;
 		return 0;
 	}
 	if (r < 0)
 		return header_problem(pl, f, rel, r, version);
+	if (damaged >= 0) {
+		int ret = damaged_problem(pl, rel, damaged);
+		if (ret < 0)
+			return ret;
+	}
 	if (f->h.flags & RK_HF_COUNTS_DIRTY) {
 		f->recounted = true;
 		int ret = scan_slots(s, NULL, fd, rel, f, pl, NULL);
@@ -750,9 +815,10 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	if (s->prescan) {
 		struct rk_cf_header h;
 		unsigned v;
+		int dmg;
 		if (fd >= 0) {
 			ssize_t n = rk_pread_full(fd, s->hdrbuf, RK_HDR_AREA, 0);
-			if (n >= 0 && decode_area(s->hdrbuf, n, &h, &v) == 0)
+			if (n >= 0 && decode_area(s->hdrbuf, n, &h, &v, &dmg) == 0)
 				s->c->deep_total += h.size;
 			close(fd);
 		}
@@ -777,14 +843,17 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 		ssize_t n = rk_pread_full(fd, s->hdrbuf, RK_HDR_AREA, 0);
 		unsigned version = 0;
-		int r = n < 0 ? (int)n : decode_area(s->hdrbuf, n, &f->h, &version);
+		int damaged = -1;
+		int r = n < 0 ? (int)n : decode_area(s->hdrbuf, n, &f->h, &version, &damaged);
 		if (r == 1) {
 			f->plain = true;
 		} else if (r < 0) {
 			ret = header_problem(&s->pl, f, e->rel, r, version);
 		} else {
 			f->recounted = (f->h.flags & RK_HF_COUNTS_DIRTY) != 0;
-			ret = scan_slots(s, e, fd, e->rel, f, &s->pl, s->chunkbuf);
+			ret = damaged >= 0 ? damaged_problem(&s->pl, e->rel, damaged) : 0;
+			if (ret == 0)
+				ret = scan_slots(s, e, fd, e->rel, f, &s->pl, s->chunkbuf);
 			if (ret == 0 && !f->corrupt)
 				f->chunk = true;
 		}

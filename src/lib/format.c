@@ -105,6 +105,8 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 	if (memcmp(buf, rk_magic, RK_MAGIC_LEN) != 0)
 		return -ENOMSG;
 	h->version = rk_get16(buf + 8);
+	if (h->version == 0)
+		return -EUCLEAN; /* no such version: a damaged or cut-short copy */
 	if (h->version != RK_FORMAT_VERSION)
 		return -EPROTONOSUPPORT;
 	rk_sha256(buf, RK_HDR_SUM_OFF, sum);
@@ -121,7 +123,7 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 	h->compression = buf[56];
 	if (h->chunk_size < RK_CHUNK_MIN || h->chunk_size > RK_CHUNK_MAX || (h->chunk_size & (h->chunk_size - 1)) ||
 	    h->slot_size != h->chunk_size + RK_SLOT_OVERHEAD || h->compression > RK_COMP_SNAPPY ||
-	    h->size > (uint64_t)INT64_MAX / 2)
+	    h->size > RK_SIZE_MAX)
 		return -EUCLEAN;
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 		struct rk_cf_keyent *e = &h->keys[j];
@@ -141,25 +143,57 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 	return 0;
 }
 
-int rk_cf_probe(int fd)
+/* Does header copy buf (RK_HDR_COPY_SIZE bytes) identify a chunk file: the
+ * magic, version 1, the copy size field, and a matching checksum? */
+static bool copy_verifies(const uint8_t *buf)
 {
-	uint8_t a[RK_MAGIC_LEN], b[RK_MAGIC_LEN];
-	ssize_t n = rk_pread_full(fd, a, sizeof(a), 0);
-	if (n < 0)
-		return (int)n;
-	if (n == (ssize_t)sizeof(a) && memcmp(a, rk_magic, RK_MAGIC_LEN) == 0)
+	uint8_t sum[32];
+	if (memcmp(buf, rk_magic, RK_MAGIC_LEN) != 0 || rk_get16(buf + 10) != RK_HDR_COPY_SIZE)
+		return false;
+	rk_sha256(buf, RK_HDR_SUM_OFF, sum);
+	return CRYPTO_memcmp(sum, buf + RK_HDR_SUM_OFF, 32) == 0;
+}
+
+int rk_cf_probe_buf(const uint8_t *buf, size_t n)
+{
+	uint8_t copy[RK_HDR_COPY_SIZE];
+	/* copy A starts with the magic: a chunk file, even when nothing else
+	 * verifies (then its header is corrupt, never plain data) */
+	if (n >= RK_MAGIC_LEN && memcmp(buf, rk_magic, RK_MAGIC_LEN) == 0)
 		return 1;
-	/* copy A may be torn by a crash, or have a damaged magic, while copy B
-	 * holds the current header: a chunk file must never pass as plain data */
-	n = rk_pread_full(fd, b, sizeof(b), RK_HDR_COPY_SIZE);
-	if (n < 0)
-		return (int)n;
-	if (n != (ssize_t)sizeof(b) || memcmp(b, rk_magic, RK_MAGIC_LEN) != 0)
+	if (n < RK_HDR_COPY_SIZE + RK_MAGIC_LEN || memcmp(buf + RK_HDR_COPY_SIZE, rk_magic, RK_MAGIC_LEN) != 0)
 		return 0;
+	/* copy B has the magic.  A chunk file when it verifies (whatever copy A
+	 * holds: damaged, overwritten, torn), or when copy A is zero (torn) or
+	 * its magic is at most 2 bits off (damaged) */
+	size_t have = RK_MIN(n - RK_HDR_COPY_SIZE, (size_t)RK_HDR_COPY_SIZE);
+	memcpy(copy, buf + RK_HDR_COPY_SIZE, have);
+	memset(copy + have, 0, sizeof(copy) - have); /* bytes past the end read as zero */
+	if (copy_verifies(copy))
+		return 1;
 	int flipped = 0;
 	for (int i = 0; i < RK_MAGIC_LEN; i++)
-		flipped += __builtin_popcount((unsigned)(a[i] ^ rk_magic[i]));
-	return all_zero(a, sizeof(a)) || flipped <= 2 ? 1 : 0;
+		flipped += __builtin_popcount((unsigned)(buf[i] ^ rk_magic[i]));
+	return all_zero(buf, RK_MAGIC_LEN) || flipped <= 2 ? 1 : 0;
+}
+
+int rk_cf_probe(int fd)
+{
+	uint8_t *buf = rk_scratch(5, RK_HDR_AREA);
+	if (!buf)
+		return -ENOMEM;
+	ssize_t n = rk_pread_full(fd, buf, RK_MAGIC_LEN, 0);
+	if (n < 0)
+		return (int)n;
+	if (n == RK_MAGIC_LEN && memcmp(buf, rk_magic, RK_MAGIC_LEN) == 0)
+		return 1; /* the common case: one 8-byte read */
+	if (n < RK_MAGIC_LEN)
+		memset(buf + n, 0, (size_t)(RK_MAGIC_LEN - n));
+	ssize_t m = rk_pread_full(fd, buf + RK_HDR_COPY_SIZE, RK_HDR_COPY_SIZE, RK_HDR_COPY_SIZE);
+	if (m < 0)
+		return (int)m;
+	/* a file shorter than copy B's magic: only copy A's magic could count */
+	return rk_cf_probe_buf(buf, m > 0 ? (size_t)(RK_HDR_COPY_SIZE + m) : (size_t)n);
 }
 
 int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which)
@@ -263,6 +297,19 @@ struct rk_cf {
 	uint64_t fresh_limit;
 	uint64_t *fresh_bits;
 	size_t fresh_words;
+	/* writable files only: slots below first_fresh written since the open
+	 * (protected by lock).  With a journal a written slot may exist only as
+	 * a pending image while the disk still has a hole there, so
+	 * rk_cf_next_slot must not skip it.  NULL with low_untracked: too many
+	 * slots to track, nothing below first_fresh is skipped. */
+	uint64_t *low_bits;
+	size_t low_words;
+	bool low_untracked;
+	/* a file cut short (see rk_cf_missing): slots [miss_from, miss_end) are
+	 * not in the stored file although the clean header counted miss_count
+	 * more chunks than were present (protected by lock) */
+	uint64_t miss_from, miss_end, miss_count;
+	uint64_t miss_per_key[RK_CF_MAX_KEYS];
 };
 
 #define RK_FRESH_MAX_WORDS (1u << 17) /* 1 MiB of bits: 8M slots */
@@ -288,6 +335,8 @@ static bool slot_fresh_hole(struct rk_cf *cf, uint64_t idx)
 /* Slot idx has been written.  Caller holds cf->lock. */
 static void slot_mark_written_locked(struct rk_cf *cf, uint64_t idx)
 {
+	if (cf->writable && idx < cf->first_fresh && cf->low_bits && idx / 64 < cf->low_words)
+		cf->low_bits[idx / 64] |= 1ULL << (idx % 64);
 	if (!cf->writable || idx < cf->first_fresh || idx >= cf->fresh_limit)
 		return;
 	uint64_t b = idx - cf->first_fresh, w = b / 64;
@@ -310,6 +359,9 @@ static void slot_mark_written_locked(struct rk_cf *cf, uint64_t idx)
 /* Slots from first_dead on were cut off the stored file: holes again. */
 static void slots_cut_locked(struct rk_cf *cf, uint64_t first_dead)
 {
+	/* slots cut off are no longer missing: a later extension makes holes */
+	if (cf->miss_end > first_dead)
+		cf->miss_end = RK_MAX(first_dead, cf->miss_from);
 	if (first_dead <= cf->first_fresh) {
 		cf->first_fresh = first_dead;
 		if (cf->fresh_bits)
@@ -535,6 +587,7 @@ void rk_cf_close(struct rk_cf *cf)
 	pthread_mutex_destroy(&cf->lock);
 	pthread_mutex_destroy(&cf->times_lock);
 	free(cf->fresh_bits);
+	free(cf->low_bits);
 	free(cf->path);
 	free(cf);
 }
@@ -657,6 +710,7 @@ fail:
 }
 
 static int cf_recount_locked(struct rk_cf *cf);
+static int find_missing(struct rk_cf *cf);
 
 int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, struct rk_cf **out)
 {
@@ -692,6 +746,14 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 		} else {
 			cf->fresh_limit = 0; /* unknown: read every slot */
 		}
+		if (cf->first_fresh > 0 && cf->fresh_limit > 0) {
+			size_t words = (size_t)RK_MIN(cf->first_fresh / 64 + 1, (uint64_t)RK_FRESH_MAX_WORDS + 1);
+			cf->low_bits = words <= RK_FRESH_MAX_WORDS ? calloc(words, sizeof(uint64_t)) : NULL;
+			cf->low_words = cf->low_bits ? words : 0;
+			cf->low_untracked = !cf->low_bits;
+		} else if (cf->fresh_limit == 0) {
+			cf->low_untracked = true;
+		}
 		if (cf->disk_dirty) {
 			/* exact counts in memory; the disk header stays marked dirty
 			 * (readers recount it) until the next rk_cf_sync makes it clean:
@@ -702,6 +764,11 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 			if (ret < 0)
 				goto fail;
 		}
+	}
+	if (!cf->disk_dirty) {
+		ret = find_missing(cf);
+		if (ret < 0)
+			goto fail;
 	}
 	*out = cf;
 	return 0;
@@ -894,6 +961,15 @@ static uint64_t valid_in_chunk(uint64_t size, uint32_t cs, uint64_t idx)
 	return RK_MIN((uint64_t)cs, size - start);
 }
 
+/* Is slot idx one that a cut-short file lost (and not written since)? */
+static bool slot_missing(struct rk_cf *cf, uint64_t idx)
+{
+	pthread_mutex_lock(&cf->lock);
+	bool m = idx >= cf->miss_from && idx < cf->miss_end;
+	pthread_mutex_unlock(&cf->lock);
+	return m;
+}
+
 int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 {
 	uint32_t cs = cf->hdr.chunk_size;
@@ -908,6 +984,12 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 		return 0;
 	}
 	ret = slot_read_open(cf, idx, &sh, &payload, out, true);
+	if (ret == 1 && slot_missing(cf, idx)) {
+		rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): missing: the stored file was cut short before "
+		       "its slot, but the header counts a chunk there",
+		       cf->path, idx, idx * cs);
+		return -EIO;
+	}
 	if (ret == 1) {
 		memset(out, 0, cs);
 		return 0;
@@ -958,7 +1040,10 @@ int rk_cf_chunk_keyidx(struct rk_cf *cf, uint64_t idx, int *key_idx)
 	ssize_t n = slot_pread(cf, idx, p, sizeof(p));
 	if (n < 0)
 		return (int)n;
-	return keyidx_of(cf, p, n, key_idx);
+	int ret = keyidx_of(cf, p, n, key_idx);
+	if (ret == 0 && *key_idx < 0 && n == 0 && slot_missing(cf, idx))
+		ret = -ENODATA;
+	return ret;
 }
 
 /* Find or add the header entry for key.  Caller holds cf->lock. */
@@ -1032,6 +1117,16 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 		return -EKEYREVOKED;
 	}
 	pthread_mutex_lock(&cf->lock);
+	if (cf->miss_end > cf->miss_from) {
+		/* a write would make the header dirty, and a dirty header's counts
+		 * are recounted from the slots: the lost chunks would turn into
+		 * holes (zeros).  Restore the file, or truncate the lost part away. */
+		pthread_mutex_unlock(&cf->lock);
+		rk_err("%s: cannot write chunk %" PRIu64 ": the stored file was cut short (chunks from %" PRIu64
+		       " are missing); restore it or truncate it",
+		       cf->path, idx, cf->miss_from);
+		return -EUCLEAN;
+	}
 	j = keyent_for_locked(cf, key);
 	if (j < 0) {
 		ret = j;
@@ -1278,7 +1373,7 @@ ssize_t rk_cf_pwrite(struct rk_cf *cf, const void *buf, size_t len, uint64_t off
 		return -ENOMEM;
 	if (len == 0)
 		return 0;
-	if (off + len > (uint64_t)INT64_MAX / 2)
+	if (off > RK_SIZE_MAX || len > RK_SIZE_MAX - off)
 		return -EFBIG;
 	uint64_t size = rk_cf_size(cf);
 	if (off + len > size) {
@@ -1325,10 +1420,21 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	uint32_t cs = cf->hdr.chunk_size;
 	uint64_t old = rk_cf_size(cf);
 	int ret = 0, k;
-	if (size > (uint64_t)INT64_MAX / 2)
+	if (size > RK_SIZE_MAX)
 		return -EFBIG;
 	if (size == old)
 		return 0;
+	pthread_mutex_lock(&cf->lock);
+	if (size < old && (size + cs - 1) / cs <= cf->miss_from && cf->miss_end > cf->miss_from) {
+		/* every chunk a cut-short file lost is cut off: out of the count */
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			cf->hdr.keys[j].count -= RK_MIN(cf->hdr.keys[j].count, cf->miss_per_key[j]);
+		cf->miss_end = cf->miss_from;
+		cf->miss_count = 0;
+		cf->counts_changed = true;
+		cf->hdr_changed = true;
+	}
+	pthread_mutex_unlock(&cf->lock);
 	if (size > old) {
 		ret = fix_tail(cf, key, comp);
 		if (ret < 0)
@@ -1356,7 +1462,7 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	/* chunks wholly past the new end leave the count */
 	if (size < old) {
 		uint64_t first = (size + cs - 1) / cs, last = (old + cs - 1) / cs;
-		for (uint64_t i = first; i < last; i++) {
+		for (uint64_t i = rk_cf_next_slot(cf, first, last); i < last; i = rk_cf_next_slot(cf, i + 1, last)) {
 			int cur;
 			ret = rk_cf_chunk_keyidx(cf, i, &cur);
 			if (ret < 0)
@@ -1403,12 +1509,156 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	return 0;
 }
 
+/* The slot holding the first data of the stored file at or after slot idx
+ * (holes skipped with SEEK_DATA), or end when there is none. */
+static uint64_t disk_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end)
+{
+	uint64_t ss = cf->hdr.slot_size;
+	uint64_t off = rk_slot_off(cf->hdr.slot_size, idx);
+	if (off > (uint64_t)INT64_MAX)
+		return end;
+	off_t d = lseek(cf->fd, (off_t)off, SEEK_DATA);
+	if (d < 0)
+		return errno == ENXIO ? end : idx; /* ENXIO: no data from there on */
+	if ((uint64_t)d < RK_HDR_AREA)
+		return idx;
+	uint64_t j = ((uint64_t)d - RK_HDR_AREA) / ss;
+	return RK_MIN(RK_MAX(j, idx), end);
+}
+
+/* First set bit of bits (words long) in [from, to), or to. */
+static uint64_t next_bit(const uint64_t *bits, size_t words, uint64_t from, uint64_t to)
+{
+	for (uint64_t b = from; b < to && b / 64 < words;) {
+		uint64_t w = bits[b / 64] >> (b % 64);
+		if (w)
+			return RK_MIN(b + (uint64_t)__builtin_ctzll(w), to);
+		b = (b / 64 + 1) * 64;
+	}
+	return to;
+}
+
+uint64_t rk_cf_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end)
+{
+	while (idx < end) {
+		pthread_mutex_lock(&cf->lock);
+		if (idx >= cf->miss_from && idx < cf->miss_end)
+			idx = cf->miss_end; /* missing: reported by rk_cf_missing, nothing to read */
+		pthread_mutex_unlock(&cf->lock);
+		if (idx >= end)
+			break;
+		uint64_t cand = disk_next_slot(cf, idx, end);
+		if (cand > idx && cf->writer.read_slot) {
+			/* a slot written since the open may be a pending image over a
+			 * hole: only slots known unwritten are skipped */
+			pthread_mutex_lock(&cf->lock);
+			uint64_t ff = cf->first_fresh;
+			if (idx < ff) {
+				if (cf->low_untracked)
+					cand = idx;
+				else {
+					uint64_t to = RK_MIN(cand, ff);
+					uint64_t b = next_bit(cf->low_bits, cf->low_words, idx, to);
+					cand = b < to ? b : cand; /* none written below: the disk decides */
+				}
+			}
+			uint64_t from = RK_MAX(idx, ff);
+			if (from < cand && from < cf->fresh_limit) {
+				uint64_t to = RK_MIN(cand, cf->fresh_limit);
+				uint64_t b = next_bit(cf->fresh_bits, cf->fresh_words, from - ff, to - ff) + ff;
+				/* untracked from fresh_limit on: the disk decides */
+				cand = b < to ? b : cand;
+			}
+			pthread_mutex_unlock(&cf->lock);
+		}
+		pthread_mutex_lock(&cf->lock);
+		bool missing = cand >= cf->miss_from && cand < cf->miss_end;
+		pthread_mutex_unlock(&cf->lock);
+		if (!missing)
+			return cand;
+		idx = cand;
+	}
+	return end;
+}
+
+uint64_t rk_cf_missing(struct rk_cf *cf, uint64_t *first, uint64_t per_key[RK_CF_MAX_KEYS])
+{
+	pthread_mutex_lock(&cf->lock);
+	uint64_t n = cf->miss_end > cf->miss_from ? cf->miss_count : 0;
+	if (first)
+		*first = cf->miss_from;
+	if (per_key)
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			per_key[j] = n ? cf->miss_per_key[j] : 0;
+	pthread_mutex_unlock(&cf->lock);
+	return n;
+}
+
+/* A clean header counts its chunks exactly.  When the stored file ends
+ * before the last slot's header (a sparse tail, or a file cut short) and
+ * fewer chunks are present than counted, the slots past the end are missing
+ * chunks, not holes.  Costs nothing unless the tail is absent; then one slot
+ * header read per data extent slot (holes skipped). */
+static int find_missing(struct rk_cf *cf)
+{
+	struct stat st;
+	uint64_t total = 0, present = 0, counts[RK_CF_MAX_KEYS] = {0};
+	uint64_t ss = cf->hdr.slot_size, n = rk_cf_nchunks(cf);
+	int ret = 0;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+		total += cf->hdr.keys[j].in_use ? cf->hdr.keys[j].count : 0;
+	if (total == 0 || n == 0)
+		goto out;
+	if (fstat(cf->fd, &st) < 0) {
+		ret = -errno;
+		rk_err("%s: cannot stat stored file: %s", cf->path, strerror(errno));
+		goto out;
+	}
+	uint64_t end = (uint64_t)st.st_size;
+	/* first slot whose 32-byte header is not wholly in the stored file */
+	uint64_t e = end < RK_HDR_AREA + RK_SLOT_HDR ? 0 : (end - RK_HDR_AREA - RK_SLOT_HDR) / ss + 1;
+	if (e >= n)
+		goto out;
+	for (uint64_t i = rk_cf_next_slot(cf, 0, e); i < e; i = rk_cf_next_slot(cf, i + 1, e)) {
+		int k;
+		ret = rk_cf_chunk_keyidx(cf, i, &k);
+		if (ret == -EUCLEAN) {
+			ret = 0;
+			present++; /* a chunk whose key is unknown; reported when read */
+			continue;
+		}
+		if (ret < 0)
+			goto out;
+		if (k >= 0) {
+			counts[k]++;
+			present++;
+		}
+	}
+	if (present >= total)
+		goto out;
+	pthread_mutex_lock(&cf->lock);
+	cf->miss_from = e;
+	cf->miss_end = n;
+	cf->miss_count = total - present;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+		cf->miss_per_key[j] =
+		    cf->hdr.keys[j].in_use && cf->hdr.keys[j].count > counts[j] ? cf->hdr.keys[j].count - counts[j] : 0;
+	pthread_mutex_unlock(&cf->lock);
+	rk_warn("%s: the stored file is cut short: it ends at byte %" PRIu64 " (in or before chunk %" PRIu64
+	        ") but its clean header counts %" PRIu64 " chunks and only %" PRIu64
+	        " are present; chunks from %" PRIu64 " on read as errors",
+	        cf->path, end, e, total, present, e);
+out:
+	return ret;
+}
+
 static int cf_recount_locked(struct rk_cf *cf)
 {
 	uint64_t counts[RK_CF_MAX_KEYS] = {0};
 	uint64_t n = (cf->hdr.size + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
 	pthread_mutex_unlock(&cf->lock);
-	for (uint64_t i = 0; i < n; i++) {
+	/* holes are skipped: the cost follows the slots that exist */
+	for (uint64_t i = rk_cf_next_slot(cf, 0, n); i < n; i = rk_cf_next_slot(cf, i + 1, n)) {
 		int k, ret = rk_cf_chunk_keyidx(cf, i, &k);
 		if (ret == -EUCLEAN) {
 			rk_warn("%s: chunk %" PRIu64 " has a malformed slot header; not counted", cf->path, i);

@@ -503,7 +503,7 @@ static void text_report(FILE *f, const struct rk_cov *c)
 		        c->deep ? "every chunk authenticated"
 		                : "headers verified; rekeyctl fsck --deep also authenticates every chunk");
 	} else {
-		uint64_t hdr = 0, chunk = 0, slot = 0, io = 0;
+		uint64_t hdr = 0, chunk = 0, slot = 0, io = 0, miss = 0, copy = 0;
 		for (size_t i = 0; i < c->nproblems; i++) {
 			switch (c->problems[i].kind) {
 			case RK_COVP_CORRUPT_HEADER:
@@ -515,6 +515,12 @@ static void text_report(FILE *f, const struct rk_cov *c)
 				break;
 			case RK_COVP_MALFORMED_SLOT:
 				slot++;
+				break;
+			case RK_COVP_MISSING_CHUNKS:
+				miss++;
+				break;
+			case RK_COVP_DAMAGED_HEADER_COPY:
+				copy++;
 				break;
 			default:
 				io++;
@@ -532,6 +538,14 @@ static void text_report(FILE *f, const struct rk_cov *c)
 		}
 		if (slot) {
 			fprintf(f, "%s%" PRIu64 " malformed slot %s", sep, slot, plural(slot, "header", "headers"));
+			sep = ", ";
+		}
+		if (miss) {
+			fprintf(f, "%s%" PRIu64 " %s with missing chunks", sep, miss, plural(miss, "file", "files"));
+			sep = ", ";
+		}
+		if (copy) {
+			fprintf(f, "%s%" PRIu64 " overwritten header %s", sep, copy, plural(copy, "copy", "copies"));
 			sep = ", ";
 		}
 		if (io) {

@@ -23,7 +23,15 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 	if (!cb)
 		cb = &none;
 	memset(res, 0, sizeof(*res));
-	for (uint64_t i = start_chunk; i < rk_cf_nchunks(cf); i++) {
+	/* holes are skipped (a sparse file costs what it stores); chunks a
+	 * cut-short file lost cannot be resealed: they count as failed */
+	uint64_t missing = rk_cf_missing(cf, NULL, NULL);
+	if (missing && start_chunk == 0) {
+		res->chunks_failed += missing;
+		res->last_error = -EUCLEAN;
+	}
+	for (uint64_t i = rk_cf_next_slot(cf, start_chunk, rk_cf_nchunks(cf)); i < rk_cf_nchunks(cf);
+	     i = rk_cf_next_slot(cf, i + 1, rk_cf_nchunks(cf))) {
 		bool changed = false;
 		int k;
 		res->next_chunk = i;
@@ -77,7 +85,13 @@ int rk_scan_key_refs(struct rk_cf *cf, uint64_t counts[RK_CF_MAX_KEYS], uint64_t
 	if (malformed)
 		*malformed = 0;
 	uint64_t n = rk_cf_nchunks(cf);
-	for (uint64_t i = 0; i < n; i++) {
+	/* chunks a cut-short file lost still need the keys its clean header
+	 * counted them under */
+	uint64_t lost[RK_CF_MAX_KEYS];
+	if (rk_cf_missing(cf, NULL, lost))
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			counts[j] += lost[j];
+	for (uint64_t i = rk_cf_next_slot(cf, 0, n); i < n; i = rk_cf_next_slot(cf, i + 1, n)) {
 		int k;
 		int r = rk_cf_chunk_keyidx(cf, i, &k);
 		if (r == -EUCLEAN) {
@@ -168,7 +182,14 @@ int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_k
 	rk_cf_set_writer(outcf, &whole);
 	uint64_t n = rk_cf_nchunks(in);
 	uint64_t flushed = 0; /* stored bytes of both files handed to write-back / dropped */
-	for (uint64_t i = 0; i < n; i++) {
+	if (rk_cf_missing(in, NULL, NULL)) {
+		/* the copy would turn the lost chunks into holes (zeros) */
+		rk_err("%s: chunks are missing (the stored file was cut short); not replaced", rel);
+		ret = -EUCLEAN;
+		res->last_error = ret;
+		goto out;
+	}
+	for (uint64_t i = rk_cf_next_slot(in, 0, n); i < n; i = rk_cf_next_slot(in, i + 1, n)) {
 		int k = -1;
 		uint64_t end = rk_slot_off(h.slot_size, i);
 		if (end - flushed >= 2 * RK_STREAM_WINDOW) {

@@ -17,7 +17,8 @@ SCHEMA = "rekeyfs-fsck/1"
 FP = re.compile(r"^[0-9a-f]{32}$")
 KEY_FILE = {"ok", "missing", "released", "changed", "refused", "unchecked"}
 REGISTRY = {"active", "decrypt-only", "released", "unregistered"}
-PROBLEM = {"corrupt-header", "unsupported-version", "io-error", "corrupt-chunk", "malformed-slot"}
+PROBLEM = {"corrupt-header", "unsupported-version", "io-error", "corrupt-chunk", "malformed-slot",
+           "missing-chunks", "damaged-header-copy"}
 CIPHERS = {"AES/GCM/NoPadding", "ChaCha20/Poly1305/NoPadding"}
 
 errors = []

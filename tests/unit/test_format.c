@@ -949,7 +949,9 @@ static void test_header_encode_decode(void **state)
 		int r = rk_hdr_decode(buf, &d);
 		if (i < RK_MAGIC_LEN)
 			assert_int_equal(r, -ENOMSG);
-		else if (i == 8 || i == 9)
+		else if (i == 8)
+			assert_int_equal(r, -EUCLEAN); /* version 0: no such version, damage */
+		else if (i == 9)
 			assert_int_equal(r, -EPROTONOSUPPORT);
 		else if (r != -EUCLEAN)
 			fail_msg("flip of bit %d at byte %zu: decode = %d", bit, i, r);
@@ -1187,11 +1189,11 @@ static void test_truncated_stored_file(void **state)
 		assert_int_equal(truncate(fl.path, RK_HDR_COPY_SIZE + 100), 0);
 		int r = file_open_kr(f->kr, &fl, false);
 		if (r == 0) {
-			/* the older copy A alone is valid and describes slots that are
-			 * gone: they read as holes or fail, but never as other bytes */
+			/* the older copy A alone is valid and its clean counts name
+			 * chunks whose slots are gone: they fail, never read as zeros */
 			uint8_t *buf = tu_malloc(3 * cs);
 			ssize_t n = rk_cf_pread(fl.cf, buf, 3 * cs, 0);
-			assert_true(n == -EIO || (n == 3 * (ssize_t)cs && tu_all_zero(buf, 3 * cs)));
+			assert_int_equal(n, -EIO);
 			free(buf);
 			file_close(&fl);
 		} else {
@@ -1401,13 +1403,19 @@ static void test_probe(void **state)
 		file_close(&fl);
 		tu_flip_bit(fl.path, bit / 8, bit % 8);
 	}
-	/* ...but a plain file that merely holds a header copy at offset 4096
-	 * (say an archive of chunk files) stays plain */
+	/* a file whose copy B verifies is a chunk file whatever copy A holds
+	 * (one rule: a verifying header copy is never plain data) */
 	{
 		uint8_t *img = tu_malloc(2 * RK_HDR_COPY_SIZE);
 		tu_pread_path(fl.path, img + RK_HDR_COPY_SIZE, RK_HDR_COPY_SIZE, 0);
 		tu_fill_text(img, RK_HDR_COPY_SIZE, 3);
 		tu_path(path, "%s/archive", f->dir);
+		tu_write_file(path, img, 2 * RK_HDR_COPY_SIZE, 0644);
+		fd = open(path, O_RDONLY);
+		assert_int_equal(rk_cf_probe(fd), 1);
+		close(fd);
+		/* copy B with the magic but failing its checksum, copy A text: plain */
+		img[RK_HDR_COPY_SIZE + 100] ^= 1;
 		tu_write_file(path, img, 2 * RK_HDR_COPY_SIZE, 0644);
 		fd = open(path, O_RDONLY);
 		assert_int_equal(rk_cf_probe(fd), 0);
@@ -2262,6 +2270,245 @@ static void test_replace_refusals(void **state)
 	free(data);
 }
 
+/* ---- issue #10: damaged first block, cut-short files, huge sparse files ---------------- */
+static void expect_probe(const char *path, int want)
+{
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_cf_probe(fd), want);
+	close(fd);
+}
+
+static void test_damaged_first_block(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	struct file fl;
+	uint8_t *data = make_file(f, &fl, "dmg", cs, 3, RK_COMP_NONE, 1);
+	size_t len = (size_t)tu_file_size(fl.path);
+	uint8_t *orig = tu_malloc(len);
+	tu_pread_path(fl.path, orig, len, 0);
+	uint8_t junk[RK_HDR_COPY_SIZE];
+	tu_fill_random(junk, sizeof(junk), 7);
+	junk[0] = 'X'; /* not the magic's first byte */
+	/* copy A overwritten (first 8 bytes, the whole block), copy B intact:
+	 * a chunk file read from copy B, never the raw stored bytes */
+	const size_t spans[] = {8, RK_HDR_COPY_SIZE};
+	for (size_t i = 0; i < RK_ARRAY_SIZE(spans); i++) {
+		tu_pwrite_path(fl.path, junk, spans[i], 0);
+		expect_probe(fl.path, 1);
+		for (int w = 0; w < 2; w++) {
+			file_open(f, &fl, w == 1);
+			check_content(fl.cf, data, 3 * cs);
+			file_close(&fl);
+		}
+		tu_pwrite_path(fl.path, orig, RK_HDR_COPY_SIZE, 0);
+	}
+	/* copy B overwritten, copy A intact */
+	tu_pwrite_path(fl.path, junk, RK_HDR_COPY_SIZE, RK_HDR_COPY_SIZE);
+	expect_probe(fl.path, 1);
+	file_open(f, &fl, false);
+	check_content(fl.cf, data, 3 * cs);
+	file_close(&fl);
+	tu_pwrite_path(fl.path, orig, len, 0);
+	/* both copies damaged, the file starts with the magic: corrupt, not plain */
+	tu_flip_bit(fl.path, 50, 1);
+	tu_flip_bit(fl.path, RK_HDR_COPY_SIZE + 50, 1);
+	expect_probe(fl.path, 1);
+	assert_int_equal(file_open_kr(f->kr, &fl, false), -EUCLEAN);
+	assert_int_equal(file_open_kr(f->kr, &fl, true), -EUCLEAN);
+	tu_pwrite_path(fl.path, orig, len, 0);
+	/* a file cut inside the header area that starts with the magic */
+	const off_t shorts[] = {8, 100, RK_HDR_COPY_SIZE - 1};
+	for (size_t i = 0; i < RK_ARRAY_SIZE(shorts); i++) {
+		assert_int_equal(truncate(fl.path, shorts[i]), 0);
+		expect_probe(fl.path, 1);
+		assert_int_equal(file_open_kr(f->kr, &fl, false), -EUCLEAN);
+		tu_pwrite_path(fl.path, orig, len, 0);
+	}
+	/* the buffer form agrees, including on short inputs */
+	assert_int_equal(rk_cf_probe_buf(orig, 8), 1);
+	assert_int_equal(rk_cf_probe_buf(orig, 7), 0);
+	assert_int_equal(rk_cf_probe_buf(junk, sizeof(junk)), 0);
+	memcpy(orig, junk, RK_HDR_COPY_SIZE);
+	assert_int_equal(rk_cf_probe_buf(orig, RK_HDR_AREA), 1);
+	/* copy B present only in part (the file is that short): never verifies */
+	assert_int_equal(rk_cf_probe_buf(orig, RK_HDR_COPY_SIZE + 100), 0);
+	free(orig);
+	free(data);
+}
+
+static void test_cut_short(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
+	/* where the stored file is cut, and the first chunk that is lost */
+	const struct {
+		uint64_t at;
+		uint64_t first;
+	} cuts[] = {
+	    {RK_HDR_AREA, 0},                                  /* before every slot */
+	    {RK_HDR_AREA + 2 * (uint64_t)ss, 2},               /* exactly at a slot boundary */
+	    {RK_HDR_AREA + 2 * (uint64_t)ss + 10, 2},          /* inside slot 2's header */
+	    {RK_HDR_AREA + 2 * (uint64_t)ss + RK_SLOT_HDR + 100, 2}, /* inside slot 2's payload */
+	};
+	for (size_t c = 0; c < RK_ARRAY_SIZE(cuts); c++) {
+		struct file fl;
+		char name[32];
+		snprintf(name, sizeof(name), "short%zu", c);
+		uint8_t *data = make_file(f, &fl, name, cs, 5, RK_COMP_NONE, 1);
+		assert_int_equal(truncate(fl.path, (off_t)cuts[c].at), 0);
+		for (int w = 0; w < 2; w++) {
+			file_open(f, &fl, w == 1);
+			assert_int_equal(rk_cf_size(fl.cf), 5 * (size_t)cs);
+			for (uint64_t i = 0; i < cuts[c].first; i++)
+				expect_chunk_ok(fl.cf, data, i);
+			/* chunks wholly past the new end: EIO, never zeros */
+			for (uint64_t i = cuts[c].first + 1; i < 5; i++) {
+				expect_chunk_eio(fl.cf, fl.path, i, "missing");
+				int k;
+				assert_int_equal(rk_cf_chunk_keyidx(fl.cf, i, &k), -ENODATA);
+			}
+			expect_chunk_eio(fl.cf, fl.path, cuts[c].first, NULL);
+			uint64_t first, per[RK_CF_MAX_KEYS];
+			uint64_t lost = rk_cf_missing(fl.cf, &first, per);
+			assert_true(lost >= 5 - cuts[c].first - 1 && lost <= 5 - cuts[c].first);
+			/* the release scan counts the lost chunks under their key */
+			uint64_t counts[RK_CF_MAX_KEYS], malformed;
+			assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+			assert_int_equal(counts[0] + malformed, 5);
+			file_close(&fl);
+		}
+		/* cut away through the file (truncate): the rest reads again */
+		file_open(f, &fl, true);
+		assert_int_equal(rk_cf_truncate(fl.cf, cuts[c].first * cs, f->ka, RK_COMP_NONE), 0);
+		assert_int_equal(rk_cf_missing(fl.cf, NULL, NULL), 0);
+		file_reopen(f, &fl, true);
+		assert_int_equal(rk_cf_missing(fl.cf, NULL, NULL), 0);
+		struct rk_cf_header h;
+		rk_cf_get_header(fl.cf, &h);
+		assert_int_equal(hdr_count(&h, "ka"), cuts[c].first);
+		assert_int_equal(rk_cf_truncate(fl.cf, 5 * cs, f->ka, RK_COMP_NONE), 0);
+		uint8_t *buf = tu_malloc(5 * cs);
+		assert_int_equal(rk_cf_pread(fl.cf, buf, 5 * cs, 0), (ssize_t)(5 * cs));
+		assert_memory_equal(buf, data, cuts[c].first * cs);
+		assert_true(tu_all_zero(buf + cuts[c].first * cs, (5 - cuts[c].first) * cs));
+		free(buf);
+		file_sync_close(&fl);
+		free(data);
+	}
+	/* a legitimately sparse tail (clean counts match) reads as zeros */
+	struct file sp;
+	uint8_t *data = make_file(f, &sp, "sparse-tail", cs, 2, RK_COMP_NONE, 1);
+	file_open(f, &sp, true);
+	assert_int_equal(rk_cf_truncate(sp.cf, 5 * cs, f->ka, RK_COMP_NONE), 0);
+	file_sync_close(&sp);
+	file_open(f, &sp, false);
+	assert_int_equal(rk_cf_missing(sp.cf, NULL, NULL), 0);
+	uint8_t *buf = tu_malloc(5 * cs);
+	assert_int_equal(rk_cf_pread(sp.cf, buf, 5 * cs, 0), (ssize_t)(5 * cs));
+	assert_memory_equal(buf, data, 2 * cs);
+	assert_true(tu_all_zero(buf + 2 * cs, 3 * cs));
+	free(buf);
+	file_close(&sp);
+	free(data);
+}
+
+static void test_huge_sparse(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	struct file fl;
+	const uint64_t sizes[] = {1ULL << 61 /* 2 EiB */, 1ULL << 50 /* 1 PiB */, RK_SIZE_MAX};
+	alarm(60); /* each step below costs what is stored, not 2^49 slot reads */
+	for (size_t i = 0; i < RK_ARRAY_SIZE(sizes); i++) {
+		file_create(f, &fl, "huge", cs, RK_COMP_NONE, f->ka);
+		uint8_t chunk[4096];
+		tu_fill_text(chunk, sizeof(chunk), 3);
+		write_all(&fl, chunk, sizeof(chunk), 1 << 20, f->ka, RK_COMP_NONE);
+		assert_int_equal(rk_cf_truncate(fl.cf, sizes[i], f->ka, RK_COMP_NONE), 0);
+		assert_int_equal(rk_cf_flush(fl.cf), 0);
+		file_close(&fl); /* the header stays COUNTS_DIRTY */
+		/* a writable open recounts */
+		file_open(f, &fl, true);
+		assert_int_equal(rk_cf_size(fl.cf), sizes[i]);
+		struct rk_cf_header h;
+		rk_cf_get_header(fl.cf, &h);
+		assert_int_equal(hdr_count(&h, "ka"), 1);
+		uint64_t counts[RK_CF_MAX_KEYS], malformed;
+		assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+		assert_int_equal(counts[0], 1);
+		struct rk_sweep_result res;
+		assert_int_equal(rk_sweep_file(fl.cf, f->kb, NULL, 0, &res), 0);
+		assert_int_equal(res.chunks_rewritten, 1);
+		assert_int_equal(rk_cf_next_slot(fl.cf, 257, rk_cf_nchunks(fl.cf)), rk_cf_nchunks(fl.cf));
+		/* past what the format addresses: EFBIG */
+		assert_int_equal(rk_cf_truncate(fl.cf, RK_SIZE_MAX + 1, f->ka, RK_COMP_NONE), -EFBIG);
+		assert_int_equal(rk_cf_pwrite(fl.cf, chunk, 100, RK_SIZE_MAX - 10, f->ka, RK_COMP_NONE), -EFBIG);
+		assert_int_equal(rk_cf_pwrite(fl.cf, chunk, 100, UINT64_MAX - 10, f->ka, RK_COMP_NONE), -EFBIG);
+		/* and back down: the count follows the chunks that exist */
+		assert_int_equal(rk_cf_truncate(fl.cf, 0, f->ka, RK_COMP_NONE), 0);
+		file_sync_close(&fl);
+	}
+	alarm(0);
+	/* a header claiming more than the format addresses is invalid */
+	struct rk_cf_header h = {0};
+	uint8_t buf[RK_HDR_COPY_SIZE], pad[RK_HDR_COPY_SIZE];
+	h.version = RK_FORMAT_VERSION;
+	h.chunk_size = cs;
+	h.slot_size = cs + RK_SLOT_OVERHEAD;
+	h.size = RK_SIZE_MAX;
+	rk_hdr_encode(&h, buf);
+	assert_int_equal(rk_hdr_decode(buf, &h), 0);
+	h.size = RK_SIZE_MAX + 1;
+	rk_hdr_encode(&h, buf);
+	assert_int_equal(rk_hdr_decode(buf, &h), -EUCLEAN);
+	(void)pad;
+}
+
+/* A slot whose image is pending in the writer (the daemon's journal) while
+ * the disk still has a hole there is never skipped by the hole-skipping
+ * loops: below and above the stored end at open. */
+static void test_next_slot_pending(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 4 * KIB;
+	uint8_t chunk[4 * KIB];
+	tu_fill_random(chunk, sizeof(chunk), 9);
+	struct file fl;
+	file_create(f, &fl, "pend", cs, RK_COMP_NONE, f->ka);
+	write_all(&fl, chunk, cs, 0, f->ka, RK_COMP_NONE);
+	write_all(&fl, chunk, cs, 6 * (uint64_t)cs, f->ka, RK_COMP_NONE);
+	file_sync_close(&fl);
+	file_open(f, &fl, true);
+	uint64_t n = rk_cf_nchunks(fl.cf);
+	assert_int_equal(n, 7);
+	/* only slots 0 and 6 hold data (slots 1..5 are holes of the stored file) */
+	assert_int_equal(rk_cf_next_slot(fl.cf, 0, n), 0);
+	uint64_t j = rk_cf_next_slot(fl.cf, 1, n);
+	assert_true(j <= 6);
+	struct rec_writer w;
+	memset(&w, 0, sizeof(w));
+	rk_cf_get_writer(fl.cf, &w.def);
+	struct rk_cf_writer mine = {rec_write, rec_read, rec_trunc, &w};
+	rk_cf_set_writer(fl.cf, &mine);
+	w.pending_mode = true;
+	write_all(&fl, chunk, cs, 3 * (uint64_t)cs, f->ka, RK_COMP_NONE); /* below the stored end */
+	assert_true(rk_cf_next_slot(fl.cf, 1, n) <= 3);
+	assert_true(rk_cf_next_slot(fl.cf, 4, n) <= 6);
+	write_all(&fl, chunk, cs, 7 * (uint64_t)cs, f->ka, RK_COMP_NONE); /* past it */
+	n = rk_cf_nchunks(fl.cf);
+	assert_int_equal(rk_cf_next_slot(fl.cf, 7, n), 7);
+	uint64_t counts[RK_CF_MAX_KEYS], malformed;
+	assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+	assert_int_equal(counts[0], 4);
+	rk_cf_set_writer(fl.cf, NULL);
+	for (int i = 0; i < 8; i++)
+		free(w.pending[i]);
+	file_close(&fl);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
@@ -2305,6 +2552,10 @@ int main(void)
 		T(test_out_of_order_extension),
 		T(test_replace_whole_file),
 		T(test_replace_refusals),
+		T(test_damaged_first_block),
+		T(test_cut_short),
+		T(test_huge_sparse),
+		T(test_next_slot_pending),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
