@@ -1179,9 +1179,6 @@ static struct rfile *resolve_file(struct rctx *c, struct rfile **files, const st
 {
 	struct rfile *f;
 	int fd = -1, ret;
-	HASH_FIND(hh, *files, r->file_id, RK_FILE_ID_BYTES, f);
-	if (f)
-		return f;
 	if (rel_check(path) < 0) {
 		rk_err("%s: the record at offset %" PRIu64 " names '%s', which is not a path strictly beneath the data "
 		       "directory (absolute, empty, '.', '..' or .rekeyfs component); nothing is replayed",
@@ -1189,6 +1186,9 @@ static struct rfile *resolve_file(struct rctx *c, struct rfile **files, const st
 		*err = -EINVAL;
 		return NULL;
 	}
+	HASH_FIND(hh, *files, r->file_id, RK_FILE_ID_BYTES, f);
+	if (f)
+		return f;
 	f = calloc(1, sizeof(*f));
 	if (!f) {
 		*err = -ENOMEM;
