@@ -48,6 +48,7 @@
 
 #include "datadir.h"
 #include "format.h"
+#include "keys.h"
 
 #define RK_JOURNAL_NAME "journal"
 
@@ -92,6 +93,10 @@ void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel);
 int rk_journal_commit(struct rk_journal *j);
 /* Commit, apply everything pending, sync data files, empty the journal. */
 int rk_journal_checkpoint(struct rk_journal *j);
+/* Before key name is released: when the journal's records are authenticated
+ * under it, empty the journal and authenticate the next records under next
+ * (the root table's target key).  0 when the journal no longer needs name. */
+int rk_journal_release_key(struct rk_journal *j, const char *name, const struct rk_key *next);
 
 struct rk_journal_stats {
 	uint64_t records, commits, applied, checkpoints, pending_bytes, journal_bytes, waits;

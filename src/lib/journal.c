@@ -201,8 +201,9 @@ struct rk_journal {
 	bool stop;
 	pthread_t thr;
 	struct rk_journal_stats st;
-	struct jmac mac;         /* record MACs (used under lock) */
-	uint8_t jhdr[JHDR_SIZE]; /* header written before the first record of each generation */
+	struct jmac mac;         /* record MACs (under lock) */
+	uint8_t jhdr[JHDR_SIZE]; /* header written before the first record of each generation (under lock) */
+	char keyname[RK_KEY_NAME_MAX + 1]; /* the key the MAC key comes from (under lock) */
 };
 
 /* ---- record encoding ------------------------------------------------------------ */
@@ -764,6 +765,47 @@ int rk_journal_commit(struct rk_journal *j)
 	return ret;
 }
 
+int rk_journal_release_key(struct rk_journal *j, const char *name, const struct rk_key *next)
+{
+	struct jmac m;
+	uint8_t id[JID_BYTES], hdr[JHDR_SIZE];
+	int ret = 0, tries = 0;
+	pthread_mutex_lock(&j->lock);
+	if (strcmp(j->keyname, name) != 0)
+		goto out;
+	if (strcmp(next->name, name) == 0) {
+		ret = -EBUSY;
+		goto out;
+	}
+	ret = rk_random(id, sizeof(id));
+	if (ret == 0)
+		ret = jmac_init(&m, next, id);
+	if (ret == 0 && (ret = jhdr_encode(&m, id, next->name, next->fp, hdr)) < 0)
+		jmac_free(&m);
+	if (ret < 0)
+		goto out;
+	/* empty the journal: records made under the old key must not outlive it */
+	do {
+		ret = checkpoint_locked(j);
+	} while (ret == 0 && j->tail > 0 && ++tries < 16);
+	if (ret == 0 && j->tail > 0)
+		ret = -EBUSY;
+	if (ret < 0) {
+		jmac_free(&m);
+		goto out;
+	}
+	/* the next record starts a journal under the new key */
+	jmac_free(&j->mac);
+	j->mac = m;
+	memcpy(j->jhdr, hdr, JHDR_SIZE);
+	snprintf(j->keyname, sizeof(j->keyname), "%s", next->name);
+	rk_info("%s: the journal now authenticates its records under key '%s' (was '%s')", j->dd->path, next->name,
+	        name);
+out:
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
 int rk_journal_checkpoint(struct rk_journal *j)
 {
 	pthread_mutex_lock(&j->lock);
@@ -829,6 +871,7 @@ int rk_journal_open(struct rk_datadir *dd, struct rk_keyring *kr, const struct r
 		rk_err("%s: cannot derive the journal key from key '%s': %s", dd->path, k->name, rk_strerror(ret));
 		goto fail;
 	}
+	snprintf(j->keyname, sizeof(j->keyname), "%s", k->name);
 	j->fd = openat(dd->statefd, RK_JOURNAL_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (j->fd < 0) {
 		ret = -errno;

@@ -474,6 +474,52 @@ static void test_writer_roundtrip(void **state)
 	free(got);
 }
 
+/* Releasing the key the journal's records are authenticated under empties
+ * the journal and moves it to the next key: a crash afterwards replays
+ * with only the new key. */
+static void test_release_key(void **state)
+{
+	struct fx *f = *state;
+	struct rk_datadir *dd = open_dd(f);
+	struct rk_journal *j;
+	struct rk_cf *cf;
+	uint8_t *data = tu_malloc(CS);
+	int fd = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_journal_open(dd, f->kr, NULL, &j), 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->kr, true, &cf), 0);
+	assert_int_equal(rk_journal_attach(j, cf, "/t1"), 0);
+	tu_fill_random(data, CS, 5);
+	assert_int_equal(rk_cf_write_chunk(cf, 1, data, CS, f->ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_journal_commit(j), 0);
+	assert_true(tu_file_size(f->jpath) > 136);
+	assert_int_equal(rk_journal_release_key(j, "kb", f->ka), 0); /* not its key: nothing to do */
+	assert_true(tu_file_size(f->jpath) > 136);
+	assert_int_equal(rk_journal_release_key(j, "ka", f->kb), 0);
+	assert_int_equal(tu_file_size(f->jpath), 0);
+	tu_fill_random(data, CS, 6);
+	assert_int_equal(rk_cf_write_chunk(cf, 2, data, CS, f->ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_journal_commit(j), 0);
+	size_t jlen;
+	char *jcopy = tu_read_file(f->jpath, &jlen);
+	assert_true(jlen > 136);
+	assert_memory_equal(jcopy + 40, "kb", 3);
+	assert_int_equal(rk_journal_detach(j, cf), 0);
+	assert_int_equal(rk_cf_sync(cf), 0);
+	rk_cf_close(cf);
+	close(fd);
+	assert_int_equal(rk_journal_close(j), 0);
+	rk_datadir_close(dd);
+	/* ka released: the journal replays under kb alone */
+	assert_int_equal(rk_keyring_release(f->kr, "ka"), 0);
+	tu_write_file(f->jpath, jcopy, jlen, 0600);
+	uint64_t n = 0;
+	assert_int_equal(replay(f, &n), 0);
+	assert_int_equal(n, 1);
+	free(jcopy);
+	free(data);
+}
+
 /* ---- hostile journals ------------------------------------------------------------------ */
 static void test_dotdot_path(void **state)
 {
@@ -642,6 +688,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wrong_file_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handle_versus_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_release_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dotdot_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absolute_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_dir, setup, teardown),
