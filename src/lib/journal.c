@@ -1106,14 +1106,15 @@ static int rel_check(const char *p)
 }
 
 /* Open rel ("a/b", checked by rel_check) beneath the data directory without
- * following any symlink or leaving its filesystem; a regular file only. */
+ * following any symlink or leaving its filesystem; a regular file only (it
+ * is opened O_PATH first, so that no device or FIFO is ever opened). */
 static int open_beneath(struct rctx *c, const char *rel)
 {
 	struct open_how how = {
-		.flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+		.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
 		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS,
 	};
-	struct stat st;
+	struct stat st = {0};
 	int fd = (int)syscall(SYS_openat2, c->dd->dirfd, rel, &how, sizeof(how));
 	if (fd < 0 && errno == ENOSYS) {
 		/* no openat2: walk component by component, never following a link */
@@ -1142,9 +1143,22 @@ static int open_beneath(struct rctx *c, const char *rel)
 		return errno == ENOTDIR ? -ELOOP : -errno;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != c->dev) {
 		close(fd);
-		return -EXDEV;
+		return S_ISLNK(st.st_mode) ? -ELOOP : -EXDEV;
 	}
-	return fd;
+	/* the verified inode itself, now for writing */
+	char lp[64];
+	struct stat st2;
+	snprintf(lp, sizeof(lp), "/proc/self/fd/%d", fd);
+	int wfd = open(lp, O_RDWR | O_CLOEXEC | O_NOCTTY);
+	int e = errno;
+	close(fd);
+	if (wfd < 0)
+		return -e;
+	if (fstat(wfd, &st2) < 0 || st2.st_ino != st.st_ino || st2.st_dev != st.st_dev) {
+		close(wfd);
+		return -ESTALE;
+	}
+	return wfd;
 }
 
 /* Open the file a handle names, only if it is a regular file that lies

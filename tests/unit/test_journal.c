@@ -575,6 +575,13 @@ static void test_symlink_file(void **state)
 	jw_slot(&w, f, slot_off(1), 128, "/vlink");
 	jw_save(&w, f);
 	expect_refused(f, -ELOOP, "symlink");
+	/* not a regular file: never opened for writing */
+	tu_path(l, "%s/data/fifo", f->dir);
+	assert_int_equal(mkfifo(l, 0600), 0);
+	jw_begin(&w, f->ka, f->ka);
+	jw_slot(&w, f, slot_off(1), 128, "/fifo");
+	jw_save(&w, f);
+	expect_refused(f, -ELOOP, "not a regular file");
 }
 
 static void test_foreign_handle(void **state)
