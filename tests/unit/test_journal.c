@@ -50,6 +50,8 @@ struct jw {
 
 static void jw_put(struct jw *w, const void *p, size_t n)
 {
+	if (n == 0)
+		return;
 	if (w->len + n > w->cap) {
 		w->cap = (w->len + n) * 2;
 		w->b = realloc(w->b, w->cap);
