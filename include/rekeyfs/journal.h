@@ -10,21 +10,36 @@
  * After a crash, rk_journal_replay() writes every complete record again
  * (idempotent) before anything reads the data directory.
  *
- * Record layout (little endian), followed by a 32-byte SHA-256 of all
- * preceding record bytes:
- *   0  4  magic "RKJ1"
+ * The journal starts with a header (written with the first record after
+ * the journal was empty), then records, all little endian:
+ *   header, 136 bytes:
+ *   0  4  magic "RKJH"        4  2  version (2)
+ *   6  1  key name length     7  1  reserved, zero
+ *   8  16 journal id (random per daemon or tool run)
+ *   24 16 fingerprint of the key named below
+ *   40 64 key name (the root table's target key when the journal was
+ *         opened), zero padded
+ *   104 32 HMAC-SHA256 of bytes 0..103
+ * The MAC key is HKDF-SHA256(key material, salt = journal id, info =
+ * "rekeyfs journal v2" || fingerprint).  Each record is followed by the
+ * HMAC-SHA256 of all its preceding bytes under that MAC key:
+ *   0  4  magic "RKJ2"
  *   4  1  type: 1 slot image, 2 truncation
  *   5  3  reserved, zero
- *   8  8  sequence number
+ *   8  8  sequence number (increasing)
  *   16 8  type 1: byte offset of the slot in the stored file
  *         type 2: first slot index that no longer exists
  *   24 4  type 1: image length; type 2: zero
  *   28 4  type 1: bytes of the slot in use before (zeroed past the image)
+ *         type 2: the file's slot size
  *   32 16 file id (from the chunk file's header)
  *   48 4  file handle type (name_to_handle_at), or -1 when none
  *   52 2  file handle length
  *   54 2  path length (path relative to the data directory, "/a/b")
- *   56 ... handle bytes, path bytes, image bytes
+ *   56 8  durable: every record with a sequence number up to this one was
+ *         durable (fdatasync'ed) when this record was appended
+ *   64 ... handle bytes, path bytes, image bytes
+ * Replay rules: see man/rekeyfs.5, section JOURNAL.
  */
 #ifndef REKEYFS_JOURNAL_H
 #define REKEYFS_JOURNAL_H
@@ -33,6 +48,7 @@
 
 #include "datadir.h"
 #include "format.h"
+#include "keys.h"
 
 #define RK_JOURNAL_NAME "journal"
 
@@ -45,14 +61,24 @@ struct rk_journal_opts {
 };
 
 /* Replay the journal of a data directory (caller holds the exclusive lock):
- * apply every complete record, sync the touched files, recount their
- * headers, empty the journal.  *applied gets the number of records written
- * (may be NULL).  0 when there was nothing to do. */
-int rk_journal_replay(struct rk_datadir *dd, uint64_t *applied);
+ * authenticate it with the key its header names (from kr), check every
+ * record's target (strictly beneath the data directory, a regular chunk
+ * file with the record's file id, one slot of its layout), then apply the
+ * records, sync the touched files, recount their headers, empty the
+ * journal.  Nothing is written when any check fails (the journal is kept
+ * and the error logged, naming the journal and the cause).  *applied gets
+ * the number of records written (may be NULL).  0 when there was nothing
+ * to do. */
+int rk_journal_replay(struct rk_datadir *dd, struct rk_keyring *kr, uint64_t *applied);
+/* 1 when the journal holds something (a replay is due), 0 when empty or
+ * absent, -errno; *bytes (may be NULL) gets its size.  Reads nothing. */
+int rk_journal_pending(struct rk_datadir *dd, uint64_t *bytes);
 
 /* Open the (replayed, empty) journal of a data directory and start its
- * committer thread. */
-int rk_journal_open(struct rk_datadir *dd, const struct rk_journal_opts *o, struct rk_journal **out);
+ * committer thread.  Its records are authenticated with a key derived from
+ * the root table's target key (taken from kr). */
+int rk_journal_open(struct rk_datadir *dd, struct rk_keyring *kr, const struct rk_journal_opts *o,
+                    struct rk_journal **out);
 /* Apply and sync everything, empty the journal, stop the committer. */
 int rk_journal_close(struct rk_journal *j);
 
@@ -67,6 +93,10 @@ void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel);
 int rk_journal_commit(struct rk_journal *j);
 /* Commit, apply everything pending, sync data files, empty the journal. */
 int rk_journal_checkpoint(struct rk_journal *j);
+/* Before key name is released: when the journal's records are authenticated
+ * under it, empty the journal and authenticate the next records under next
+ * (the root table's target key).  0 when the journal no longer needs name. */
+int rk_journal_release_key(struct rk_journal *j, const char *name, const struct rk_key *next);
 
 struct rk_journal_stats {
 	uint64_t records, commits, applied, checkpoints, pending_bytes, journal_bytes, waits;

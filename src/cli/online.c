@@ -380,7 +380,7 @@ int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int nt
 		}
 		free(text);
 	}
-	ret = rk_journal_open(o.dd, NULL, &o.j);
+	ret = rk_journal_open(o.dd, o.kr, NULL, &o.j);
 	if (ret < 0)
 		goto out;
 	o.prescan = true;

@@ -19,6 +19,10 @@
 #include "rekeyfs/walk.h"
 #include "cli.h"
 
+/* the key directory of the running command (journal replay when the
+ * caller has no keyring) */
+static const char *cli_keydir;
+
 /* exit codes shared by all commands (see rekeyctl(8)) */
 int rkc_exit_code(int err)
 {
@@ -164,6 +168,7 @@ static int parse_common(int argc, char **argv, struct opts *o, const char *usage
 		}
 	}
 	o->keydir = rk_keydir_resolve(o->keydir);
+	cli_keydir = o->keydir;
 	return 0;
 }
 
@@ -198,17 +203,18 @@ static int cmd_init(int argc, char **argv)
 }
 
 /* Open a data directory for an offline command: refuses while a daemon
- * holds it, replays the journal first. */
+ * holds it, replays the journal first (authenticated with a key from kr,
+ * or from the command's key directory when kr is NULL). */
 int rkc_open_offline(const char *dir, enum rk_dd_lock lock, struct rk_keyring *kr, struct rk_datadir **out)
 {
-	struct stat st;
+	struct rk_keyring *tmpkr = NULL;
 	int ret = rk_datadir_open(dir, lock, out);
 	if (ret < 0)
 		return ret;
 	if (kr)
 		rk_registry_apply_released(*out, kr);
 	/* a journal left by a crash is replayed before anything reads the data */
-	if (fstatat((*out)->statefd, RK_JOURNAL_NAME, &st, 0) == 0 && st.st_size > 0) {
+	if (rk_journal_pending(*out, NULL) > 0) {
 		if (lock != RK_DD_EXCLUSIVE) {
 			rk_datadir_close(*out);
 			*out = NULL;
@@ -216,15 +222,22 @@ int rkc_open_offline(const char *dir, enum rk_dd_lock lock, struct rk_keyring *k
 			if (ret < 0)
 				return ret;
 		}
-		uint64_t n;
-		ret = rk_journal_replay(*out, &n);
-		if (ret < 0) {
-			rk_datadir_close(*out);
-			*out = NULL;
-			return ret;
+		if (!kr) {
+			ret = rk_keyring_new(rk_keydir_resolve(cli_keydir), &tmpkr);
+			if (ret < 0)
+				goto out;
+			rk_registry_apply_released(*out, tmpkr);
 		}
+		uint64_t n;
+		ret = rk_journal_replay(*out, kr ? kr : tmpkr, &n);
 	}
-	return 0;
+out:
+	rk_keyring_free(tmpkr);
+	if (ret < 0) {
+		rk_datadir_close(*out);
+		*out = NULL;
+	}
+	return ret;
 }
 
 /* ---- alter ------------------------------------------------------------------------------ */
@@ -524,20 +537,22 @@ static int cmd_cat(int argc, char **argv)
 		return RKC_USAGE;
 	}
 	const char *path = argv[optind];
-	/* inside a data directory whose journal holds chunk writes from a crash:
-	 * replay first, or the file could read older data */
+	/* inside a data directory whose journal holds chunk writes from a crash,
+	 * the file on disk may be older than what was acknowledged: refuse.  cat
+	 * only reads (a restored backup is never replayed as a side effect). */
 	char *root = NULL, *rel = NULL;
 	if (rk_datadir_find(path, &root, &rel) == 0) {
 		char jpath[4096];
 		struct stat jst;
 		snprintf(jpath, sizeof(jpath), "%s/%s/%s", root, RK_STATE_DIR, RK_JOURNAL_NAME);
-		if (stat(jpath, &jst) == 0 && jst.st_size > 0) {
-			struct rk_datadir *dd = NULL;
-			if (rkc_open_offline(root, RK_DD_EXCLUSIVE, NULL, &dd) == 0)
-				rk_datadir_close(dd);
-			else
-				rk_warn("%s: the data directory's journal could not be replayed (see above); reading the "
-				        "file as it is on disk", path);
+		if (lstat(jpath, &jst) == 0 && (jst.st_size > 0 || !S_ISREG(jst.st_mode))) {
+			rk_err("%s: the data directory %s has a pending journal (%s, %jd bytes) from an interrupted daemon "
+			       "or tool; its files may be older than what was written. cat changes nothing: replay the "
+			       "journal first (mount the data directory, or run rekeyctl fsck %s), then read again",
+			       path, root, jpath, (intmax_t)jst.st_size, root);
+			free(root);
+			free(rel);
+			return -EUCLEAN;
 		}
 	}
 	free(root);

@@ -135,7 +135,7 @@ static int open_datadir(struct rkd_fs *fs)
 	}
 	/* a crash may have left chunk writes in the journal: redo them before
 	 * anything reads the data */
-	ret = rk_journal_replay(fs->dd, NULL);
+	ret = rk_journal_replay(fs->dd, fs->kr, NULL);
 	if (ret < 0) {
 		rk_err("refusing to mount %s: the journal cannot be replayed: %s", fs->datadir, rk_strerror(ret));
 		return ret;
@@ -273,7 +273,7 @@ int main(int argc, char *argv[])
 		rk_log_to_syslog("rekeyfs");
 	/* threads start after the fork of fuse_daemonize */
 	fs->mountpoint = realpath(copts.mountpoint, NULL);
-	if (rk_journal_open(fs->dd, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
+	if (rk_journal_open(fs->dd, fs->kr, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
 	    rkd_reclaim_start(fs) < 0) {
 		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
 		start_failed = true;

@@ -778,6 +778,18 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 		                 " file(s) are still under it (%s%s); run 'rekeyctl rekey' and wait for the sweep",
 		                 name, c.chunks, c.files, list, c.files > (uint64_t)c.nfirst ? ", ..." : "");
 	}
+	/* the journal's records are authenticated under one key: not this one any more */
+	char rootkey[RK_KEY_NAME_MAX + 1];
+	struct rk_key *nk;
+	pthread_rwlock_rdlock(&fs->policy_lock);
+	snprintf(rootkey, sizeof(rootkey), "%s", rk_policy_lookup(fs->dd, "/")->key);
+	pthread_rwlock_unlock(&fs->policy_lock);
+	ret = rk_keyring_get(fs->kr, rootkey, &nk);
+	if (ret == 0)
+		ret = rk_journal_release_key(fs->j, name, nk);
+	if (ret < 0)
+		return rkd_reply(out, len, ret, "release of '%s' refused: the journal cannot move to key '%s': %s", name,
+		                 rootkey, rk_strerror(ret));
 	pthread_rwlock_wrlock(&fs->policy_lock);
 	re = rk_registry_find(fs->dd, name);
 	if (re)

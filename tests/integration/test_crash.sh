@@ -476,8 +476,18 @@ while read -r -u 3 round kind point delay cat_first replay_kill with_sweep subse
 	jsize=$(stat -c %s "$DATA/.rekeyfs/journal" 2>/dev/null || echo 0)
 	note "killed (during the work: $during), journal left: $jsize bytes"
 
-	# ---- optionally: offline first (rekeyctl cat replays the journal) ----
+	# ---- optionally: offline first (cat refuses a pending journal, fsck replays it) ----
 	if [ "$cat_first" = 1 ]; then
+		if [ "$jsize" -gt 0 ]; then
+			f1=$(find "$DATA" -path "$DATA/.rekeyfs" -prune -o -type f -print | head -1)
+			if [ -n "$f1" ] && rekeyctl cat -d "$KEYS" "$f1" >/dev/null 2>"$T_TMP/cat.err"; then
+				fail "$what: rekeyctl cat read $f1 although the journal was not replayed"
+			fi
+			grep -q "pending journal" "$T_TMP/cat.err" || fail "$what: rekeyctl cat: $(cat "$T_TMP/cat.err")"
+			rekeyctl fsck -d "$KEYS" "$DATA" >/dev/null 2>"$T_TMP/fsck.err"
+			[ "$(stat -c %s "$DATA/.rekeyfs/journal")" = 0 ] ||
+				fail "$what: rekeyctl fsck did not replay the journal: $(cat "$T_TMP/fsck.err")"
+		fi
 		cat_all "$T_TMP/cat0" || fail "$what: rekeyctl cat right after the kill failed (a chunk does not authenticate?)"
 		python3 "$PY" verify "$T_TMP/cat0" "$SH" "$ACKED" 0 $APPEND_FILES >"$T_TMP/verify.out" ||
 			fail "$what: rekeyctl cat right after the kill: $(cat "$T_TMP/verify.out")"
