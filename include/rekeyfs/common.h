@@ -111,6 +111,8 @@ int rk_parse_u64(const char *s, uint64_t max, uint64_t *out);
  * kept.  rk_log applies it to every message.  JSON output escapes by JSON
  * rules instead. */
 #define RK_ESC_MAX 16400 /* a PATH_MAX path with every byte escaped, and more */
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 (invalid byte). */
+int rk_utf8_len(const unsigned char *p);
 /* Escape in into out (outlen bytes, NUL terminated, "..." if cut). */
 char *rk_escape_ctl(char *out, size_t outlen, const char *in);
 /* Escape into one of a few per-thread buffers (valid until 8 more calls in

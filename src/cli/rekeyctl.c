@@ -84,7 +84,8 @@ static int cmd_createkey(int argc, char **argv)
 		return ret;
 	char hex[2 * RK_FP_BYTES + 1];
 	rk_hex(hex, fp, RK_FP_BYTES);
-	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", name, cipher, bits, keydir, hex);
+	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", rk_esc(name), rk_esc(cipher), bits, rk_esc(keydir),
+	       hex);
 	return 0;
 }
 
@@ -191,7 +192,8 @@ static int cmd_init(int argc, char **argv)
 	uint32_t cs = o.chunk_kb ? o.chunk_kb * 1024 : RK_CHUNK_DEFAULT;
 	ret = rk_datadir_init(dir, key, cs, o.comp >= 0 ? (enum rk_comp)o.comp : RK_COMP_SNAPPY);
 	if (ret == 0)
-		printf("initialised %s: root table / under key %s, %u KiB chunks, %s compression\n", dir, o.key, cs / 1024,
+		printf("initialised %s: root table / under key %s, %u KiB chunks, %s compression\n", rk_esc(dir), rk_esc(o.key),
+		       cs / 1024,
 		       rk_comp_name(o.comp >= 0 ? (enum rk_comp)o.comp : RK_COMP_SNAPPY));
 	rk_key_free(key);
 	return ret;
@@ -272,11 +274,12 @@ static int cmd_alter(int argc, char **argv)
 		ret = rk_policy_save(dd);
 	if (ret == 0) {
 		const struct rk_table *t = rk_policy_lookup(dd, rel);
-		printf("table %s of %s: key=%s chunk_kb=%u compression=%s\n", t->path, root, t->key, t->chunk_size / 1024,
+		printf("table %s of %s: key=%s chunk_kb=%u compression=%s\n", rk_esc(t->path), rk_esc(root), rk_esc(t->key),
+		       t->chunk_size / 1024,
 		       rk_comp_name(t->comp));
 		if (o.key)
 			printf("new writes are sealed under %s; existing chunks keep their key until rekeyed "
-			       "(rekeyctl rekey, or the walker of a mount)\n", o.key);
+			       "(rekeyctl rekey, or the walker of a mount)\n", rk_esc(o.key));
 	}
 out:
 	rk_key_free(key);
@@ -297,7 +300,7 @@ static const char *keyfile_status(const char *keydir, const char *name, const ui
 	if (r == -ENOKEY)
 		return "missing";
 	if (r == -EPERM)
-		return "refused(mode)";
+		return "refused";
 	if (r < 0)
 		return "unreadable";
 	const char *s = fp && memcmp(fp, k->fp, RK_FP_BYTES) != 0 ? "CHANGED" : "ok";
@@ -331,16 +334,18 @@ static int cmd_keys(int argc, char **argv)
 		for (size_t i = 0; i < n; i++) {
 			struct rk_key *k;
 			int lvl = rk_log_get_level();
-			rk_log_set_level(RK_LOG_ERR - 1);
+			rk_log_set_level(RK_LOG_ERR); /* say why a key file is refused */
 			int r = rk_key_load(o.keydir, names[i], &k);
 			rk_log_set_level(lvl);
 			if (r == 0) {
 				rk_hex(hex, k->fp, RK_FP_BYTES);
-				printf("%-20s %-28s %5u  %-32s  ok\n", k->name, rk_cipher_name(k->cipher), k->bits, hex);
+				printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
 				rk_key_free(k);
 			} else {
-				printf("%-20s %-28s %5s  %-32s  %s\n", names[i], "?", "?", "?",
-				       r == -EPERM ? "refused: readable by group/others (chmod 600)" : rk_strerror(r));
+				printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",
+				       r == -EPERM ? "refused: not a private key file of this user (chmod 600; see the "
+				                     "message on stderr)"
+				                   : rk_strerror(r));
 			}
 			free(names[i]);
 		}
@@ -372,17 +377,17 @@ static int cmd_keys(int argc, char **argv)
 			if (strcmp(dd->tables[t].key, e->name) == 0 && tl < sizeof(targets) - 1)
 				tl += (size_t)snprintf(targets + tl, sizeof(targets) - tl, "%s%s", tl ? "," : "", dd->tables[t].path);
 		rk_hex(hex, e->fp, RK_FP_BYTES);
-		printf("%-20s %-28s %5u  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", e->name,
+		printf("%-20s %-28s %5u  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", rk_esc(e->name),
 		       rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state),
 		       e->state == RK_KS_RELEASED ? "-" : keyfile_status(o.keydir, e->name, e->fp), chunks, files,
-		       targets[0] ? targets : "-");
+		       targets[0] ? rk_esc(targets) : "-");
 	}
 	/* keys named by data but unknown to the registry (restored backups) */
 	for (size_t j = 0; j < cov->total.nkeys; j++) {
 		if (rk_registry_find(dd, cov->total.keys[j].name))
 			continue;
 		rk_hex(hex, cov->total.keys[j].fp, RK_FP_BYTES);
-		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", cov->total.keys[j].name, "?",
+		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", rk_esc(cov->total.keys[j].name), "?",
 		       "?", hex, "unregistered", keyfile_status(o.keydir, cov->total.keys[j].name, cov->total.keys[j].fp),
 		       cov->total.keys[j].chunks, cov->total.keys[j].files, "-");
 	}
@@ -409,7 +414,7 @@ static int enc_visit(const struct rk_walk_ent *e, void *arg)
 	struct enc_state *s = arg;
 	if (rk_is_tmp_name(e->name)) {
 		if (rk_tmp_cleanup(e->dirfd, e->name) == 1 && !s->quiet)
-			printf("removed %s (temporary of an interrupted run)\n", e->rel);
+			printf("removed %s (temporary of an interrupted run)\n", rk_esc(e->rel));
 		return 0;
 	}
 	if (!S_ISREG(e->st->st_mode))
@@ -418,7 +423,7 @@ static int enc_visit(const struct rk_walk_ent *e, void *arg)
 	if (r == 0) {
 		s->converted++;
 		if (!s->quiet)
-			printf("encrypted %s (%jd bytes)\n", e->rel, (intmax_t)e->st->st_size);
+			printf("encrypted %s (%jd bytes)\n", rk_esc(e->rel), (intmax_t)e->st->st_size);
 	} else if (r == 1) {
 		s->already++;
 	} else if (r == 2) {

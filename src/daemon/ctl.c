@@ -55,17 +55,23 @@ void rkd_jb_printf(struct jbuf *b, const char *fmt, ...)
 void rkd_jb_str(struct jbuf *b, const char *s)
 {
 	jb_put(b, "\"", 1);
-	for (; *s; s++) {
+	/* control characters, DEL and bytes that are not valid UTF-8 (file names
+	 * are bytes) as \u00XX: the output stays valid JSON */
+	while (*s) {
 		unsigned char c = (unsigned char)*s;
+		int n = rk_utf8_len((const unsigned char *)s);
 		if (c == '"' || c == '\\') {
 			char e[2] = {'\\', (char)c};
 			jb_put(b, e, 2);
-		} else if (c < 0x20) {
+			s++;
+		} else if (n == 0 || c < 0x20 || c == 0x7f) {
 			char e[8];
 			snprintf(e, sizeof(e), "\\u%04x", c);
 			jb_put(b, e, 6);
+			s++;
 		} else {
-			jb_put(b, (const char *)&c, 1);
+			jb_put(b, s, (size_t)n);
+			s += n;
 		}
 	}
 	jb_put(b, "\"", 1);

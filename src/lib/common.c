@@ -387,8 +387,7 @@ int rk_parse_u64(const char *s, uint64_t max, uint64_t *out)
 	return 0;
 }
 
-/* Length of the valid UTF-8 sequence at p (1..4), or 0. */
-static int utf8_seq_len(const unsigned char *p)
+int rk_utf8_len(const unsigned char *p)
 {
 	int n = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : (p[0] & 0xf8) == 0xf0 ? 4 : 0;
 	if (n == 0 || (n == 2 && p[0] < 0xc2) || (n == 4 && p[0] > 0xf4))
@@ -412,7 +411,7 @@ char *rk_escape_ctl(char *out, size_t outlen, const char *in)
 	while (*p) {
 		char e[16];
 		size_t n;
-		int l = utf8_seq_len(p);
+		int l = rk_utf8_len(p);
 		/* C0 controls, DEL, C1 controls (U+0080..U+009F, which some terminals
 		 * obey as CSI/OSC) and bytes that are not valid UTF-8: \xHH */
 		if (l == 0 || *p < 0x20 || *p == 0x7f || (l == 2 && p[0] == 0xc2 && p[1] < 0xa0)) {
