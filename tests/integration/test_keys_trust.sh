@@ -119,6 +119,61 @@ for o in max_threads=-1 walker_rate=-1 read_ahead_kb=4294967297 entry_timeout=-1
 	assert_err_has "${o%%=*}" "the message names the option"
 done
 
+# ---- release-key leaves no copy of the key or of its per-file subkeys -----------------------------
+checking "after release-key the daemon's memory holds neither the key nor a per-file subkey derived from it"
+run rekeyctl createkey -d "$KEYS" AES/GCM/NoPadding 256 key3
+assert_rc 0 "createkey key3"
+DATA3="$T_TMP/data3"
+new_datadir "$DATA3" 16 key3
+mount_fs "$DATA3" "$MNT" whole_file=on
+head -c 200000 /dev/urandom >"$T_TMP/g.orig"
+cp "$T_TMP/g.orig" "$MNT/g" || fail "write g"
+sync
+drop_caches
+cmp -s "$T_TMP/g.orig" "$MNT/g" || fail "read g back"
+FILEID="$(od -An -tx1 -j24 -N16 "$DATA3/g" | tr -d ' \n')"
+run rekeyctl alter "$MNT" --key key1
+assert_rc 0 "alter / to key1"
+run rekeyctl rekey "$MNT"
+assert_rc 0 "rekey"
+released=0
+for _ in $(seq 300); do
+	run rekeyctl release-key key3 "$MNT"
+	if [ "$RC" -eq 0 ]; then released=1; break; fi
+	sleep 0.2
+done
+[ "$released" -eq 1 ] || fail "release-key key3 never succeeded: $(cat "$T_ERR")"
+cmp -s "$T_TMP/g.orig" "$MNT/g" || fail "g after the rekey"
+"$PY" - "$LAST_PID" "$KEYS/key3" "$FILEID" >"$T_OUT" 2>"$T_ERR" <<'EOF'
+import base64, hashlib, hmac, re, sys
+pid, keyfile, fileid = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+key = base64.b64decode(open(keyfile).read().strip().split(":")[2])
+prk = hmac.new(fileid, key, hashlib.sha256).digest()               # HKDF-Extract(salt = file id)
+sub = hmac.new(prk, b"rekeyfs chunk key v1" + b"\x01", hashlib.sha256).digest()[: len(key)]
+needles = {"key": key, "subkey": sub}
+found = {}
+with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+    for line in maps:
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+)", line)
+        lo, hi, perms = int(m.group(1), 16), int(m.group(2), 16), m.group(3)
+        if perms[0] != "r" or "[vvar]" in line or "[vsyscall]" in line:
+            continue
+        try:
+            mem.seek(lo)
+            data = mem.read(hi - lo)
+        except OSError:
+            continue
+        for n, v in needles.items():
+            if v in data:
+                found.setdefault(n, []).append(line.strip())
+print("scanned daemon", pid, "found:", found)
+sys.exit(1 if found else 0)
+EOF
+RC=$?
+cat "$T_OUT" "$T_ERR"
+assert_rc 0 "no copy of key3 or of g's subkey left in the daemon after release-key"
+umount_fs "$MNT"
+
 # ---- status, names with escape sequences, control parsing ----------------------------------------
 U="rkkt$$"
 useradd -M -U -s /bin/sh "$U" >"$T_OUT" 2>"$T_ERR" || fail "useradd $U failed: $(cat "$T_ERR")"
