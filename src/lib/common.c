@@ -254,7 +254,9 @@ int rk_read_small_file(int dirfd, const char *name, char **out, size_t *len, siz
 {
 	int ret = 0;
 	char *buf = NULL;
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO put in place of a small state file is refused
+	 * below (not a regular file), never waited on */
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return -errno;
 	struct stat st;
