@@ -69,12 +69,12 @@ static int cmd_createkey(int argc, char **argv)
 		return RKC_USAGE;
 	}
 	const char *cipher = argv[optind], *strength = argv[optind + 1], *name = argv[optind + 2];
-	char *end;
-	unsigned long bits = strtoul(strength, &end, 10);
-	if (*end || !*strength) {
-		rk_err("strength '%s' is not a number of bits", strength);
+	uint64_t bits64;
+	if (rk_parse_u64(strength, 4096, &bits64) < 0) {
+		rk_err("strength '%s' is not a number of bits (a plain decimal such as 256)", strength);
 		return RKC_USAGE;
 	}
+	unsigned long bits = (unsigned long)bits64;
 	keydir = rk_keydir_resolve(keydir);
 	uint8_t fp[RK_FP_BYTES];
 	int ret = rk_key_create(keydir, cipher, (unsigned)bits, name, fp);
@@ -123,9 +123,8 @@ static int parse_common(int argc, char **argv, struct opts *o, const char *usage
 			o->key = optarg;
 			break;
 		case 'c': {
-			char *end;
-			unsigned long v = strtoul(optarg, &end, 10);
-			if (*end || v < 4 || v > 1024 || (v & (v - 1))) {
+			uint64_t v;
+			if (rk_parse_u64(optarg, 1024, &v) < 0 || v < 4 || (v & (v - 1))) {
 				rk_err("--chunk-kb %s: use a power of two from 4 to 1024", optarg);
 				return RKC_USAGE;
 			}

@@ -81,6 +81,14 @@ if grep -E "^bad[0-9]+ .* ok$" "$T_OUT"; then
 fi
 assert_eq "$(grep -c '^bad' "$T_OUT")" "$i" "every malformed file is listed (as unusable)"
 
+checking "rekeyctl refuses loose numbers: createkey +256, --chunk-kb +64"
+run rekeyctl createkey -d "$KEYS" AES/GCM/NoPadding +256 plus
+assert_rc 2 "createkey with strength +256"
+assert_not_exists "$KEYS/plus" "no key file for a loose strength"
+mkdir -p "$T_TMP/d64"
+run rekeyctl init -d "$KEYS" --key key1 --chunk-kb +64 "$T_TMP/d64"
+assert_rc 2 "init --chunk-kb +64"
+
 # ---- a detached daemon locks its keys ----------------------------------------------------------
 DATA="$T_TMP/data"
 MNT="$T_TMP/mnt"
