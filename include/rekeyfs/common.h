@@ -67,6 +67,11 @@ static inline uint64_t rk_get64(const uint8_t *p)
  * from core dumps (MADV_DONTDUMP) and wiped with OPENSSL_cleanse on free. */
 void *rk_secure_alloc(size_t len);
 void rk_secure_free(void *p, size_t len);
+/* Lock (again) every secure-memory page in this process and mark it
+ * undumpable.  mlock() is not inherited across fork(): a daemon that
+ * loaded keys before detaching calls this in the detached child.  0, or
+ * the first mlock error (RLIMIT_MEMLOCK). */
+int rk_secure_relock(void);
 /* Make this process undumpable (no core files, no ptrace by others). */
 void rk_harden_process(void);
 
@@ -92,6 +97,27 @@ int rk_fsync_dir(int dirfd);
 /* hex encoding of binary data into a NUL terminated string (2*len+1 bytes) */
 void rk_hex(char *out, const uint8_t *in, size_t len);
 int rk_unhex(uint8_t *out, size_t outlen, const char *in);
+
+/* Strict unsigned decimal: one or more digits, no sign, space, suffix or
+ * leading zero ("0" itself is fine), value <= max.  -EINVAL if s is not
+ * such a number, -ERANGE if it is larger than max (no wrap-around). */
+int rk_parse_u64(const char *s, uint64_t max, uint64_t *out);
+
+/* ---- safe human-readable output ------------------------------------------
+ * Every string that came from disk, the key directory or the daemon (file
+ * and table names, key names, messages) is escaped before it is printed for
+ * a human: C0 controls, DEL, C1 controls (U+0080..U+009F) and bytes that are
+ * not valid UTF-8 become \xHH, a backslash becomes \\; valid UTF-8 text is
+ * kept.  rk_log applies it to every message.  JSON output escapes by JSON
+ * rules instead. */
+#define RK_ESC_MAX 16400 /* a PATH_MAX path with every byte escaped, and more */
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 (invalid byte). */
+int rk_utf8_len(const unsigned char *p);
+/* Escape in into out (outlen bytes, NUL terminated, "..." if cut). */
+char *rk_escape_ctl(char *out, size_t outlen, const char *in);
+/* Escape into one of a few per-thread buffers (valid until 8 more calls in
+ * the same thread): printf("%s", rk_esc(name)). */
+const char *rk_esc(const char *s);
 
 /* strerror for a negative errno, with rekeyfs-specific codes described. */
 const char *rk_strerror(int neg_errno);

@@ -2,7 +2,9 @@
  *
  * A key file holds one line "CIPHER:STRENGTH:BASE64KEY\n", mode 0600, named
  * by its file name inside a key directory.  Files readable or writable by
- * group or others are refused, as ssh refuses a loose private key. */
+ * group or others are refused, as ssh refuses a loose private key; so are
+ * key files owned by another user than root or the effective user, and
+ * anything that is not a regular file (never opened: no FIFO can block). */
 #ifndef REKEYFS_KEYS_H
 #define REKEYFS_KEYS_H
 
@@ -31,6 +33,13 @@ int rk_key_name_check(const char *name);
 /* Resolve the key directory: explicit arg, else $REKEYFS_KEYDIR, else default. */
 const char *rk_keydir_resolve(const char *arg);
 
+/* Trust of a key directory (as ssh's StrictModes): the directory must be
+ * owned by root or the effective user and not writable by group or others;
+ * each directory above it owned by root or the effective user and not
+ * writable by group or others unless sticky (/tmp).  -EPERM (message names
+ * the directory and the chmod/chown that fixes it), or the stat error. */
+int rk_keydir_check(const char *keydir);
+
 /* Create a new random key file KEYDIR/NAME (O_EXCL, 0600).  Creates KEYDIR
  * (0700) if missing.  -EEXIST if the key exists; -EINVAL for bad cipher or
  * strength (message logged explaining why). */
@@ -58,7 +67,9 @@ int rk_keyring_release(struct rk_keyring *kr, const char *name);
 /* Forget cached failures so that a key added to the directory is found. */
 void rk_keyring_reload(struct rk_keyring *kr);
 
-/* Enumerate key file names in a key directory (sorted).  Caller frees
+/* Enumerate key file names in a key directory (sorted; the directory must
+ * pass rk_keydir_check; entries that are not regular files are skipped with
+ * a warning, never opened).  Caller frees
  * names[i] and names. */
 int rk_keydir_list(const char *keydir, char ***names, size_t *count);
 

@@ -2,6 +2,7 @@
  * and the rekey / release-key / status commands (online and offline). */
 #include "config.h"
 
+#include <ctype.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -115,7 +116,7 @@ static int print_reply(int ret, char *reply)
 		while (n && reply[n - 1] == '\n')
 			reply[--n] = '\0';
 		if (ret == 0)
-			printf("%s\n", strncmp(reply, "ok ", 3) == 0 ? reply + 3 : reply);
+			printf("%s\n", rk_esc(strncmp(reply, "ok ", 3) == 0 ? reply + 3 : reply));
 		else
 			rk_err("%s", strncmp(reply, "error ", 6) == 0 ? reply + 6 : reply);
 	}
@@ -137,7 +138,8 @@ int rkc_online_alter(const char *target, const char *key, uint32_t chunk_kb, int
 	ret = rkc_control(root, cmd, &reply);
 	ret = print_reply(ret, reply);
 	if (ret == 0 && key)
-		printf("new writes are sealed under %s; run 'rekeyctl rekey %s' to rewrite existing chunks now\n", key, root);
+		printf("new writes are sealed under %s; run 'rekeyctl rekey %s' to rewrite existing chunks now\n", rk_esc(key),
+		       rk_esc(root));
 	free(root);
 	free(rel);
 	return ret;
@@ -375,7 +377,8 @@ int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int nt
 				if (strcmp(o.position, "-") == 0)
 					o.position[0] = '\0';
 				if (!quiet)
-					printf("resuming an interrupted sweep after %s\n", o.position[0] ? o.position : "the start");
+					printf("resuming an interrupted sweep after %s\n",
+					       o.position[0] ? rk_esc(o.position) : "the start");
 			}
 		}
 		free(text);
@@ -476,7 +479,7 @@ static int offline_release(const char *dir, const char *name)
 		goto out;
 	}
 	if (re->state == RK_KS_RELEASED) {
-		printf("%s: key '%s' is already released\n", dir, name);
+		printf("%s: key '%s' is already released\n", rk_esc(dir), rk_esc(name));
 		goto out;
 	}
 	for (size_t i = 0; i < dd->ntables; i++)
@@ -505,7 +508,7 @@ static int offline_release(const char *dir, const char *name)
 	ret = rk_registry_save(dd);
 	if (ret == 0)
 		printf("%s: key '%s' released: 0 chunks under it (every chunk's key reference was read); the key file may "
-		       "now be moved away\n", dir, name);
+		       "now be moved away\n", rk_esc(dir), rk_esc(name));
 out:
 	rk_datadir_close(dd);
 	return ret;
@@ -552,7 +555,7 @@ int rkc_cmd_rekey(int argc, char **argv)
 		int ret = rkc_control(root, cmd, &reply);
 		ret = print_reply(ret, reply);
 		if (ret == 0)
-			printf("watch it with: rekeyctl status %s\n", root);
+			printf("watch it with: rekeyctl status %s\n", rk_esc(root));
 		free(root);
 		free(rel);
 		return ret;
@@ -602,15 +605,34 @@ static const char *jfind(const char *json, const char *key, char *out, size_t le
 	p += strlen(pat);
 	size_t n = 0;
 	if (*p == '"') {
+		/* undo the JSON escapes (rk_esc below escapes for the terminal) */
 		p++;
-		while (*p && *p != '"' && n < len - 1)
-			out[n++] = *p++;
+		while (*p && *p != '"' && n < len - 1) {
+			if (*p != '\\') {
+				out[n++] = *p++;
+				continue;
+			}
+			p++;
+			unsigned v;
+			if (*p == 'u' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) &&
+			    isxdigit((unsigned char)p[3]) && isxdigit((unsigned char)p[4]) && sscanf(p + 1, "%4x", &v) == 1 &&
+			    v >= 1 && v < 0x80) {
+				out[n++] = (char)v;
+				p += 5;
+			} else if (*p == 'n' || *p == 't' || *p == 'r') {
+				out[n++] = *p == 'n' ? '\n' : *p == 't' ? '\t' : '\r';
+				p++;
+			} else if (*p) {
+				out[n++] = *p++; /* \" \\ \/ */
+			}
+		}
 	} else {
 		while (*p && *p != ',' && *p != '}' && *p != '\n' && n < len - 1)
 			out[n++] = *p++;
 	}
 	out[n] = '\0';
-	return out;
+	/* a string from the daemon: printed for a human, so escaped */
+	return rk_esc(out);
 }
 
 int rkc_cmd_status(int argc, char **argv)
@@ -638,7 +660,7 @@ int rkc_cmd_status(int argc, char **argv)
 	}
 	char a[256], b[256], c[256], d[256], e[256];
 	const char *w = strstr(js, "\"walker\"");
-	printf("mount %s (data directory %s, daemon pid %s)\n", root, jfind(js, "datadir", a, sizeof(a)),
+	printf("mount %s (data directory %s, daemon pid %s)\n", rk_esc(root), jfind(js, "datadir", a, sizeof(a)),
 	       jfind(js, "pid", b, sizeof(b)));
 	if (w) {
 		printf("walker: %s, sweep %s, rate %s B/s (limit %s), position %s\n", jfind(w, "state", a, sizeof(a)),
@@ -659,7 +681,9 @@ int rkc_cmd_status(int argc, char **argv)
 		const char *errs = strstr(w, "\"errors\": [");
 		if (errs && errs[11] != ']') {
 			const char *end = strchr(errs, ']');
-			printf("recent errors: %.*s\n", end ? (int)(end - errs - 11) : 0, errs + 11);
+			char *list = strndup(errs + 11, end ? (size_t)(end - errs - 11) : 0);
+			printf("recent errors: %s\n", list ? rk_esc(list) : "?");
+			free(list);
 		}
 	}
 out:

@@ -73,12 +73,12 @@ static int cmd_createkey(int argc, char **argv)
 		return RKC_USAGE;
 	}
 	const char *cipher = argv[optind], *strength = argv[optind + 1], *name = argv[optind + 2];
-	char *end;
-	unsigned long bits = strtoul(strength, &end, 10);
-	if (*end || !*strength) {
-		rk_err("strength '%s' is not a number of bits", strength);
+	uint64_t bits64;
+	if (rk_parse_u64(strength, 4096, &bits64) < 0) {
+		rk_err("strength '%s' is not a number of bits (a plain decimal such as 256)", strength);
 		return RKC_USAGE;
 	}
+	unsigned long bits = (unsigned long)bits64;
 	keydir = rk_keydir_resolve(keydir);
 	uint8_t fp[RK_FP_BYTES];
 	int ret = rk_key_create(keydir, cipher, (unsigned)bits, name, fp);
@@ -88,7 +88,8 @@ static int cmd_createkey(int argc, char **argv)
 		return ret;
 	char hex[2 * RK_FP_BYTES + 1];
 	rk_hex(hex, fp, RK_FP_BYTES);
-	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", name, cipher, bits, keydir, hex);
+	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", rk_esc(name), rk_esc(cipher), bits, rk_esc(keydir),
+	       hex);
 	return 0;
 }
 
@@ -126,9 +127,8 @@ static int parse_common(int argc, char **argv, struct opts *o, const char *usage
 			o->key = optarg;
 			break;
 		case 'c': {
-			char *end;
-			unsigned long v = strtoul(optarg, &end, 10);
-			if (*end || v < 4 || v > 1024 || (v & (v - 1))) {
+			uint64_t v;
+			if (rk_parse_u64(optarg, 1024, &v) < 0 || v < 4 || (v & (v - 1))) {
 				rk_err("--chunk-kb %s: use a power of two from 4 to 1024", optarg);
 				return RKC_USAGE;
 			}
@@ -196,7 +196,8 @@ static int cmd_init(int argc, char **argv)
 	uint32_t cs = o.chunk_kb ? o.chunk_kb * 1024 : RK_CHUNK_DEFAULT;
 	ret = rk_datadir_init(dir, key, cs, o.comp >= 0 ? (enum rk_comp)o.comp : RK_COMP_SNAPPY);
 	if (ret == 0)
-		printf("initialised %s: root table / under key %s, %u KiB chunks, %s compression\n", dir, o.key, cs / 1024,
+		printf("initialised %s: root table / under key %s, %u KiB chunks, %s compression\n", rk_esc(dir), rk_esc(o.key),
+		       cs / 1024,
 		       rk_comp_name(o.comp >= 0 ? (enum rk_comp)o.comp : RK_COMP_SNAPPY));
 	rk_key_free(key);
 	return ret;
@@ -285,11 +286,12 @@ static int cmd_alter(int argc, char **argv)
 		ret = rk_policy_save(dd);
 	if (ret == 0) {
 		const struct rk_table *t = rk_policy_lookup(dd, rel);
-		printf("table %s of %s: key=%s chunk_kb=%u compression=%s\n", t->path, root, t->key, t->chunk_size / 1024,
+		printf("table %s of %s: key=%s chunk_kb=%u compression=%s\n", rk_esc(t->path), rk_esc(root), rk_esc(t->key),
+		       t->chunk_size / 1024,
 		       rk_comp_name(t->comp));
 		if (o.key)
 			printf("new writes are sealed under %s; existing chunks keep their key until rekeyed "
-			       "(rekeyctl rekey, or the walker of a mount)\n", o.key);
+			       "(rekeyctl rekey, or the walker of a mount)\n", rk_esc(o.key));
 	}
 out:
 	rk_key_free(key);
@@ -310,7 +312,7 @@ static const char *keyfile_status(const char *keydir, const char *name, const ui
 	if (r == -ENOKEY)
 		return "missing";
 	if (r == -EPERM)
-		return "refused(mode)";
+		return "refused";
 	if (r < 0)
 		return "unreadable";
 	const char *s = fp && memcmp(fp, k->fp, RK_FP_BYTES) != 0 ? "CHANGED" : "ok";
@@ -344,16 +346,18 @@ static int cmd_keys(int argc, char **argv)
 		for (size_t i = 0; i < n; i++) {
 			struct rk_key *k;
 			int lvl = rk_log_get_level();
-			rk_log_set_level(RK_LOG_ERR - 1);
+			rk_log_set_level(RK_LOG_ERR); /* say why a key file is refused */
 			int r = rk_key_load(o.keydir, names[i], &k);
 			rk_log_set_level(lvl);
 			if (r == 0) {
 				rk_hex(hex, k->fp, RK_FP_BYTES);
-				printf("%-20s %-28s %5u  %-32s  ok\n", k->name, rk_cipher_name(k->cipher), k->bits, hex);
+				printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
 				rk_key_free(k);
 			} else {
-				printf("%-20s %-28s %5s  %-32s  %s\n", names[i], "?", "?", "?",
-				       r == -EPERM ? "refused: readable by group/others (chmod 600)" : rk_strerror(r));
+				printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",
+				       r == -EPERM ? "refused: not a private key file of this user (chmod 600; see the "
+				                     "message on stderr)"
+				                   : rk_strerror(r));
 			}
 			free(names[i]);
 		}
@@ -385,17 +389,17 @@ static int cmd_keys(int argc, char **argv)
 			if (strcmp(dd->tables[t].key, e->name) == 0 && tl < sizeof(targets) - 1)
 				tl += (size_t)snprintf(targets + tl, sizeof(targets) - tl, "%s%s", tl ? "," : "", dd->tables[t].path);
 		rk_hex(hex, e->fp, RK_FP_BYTES);
-		printf("%-20s %-28s %5u  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", e->name,
+		printf("%-20s %-28s %5u  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", rk_esc(e->name),
 		       rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state),
 		       e->state == RK_KS_RELEASED ? "-" : keyfile_status(o.keydir, e->name, e->fp), chunks, files,
-		       targets[0] ? targets : "-");
+		       targets[0] ? rk_esc(targets) : "-");
 	}
 	/* keys named by data but unknown to the registry (restored backups) */
 	for (size_t j = 0; j < cov->total.nkeys; j++) {
 		if (rk_registry_find(dd, cov->total.keys[j].name))
 			continue;
 		rk_hex(hex, cov->total.keys[j].fp, RK_FP_BYTES);
-		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", cov->total.keys[j].name, "?",
+		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", rk_esc(cov->total.keys[j].name), "?",
 		       "?", hex, "unregistered", keyfile_status(o.keydir, cov->total.keys[j].name, cov->total.keys[j].fp),
 		       cov->total.keys[j].chunks, cov->total.keys[j].files, "-");
 	}
@@ -422,7 +426,7 @@ static int enc_visit(const struct rk_walk_ent *e, void *arg)
 	struct enc_state *s = arg;
 	if (rk_is_tmp_name(e->name)) {
 		if (rk_tmp_cleanup(e->dirfd, e->name) == 1 && !s->quiet)
-			printf("removed %s (temporary of an interrupted run)\n", e->rel);
+			printf("removed %s (temporary of an interrupted run)\n", rk_esc(e->rel));
 		return 0;
 	}
 	if (!S_ISREG(e->st->st_mode))
@@ -431,7 +435,7 @@ static int enc_visit(const struct rk_walk_ent *e, void *arg)
 	if (r == 0) {
 		s->converted++;
 		if (!s->quiet)
-			printf("encrypted %s (%jd bytes)\n", e->rel, (intmax_t)e->st->st_size);
+			printf("encrypted %s (%jd bytes)\n", rk_esc(e->rel), (intmax_t)e->st->st_size);
 	} else if (r == 1) {
 		s->already++;
 	} else if (r == 2) {

@@ -55,17 +55,23 @@ void rkd_jb_printf(struct jbuf *b, const char *fmt, ...)
 void rkd_jb_str(struct jbuf *b, const char *s)
 {
 	jb_put(b, "\"", 1);
-	for (; *s; s++) {
+	/* control characters, DEL and bytes that are not valid UTF-8 (file names
+	 * are bytes) as \u00XX: the output stays valid JSON */
+	while (*s) {
 		unsigned char c = (unsigned char)*s;
+		int n = rk_utf8_len((const unsigned char *)s);
 		if (c == '"' || c == '\\') {
 			char e[2] = {'\\', (char)c};
 			jb_put(b, e, 2);
-		} else if (c < 0x20) {
+			s++;
+		} else if (n == 0 || c < 0x20 || c == 0x7f) {
 			char e[8];
 			snprintf(e, sizeof(e), "\\u%04x", c);
 			jb_put(b, e, 6);
+			s++;
 		} else {
-			jb_put(b, (const char *)&c, 1);
+			jb_put(b, s, (size_t)n);
+			s += n;
 		}
 	}
 	jb_put(b, "\"", 1);
@@ -158,8 +164,16 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 	uint32_t chunk = 0;
 	if (!table || !keyname)
 		return reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-]");
-	if (ckb && strcmp(ckb, "-") != 0)
-		chunk = (uint32_t)strtoul(ckb, NULL, 10) * 1024;
+	if (ckb && strcmp(ckb, "-") != 0) {
+		/* range-checked before the multiplication: no wrap-around */
+		uint64_t kb;
+		if (rk_parse_u64(ckb, RK_CHUNK_MAX / 1024, &kb) < 0 || kb < RK_CHUNK_MIN / 1024 || (kb & (kb - 1)))
+			return reply(out, len, -EINVAL, "chunk size '%s': use a power of two from %u to %u KiB (plain decimal)",
+			             ckb, RK_CHUNK_MIN / 1024, RK_CHUNK_MAX / 1024);
+		chunk = (uint32_t)kb * 1024;
+	}
+	if (strtok_r(NULL, " \t", &save))
+		return reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-] (too many arguments)");
 	if (cz && strcmp(cz, "-") != 0) {
 		enum rk_comp z;
 		if (rk_comp_parse(cz, &z) < 0)

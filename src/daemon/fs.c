@@ -196,7 +196,10 @@ static void virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
 	} else if (in->virt == RKD_VSTATUS) {
-		st->st_mode = S_IFREG | 0444;
+		/* root only, like the control file: the status names files (the
+		 * walker's position, its errors) inside other users' private
+		 * directories */
+		st->st_mode = S_IFREG | 0400;
 		st->st_nlink = 1;
 	} else {
 		st->st_mode = S_IFREG | 0600;
@@ -917,6 +920,13 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int ret;
 
 	if (in->virt == RKD_VSTATUS || in->virt == RKD_VCONTROL) {
+		/* both name files of every user: root (or the daemon's user) only,
+		 * whatever the kernel's permission check said */
+		const struct fuse_ctx *cx = fuse_req_ctx(req);
+		if (cx->uid != 0 && cx->uid != geteuid()) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
 		h = handle_new(in, NULL, fi->flags);
 		if (!h) {
 			fuse_reply_err(req, ENOMEM);

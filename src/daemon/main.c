@@ -21,24 +21,79 @@
 static const struct fuse_opt rkd_optspec[] = {
 	OPT("keydir=%s", keydir, 0),
 	OPT("key=%s", key, 0),
-	OPT("entry_timeout=%lf", entry_timeout, 0),
-	OPT("attr_timeout=%lf", attr_timeout, 0),
+	/* numbers are parsed strictly in opt_proc (fuse_opt's sscanf takes "-1"
+	 * for an unsigned and wraps it) */
+	FUSE_OPT_KEY("entry_timeout=", 'e'),
+	FUSE_OPT_KEY("attr_timeout=", 'a'),
 	OPT("writeback", writeback, 1),
 	OPT("no_writeback", writeback, 0),
-	OPT("max_threads=%d", max_threads, 0),
+	FUSE_OPT_KEY("max_threads=", 't'),
 	OPT("walker=on", walker, 1),
 	OPT("walker=off", walker, 0),
-	OPT("walker_rate=%llu", walker_rate, 0),
+	FUSE_OPT_KEY("walker_rate=", 'r'),
 	OPT("rekey_on_mount", rekey_on_mount, 1),
 	OPT("lazy=on", lazy, 1),
 	OPT("lazy=off", lazy, 0),
 	OPT("whole_file=on", whole_file, 1),
 	OPT("whole_file=off", whole_file, 0),
-	OPT("read_ahead_kb=%u", read_ahead_kb, 0),
+	FUSE_OPT_KEY("read_ahead_kb=", 'k'),
 	FUSE_OPT_END,
 };
 
 static int nonopts;
+
+/* a number of seconds: plain decimal with an optional fraction, 0 to a year */
+static int parse_secs(const char *v, double *out)
+{
+	char *end;
+	if (!(*v >= '0' && *v <= '9'))
+		return -EINVAL;
+	errno = 0;
+	double d = strtod(v, &end);
+	if (*end || errno || !(d >= 0.0 && d <= 31536000.0))
+		return -EINVAL;
+	*out = d;
+	return 0;
+}
+
+static int opt_number(struct rkd_fs *fs, int key, const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+	const char *v = eq ? eq + 1 : "";
+	uint64_t n = 0;
+	int ret;
+	switch (key) {
+	case 'e':
+		ret = parse_secs(v, &fs->o.entry_timeout);
+		break;
+	case 'a':
+		ret = parse_secs(v, &fs->o.attr_timeout);
+		break;
+	case 't':
+		ret = rk_parse_u64(v, 1024, &n);
+		if (ret == 0 && n == 0)
+			ret = -ERANGE;
+		fs->o.max_threads = (int)n;
+		break;
+	case 'r':
+		/* bytes per second; at most 1 TiB/s (no overflow in the limiter) */
+		ret = rk_parse_u64(v, 1ULL << 40, &n);
+		fs->o.walker_rate = n;
+		break;
+	default: /* 'k' */
+		ret = rk_parse_u64(v, 1U << 20, &n); /* 1 GiB */
+		fs->o.read_ahead_kb = (unsigned)n;
+		break;
+	}
+	if (ret < 0)
+		fprintf(stderr,
+		        "rekeyfs: option %s: %s\n", arg,
+		        key == 'e' || key == 'a' ? "use a number of seconds from 0 to 31536000"
+		        : key == 't'             ? "use a plain decimal number from 1 to 1024"
+		        : key == 'r'             ? "use a plain decimal number of bytes per second up to 1099511627776"
+		                                 : "use a plain decimal number of KiB up to 1048576");
+	return ret < 0 ? -1 : 0;
+}
 
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
@@ -48,6 +103,8 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		fs->datadir = strdup(arg);
 		return 0; /* consumed: the next one is the mount point */
 	}
+	if (key == 'e' || key == 'a' || key == 't' || key == 'r' || key == 'k')
+		return opt_number(fs, key, arg);
 	return 1;
 }
 
@@ -271,6 +328,11 @@ int main(int argc, char *argv[])
 	fuse_daemonize(copts.foreground);
 	if (!copts.foreground)
 		rk_log_to_syslog("rekeyfs");
+	/* the keys were loaded before the fork of fuse_daemonize, and mlock()
+	 * is not inherited: lock them in the process that holds them */
+	int lret = rk_secure_relock();
+	if (lret < 0)
+		rk_warn("cannot lock key memory (%s): keys may be swapped out (raise RLIMIT_MEMLOCK)", strerror(-lret));
 	/* threads start after the fork of fuse_daemonize */
 	fs->mountpoint = realpath(copts.mountpoint, NULL);
 	if (rk_journal_open(fs->dd, fs->kr, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||

@@ -857,11 +857,12 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 		pthread_cond_broadcast(&w->cond);
 		save_checkpoint(w);
 	} else if (strcmp(cmd, "rate") == 0) {
-		char *end;
-		unsigned long long r = strtoull(args ? args : "", &end, 10);
-		if (!args || end == args) {
+		/* strict decimal, bounded: no sign, no wrap-around, no trailing junk */
+		uint64_t r;
+		if (rk_parse_u64(args ? args : "", 1ULL << 40, &r) < 0) {
 			pthread_mutex_unlock(&w->lock);
-			return rkd_reply(out, len, -EINVAL, "usage: rate BYTES_PER_SECOND (0 = unlimited)");
+			return rkd_reply(out, len, -EINVAL,
+			                 "usage: rate BYTES_PER_SECOND (plain decimal up to 1099511627776; 0 = unlimited)");
 		}
 		w->rate = r;
 	}

@@ -49,6 +49,11 @@ void rk_log(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	/* messages name files and keys read from disk: never let a control
+	 * character reach a terminal or the system log */
+	char raw[sizeof(msg)];
+	memcpy(raw, msg, sizeof(msg));
+	rk_escape_ctl(msg, sizeof(msg), raw);
 	if (log_handler) {
 		log_handler(level, msg, log_handler_arg);
 		return;
@@ -73,14 +78,28 @@ static size_t page_round(size_t len)
  * of locked, undumpable pages, so that opening a file costs no mmap/mlock;
  * slots are wiped when freed and the pages stay mapped. */
 #define SLAB_SLOT 64
+/* slab_lock (a leaf lock: nothing is taken while holding it) guards
+ * slab_free and the list of slab pages */
 static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *slab_free;
+static void **slab_pages;
+static size_t slab_npages, slab_cap;
 
 static void *slab_alloc(void)
 {
 	pthread_mutex_lock(&slab_lock);
 	if (!slab_free) {
 		size_t plen = page_round(1);
+		if (slab_npages == slab_cap) {
+			size_t nc = slab_cap ? slab_cap * 2 : 16;
+			void **np = realloc(slab_pages, nc * sizeof(*np));
+			if (!np) {
+				pthread_mutex_unlock(&slab_lock);
+				return NULL;
+			}
+			slab_pages = np;
+			slab_cap = nc;
+		}
 		uint8_t *p = mmap(NULL, plen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (p == MAP_FAILED) {
 			pthread_mutex_unlock(&slab_lock);
@@ -88,6 +107,7 @@ static void *slab_alloc(void)
 		}
 		(void)madvise(p, plen, MADV_DONTDUMP);
 		(void)mlock(p, plen);
+		slab_pages[slab_npages++] = p;
 		for (size_t off = 0; off + SLAB_SLOT <= plen; off += SLAB_SLOT) {
 			*(void **)(p + off) = slab_free;
 			slab_free = p + off;
@@ -134,6 +154,20 @@ void rk_secure_free(void *p, size_t len)
 	OPENSSL_cleanse(p, plen);
 	(void)munlock(p, plen);
 	munmap(p, plen);
+}
+
+int rk_secure_relock(void)
+{
+	int ret = 0;
+	size_t plen = page_round(1);
+	pthread_mutex_lock(&slab_lock);
+	for (size_t i = 0; i < slab_npages; i++) {
+		(void)madvise(slab_pages[i], plen, MADV_DONTDUMP);
+		if (mlock(slab_pages[i], plen) < 0 && ret == 0)
+			ret = -errno;
+	}
+	pthread_mutex_unlock(&slab_lock);
+	return ret;
 }
 
 void rk_harden_process(void)
@@ -220,7 +254,9 @@ int rk_read_small_file(int dirfd, const char *name, char **out, size_t *len, siz
 {
 	int ret = 0;
 	char *buf = NULL;
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO put in place of a small state file is refused
+	 * below (not a regular file), never waited on */
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return -errno;
 	struct stat st;
@@ -330,6 +366,125 @@ int rk_unhex(uint8_t *out, size_t outlen, const char *in)
 		out[i] = (uint8_t)(hi << 4 | lo);
 	}
 	return 0;
+}
+
+int rk_parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+	uint64_t v = 0;
+	if (!s || !*s)
+		return -EINVAL;
+	if (s[0] == '0' && s[1] != '\0')
+		return -EINVAL; /* no leading zeros: "010" is not ten (nor eight) */
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return -EINVAL; /* no sign, no space, no suffix */
+		unsigned d = (unsigned)(*p - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return -ERANGE;
+		v = v * 10 + d;
+	}
+	if (v > max)
+		return -ERANGE;
+	*out = v;
+	return 0;
+}
+
+int rk_utf8_len(const unsigned char *p)
+{
+	int n = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : (p[0] & 0xf8) == 0xf0 ? 4 : 0;
+	if (n == 0 || (n == 2 && p[0] < 0xc2) || (n == 4 && p[0] > 0xf4))
+		return 0;
+	for (int i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	if ((n == 3 && p[0] == 0xe0 && p[1] < 0xa0) || (n == 3 && p[0] == 0xed && p[1] >= 0xa0) ||
+	    (n == 4 && p[0] == 0xf0 && p[1] < 0x90) || (n == 4 && p[0] == 0xf4 && p[1] >= 0x90))
+		return 0; /* overlong, surrogate, beyond U+10FFFF */
+	return n;
+}
+
+char *rk_escape_ctl(char *out, size_t outlen, const char *in)
+{
+	static const char digits[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)(in ? in : "(null)");
+	size_t o = 0;
+	if (outlen == 0)
+		return out;
+	while (*p) {
+		char e[16];
+		size_t n;
+		int l = rk_utf8_len(p);
+		/* C0 controls, DEL, C1 controls (U+0080..U+009F, which some terminals
+		 * obey as CSI/OSC) and bytes that are not valid UTF-8: \xHH */
+		if (l == 0 || *p < 0x20 || *p == 0x7f || (l == 2 && p[0] == 0xc2 && p[1] < 0xa0)) {
+			int cnt = l == 2 ? 2 : 1;
+			n = 0;
+			for (int i = 0; i < cnt; i++) {
+				e[n++] = '\\';
+				e[n++] = 'x';
+				e[n++] = digits[p[i] >> 4];
+				e[n++] = digits[p[i] & 15];
+			}
+			l = cnt;
+		} else if (*p == '\\') {
+			e[0] = e[1] = '\\';
+			n = 2;
+		} else {
+			memcpy(e, p, (size_t)l);
+			n = (size_t)l;
+		}
+		if (o + n + 1 > outlen) {
+			/* truncated: mark it, never cut an escape or a character in two */
+			const char *mark = "...";
+			while (o > 0 && o + 4 > outlen)
+				o--;
+			while (o > 0 && ((unsigned char)out[o] & 0xc0) == 0x80)
+				o--;
+			if (o + 4 <= outlen) {
+				memcpy(out + o, mark, 3);
+				o += 3;
+			}
+			break;
+		}
+		memcpy(out + o, e, n);
+		o += n;
+		p += l;
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* a small ring of per-thread buffers so that one printf may escape several
+ * strings */
+#define ESC_RING 8
+static __thread char *esc_ring[ESC_RING];
+static __thread unsigned esc_next;
+static pthread_key_t esc_key;
+static pthread_once_t esc_once = PTHREAD_ONCE_INIT;
+
+static void esc_free(void *p)
+{
+	char **ring = p;
+	for (int i = 0; i < ESC_RING; i++) {
+		free(ring[i]);
+		ring[i] = NULL;
+	}
+}
+
+static void esc_key_init(void) { (void)pthread_key_create(&esc_key, esc_free); }
+
+const char *rk_esc(const char *s)
+{
+	static const char fallback[] = "(out of memory)";
+	pthread_once(&esc_once, esc_key_init);
+	unsigned i = esc_next++ % ESC_RING;
+	if (!esc_ring[i]) {
+		esc_ring[i] = malloc(RK_ESC_MAX);
+		if (!esc_ring[i])
+			return fallback;
+		(void)pthread_setspecific(esc_key, esc_ring);
+	}
+	return rk_escape_ctl(esc_ring[i], RK_ESC_MAX, s);
 }
 
 const char *rk_strerror(int neg_errno)

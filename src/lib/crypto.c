@@ -223,6 +223,20 @@ static EVP_CIPHER_CTX *get_ctx(const EVP_CIPHER *ciph, int slot, int dec, bool *
 	return t->ctx[slot][dec];
 }
 
+/* After each operation the context is keyed again with zeros: the cipher
+ * context (OpenSSL heap memory: the AES key schedule, the GHASH key, the
+ * ChaCha20 key) then holds no copy of a subkey between operations, so a
+ * released key leaves no copy in an idle thread's context. */
+static const uint8_t zero_key[32];
+
+static void ctx_scrub(EVP_CIPHER_CTX *ctx, int dec)
+{
+	if (dec)
+		(void)EVP_DecryptInit_ex(ctx, NULL, NULL, zero_key, NULL);
+	else
+		(void)EVP_EncryptInit_ex(ctx, NULL, NULL, zero_key, NULL);
+}
+
 static int ctx_slot(enum rk_cipher c, size_t keylen)
 {
 	if (c == RK_CIPHER_CHACHA20_POLY1305)
@@ -254,6 +268,7 @@ int rk_aead_seal(enum rk_cipher c, const uint8_t *key, size_t keylen, const uint
 		goto fail;
 	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, RK_TAG_BYTES, tag) != 1)
 		goto fail;
+	ctx_scrub(ctx, 0);
 	return 0;
 fail:
 	/* force a full re-initialisation next time */
@@ -284,8 +299,11 @@ int rk_aead_open(enum rk_cipher c, const uint8_t *key, size_t keylen, const uint
 		goto fail;
 	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, RK_TAG_BYTES, (void *)tag) != 1)
 		goto fail;
-	if (EVP_DecryptFinal_ex(ctx, pt + len, &outl) != 1)
+	if (EVP_DecryptFinal_ex(ctx, pt + len, &outl) != 1) {
+		ctx_scrub(ctx, 1);
 		return -EBADMSG;
+	}
+	ctx_scrub(ctx, 1);
 	return 0;
 fail:
 	EVP_CIPHER_CTX_reset(ctx);

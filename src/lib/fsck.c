@@ -213,7 +213,7 @@ static void jnames(FILE *f, char *const *v, size_t n)
 static void tnames(FILE *f, char *const *v, size_t n, uint64_t total)
 {
 	for (size_t i = 0; i < n; i++)
-		fprintf(f, "%s%s", i ? ", " : "", v[i]);
+		fprintf(f, "%s%s", i ? ", " : "", rk_esc(v[i]));
 	if (total > n)
 		fprintf(f, "%s... (%" PRIu64 " more; --verbose lists all)", n ? ", " : "", total - n);
 }
@@ -293,12 +293,13 @@ static void query_line(FILE *f, const struct rk_cov *c)
 			reg = &c->registry[i];
 	uint64_t unc = uncertain_refs(c);
 	if (nt) {
-		fprintf(f, "key %s may NOT be released: it is the target key of table%s ", q->name, nt > 1 ? "s" : "");
+		fprintf(f, "key %s may NOT be released: it is the target key of table%s ", rk_esc(q->name),
+		        nt > 1 ? "s" : "");
 		for (size_t i = 0; i < RK_MIN(nt, (size_t)8); i++)
-			fprintf(f, "%s%s", i ? ", " : "", t[i]->path);
+			fprintf(f, "%s%s", i ? ", " : "", rk_esc(t[i]->path));
 		fprintf(f, "%s (alter %s to another key and rekey first)\n", nt > 8 ? ", ..." : "", nt > 1 ? "them" : "it");
 	} else if (q->chunks) {
-		fprintf(f, "key %s may NOT be released: %s%" PRIu64 " %s in %" PRIu64 " %s %s still under it: ", q->name,
+		fprintf(f, "key %s may NOT be released: %s%" PRIu64 " %s in %" PRIu64 " %s %s still under it: ", rk_esc(q->name),
 		        reg && reg->state == RK_KS_RELEASED ? "it is already released, but " : "", q->chunks,
 		        plural(q->chunks, "chunk", "chunks"), q->files, plural(q->files, "file", "files"),
 		        plural(q->chunks, "is", "are"));
@@ -311,18 +312,18 @@ static void query_line(FILE *f, const struct rk_cov *c)
 		fprintf(f,
 		        "key %s may NOT be released: no readable chunk is under it, but %" PRIu64
 		        " unreadable %s could hide chunks under it (see rekeyctl fsck)\n",
-		        q->name, unc, plural(unc, "header or slot header", "headers or slot headers"));
+		        rk_esc(q->name), unc, plural(unc, "header or slot header", "headers or slot headers"));
 	} else if (reg && reg->state == RK_KS_RELEASED) {
-		fprintf(f, "key %s is already released, and no chunk is under it\n", q->name);
+		fprintf(f, "key %s is already released, and no chunk is under it\n", rk_esc(q->name));
 	} else if (!reg) {
 		fprintf(f,
 		        "key %s may be released: no chunk is under it (every slot header was read); it is not in this data "
 		        "directory's key registry\n",
-		        q->name);
+		        rk_esc(q->name));
 	} else {
 		fprintf(f,
 		        "key %s may be released: no chunk is under it (every slot header of %" PRIu64 " chunk %s was read)\n",
-		        q->name, c->total.chunk_files, plural(c->total.chunk_files, "file", "files"));
+		        rk_esc(q->name), c->total.chunk_files, plural(c->total.chunk_files, "file", "files"));
 	}
 }
 
@@ -340,7 +341,7 @@ static void text_keys_of_table(FILE *f, const struct rk_cov_table *t, const stru
 		for (size_t j = 0; j < c->nregistry; j++)
 			if (strcmp(c->registry[j].name, t->target) == 0)
 				target = strcmp(k->name, t->target) == 0 && memcmp(k->fp, c->registry[j].fp, RK_FP_BYTES) == 0;
-		fprintf(f, "    %-*s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  %s\n", w, k->name,
+		fprintf(f, "    %-*s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  %s\n", w, rk_esc(k->name),
 		        rk_cov_keystat_name(k->status), k->chunks, human(b, sizeof(b), k->bytes), k->files,
 		        target ? "target" : "old key");
 	}
@@ -378,7 +379,7 @@ static void text_counts(FILE *f, const struct rk_cov_table *t, const struct rk_c
 
 static void text_table(FILE *f, const struct rk_cov_table *t, const struct rk_cov *c)
 {
-	fprintf(f, "table %s  (target key %s, %u KiB chunks)\n", t->path, t->target, t->chunk_size / 1024);
+	fprintf(f, "table %s  (target key %s, %u KiB chunks)\n", rk_esc(t->path), rk_esc(t->target), t->chunk_size / 1024);
 	if (t->files == 0 && t->extra_links == 0) {
 		fprintf(f, "  no files\n\n");
 		return;
@@ -410,14 +411,14 @@ static void text_key_table(FILE *f, const struct rk_cov *c, const struct krow *r
 		const struct krow *r = &rows[i];
 		rk_hex(hex, r->fp, RK_FP_BYTES);
 		snprintf(cb, sizeof(cb), "%s %u", rk_cipher_name(r->cipher), r->bits);
-		fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  ", w, r->name, hex, wc, cb,
+		fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  ", w, rk_esc(r->name), hex, wc, cb,
 		        r->registry, rk_cov_keystat_name(r->file), r->data ? r->data->chunks : 0,
 		        human(b, sizeof(b), r->data ? r->data->bytes : 0), r->data ? r->data->files : 0);
 		size_t nt = 0;
 		if (r->registered)
 			for (size_t t = 0; t < c->ntables; t++)
 				if (strcmp(c->tables[t].target, r->name) == 0)
-					fprintf(f, "%s%s", nt++ ? "," : "", c->tables[t].path);
+					fprintf(f, "%s%s", nt++ ? "," : "", rk_esc(c->tables[t].path));
 		fprintf(f, "%s\n", nt ? "" : "-");
 	}
 }
@@ -427,10 +428,10 @@ static void text_report(FILE *f, const struct rk_cov *c)
 	struct krow *rows = NULL;
 	size_t nrows = 0;
 	char b[32];
-	fprintf(f, "rekeyfs fsck of %s (%s; %s", c->datadir, c->online ? "online, through the daemon" : "offline",
+	fprintf(f, "rekeyfs fsck of %s (%s; %s", rk_esc(c->datadir), c->online ? "online, through the daemon" : "offline",
 	        mode_text(c));
 	if (c->keydir)
-		fprintf(f, "; key directory %s", c->keydir);
+		fprintf(f, "; key directory %s", rk_esc(c->keydir));
 	fprintf(f, ")\n\n");
 	bool one = c->table_filter[0] != '\0';
 	for (size_t i = 0; i < c->ntables; i++)
@@ -461,7 +462,7 @@ static void text_report(FILE *f, const struct rk_cov *c)
 			                  : k->status == RK_COVK_CHANGED  ? "the key file of that name holds another key"
 			                                                   : "its key file is refused or unreadable";
 			fprintf(f, "  %s (fingerprint %s): %s; %" PRIu64 " %s (%s) in %" PRIu64 " %s cannot be read: ",
-			        k->name, hex,
+			        rk_esc(k->name), hex,
 			        why, k->chunks, plural(k->chunks, "chunk", "chunks"), human(b, sizeof(b), k->bytes), k->files,
 			        plural(k->files, "file", "files"));
 			tnames(f, k->names, k->nnames, k->files);
@@ -473,10 +474,10 @@ static void text_report(FILE *f, const struct rk_cov *c)
 		for (size_t i = 0; i < c->nproblems; i++) {
 			const struct rk_cov_problem *p = &c->problems[i];
 			if (p->chunk >= 0)
-				fprintf(f, "  %s: chunk %" PRId64 " (offset %" PRId64 "): %s: %s\n", p->path, p->chunk, p->offset,
-				        rk_cov_problem_name(p->kind), p->detail);
+				fprintf(f, "  %s: chunk %" PRId64 " (offset %" PRId64 "): %s: %s\n", rk_esc(p->path), p->chunk,
+				        p->offset, rk_cov_problem_name(p->kind), rk_esc(p->detail));
 			else
-				fprintf(f, "  %s: %s: %s\n", p->path, rk_cov_problem_name(p->kind), p->detail);
+				fprintf(f, "  %s: %s: %s\n", rk_esc(p->path), rk_cov_problem_name(p->kind), rk_esc(p->detail));
 		}
 	}
 

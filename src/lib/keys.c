@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -40,6 +41,172 @@ const char *rk_keydir_resolve(const char *arg)
 	if (env && *env)
 		return env;
 	return RK_DEFAULT_KEYDIR;
+}
+
+/* Owner and mode of one directory on the key directory's path (ssh's
+ * StrictModes): owned by root or by us; the key directory itself writable by
+ * nobody else; a parent writable by others only with the sticky bit (/tmp),
+ * where others cannot rename or remove our entries. */
+static int check_dir_trust(const char *dir, const char *keydir, bool is_keydir)
+{
+	struct stat st;
+	uid_t me = geteuid();
+	if (stat(dir, &st) < 0) {
+		int e = errno;
+		rk_err("key directory %s: cannot stat %s: %s", keydir, dir, strerror(e));
+		return -e;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		rk_err("key directory %s: %s is not a directory", keydir, dir);
+		return -ENOTDIR;
+	}
+	if (st.st_uid != 0 && st.st_uid != me) {
+		rk_err("key directory %s is refused: %s is owned by uid %u, not by root or by this process's "
+		       "user (uid %u), who could replace the keys (run: chown %u %s)",
+		       keydir, dir, (unsigned)st.st_uid, (unsigned)me, (unsigned)me, dir);
+		return -EPERM;
+	}
+	if ((st.st_mode & 022) && (is_keydir || !(st.st_mode & S_ISVTX))) {
+		rk_err("key directory %s is refused: %s has mode %04o, writable by group or others, who could "
+		       "replace the keys (run: chmod go-w %s)",
+		       keydir, dir, (unsigned)(st.st_mode & 07777), dir);
+		return -EPERM;
+	}
+	return 0;
+}
+
+int rk_keydir_check(const char *keydir)
+{
+	char *real = realpath(keydir, NULL);
+	int ret;
+	if (!real) {
+		ret = -errno;
+		rk_err("key directory %s: %s", keydir, strerror(errno));
+		return ret;
+	}
+	ret = check_dir_trust(real, keydir, true);
+	/* and every directory above it, up to / */
+	for (char *slash = strrchr(real, '/'); ret == 0 && slash; slash = strrchr(real, '/')) {
+		if (slash == real) {
+			if (real[1] == '\0')
+				break;
+			real[1] = '\0';
+		} else {
+			*slash = '\0';
+		}
+		ret = check_dir_trust(real, keydir, false);
+	}
+	free(real);
+	return ret;
+}
+
+/* A key file: a regular file (not a symlink, FIFO, socket, device or
+ * directory), owned by us or root, no group/other permission bits. */
+static int check_key_stat(const struct stat *st, const char *path)
+{
+	uid_t me = geteuid();
+	if (S_ISLNK(st->st_mode)) {
+		rk_err("key file %s is a symbolic link: refused (put the key file itself in the key directory)", path);
+		return -EPERM;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		rk_err("key file %s is not a regular file (%s): refused (remove it from the key directory)", path,
+		       S_ISFIFO(st->st_mode)   ? "a FIFO"
+		       : S_ISSOCK(st->st_mode) ? "a socket"
+		       : S_ISDIR(st->st_mode)  ? "a directory"
+		       : S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? "a device"
+		                                                      : "not a file");
+		return -EPERM;
+	}
+	if (st->st_uid != 0 && st->st_uid != me) {
+		rk_err("key file %s is owned by uid %u, not by root or by this process's user (uid %u): refused "
+		       "(run: chown %u %s)", path, (unsigned)st->st_uid, (unsigned)me, (unsigned)me, path);
+		return -EPERM;
+	}
+	if (st->st_mode & 077) {
+		rk_err("key file %s has mode %04o: it is accessible by group or others, so it is refused "
+		       "(run: chmod 600 %s)", path, (unsigned)(st->st_mode & 07777), path);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* Strict key file content: exactly CIPHER:STRENGTH:BASE64 with an optional
+ * single trailing newline; STRENGTH a plain decimal allowed for CIPHER;
+ * BASE64 canonical (padding only at the end, unused bits zero) and exactly
+ * STRENGTH/8 bytes.  raw receives the key (rawcap >= 64). */
+static int parse_key_text(char *buf, size_t n, const char *path, enum rk_cipher *cp, unsigned *bitsp, uint8_t *raw,
+                          size_t rawcap, size_t *keylenp)
+{
+	static const char malformed[] = "expected one line CIPHER:STRENGTH:BASE64KEY";
+	const char *why;
+	uint64_t bits;
+	char *check = NULL;
+	size_t checkcap = 0;
+	int ret = -EINVAL;
+
+	if (n > 0 && buf[n - 1] == '\n')
+		buf[--n] = '\0';
+	if (memchr(buf, '\0', n) || strchr(buf, '\n')) {
+		rk_err("key file %s is malformed: %s (one line, no NUL byte)", path, malformed);
+		goto out;
+	}
+	char *c1 = strchr(buf, ':');
+	char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+	if (!c1 || !c2 || strchr(c2 + 1, ':')) {
+		rk_err("key file %s is malformed: %s", path, malformed);
+		goto out;
+	}
+	*c1 = '\0';
+	*c2 = '\0';
+	if (rk_cipher_parse(buf, cp, &why) < 0) {
+		rk_err("key file %s: cipher '%s' %s", path, rk_esc(buf), why);
+		goto out;
+	}
+	int pr = rk_parse_u64(c1 + 1, 4096, &bits);
+	if (pr < 0 || rk_cipher_check_strength(*cp, (unsigned)bits, &why) < 0) {
+		rk_err("key file %s: bad strength '%s': %s", path, rk_esc(c1 + 1),
+		       pr < 0 ? "write it as a plain decimal number of bits (no sign, space or leading zero)" : why);
+		goto out;
+	}
+	size_t keylen = (size_t)bits / 8, elen = 4 * ((keylen + 2) / 3);
+	const char *b64 = c2 + 1;
+	size_t b64len = strlen(b64);
+	size_t pad = keylen % 3 == 0 ? 0 : 3 - keylen % 3;
+	bool ok = b64len == elen && keylen <= rawcap;
+	for (size_t i = 0; ok && i < b64len; i++) {
+		unsigned char ch = (unsigned char)b64[i];
+		bool alpha = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+		             ch == '+' || ch == '/';
+		ok = i >= b64len - pad ? ch == '=' : alpha;
+	}
+	if (!ok) {
+		rk_err("key file %s: the key is not canonical base64 of %zu bytes (%zu characters, '=' only as final "
+		       "padding)", path, keylen, elen);
+		goto out;
+	}
+	if (EVP_DecodeBlock(raw, (const unsigned char *)b64, (int)b64len) != (int)(keylen + pad)) {
+		rk_err("key file %s: key is not valid base64", path);
+		goto out;
+	}
+	/* canonical: encoding the key again gives the same text (no stray
+	 * low bits in the last character) */
+	checkcap = elen + 1;
+	check = rk_secure_alloc(checkcap);
+	if (!check) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (EVP_EncodeBlock((unsigned char *)check, raw, (int)keylen) != (int)elen || CRYPTO_memcmp(check, b64, elen)) {
+		rk_err("key file %s: the key is not canonical base64 (unused bits of the last character are set)", path);
+		goto out;
+	}
+	*bitsp = (unsigned)bits;
+	*keylenp = keylen;
+	ret = 0;
+out:
+	rk_secure_free(check, checkcap);
+	return ret;
 }
 
 static int ensure_keydir(const char *keydir)
@@ -94,6 +261,9 @@ int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const c
 		rk_err("cannot create key directory %s: %s", keydir, strerror(-ret));
 		return ret;
 	}
+	ret = rk_keydir_check(keydir);
+	if (ret < 0)
+		return ret;
 	dfd = open(keydir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0) {
 		ret = -errno;
@@ -159,22 +329,21 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 	struct rk_key *k = NULL;
 	char path[PATH_MAX];
 	char *buf = NULL;
-	size_t bufcap = 512;
+	size_t bufcap = 512, keylen = 0;
 	uint8_t *raw = NULL;
 	int ret = 0, fd = -1;
-	struct stat st;
+	struct stat st, lst;
 	enum rk_cipher c;
-	const char *why;
+	unsigned bits = 0;
 
 	*out = NULL;
 	if (rk_key_name_check(name) < 0) {
-		rk_err("invalid key name '%s'", name);
+		rk_err("invalid key name '%s'", rk_esc(name));
 		return -EINVAL;
 	}
 	if (snprintf(path, sizeof(path), "%s/%s", keydir, name) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
+	if (lstat(path, &lst) < 0) {
 		ret = errno == ENOENT ? -ENOKEY : -errno;
 		if (errno == ENOENT)
 			rk_dbg("key '%s' not found: no file %s", name, path);
@@ -182,21 +351,27 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 			rk_err("cannot open key file %s: %s", path, strerror(errno));
 		goto out;
 	}
+	ret = rk_keydir_check(keydir);
+	if (ret < 0)
+		goto out;
+	/* never open a FIFO, socket or device: refused before any open, and the
+	 * open itself cannot block (O_NONBLOCK) nor follow a link */
+	ret = check_key_stat(&lst, path);
+	if (ret < 0)
+		goto out;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		ret = errno == ENOENT ? -ENOKEY : -errno;
+		rk_err("cannot open key file %s: %s", path, strerror(errno));
+		goto out;
+	}
 	if (fstat(fd, &st) < 0) {
 		ret = -errno;
 		goto out;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		rk_err("key file %s is not a regular file", path);
-		ret = -EINVAL;
+	ret = check_key_stat(&st, path);
+	if (ret < 0)
 		goto out;
-	}
-	if (st.st_mode & 077) {
-		rk_err("key file %s has mode %04o: it is accessible by group or others, so it is refused "
-		       "(run: chmod 600 %s)", path, (unsigned)(st.st_mode & 07777), path);
-		ret = -EPERM;
-		goto out;
-	}
 	buf = rk_secure_alloc(bufcap);
 	raw = rk_secure_alloc(bufcap);
 	if (!buf || !raw) {
@@ -216,46 +391,9 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 		goto out;
 	}
 	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
-		buf[--n] = '\0';
-	char *c1 = strchr(buf, ':');
-	char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-	if (!c1 || !c2 || strchr(buf, '\n')) {
-		rk_err("key file %s is malformed: expected one line CIPHER:STRENGTH:BASE64KEY", path);
-		ret = -EINVAL;
+	ret = parse_key_text(buf, (size_t)n, path, &c, &bits, raw, bufcap, &keylen);
+	if (ret < 0)
 		goto out;
-	}
-	*c1 = '\0';
-	*c2 = '\0';
-	if (rk_cipher_parse(buf, &c, &why) < 0) {
-		rk_err("key file %s: cipher '%s' %s", path, buf, why);
-		ret = -EINVAL;
-		goto out;
-	}
-	char *end;
-	unsigned long bits = strtoul(c1 + 1, &end, 10);
-	if (*end || rk_cipher_check_strength(c, (unsigned)bits, &why) < 0) {
-		rk_err("key file %s: bad strength '%s'%s%s", path, c1 + 1, why ? ": " : "", why ? why : "");
-		ret = -EINVAL;
-		goto out;
-	}
-	size_t b64len = strlen(c2 + 1);
-	int dl = EVP_DecodeBlock(raw, (unsigned char *)c2 + 1, (int)b64len);
-	if (dl < 0 || b64len % 4) {
-		rk_err("key file %s: key is not valid base64", path);
-		ret = -EINVAL;
-		goto out;
-	}
-	/* EVP_DecodeBlock counts padding bytes as output; remove them */
-	if (b64len >= 1 && c2[b64len] == '=')
-		dl--;
-	if (b64len >= 2 && c2[b64len - 1] == '=')
-		dl--;
-	if ((unsigned long)dl * 8 != bits) {
-		rk_err("key file %s: key is %d bits long but the file says %lu", path, dl * 8, bits);
-		ret = -EINVAL;
-		goto out;
-	}
 	k = calloc(1, sizeof(*k));
 	if (!k) {
 		ret = -ENOMEM;
@@ -263,8 +401,8 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 	}
 	snprintf(k->name, sizeof(k->name), "%s", name);
 	k->cipher = c;
-	k->bits = (unsigned)bits;
-	k->keylen = (size_t)dl;
+	k->bits = bits;
+	k->keylen = keylen;
 	k->material = rk_secure_alloc(k->keylen);
 	if (!k->material) {
 		ret = -ENOMEM;
@@ -419,10 +557,13 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 
 int rk_keydir_list(const char *keydir, char ***names, size_t *count)
 {
-	DIR *d = opendir(keydir);
 	char **v = NULL;
 	size_t n = 0, cap = 0;
 	struct dirent *de;
+	int ret = rk_keydir_check(keydir);
+	if (ret < 0)
+		return ret;
+	DIR *d = opendir(keydir);
 	if (!d)
 		return -errno;
 	while ((de = readdir(d))) {
@@ -430,6 +571,16 @@ int rk_keydir_list(const char *keydir, char ***names, size_t *count)
 			continue;
 		if (strstr(de->d_name, ".tmp."))
 			continue;
+		/* FIFOs, sockets, devices, directories and symlinks are not key
+		 * files: skipped here, never opened */
+		struct stat st;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* removed meanwhile */
+		if (!S_ISREG(st.st_mode)) {
+			rk_warn("%s/%s is not a regular file: skipped (a key directory holds only key files)", keydir,
+			        rk_esc(de->d_name));
+			continue;
+		}
 		if (n == cap) {
 			cap = cap ? cap * 2 : 16;
 			char **nv = realloc(v, cap * sizeof(*v));

@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -284,12 +286,328 @@ static void test_load_malformed(void **state)
 		/* the message names the file */
 		tu_assert_logged(path);
 	}
-	/* the good key with CRLF and trailing blanks is tolerated */
+	/* exactly one line with an optional single newline: CRLF and trailing
+	 * blanks are refused (strict parsing, issue #10 item 14) */
 	snprintf(line, sizeof(line), "AES/GCM/NoPadding:256:%s\r\n", good);
 	write_key(f, "crlf", line);
 	struct rk_key *k;
-	assert_int_equal(rk_key_load(f->keydir, "crlf", &k), 0);
+	assert_int_equal(rk_key_load(f->keydir, "crlf", &k), -EINVAL);
+	snprintf(line, sizeof(line), "AES/GCM/NoPadding:256:%s", good);
+	write_key(f, "nonl", line);
+	assert_int_equal(rk_key_load(f->keydir, "nonl", &k), 0);
 	rk_key_free(k);
+}
+
+/* Strict key file parsing: a plain decimal strength, canonical base64 with
+ * '=' only as final padding, one line with at most one newline. */
+static void test_load_strict(void **state)
+{
+	struct fx *f = *state;
+	char good[64], g128[64];
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "good");
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 128, "g128");
+	assert_int_equal(tu_key_b64(f->keydir, "good", good, sizeof(good)), 0);
+	assert_int_equal(tu_key_b64(f->keydir, "g128", g128, sizeof(g128)), 0);
+	assert_int_equal(strlen(good), 44); /* 32 bytes: 43 characters and one '=' */
+	assert_int_equal(strlen(g128), 24); /* 16 bytes: 22 characters and "==" */
+
+	char eq_inside[64], eq_pad[64], nonc256[64], nonc128[64], noPad[64];
+	snprintf(eq_inside, sizeof(eq_inside), "%s", good);
+	eq_inside[10] = '=';
+	/* '=' early, then the rest: OpenSSL's decoder would stop or count it */
+	snprintf(eq_pad, sizeof(eq_pad), "%.40s====", good);
+	/* unused low bits of the last character set: another text for the same key */
+	snprintf(nonc256, sizeof(nonc256), "%s", good);
+	nonc256[42] = (char)(nonc256[42] == 'A' ? 'B' : nonc256[42] == 'a' ? 'b' : nonc256[42]);
+	{
+		/* 256-bit key: 43rd character carries 2 bits of data and 4 unused bits;
+		 * flip the lowest unused bit */
+		static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+		int v = (int)(strchr(alpha, good[42]) - alpha);
+		nonc256[42] = alpha[v ^ 1];
+		v = (int)(strchr(alpha, g128[21]) - alpha);
+		snprintf(nonc128, sizeof(nonc128), "%s", g128);
+		nonc128[21] = alpha[v ^ 1];
+	}
+	snprintf(noPad, sizeof(noPad), "%.43s", good);
+
+	struct {
+		const char *name;
+		char content[256];
+	} cases[32];
+	size_t n = 0;
+#define CASE(nm, ...)                                                               \
+	do {                                                                        \
+		cases[n].name = nm;                                                 \
+		snprintf(cases[n].content, sizeof(cases[n].content), __VA_ARGS__); \
+		n++;                                                                \
+	} while (0)
+	CASE("plus", "AES/GCM/NoPadding:+256:%s\n", good);
+	CASE("minus", "AES/GCM/NoPadding:-256:%s\n", good);
+	/* strtoul wraps this to 256 */
+	CASE("hugeneg", "AES/GCM/NoPadding:-18446744073709551360:%s\n", good);
+	CASE("hugepos", "AES/GCM/NoPadding:18446744073709551872:%s\n", good);
+	CASE("wrap32", "AES/GCM/NoPadding:4294967552:%s\n", good);
+	CASE("lead0", "AES/GCM/NoPadding:0256:%s\n", good);
+	CASE("space", "AES/GCM/NoPadding: 256:%s\n", good);
+	CASE("space2", "AES/GCM/NoPadding:256 :%s\n", good);
+	CASE("hex", "AES/GCM/NoPadding:0x100:%s\n", good);
+	CASE("eqinside", "AES/GCM/NoPadding:256:%s\n", eq_inside);
+	CASE("eqpad", "AES/GCM/NoPadding:256:%s\n", eq_pad);
+	CASE("nocanon256", "AES/GCM/NoPadding:256:%s\n", nonc256);
+	CASE("nocanon128", "AES/GCM/NoPadding:128:%s\n", nonc128);
+	CASE("nopad", "AES/GCM/NoPadding:256:%s\n", noPad);
+	CASE("extrapad", "AES/GCM/NoPadding:256:%s=\n", good);
+	CASE("b64space", "AES/GCM/NoPadding:256:%.20s %s\n", good, good + 20);
+	CASE("b64nl", "AES/GCM/NoPadding:256:%.20s\n%s\n", good, good + 20);
+	CASE("lead_ws", " AES/GCM/NoPadding:256:%s\n", good);
+	CASE("trail_ws", "AES/GCM/NoPadding:256:%s \n", good);
+	CASE("two_nl", "AES/GCM/NoPadding:256:%s\n\n", good);
+	CASE("colon3", "AES/GCM/NoPadding:256:%s:\n", good);
+	CASE("cr", "AES/GCM/NoPadding:256:%s\r", good);
+#undef CASE
+	for (size_t i = 0; i < n; i++) {
+		struct rk_key *k = (struct rk_key *)&k;
+		char path[PATH_MAX];
+		write_key(f, cases[i].name, cases[i].content);
+		key_path(f, cases[i].name, path);
+		tu_log_clear();
+		int ret = rk_key_load(f->keydir, cases[i].name, &k);
+		if (ret != -EINVAL)
+			fail_msg("key file '%s' (%s) loaded with %d, expected -EINVAL", cases[i].name, cases[i].content, ret);
+		assert_null(k);
+		tu_assert_logged(path);
+	}
+	/* a NUL byte inside the line */
+	{
+		char line[128], path[PATH_MAX];
+		int l = snprintf(line, sizeof(line), "AES/GCM/NoPadding:256:%s\n", good);
+		line[5] = '\0';
+		key_path(f, "nul", path);
+		tu_write_file(path, line, (size_t)l, 0600);
+		struct rk_key *k = (struct rk_key *)&k;
+		assert_int_equal(rk_key_load(f->keydir, "nul", &k), -EINVAL);
+		assert_null(k);
+	}
+	/* the messages say what is wrong */
+	tu_log_clear();
+	struct rk_key *k;
+	assert_int_equal(rk_key_load(f->keydir, "plus", &k), -EINVAL);
+	tu_assert_logged("strength", "plain decimal");
+	assert_int_equal(rk_key_load(f->keydir, "eqinside", &k), -EINVAL);
+	tu_assert_logged("base64", "padding");
+	/* canonical files load, with or without the newline */
+	assert_int_equal(rk_key_load(f->keydir, "good", &k), 0);
+	rk_key_free(k);
+	assert_int_equal(rk_key_load(f->keydir, "g128", &k), 0);
+	assert_int_equal(k->bits, 128);
+	rk_key_free(k);
+}
+
+static void test_parse_u64(void **state)
+{
+	(void)state;
+	uint64_t v = 77;
+	assert_int_equal(rk_parse_u64("0", 10, &v), 0);
+	assert_int_equal(v, 0);
+	assert_int_equal(rk_parse_u64("1024", 1024, &v), 0);
+	assert_int_equal(v, 1024);
+	assert_int_equal(rk_parse_u64("18446744073709551615", UINT64_MAX, &v), 0);
+	assert_true(v == UINT64_MAX);
+	v = 77;
+	assert_int_equal(rk_parse_u64("1025", 1024, &v), -ERANGE);
+	assert_int_equal(rk_parse_u64("18446744073709551616", UINT64_MAX, &v), -ERANGE);
+	assert_int_equal(rk_parse_u64("99999999999999999999999", UINT64_MAX, &v), -ERANGE);
+	static const char *bad[] = {"", "-1", "+1", " 1", "1 ", "01", "00", "1k", "0x10", "1.0", "\t1", "1\n", NULL};
+	for (int i = 0; bad[i]; i++)
+		assert_int_equal(rk_parse_u64(bad[i], UINT64_MAX, &v), -EINVAL);
+	assert_int_equal(rk_parse_u64(NULL, 1, &v), -EINVAL);
+	assert_int_equal(v, 77); /* untouched on failure */
+}
+
+static void test_escape_ctl(void **state)
+{
+	(void)state;
+	char out[64];
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "plain/name.db"), "plain/name.db");
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "a\033]0;pwned\007b"), "a\\x1b]0;pwned\\x07b");
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "nl\nTAB\tdel\177"), "nl\\x0aTAB\\x09del\\x7f");
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "back\\slash"), "back\\\\slash");
+	/* valid UTF-8 is kept; C1 controls (U+009B, the 8-bit CSI) and invalid bytes are not */
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "caf\xc3\xa9"), "caf\xc3\xa9");
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "x\xc2\x9b" "2J"), "x\\xc2\\x9b2J");
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "lat1\xe9"), "lat1\\xe9");
+	assert_string_equal(rk_escape_ctl(out, sizeof(out), "\x9b"), "\\x9b");
+	/* truncation never leaves half an escape and says so */
+	char small[8];
+	rk_escape_ctl(small, sizeof(small), "\033\033\033\033");
+	assert_true(strlen(small) < sizeof(small));
+	assert_non_null(strstr(small, "..."));
+	assert_null(strchr(small, 033));
+	/* rk_esc: several at once, and rk_log escapes every message */
+	const char *a = rk_esc("\033a"), *b = rk_esc("\033b");
+	assert_string_equal(a, "\\x1ba");
+	assert_string_equal(b, "\\x1bb");
+	tu_log_clear();
+	rk_err("file %s", "evil\033[2Jname");
+	tu_assert_logged("file evil\\x1b[2Jname");
+	tu_log_assert_absent("\033");
+}
+
+/* Key directory trust, as ssh's StrictModes: owner and mode of the key
+ * directory (and the directories above it), owner, mode and type of each key
+ * file; a FIFO is never opened blocking. */
+static void test_keydir_trust(void **state)
+{
+	struct fx *f = *state;
+	struct rk_key *k = NULL;
+	char **names = NULL;
+	size_t n = 0;
+	char path[PATH_MAX];
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "ok");
+	assert_int_equal(rk_keydir_check(f->keydir), 0);
+
+	/* a group- or world-writable key directory is refused, naming the fix */
+	static const mode_t loose[] = {0770, 0777, 0722, 0730, 01777};
+	for (size_t i = 0; i < RK_ARRAY_SIZE(loose); i++) {
+		assert_int_equal(chmod(f->keydir, loose[i]), 0);
+		tu_log_clear();
+		k = (struct rk_key *)&k;
+		assert_int_equal(rk_key_load(f->keydir, "ok", &k), -EPERM);
+		assert_null(k);
+		tu_assert_logged(f->keydir, "chmod go-w");
+		assert_int_equal(rk_keydir_list(f->keydir, &names, &n), -EPERM);
+		assert_int_equal(rk_key_create(f->keydir, "AES/GCM/NoPadding", 256, "new", NULL), -EPERM);
+	}
+	/* readable by others is fine: only names are visible */
+	assert_int_equal(chmod(f->keydir, 0755), 0);
+	assert_int_equal(rk_key_load(f->keydir, "ok", &k), 0);
+	rk_key_free(k);
+
+	/* a writable parent without the sticky bit is refused; with it (/tmp) fine */
+	assert_int_equal(chmod(f->dir, 0777), 0);
+	tu_log_clear();
+	assert_int_equal(rk_key_load(f->keydir, "ok", &k), -EPERM);
+	tu_assert_logged(f->dir, "chmod go-w");
+	assert_int_equal(chmod(f->dir, 01777), 0);
+	assert_int_equal(rk_key_load(f->keydir, "ok", &k), 0);
+	rk_key_free(k);
+	assert_int_equal(chmod(f->dir, 0700), 0);
+
+	if (geteuid() == 0) {
+		/* owned by another user: refused (the daemon's user or root only) */
+		key_path(f, "ok", path);
+		assert_int_equal(chown(path, 54321, 54321), 0);
+		tu_log_clear();
+		assert_int_equal(rk_key_load(f->keydir, "ok", &k), -EPERM);
+		tu_assert_logged(path, "uid 54321", "chown");
+		assert_int_equal(chown(path, 0, 0), 0);
+		assert_int_equal(rk_key_load(f->keydir, "ok", &k), 0);
+		rk_key_free(k);
+		assert_int_equal(chown(f->keydir, 54321, 54321), 0);
+		tu_log_clear();
+		assert_int_equal(rk_key_load(f->keydir, "ok", &k), -EPERM);
+		tu_assert_logged(f->keydir, "uid 54321", "chown");
+		assert_int_equal(chown(f->keydir, 0, 0), 0);
+	}
+
+	/* a FIFO, a socket-like special file, a directory, a symlink: never opened
+	 * blocking.  In a child with a deadline: a hang fails the test. */
+	key_path(f, "fifo", path);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	key_path(f, "sub", path);
+	assert_int_equal(mkdir(path, 0700), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct rk_key *ck = NULL;
+		char **cn = NULL;
+		size_t cnt = 0;
+		int code = 0;
+		if (rk_key_load(f->keydir, "fifo", &ck) != -EPERM)
+			code |= 1;
+		if (rk_keydir_list(f->keydir, &cn, &cnt) != 0 || cnt != 1 || strcmp(cn[0], "ok") != 0)
+			code |= 2;
+		for (size_t i = 0; i < cnt; i++)
+			free(cn[i]);
+		free(cn);
+		struct rk_keyring *kr;
+		if (rk_keyring_new(f->keydir, &kr) == 0) {
+			if (rk_keyring_get(kr, "fifo", &ck) != -EPERM)
+				code |= 4;
+			rk_keyring_free(kr);
+		}
+		_exit(code);
+	}
+	int st = 0;
+	pid_t w = 0;
+	for (int i = 0; i < 1000 && (w = waitpid(pid, &st, WNOHANG)) == 0; i++)
+		usleep(10000); /* up to 10 s */
+	if (w == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		fail_msg("loading or listing a key directory with a FIFO hung");
+	}
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) != 0)
+		fail_msg("FIFO handling failed (child code %d: 1 load, 2 list, 4 keyring)", WEXITSTATUS(st));
+	/* the messages, in this process */
+	tu_log_clear();
+	assert_int_equal(rk_key_load(f->keydir, "fifo", &k), -EPERM);
+	tu_assert_logged("fifo", "not a regular file", "FIFO");
+	assert_int_equal(rk_keydir_list(f->keydir, &names, &n), 0);
+	tu_assert_logged("fifo", "skipped");
+	assert_int_equal(n, 1);
+	free(names[0]);
+	free(names);
+	assert_int_equal(rk_key_load(f->keydir, "sub", &k), -EPERM);
+	/* (the teardown reads every key file: no FIFO left for it) */
+	key_path(f, "fifo", path);
+	unlink(path);
+}
+
+/* mlock() is not inherited by fork(): a process that loaded keys before
+ * detaching must lock them again (rk_secure_relock). */
+static long vmlck_kb(void)
+{
+	FILE *fp = fopen("/proc/self/status", "r"); /* st_size 0: read it line by line */
+	char line[256];
+	long v = -1;
+	while (fp && fgets(line, sizeof(line), fp))
+		if (strncmp(line, "VmLck:", 6) == 0)
+			v = strtol(line + 6, NULL, 10);
+	if (fp)
+		fclose(fp);
+	return v;
+}
+
+static void test_secure_relock_after_fork(void **state)
+{
+	(void)state;
+	void *p = rk_secure_alloc(32);
+	assert_non_null(p);
+	if (vmlck_kb() <= 0) {
+		rk_secure_free(p, 32);
+		skip(); /* RLIMIT_MEMLOCK forbids locking here */
+	}
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int code = 0;
+		if (vmlck_kb() != 0)
+			code |= 1; /* the kernel did not clear the lock: nothing to prove */
+		if (rk_secure_relock() != 0)
+			code |= 2;
+		if (vmlck_kb() <= 0)
+			code |= 4;
+		_exit(code);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) != 0)
+		fail_msg("relock after fork failed (child code %d)", WEXITSTATUS(st));
+	rk_secure_free(p, 32);
 }
 
 static void test_load_missing(void **state)
@@ -466,7 +784,8 @@ int main(void)
 		T(test_create_formats),        T(test_create_refuses_overwrite), T(test_create_refuses_bad_cipher),
 		T(test_load_loose_permissions), T(test_load_malformed),          T(test_load_missing),
 		T(test_keyring),               T(test_keydir_list),              T(test_name_check_and_resolve),
-		T(test_no_key_material_in_logs),
+		T(test_no_key_material_in_logs), T(test_load_strict),           T(test_parse_u64),
+		T(test_escape_ctl),            T(test_keydir_trust),              T(test_secure_relock_after_fork),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
