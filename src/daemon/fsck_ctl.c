@@ -114,7 +114,7 @@ static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 	snap.path = fs->datadir_real;
 	snap.dirfd = fs->rootfd;
 	snap.statefd = snap.lockfd = -1;
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	snap.ntables = fs->dd->ntables;
 	snap.nkeys = fs->dd->nkeys;
 	snap.tables = malloc((snap.ntables ? snap.ntables : 1) * sizeof(*snap.tables));
@@ -123,7 +123,7 @@ static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		memcpy(snap.tables, fs->dd->tables, snap.ntables * sizeof(*snap.tables));
 		memcpy(snap.keys, fs->dd->keys, snap.nkeys * sizeof(*snap.keys));
 	}
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	if (!snap.tables || !snap.keys) {
 		ret = rkd_reply(out, len, -ENOMEM, "exit=%d out of memory", RK_FSCK_EXIT_OPERATIONAL);
 		goto done;
@@ -196,11 +196,11 @@ int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out,
 		                 atomic_load(&fsck_running) ? "running" : "idle", (uint64_t)atomic_load(&fsck_done),
 		                 (uint64_t)atomic_load(&fsck_total));
 	}
-	if (pthread_mutex_trylock(&fsck_lock) != 0)
+	if (rk_mutex_trylock(&fsck_lock, RK_RANK_FSCK) != 0)
 		return rkd_reply(out, len, -EBUSY, "exit=%d an fsck is already running in this daemon; try again when it "
 		                                   "has finished",
 		                 RK_FSCK_EXIT_OPERATIONAL);
 	int ret = run_fsck(fs, args, out, len);
-	pthread_mutex_unlock(&fsck_lock);
+	rk_mutex_unlock(&fsck_lock);
 	return ret;
 }
