@@ -218,7 +218,7 @@ struct szent {
 	uint64_t size;
 	UT_hash_handle hh;
 };
-static pthread_mutex_t szlock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t szlock = PTHREAD_MUTEX_INITIALIZER; /* rank RK_RANK_SIZE (72): the size cache */
 static struct szent *sztab;
 static unsigned szcount;
 

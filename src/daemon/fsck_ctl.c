@@ -25,7 +25,8 @@
 #include "rekeyfs/fsck.h"
 #include "rekeyfs/walk.h"
 
-/* one fsck at a time; its progress is readable by other control requests */
+/* one fsck at a time (rank RK_RANK_FSCK, 10: the lowest, held for the whole
+ * run, taken by trylock); its progress is readable by other control requests */
 static pthread_mutex_t fsck_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_bool fsck_running;
 static atomic_uint_fast64_t fsck_done, fsck_total;

@@ -73,7 +73,7 @@ static size_t page_round(size_t len)
  * of locked, undumpable pages, so that opening a file costs no mmap/mlock;
  * slots are wiped when freed and the pages stay mapped. */
 #define SLAB_SLOT 64
-static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER; /* rank RK_RANK_SLAB (98, leaf): the slab */
 static void *slab_free;
 
 static void *slab_alloc(void)

@@ -18,7 +18,7 @@ D="$T_TMP/data"
 M="$T_TMP/mnt"
 NFILES=${NFILES:-3000}
 OP_DEADLINE=${OP_DEADLINE:-60}  # seconds for any single operation
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-2}
 
 status_get() { # EXPR on the status JSON's walker object w
 	timeout -s KILL "$OP_DEADLINE" python3 -c \
