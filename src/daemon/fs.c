@@ -1066,16 +1066,27 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct rkd_file *f = h->f;
 	(void)ino;
 	if (!f) {
+		char *copy = NULL;
+		size_t n = 0;
 		rk_mutex_lock(&h->vlock, RK_RANK_VHANDLE);
 		/* a control reply reads from where the command ended (shell style:
 		 * exec 3<>control; echo cmd >&3; cat <&3) or from offset 0 (pread) */
 		if (h->in->virt == RKD_VCONTROL && (uint64_t)off >= h->vbase)
 			off -= (off_t)h->vbase;
-		if ((size_t)off >= h->vlen)
-			fuse_reply_buf(req, NULL, 0);
-		else
-			fuse_reply_buf(req, h->vbuf + off, RK_MIN(size, h->vlen - (size_t)off));
+		if ((size_t)off < h->vlen) {
+			n = RK_MIN(size, h->vlen - (size_t)off);
+			copy = malloc(n);
+			if (copy)
+				memcpy(copy, h->vbuf + off, n);
+		}
 		rk_mutex_unlock(&h->vlock);
+		/* replied after the unlock: once the kernel has the reply it may
+		 * release (and free) the handle and its lock */
+		if (n && !copy)
+			fuse_reply_err(req, ENOMEM);
+		else
+			fuse_reply_buf(req, copy, n);
+		free(copy);
 		return;
 	}
 	atomic_fetch_add(&fs->st.reads, 1);

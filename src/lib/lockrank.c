@@ -8,7 +8,7 @@
 
 #include "rekeyfs/lockrank.h"
 
-#define HELD_MAX 64
+#define HELD_MAX 160 /* a file's 64 stripes, its rw_lock, inner locks; room to spare */
 
 struct held {
 	const void *lock;
