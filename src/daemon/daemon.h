@@ -31,9 +31,9 @@ struct rkd_inode {
 	mode_t type;         /* S_IFMT bits */
 	enum rkd_virt virt;
 	uint64_t nlookup;    /* protected by fs->itab_lock */
-	/* rank RK_RANK_INODE (55): guards of, hdr_* (header cache), name/pdev/pino
-	 * writers; taken before fs->itab_lock and never waited for under it (the
-	 * reclaimer only trylocks it) */
+	/* rank RK_RANK_INODE (55): guards of (and its refs, closing), hdr_*
+	 * (header cache); taken before fs->itab_lock and never waited for under
+	 * it (the reclaimer only trylocks it).  name, pdev, pino: itab_lock */
 	pthread_mutex_t lock;
 	pthread_cond_t closed; /* of finished closing */
 	struct rkd_file *of;
