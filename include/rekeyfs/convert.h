@@ -23,7 +23,10 @@ int rk_tmp_cleanup(int dirfd, const char *name);
  * Returns its read-write fd or a negative errno. */
 int rk_tmp_create(int dirfd, char *name, size_t len);
 /* Give tmp the owner, mode, extended attributes and access/modification
- * times of the original (src, whose stat is st). */
+ * times of the original (src, whose stat is st).  Every extended attribute
+ * (ACLs included) is copied whatever their number and size; if one cannot be,
+ * a negative errno (message names the file and the attribute): the caller
+ * must not replace the original. */
 int rk_copy_identity(int src, int tmp, const struct stat *st, const char *rel);
 /* Same file (dev, ino) with the same size, mtime and ctime. */
 bool rk_stat_unchanged(const struct stat *a, const struct stat *b);

@@ -89,7 +89,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	jb_str(&b, rk_keyring_dir(fs->kr));
 	jb_printf(&b, ",\n  \"started\": %lld,\n  \"uptime_s\": %lld,\n  \"writeback_cache\": %s,\n",
 	          (long long)fs->started, (long long)(time(NULL) - fs->started), fs->o.writeback ? "true" : "false");
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	jb_printf(&b, "  \"tables\": [");
 	for (size_t i = 0; i < fs->dd->ntables; i++) {
 		const struct rk_table *t = &fs->dd->tables[i];
@@ -108,7 +108,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 		jb_printf(&b, ", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"state\": \"%s\"}",
 		          rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state));
 	}
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	jb_printf(&b, "\n  ],\n");
 	rkd_walker_json(fs, &b);
 	struct rk_journal_stats js;
@@ -188,7 +188,7 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 			return reply(out, len, r, "key '%s' cannot be used: %s (key directory %s)", keyname, rk_strerror(r),
 			             rk_keyring_dir(fs->kr));
 	}
-	pthread_rwlock_wrlock(&fs->policy_lock);
+	rk_rw_wrlock(&fs->policy_lock, RK_RANK_POLICY);
 	int r = 0;
 	if (setkey)
 		r = rk_registry_add(fs->dd, key);
@@ -204,7 +204,7 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		snprintf(tpath, sizeof(tpath), "%s key=%s chunk_kb=%u compression=%s", t->path, t->key, t->chunk_size / 1024,
 		         rk_comp_name(t->comp));
 	}
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	if (r < 0)
 		return reply(out, len, r, "alter %s failed: %s", table, rk_strerror(r));
 	atomic_fetch_add(&fs->policy_gen, 1);

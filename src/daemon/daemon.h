@@ -16,6 +16,7 @@
 #include "rekeyfs/format.h"
 #include "rekeyfs/journal.h"
 #include "rekeyfs/keys.h"
+#include "rekeyfs/lockrank.h"
 
 #define RKD_CHUNK_STRIPES 64
 
@@ -30,7 +31,10 @@ struct rkd_inode {
 	mode_t type;         /* S_IFMT bits */
 	enum rkd_virt virt;
 	uint64_t nlookup;    /* protected by fs->itab_lock */
-	pthread_mutex_t lock; /* protects of and the header cache */
+	/* rank RK_RANK_INODE (55): guards of (and its refs, closing), hdr_*
+	 * (header cache); taken before fs->itab_lock and never waited for under
+	 * it (the reclaimer only trylocks it).  name, pdev, pino: itab_lock */
+	pthread_mutex_t lock;
 	pthread_cond_t closed; /* of finished closing */
 	struct rkd_file *of;
 	atomic_uint open_gen; /* bumped whenever of is created (whole-file rekey check) */
@@ -58,16 +62,23 @@ struct rkd_file {
 	bool closing;         /* last handle gone; being flushed and detached */
 	bool chunk;           /* chunk file (else plain pass-through) */
 	struct rk_cf *cf;
-	pthread_rwlock_t rw_lock;   /* shared: read/write; exclusive: truncate, sync, extension */
+	/* rank RK_RANK_FILE_RW (30): shared for read/write; exclusive for
+	 * truncate, sync, extension, key-reference scans */
+	pthread_rwlock_t rw_lock;
+	/* rank RK_RANK_STRIPE (40), after rw_lock: chunk idx is guarded by
+	 * stripes[idx % RKD_CHUNK_STRIPES]; several taken in ascending index */
 	pthread_rwlock_t stripes[RKD_CHUNK_STRIPES];
-	/* the table policy as of policy_gen */
+	/* rank RK_RANK_FILE_POL (45): guards policy_gen, key, comp (the table
+	 * policy as of policy_gen); fs->policy_lock is taken under it */
 	pthread_mutex_t pol_lock;
 	unsigned policy_gen;
 	char key[RK_KEY_NAME_MAX + 1];
 	enum rk_comp comp;
-	/* lazy rekey: header entry of the target key, as of target_gen */
-	unsigned target_gen;
-	int target_idx;
+	/* lazy rekey: header entry of the target key, as of target_gen (both
+	 * atomics, read and written by any reader thread; a stale pair only
+	 * costs a recomputation) */
+	atomic_uint target_gen;
+	atomic_int target_idx;
 };
 
 struct rkd_handle {
@@ -78,7 +89,7 @@ struct rkd_handle {
 	char *vbuf;
 	size_t vlen;
 	uint64_t vbase; /* control: file offset where the last command ended */
-	pthread_mutex_t vlock;
+	pthread_mutex_t vlock; /* rank RK_RANK_VHANDLE (75): vbuf, vlen, vbase */
 };
 
 struct rkd_opts {
@@ -136,12 +147,17 @@ struct rkd_fs {
 	struct rk_datadir *dd;
 	struct rk_keyring *kr;
 	struct rk_journal *j;
-	pthread_rwlock_t policy_lock; /* dd->tables and dd->keys */
+	/* rank RK_RANK_POLICY (65): dd->tables and dd->keys (policy, registry) */
+	pthread_rwlock_t policy_lock;
 	atomic_uint policy_gen;
 	/* shared by lookups and operations that change names or a closed file's
 	 * identity (unlink, rename, link, setattr, xattrs); exclusive while a
-	 * whole-file rekey renames the new file into place */
+	 * whole-file rekey renames the new file into place.  Rank RK_RANK_NS
+	 * (20): taken before any file or inode lock */
 	pthread_rwlock_t ns_lock;
+	/* rank RK_RANK_ITAB (60): inodes, ninodes, every nlookup, an inode's
+	 * hash key (dev, ino), reclaim_stop; taken after an inode's lock, never
+	 * before one (walks pin inodes and drop it first: rkd_for_each_open) */
 	pthread_mutex_t itab_lock;
 	struct rkd_inode *inodes;     /* by (dev, ino) */
 	size_t ninodes;               /* each holds one O_PATH fd */
@@ -155,7 +171,7 @@ struct rkd_fs {
 	struct rkd_walker *w;
 	/* files closed with COUNTS_DIRTY headers, cleaned (recount + sync) at
 	 * unmount so that a clean unmount leaves exact header counts */
-	pthread_mutex_t dirty_lock;
+	pthread_mutex_t dirty_lock; /* rank RK_RANK_DIRTY (70): dirty, ndirty, capdirty */
 	struct rkd_dirty *dirty;
 	size_t ndirty, capdirty;
 	time_t started;
@@ -198,7 +214,8 @@ void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f);
 void rkd_file_ref(struct rkd_inode *in, struct rkd_file *f);
 void rkd_chunk_lock(struct rkd_file *f, uint64_t idx);
 void rkd_chunk_unlock(struct rkd_file *f, uint64_t idx);
-/* Call fn for every open chunk file (inode table locked: fn must not block long). */
+/* Call fn for every open chunk file.  fn runs with no daemon lock held, on a
+ * reference to the file (it may take the file's locks). */
 void rkd_for_each_open(struct rkd_fs *fs, void (*fn)(struct rkd_file *f, void *arg), void *arg);
 
 /* walker.c: background sweeps, lazy rekey, key release */

@@ -129,18 +129,18 @@ static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct st
                                       const char *name)
 {
 	struct rkd_inode *in;
-	pthread_mutex_lock(&fs->itab_lock);
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	in = itab_find(fs, st->st_dev, st->st_ino);
 	if (in) {
 		in->nlookup++;
 		set_where(in, parent, name);
-		pthread_mutex_unlock(&fs->itab_lock);
+		rk_mutex_unlock(&fs->itab_lock);
 		close(fd);
 		return in;
 	}
 	in = calloc(1, sizeof(*in));
 	if (!in) {
-		pthread_mutex_unlock(&fs->itab_lock);
+		rk_mutex_unlock(&fs->itab_lock);
 		close(fd);
 		return NULL;
 	}
@@ -157,7 +157,7 @@ static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct st
 	HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
 	if (++fs->ninodes > fs->inode_high && fs->reclaim_started)
 		pthread_cond_signal(&fs->reclaim_cond);
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
 	return in;
 }
 
@@ -165,14 +165,14 @@ static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 {
 	if (in->virt != RKD_REAL || in == &fs->root)
 		return;
-	pthread_mutex_lock(&fs->itab_lock);
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	if (n > in->nlookup)
 		n = in->nlookup;
 	in->nlookup -= n;
 	if (in->nlookup == 0) {
 		HASH_DELETE(hh, fs->inodes, in);
 		fs->ninodes--;
-		pthread_mutex_unlock(&fs->itab_lock);
+		rk_mutex_unlock(&fs->itab_lock);
 		close(in->fd);
 		free(in->name);
 		pthread_mutex_destroy(&in->lock);
@@ -180,7 +180,7 @@ static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 		free(in);
 		return;
 	}
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
 }
 
 /* ---- attributes ------------------------------------------------------------------------ */
@@ -221,7 +221,7 @@ struct szent {
 	uint64_t size;
 	UT_hash_handle hh;
 };
-static pthread_mutex_t szlock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t szlock = PTHREAD_MUTEX_INITIALIZER; /* rank RK_RANK_SIZE (72): the size cache */
 static struct szent *sztab;
 static unsigned szcount;
 
@@ -232,7 +232,7 @@ static bool size_cache_get(const struct stat *st, int *kind, uint64_t *size)
 	struct ikey k = {st->st_dev, st->st_ino};
 	struct szent *e;
 	bool hit = false;
-	pthread_mutex_lock(&szlock);
+	rk_mutex_lock(&szlock, RK_RANK_SIZE);
 	HASH_FIND(hh, sztab, &k, sizeof(k), e);
 	/* not the ctime: the kernel's write-back cache sets times (SETATTR) when
 	 * it evicts an inode, and chmod/chown/xattrs change it; none of these
@@ -243,7 +243,7 @@ static bool size_cache_get(const struct stat *st, int *kind, uint64_t *size)
 		*size = e->size;
 		hit = true;
 	}
-	pthread_mutex_unlock(&szlock);
+	rk_mutex_unlock(&szlock);
 	return hit;
 }
 
@@ -251,7 +251,7 @@ static void size_cache_put(const struct stat *st, int kind, uint64_t size)
 {
 	struct ikey k = {st->st_dev, st->st_ino};
 	struct szent *e, *tmp;
-	pthread_mutex_lock(&szlock);
+	rk_mutex_lock(&szlock, RK_RANK_SIZE);
 	HASH_FIND(hh, sztab, &k, sizeof(k), e);
 	if (!e) {
 		if (szcount >= SIZE_CACHE_MAX) {
@@ -264,7 +264,7 @@ static void size_cache_put(const struct stat *st, int kind, uint64_t size)
 		}
 		e = calloc(1, sizeof(*e));
 		if (!e) {
-			pthread_mutex_unlock(&szlock);
+			rk_mutex_unlock(&szlock);
 			return;
 		}
 		e->k = k;
@@ -275,20 +275,20 @@ static void size_cache_put(const struct stat *st, int kind, uint64_t size)
 	e->mtime = st->st_mtim;
 	e->kind = kind;
 	e->size = size;
-	pthread_mutex_unlock(&szlock);
+	rk_mutex_unlock(&szlock);
 }
 
 void rkd_size_cache_free(void)
 {
 	struct szent *e, *tmp;
-	pthread_mutex_lock(&szlock);
+	rk_mutex_lock(&szlock, RK_RANK_SIZE);
 	HASH_ITER(hh, sztab, e, tmp)
 	{
 		HASH_DEL(sztab, e);
 		free(e);
 	}
 	szcount = 0;
-	pthread_mutex_unlock(&szlock);
+	rk_mutex_unlock(&szlock);
 }
 
 /* Replace st_size of a regular file by its plaintext size. */
@@ -296,17 +296,17 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 {
 	if (!S_ISREG(st->st_mode))
 		return 0;
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (in->of) {
 		if (in->of->chunk)
 			st->st_size = (off_t)rk_cf_size(in->of->cf);
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		return 0;
 	}
 	if (in->hdr_kind >= 0 && in->hdr_stsize == st->st_size && ts_eq(in->hdr_mtime, st->st_mtim)) {
 		if (in->hdr_kind == 1)
 			st->st_size = (off_t)in->hdr_size;
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		return 0;
 	}
 	int ckind;
@@ -318,7 +318,7 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 		in->hdr_mtime = st->st_mtim;
 		if (ckind == 1)
 			st->st_size = (off_t)csize;
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		return 0;
 	}
 	char pp[64];
@@ -358,7 +358,7 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 out:
 	if (fd >= 0)
 		close(fd);
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 	return ret;
 }
 
@@ -381,7 +381,7 @@ static int inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const st
                         struct stat *st, struct rkd_inode **out)
 {
 	int ret = 0;
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0 || fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
 		ret = -errno;
@@ -391,7 +391,7 @@ static int inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const st
 		*out = inode_get_at(fs, fd, st, parent, name);
 		ret = *out ? 0 : -ENOMEM;
 	}
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 	return ret;
 }
 
@@ -478,7 +478,7 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 {
 	char name[RK_KEY_NAME_MAX + 1];
 	unsigned gen = atomic_load(&fs->policy_gen);
-	pthread_mutex_lock(&f->pol_lock);
+	rk_mutex_lock(&f->pol_lock, RK_RANK_FILE_POL);
 	if (f->policy_gen != gen || !f->key[0]) {
 		/* renames and policy changes bump the generation: find where the
 		 * file lives now and which table that is */
@@ -489,16 +489,16 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 			if (f->rw)
 				rk_journal_repath(fs->j, f->cf, rel);
 		}
-		pthread_rwlock_rdlock(&fs->policy_lock);
+		rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 		const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
 		snprintf(f->key, sizeof(f->key), "%s", t->key);
 		f->comp = t->comp;
-		pthread_rwlock_unlock(&fs->policy_lock);
+		rk_rw_unlock(&fs->policy_lock);
 		f->policy_gen = gen;
 	}
 	snprintf(name, sizeof(name), "%s", f->key);
 	*comp = f->comp;
-	pthread_mutex_unlock(&f->pol_lock);
+	rk_mutex_unlock(&f->pol_lock);
 	int ret = rk_keyring_get(fs->kr, name, key);
 	if (ret < 0)
 		rk_err("%s: cannot seal under the table's target key '%s': %s", f->cf ? rk_cf_path(f->cf) : "?", name,
@@ -510,14 +510,14 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 static void file_repath(struct rkd_fs *fs, struct rkd_inode *in)
 {
 	char rel[PATH_MAX];
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (in->of && in->of->cf) {
 		inode_rel(fs, in, rel, sizeof(rel));
 		rk_cf_set_path(in->of->cf, rel);
 		if (in->of->rw)
 			rk_journal_repath(fs->j, in->of->cf, rel);
 	}
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 }
 
 static void file_free(struct rkd_file *f)
@@ -553,14 +553,14 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 {
 	char pp[64], rel[PATH_MAX];
 	int ret = 0;
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	/* a file being closed is flushed and detached first: one rk_cf per file */
 	while (in->of && in->of->closing)
 		pthread_cond_wait(&in->closed, &in->lock);
 	if (in->of) {
 		in->of->refs++;
 		*out = in->of;
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		return 0;
 	}
 	struct rkd_file *f = file_alloc();
@@ -609,7 +609,7 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 	f = NULL;
 out:
 	file_free(f);
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 	return ret;
 }
 
@@ -623,7 +623,7 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 	h.fh.handle_bytes = sizeof(h.buf);
 	if (name_to_handle_at(f->fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) < 0)
 		return; /* counts stay dirty; readers recount them */
-	pthread_mutex_lock(&fs->dirty_lock);
+	rk_mutex_lock(&fs->dirty_lock, RK_RANK_DIRTY);
 	/* bounded (RKD_DIRTY_MAX entries): past it a header stays marked, and
 	 * whoever reads its counts recounts them from the slots */
 	if (fs->ndirty == fs->capdirty && fs->capdirty < RKD_DIRTY_MAX) {
@@ -641,7 +641,7 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 		d->handle_len = h.fh.handle_bytes;
 		memcpy(d->handle, h.fh.f_handle, h.fh.handle_bytes);
 	}
-	pthread_mutex_unlock(&fs->dirty_lock);
+	rk_mutex_unlock(&fs->dirty_lock);
 }
 
 /* ---- fd budget ---------------------------------------------------------------------------
@@ -657,7 +657,7 @@ struct victim {
 static void *reclaimer(void *arg)
 {
 	struct rkd_fs *fs = arg;
-	pthread_mutex_lock(&fs->itab_lock);
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	while (!fs->reclaim_stop) {
 		if (fs->ninodes <= fs->inode_high) {
 			pthread_cond_wait(&fs->reclaim_cond, &fs->itab_lock);
@@ -672,10 +672,10 @@ static void *reclaimer(void *arg)
 		{
 			if (n == want)
 				break;
-			if (in->virt != RKD_REAL || !in->name || pthread_mutex_trylock(&in->lock) != 0)
+			if (in->virt != RKD_REAL || !in->name || rk_mutex_trylock(&in->lock, RK_RANK_INODE) != 0)
 				continue;
 			bool idle = !in->of;
-			pthread_mutex_unlock(&in->lock);
+			rk_mutex_unlock(&in->lock);
 			if (!idle)
 				continue;
 			struct rkd_inode *p = in->pdev == fs->root.dev && in->pino == fs->root.ino
@@ -688,7 +688,7 @@ static void *reclaimer(void *arg)
 			if (v[n].name)
 				n++;
 		}
-		pthread_mutex_unlock(&fs->itab_lock);
+		rk_mutex_unlock(&fs->itab_lock);
 		size_t dropped = 0;
 		for (size_t i = 0; i < n; i++) {
 			if (fuse_lowlevel_notify_inval_entry(fs->se, v[i].parent, v[i].name, strlen(v[i].name)) == 0)
@@ -700,9 +700,9 @@ static void *reclaimer(void *arg)
 		/* let the forgets arrive before looking again */
 		struct timespec ts = {0, 200000000L};
 		nanosleep(&ts, NULL);
-		pthread_mutex_lock(&fs->itab_lock);
+		rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	}
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
 	return NULL;
 }
 
@@ -731,10 +731,10 @@ void rkd_reclaim_stop(struct rkd_fs *fs)
 {
 	if (!fs->reclaim_started)
 		return;
-	pthread_mutex_lock(&fs->itab_lock);
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	fs->reclaim_stop = true;
 	pthread_cond_signal(&fs->reclaim_cond);
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
 	pthread_join(fs->reclaim_thr, NULL);
 	fs->reclaim_started = false;
 }
@@ -743,7 +743,7 @@ void rkd_reclaim_stop(struct rkd_fs *fs)
 void rkd_inodes_free(struct rkd_fs *fs)
 {
 	struct rkd_inode *in, *tmp;
-	pthread_mutex_lock(&fs->itab_lock);
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	HASH_ITER(hh, fs->inodes, in, tmp)
 	{
 		HASH_DELETE(hh, fs->inodes, in);
@@ -755,13 +755,13 @@ void rkd_inodes_free(struct rkd_fs *fs)
 		pthread_cond_destroy(&in->closed);
 		free(in);
 	}
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
 }
 
 void rkd_clean_dirty_headers(struct rkd_fs *fs)
 {
 	size_t cleaned = 0;
-	pthread_mutex_lock(&fs->dirty_lock);
+	rk_mutex_lock(&fs->dirty_lock, RK_RANK_DIRTY);
 	for (size_t i = 0; i < fs->ndirty; i++) {
 		struct rkd_dirty *d = &fs->dirty[i];
 		struct {
@@ -787,22 +787,22 @@ void rkd_clean_dirty_headers(struct rkd_fs *fs)
 		close(fd);
 	}
 	fs->ndirty = 0;
-	pthread_mutex_unlock(&fs->dirty_lock);
+	rk_mutex_unlock(&fs->dirty_lock);
 	if (cleaned)
 		rk_info("header counts made exact and durable for %zu files", cleaned);
 }
 
 static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 {
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (--f->refs > 0) {
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		return;
 	}
 	/* stays registered (closing) until its header is written and its
 	 * journaled chunks are in place: an open meanwhile waits for it */
 	f->closing = true;
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 	bool keep = false;
 	if (f->chunk && f->rw) {
 		int ret = rk_cf_flush(f->cf);
@@ -819,7 +819,7 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 			keep = true;
 		}
 	}
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (keep) {
 		/* back to an open file without handles: reused by the next open */
 		f->closing = false;
@@ -833,7 +833,7 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		in->hdr_kind = -1; /* re-read the header next time */
 	}
 	pthread_cond_broadcast(&in->closed);
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 	if (!keep)
 		file_free(f);
 }
@@ -858,9 +858,9 @@ static void stripes_lock(struct rkd_file *f, uint64_t m, bool excl)
 	for (int i = 0; i < RKD_CHUNK_STRIPES; i++)
 		if (m & (1ULL << i)) {
 			if (excl)
-				pthread_rwlock_wrlock(&f->stripes[i]);
+				rk_rw_wrlock(&f->stripes[i], RK_RANK_STRIPE);
 			else
-				pthread_rwlock_rdlock(&f->stripes[i]);
+				rk_rw_rdlock(&f->stripes[i], RK_RANK_STRIPE);
 		}
 }
 
@@ -868,7 +868,7 @@ static void stripes_unlock(struct rkd_file *f, uint64_t m)
 {
 	for (int i = RKD_CHUNK_STRIPES - 1; i >= 0; i--)
 		if (m & (1ULL << i))
-			pthread_rwlock_unlock(&f->stripes[i]);
+			rk_rw_unlock(&f->stripes[i]);
 }
 
 /* ---- handles ---------------------------------------------------------------------------------- */
@@ -905,9 +905,9 @@ static int truncate_file(struct rkd_fs *fs, struct rkd_file *f, uint64_t size)
 	ret = rkd_policy_for(fs, f, &key, &comp);
 	if (ret < 0)
 		return ret;
-	pthread_rwlock_wrlock(&f->rw_lock);
+	rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
 	ret = rk_cf_truncate(f->cf, size, key, comp);
-	pthread_rwlock_unlock(&f->rw_lock);
+	rk_rw_unlock(&f->rw_lock);
 	return ret;
 }
 
@@ -1008,11 +1008,11 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	}
 	if (f->chunk && f->rw) {
 		/* the journal holds rewritten chunks not yet in place: durable first */
-		pthread_rwlock_wrlock(&f->rw_lock);
+		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
 		ret = rk_journal_commit(fs->j);
 		if (ret == 0)
 			ret = rk_cf_sync(f->cf);
-		pthread_rwlock_unlock(&f->rw_lock);
+		rk_rw_unlock(&f->rw_lock);
 	} else if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0) {
 		ret = -errno;
 	}
@@ -1076,16 +1076,27 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct rkd_file *f = h->f;
 	(void)ino;
 	if (!f) {
-		pthread_mutex_lock(&h->vlock);
+		char *copy = NULL;
+		size_t n = 0;
+		rk_mutex_lock(&h->vlock, RK_RANK_VHANDLE);
 		/* a control reply reads from where the command ended (shell style:
 		 * exec 3<>control; echo cmd >&3; cat <&3) or from offset 0 (pread) */
 		if (h->in->virt == RKD_VCONTROL && (uint64_t)off >= h->vbase)
 			off -= (off_t)h->vbase;
-		if ((size_t)off >= h->vlen)
-			fuse_reply_buf(req, NULL, 0);
+		if ((size_t)off < h->vlen) {
+			n = RK_MIN(size, h->vlen - (size_t)off);
+			copy = malloc(n);
+			if (copy)
+				memcpy(copy, h->vbuf + off, n);
+		}
+		rk_mutex_unlock(&h->vlock);
+		/* replied after the unlock: once the kernel has the reply it may
+		 * release (and free) the handle and its lock */
+		if (n && !copy)
+			fuse_reply_err(req, ENOMEM);
 		else
-			fuse_reply_buf(req, h->vbuf + off, RK_MIN(size, h->vlen - (size_t)off));
-		pthread_mutex_unlock(&h->vlock);
+			fuse_reply_buf(req, copy, n);
+		free(copy);
 		return;
 	}
 	atomic_fetch_add(&fs->st.reads, 1);
@@ -1103,12 +1114,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	fg_begin(fs);
-	pthread_rwlock_rdlock(&f->rw_lock);
+	rk_rw_rdlock(&f->rw_lock, RK_RANK_FILE_RW);
 	uint64_t m = stripe_mask(f, (uint64_t)off, size);
 	stripes_lock(f, m, false);
 	ssize_t n = rk_cf_pread(f->cf, buf, size, (uint64_t)off);
 	stripes_unlock(f, m);
-	pthread_rwlock_unlock(&f->rw_lock);
+	rk_rw_unlock(&f->rw_lock);
 	fg_end(fs);
 	if (n < 0) {
 		atomic_fetch_add(&fs->st.read_errors, 1);
@@ -1139,12 +1150,12 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		}
 		int ret = rkd_control(fs, cmd, &reply, &rlen);
 		free(cmd);
-		pthread_mutex_lock(&h->vlock);
+		rk_mutex_lock(&h->vlock, RK_RANK_VHANDLE);
 		free(h->vbuf);
 		h->vbuf = reply;
 		h->vlen = rlen;
 		h->vbase = (uint64_t)off + size;
-		pthread_mutex_unlock(&h->vlock);
+		rk_mutex_unlock(&h->vlock);
 		if (ret < 0)
 			fuse_reply_err(req, -ret);
 		else
@@ -1185,13 +1196,13 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	/* writes that extend the file (or append) hold the file lock exclusively */
 	bool excl = append || (uint64_t)off + size > rk_cf_size(f->cf);
 	if (excl)
-		pthread_rwlock_wrlock(&f->rw_lock);
+		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
 	else
-		pthread_rwlock_rdlock(&f->rw_lock);
+		rk_rw_rdlock(&f->rw_lock, RK_RANK_FILE_RW);
 	if (!excl && (uint64_t)off + size > rk_cf_size(f->cf)) {
 		/* grew meanwhile: retake exclusively */
-		pthread_rwlock_unlock(&f->rw_lock);
-		pthread_rwlock_wrlock(&f->rw_lock);
+		rk_rw_unlock(&f->rw_lock);
+		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
 		excl = true;
 	}
 	if (append)
@@ -1200,7 +1211,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	stripes_lock(f, m, true);
 	ssize_t n = rk_cf_pwrite(f->cf, buf, size, (uint64_t)off, key, comp);
 	stripes_unlock(f, m);
-	pthread_rwlock_unlock(&f->rw_lock);
+	rk_rw_unlock(&f->rw_lock);
 	fg_end(fs);
 	if (n < 0) {
 		atomic_fetch_add(&fs->st.write_errors, 1);
@@ -1264,13 +1275,13 @@ static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const 
 		close(fd);
 		return -ENAMETOOLONG;
 	}
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
 	char keyname[RK_KEY_NAME_MAX + 1];
 	snprintf(keyname, sizeof(keyname), "%s", t->key);
 	uint32_t cs = t->chunk_size;
 	enum rk_comp comp = t->comp;
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	struct rk_key *key;
 	struct rk_cf *cf;
 	int ret = rk_keyring_get(fs->kr, keyname, &key);
@@ -1303,10 +1314,10 @@ static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p,
 	pfd = -1;
 	if (!in)
 		goto fail;
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (in->of || !(f = file_alloc())) {
 		/* someone opened it meanwhile: share theirs */
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		rk_cf_close(cf);
 		close(fd);
 		if (file_get(fs, in, fout) < 0) {
@@ -1328,12 +1339,12 @@ static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p,
 		if (fs->o.lazy)
 			rk_cf_set_read_hook(cf, rkd_lazy_hook, f);
 		in->of = f;
-		pthread_mutex_unlock(&in->lock);
+		rk_mutex_unlock(&in->lock);
 		st->st_size = 0;
 		*fout = f;
 		return in;
 	}
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 	file_free(f); /* closes fd and cf */
 	inode_unref(fs, in, 1);
 	return NULL;
@@ -1498,9 +1509,9 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	int r = linkat(AT_FDCWD, pp, p->fd, newname, AT_SYMLINK_FOLLOW) < 0 ? errno : 0;
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 	if (r) {
 		fuse_reply_err(req, r);
 		return;
@@ -1516,9 +1527,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, p->virt != RKD_REAL ? EPERM : ENOENT);
 		return;
 	}
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	int r = unlinkat(p->fd, name, 0) < 0 ? errno : 0;
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 	fuse_reply_err(req, r);
 }
 
@@ -1543,9 +1554,9 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	int r = renameat2(p->fd, name, np->fd, newname, flags) < 0 ? errno : 0;
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 	if (r) {
 		fuse_reply_err(req, r);
 		return;
@@ -1556,11 +1567,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	if (fd >= 0) {
 		struct stat st;
 		if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
-			pthread_mutex_lock(&fs->itab_lock);
+			rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 			struct rkd_inode *in = itab_find(fs, st.st_dev, st.st_ino);
 			if (in)
 				in->nlookup++;
-			pthread_mutex_unlock(&fs->itab_lock);
+			rk_mutex_unlock(&fs->itab_lock);
 			if (in) {
 				file_repath(fs, in);
 				inode_unref(fs, in, 1);
@@ -1592,9 +1603,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 {
 	struct rkd_fs *fs = FS(req);
 	/* a whole-file rekey does not copy the identity of a file while it changes */
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	setattr_impl(req, ino, attr, valid, fi);
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 }
 
 static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid, struct fuse_file_info *fi)
@@ -1660,7 +1671,7 @@ static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 		} else {
 			/* an open chunk file's format-only writes keep the times: set them
 			 * under the same lock so that none of those writes undoes them */
-			pthread_mutex_lock(&in->lock);
+			rk_mutex_lock(&in->lock, RK_RANK_INODE);
 			struct rk_cf *cf = in->of && in->of->chunk ? in->of->cf : NULL;
 			if (cf)
 				rk_cf_times_lock(cf);
@@ -1668,7 +1679,7 @@ static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 			int e = errno;
 			if (cf)
 				rk_cf_times_unlock(cf);
-			pthread_mutex_unlock(&in->lock);
+			rk_mutex_unlock(&in->lock);
 			if (r < 0) {
 				ret = -e;
 				goto out;
@@ -1863,9 +1874,9 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	int r = setxattr(pp, name, value, size, flags) < 0 ? errno : 0;
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 	fuse_reply_err(req, r);
 }
 
@@ -1927,9 +1938,9 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		return;
 	}
 	PROCPATH(pp, in->fd);
-	pthread_rwlock_rdlock(&fs->ns_lock);
+	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);
 	int r = removexattr(pp, name) < 0 ? errno : 0;
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_rw_unlock(&fs->ns_lock);
 	fuse_reply_err(req, r);
 }
 
@@ -1938,8 +1949,8 @@ int rkd_replace_commit(struct rkd_fs *fs, struct rkd_inode *in, unsigned gen, st
 {
 	struct stat nst;
 	int pfd = -1, ret = -EBUSY;
-	pthread_rwlock_wrlock(&fs->ns_lock);
-	pthread_mutex_lock(&in->lock);
+	rk_rw_wrlock(&fs->ns_lock, RK_RANK_NS);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (!in->of && atomic_load(&in->open_gen) == gen)
 		ret = rk_replace_commit(r, &pfd, &nst);
 	if (ret == 0) {
@@ -1950,16 +1961,16 @@ int rkd_replace_commit(struct rkd_fs *fs, struct rkd_inode *in, unsigned gen, st
 			in->fd = pfd; /* the old fd stays open (never reused) */
 			pfd = -1;
 		}
-		pthread_mutex_lock(&fs->itab_lock);
+		rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 		HASH_DELETE(hh, fs->inodes, in);
 		in->dev = nst.st_dev;
 		in->ino = nst.st_ino;
 		HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
-		pthread_mutex_unlock(&fs->itab_lock);
+		rk_mutex_unlock(&fs->itab_lock);
 		in->hdr_kind = -1;
 	}
-	pthread_mutex_unlock(&in->lock);
-	pthread_rwlock_unlock(&fs->ns_lock);
+	rk_mutex_unlock(&in->lock);
+	rk_rw_unlock(&fs->ns_lock);
 	if (pfd >= 0)
 		close(pfd);
 	return ret;
@@ -1977,35 +1988,68 @@ void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f) {
 
 void rkd_file_ref(struct rkd_inode *in, struct rkd_file *f)
 {
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	f->refs++;
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 }
 
 void rkd_chunk_lock(struct rkd_file *f, uint64_t idx)
 {
-	pthread_rwlock_rdlock(&f->rw_lock);
-	pthread_rwlock_wrlock(&f->stripes[idx % RKD_CHUNK_STRIPES]);
+	rk_rw_rdlock(&f->rw_lock, RK_RANK_FILE_RW);
+	rk_rw_wrlock(&f->stripes[idx % RKD_CHUNK_STRIPES], RK_RANK_STRIPE);
 }
 
 void rkd_chunk_unlock(struct rkd_file *f, uint64_t idx)
 {
-	pthread_rwlock_unlock(&f->stripes[idx % RKD_CHUNK_STRIPES]);
-	pthread_rwlock_unlock(&f->rw_lock);
+	rk_rw_unlock(&f->stripes[idx % RKD_CHUNK_STRIPES]);
+	rk_rw_unlock(&f->rw_lock);
 }
 
 void rkd_for_each_open(struct rkd_fs *fs, void (*fn)(struct rkd_file *f, void *arg), void *arg)
 {
-	struct rkd_inode *in, *tmp;
-	pthread_mutex_lock(&fs->itab_lock);
-	HASH_ITER(hh, fs->inodes, in, tmp)
-	{
-		pthread_mutex_lock(&in->lock);
-		if (in->of && in->of->chunk)
-			fn(in->of, arg);
-		pthread_mutex_unlock(&in->lock);
+	/* Lock order: an inode's lock ranks below the inode table lock
+	 * (rkd_replace_commit re-hashes the inode under itab_lock while holding
+	 * in->lock), so no inode lock is ever waited for under itab_lock: pin
+	 * every inode (nlookup+1) under the table lock, drop it, then visit each
+	 * under its own lock only; fn runs with no daemon lock held, on a
+	 * reference to the open file. */
+	struct rkd_inode *in, *tmp, **pins;
+	size_t n = 0;
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
+	pins = malloc((fs->ninodes ? fs->ninodes : 1) * sizeof(*pins));
+	if (pins) {
+		HASH_ITER(hh, fs->inodes, in, tmp)
+		{
+			if (in->virt != RKD_REAL || in == &fs->root || n == fs->ninodes)
+				continue;
+			in->nlookup++;
+			pins[n++] = in;
+		}
 	}
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
+	if (!pins) {
+		rk_err("cannot visit the open files: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct rkd_file *f = NULL;
+		in = pins[i];
+		rk_mutex_lock(&in->lock, RK_RANK_INODE);
+		/* a file being closed is flushed and detached first (as file_get) */
+		while (in->of && in->of->closing)
+			pthread_cond_wait(&in->closed, &in->lock);
+		if (in->of && in->of->chunk) {
+			f = in->of;
+			f->refs++;
+		}
+		rk_mutex_unlock(&in->lock);
+		if (f) {
+			fn(f, arg);
+			file_put(fs, in, f);
+		}
+		inode_unref(fs, in, 1);
+	}
+	free(pins);
 }
 
 /* ---- init ------------------------------------------------------------------------------------ */

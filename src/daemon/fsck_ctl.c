@@ -25,7 +25,8 @@
 #include "rekeyfs/fsck.h"
 #include "rekeyfs/walk.h"
 
-/* one fsck at a time; its progress is readable by other control requests */
+/* one fsck at a time (rank RK_RANK_FSCK, 10: the lowest, held for the whole
+ * run, taken by trylock); its progress is readable by other control requests */
 static pthread_mutex_t fsck_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_bool fsck_running;
 static atomic_uint_fast64_t fsck_done, fsck_total;
@@ -114,7 +115,7 @@ static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 	snap.path = fs->datadir_real;
 	snap.dirfd = fs->rootfd;
 	snap.statefd = snap.lockfd = -1;
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	snap.ntables = fs->dd->ntables;
 	snap.nkeys = fs->dd->nkeys;
 	snap.tables = malloc((snap.ntables ? snap.ntables : 1) * sizeof(*snap.tables));
@@ -123,7 +124,7 @@ static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		memcpy(snap.tables, fs->dd->tables, snap.ntables * sizeof(*snap.tables));
 		memcpy(snap.keys, fs->dd->keys, snap.nkeys * sizeof(*snap.keys));
 	}
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	if (!snap.tables || !snap.keys) {
 		ret = rkd_reply(out, len, -ENOMEM, "exit=%d out of memory", RK_FSCK_EXIT_OPERATIONAL);
 		goto done;
@@ -196,11 +197,11 @@ int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out,
 		                 atomic_load(&fsck_running) ? "running" : "idle", (uint64_t)atomic_load(&fsck_done),
 		                 (uint64_t)atomic_load(&fsck_total));
 	}
-	if (pthread_mutex_trylock(&fsck_lock) != 0)
+	if (rk_mutex_trylock(&fsck_lock, RK_RANK_FSCK) != 0)
 		return rkd_reply(out, len, -EBUSY, "exit=%d an fsck is already running in this daemon; try again when it "
 		                                   "has finished",
 		                 RK_FSCK_EXIT_OPERATIONAL);
 	int ret = run_fsck(fs, args, out, len);
-	pthread_mutex_unlock(&fsck_lock);
+	rk_mutex_unlock(&fsck_lock);
 	return ret;
 }

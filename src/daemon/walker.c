@@ -42,10 +42,17 @@ struct lazy_ent {
 struct rkd_walker {
 	struct rkd_fs *fs;
 	pthread_t thr, lazy_thr;
+	/* rank RK_RANK_CKPT_FILE (8): serializes checkpoint writes (file I/O);
+	 * taken with no other lock held, then w->lock briefly for the snapshot */
+	pthread_mutex_t ckpt_lock;
+	/* rank RK_RANK_WALKER (78): every field below up to the lazy queue
+	 * (state, request, filter, counters, tables, position, error ring,
+	 * waiting_space, rate, last_save); never held across file I/O, a
+	 * sweep or a wait on another lock's holder */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	enum wstate state;
-	bool stop;
+	atomic_bool stop;         /* set once at shutdown (also under lock, for cond waits) */
 	bool request;             /* a sweep was asked for */
 	bool resume_checkpoint;   /* continue the checkpointed sweep */
 	char filter[MAX_TABLES][RK_TABLE_PATH_MAX];
@@ -65,7 +72,8 @@ struct rkd_walker {
 	uint64_t error_count;
 	bool waiting_space;
 	time_t last_save;
-	/* lazy queue */
+	/* lazy queue: rank RK_RANK_LAZYQ (50), guards q, qhead, qlen; taken on
+	 * the read path under a file's rw_lock and stripe, before inode locks */
 	pthread_mutex_t qlock;
 	pthread_cond_t qcond;
 	struct lazy_ent q[LAZY_QUEUE];
@@ -73,29 +81,42 @@ struct rkd_walker {
 	atomic_uint_fast64_t lazy_rewritten, lazy_queued, lazy_dropped, walker_rewritten, files_replaced;
 };
 
+/* Record an error in the ring shown by status (takes w->lock: call without it). */
 static void add_error(struct rkd_walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_error(struct rkd_walker *w, const char *fmt, ...)
 {
+	char msg[sizeof(w->errors[0])];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(w->errors[w->error_next], sizeof(w->errors[0]), fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	rk_err("walker: %s", w->errors[w->error_next]);
+	rk_err("walker: %s", msg);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	memcpy(w->errors[w->error_next], msg, sizeof(msg));
 	w->error_next = (w->error_next + 1) % MAX_ERRORS;
 	if (w->nerrors < MAX_ERRORS)
 		w->nerrors++;
 	w->error_count++;
+	rk_mutex_unlock(&w->lock);
 }
 
 /* ---- checkpoint ----------------------------------------------------------------------- */
+/* Write the walker's state as it is now.  Called with no lock held: the
+ * text is built under w->lock, the file written outside it (ckpt_lock keeps
+ * writers in order, so the newest snapshot is the one left on disk). */
 static int save_checkpoint(struct rkd_walker *w)
 {
 	struct rkd_fs *fs = w->fs;
 	char *buf = NULL;
 	size_t len = 0;
+	int ret;
+	rk_mutex_lock(&w->ckpt_lock, RK_RANK_CKPT_FILE);
 	FILE *m = open_memstream(&buf, &len);
-	if (!m)
-		return -ENOMEM;
+	if (!m) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	fprintf(m, "# rekeyfs walker checkpoint: where a sweep resumes after a restart\n");
 	fprintf(m, "state %s\nsweep %" PRIu64 "\nstarted %lld\nfinished %lld\n", wstate_name[w->state], w->sweep_id,
 	        (long long)w->started, (long long)w->finished);
@@ -110,10 +131,19 @@ static int save_checkpoint(struct rkd_walker *w)
 		        " bytes_rewritten=%" PRIu64 " chunks_failed=%" PRIu64 "\n",
 		        t->path, t->files_done, t->chunks_checked, t->chunks_rewritten, t->bytes_rewritten, t->chunks_failed);
 	}
-	fclose(m);
-	int ret = rk_write_file_atomic(fs->dd->statefd, WALKER_FILE, buf, len, 0600);
-	free(buf);
 	w->last_save = time(NULL);
+	rk_mutex_unlock(&w->lock);
+	if (fclose(m) != 0 || !buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = rk_write_file_atomic(fs->dd->statefd, WALKER_FILE, buf, len, 0600);
+	if (ret < 0)
+		rk_warn("walker: cannot write the checkpoint %s/.rekeyfs/%s: %s", fs->datadir_real, WALKER_FILE,
+		        rk_strerror(ret));
+out:
+	rk_mutex_unlock(&w->ckpt_lock);
+	free(buf);
 	return ret;
 }
 
@@ -214,14 +244,13 @@ static int cb_throttle(void *arg, uint64_t bytes)
 			break;
 		sleep_ms(0.5);
 	}
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	w->sweep_bytes += bytes;
 	uint64_t rate = w->rate;
-	while (w->state == W_PAUSED && !w->stop)
+	while (w->state == W_PAUSED && !atomic_load(&w->stop))
 		pthread_cond_wait(&w->cond, &w->lock);
-	bool stop = w->stop;
-	pthread_mutex_unlock(&w->lock);
-	if (stop)
+	rk_mutex_unlock(&w->lock);
+	if (atomic_load(&w->stop))
 		return -ECANCELED;
 	if (rate && bytes) {
 		struct timespec ts;
@@ -305,12 +334,12 @@ static int cb_replace_throttle(void *arg, uint64_t bytes)
 
 static void add_result(struct rkd_walker *w, struct tstat *t, const struct rk_sweep_result *res)
 {
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	t->chunks_checked += res->chunks_checked;
 	t->chunks_rewritten += res->chunks_rewritten;
 	t->bytes_rewritten += res->bytes_rewritten;
 	t->chunks_failed += res->chunks_failed;
-	pthread_mutex_unlock(&w->lock);
+	rk_mutex_unlock(&w->lock);
 	atomic_fetch_add(&w->walker_rewritten, res->chunks_rewritten);
 }
 
@@ -321,10 +350,10 @@ static int replace_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, s
 {
 	struct rkd_fs *fs = w->fs;
 	struct replace_ctx rc = {{w, NULL}, in, 0};
-	pthread_mutex_lock(&in->lock);
+	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	bool busy = in->of != NULL;
 	rc.gen = atomic_load(&in->open_gen);
-	pthread_mutex_unlock(&in->lock);
+	rk_mutex_unlock(&in->lock);
 	if (busy)
 		return -EBUSY;
 	struct rk_replace_cb cb = {cb_replace_throttle, &rc};
@@ -379,9 +408,9 @@ static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, str
 		add_error(w, "%s: %" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)", e->rel,
 		          res.chunks_failed);
 	/* header counts on disk */
-	pthread_rwlock_wrlock(&f->rw_lock);
+	rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
 	int r2 = rk_cf_flush(f->cf);
-	pthread_rwlock_unlock(&f->rw_lock);
+	rk_rw_unlock(&f->rw_lock);
 	if (ret == 0)
 		ret = r2;
 	rkd_file_put(fs, in, f);
@@ -404,26 +433,24 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	}
 	if (!c->prescan && w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
 		return 0; /* done before the checkpoint */
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	const struct rk_table *tab = rk_policy_lookup(fs->dd, e->rel);
 	char tpath[RK_TABLE_PATH_MAX], kname[RK_KEY_NAME_MAX + 1];
 	snprintf(tpath, sizeof(tpath), "%s", tab->path);
 	snprintf(kname, sizeof(kname), "%s", tab->key);
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	if (!in_filter(w, tpath))
 		return 0;
 	struct rk_key *key;
 	int ret = rk_keyring_get(fs->kr, kname, &key);
 	if (ret < 0) {
-		pthread_mutex_lock(&w->lock);
 		add_error(w, "table %s: target key '%s' cannot be used: %s", tpath, kname, rk_strerror(ret));
-		pthread_mutex_unlock(&w->lock);
 		return 0;
 	}
 	bool chunk, needs;
 	uint64_t nchunks, todo;
 	ret = header_needs(e->dirfd, e->name, e->rel, key, &chunk, &needs, &nchunks, &todo);
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	struct tstat *t = tstat_for(w, tpath);
 	if (c->prescan) {
 		if (chunk) {
@@ -434,14 +461,12 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 			if (w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
 				t->chunks_done += nchunks;
 		}
-		pthread_mutex_unlock(&w->lock);
-		return w->stop ? -ECANCELED : 0;
+		rk_mutex_unlock(&w->lock);
+		return atomic_load(&w->stop) ? -ECANCELED : 0;
 	}
-	pthread_mutex_unlock(&w->lock);
+	rk_mutex_unlock(&w->lock);
 	if (ret < 0) {
-		pthread_mutex_lock(&w->lock);
 		add_error(w, "%s: cannot read the header: %s", e->rel, rk_strerror(ret));
-		pthread_mutex_unlock(&w->lock);
 	} else if (chunk && needs) {
 		for (;;) {
 			/* whole-file replacement writes every chunk once; in place writes
@@ -451,53 +476,47 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 			ret = sweep_one_file(w, e, t, key, whole);
 			if (ret == -ENOSPC || ret == -EDQUOT || ret == -EIO) {
 				/* the old chunks stay readable; retry this file once space is back */
-				pthread_mutex_lock(&w->lock);
-				if (!w->waiting_space)
+				rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+				bool first = !w->waiting_space;
+				w->waiting_space = true;
+				rk_mutex_unlock(&w->lock);
+				if (first)
 					add_error(w, "%s: %s while rewriting; the old chunks stay in place, the sweep waits and "
 					             "retries", e->rel, strerror(-ret));
-				w->waiting_space = true;
-				bool stop = w->stop;
-				pthread_mutex_unlock(&w->lock);
-				if (stop)
+				if (atomic_load(&w->stop))
 					return -ECANCELED;
 				sleep_ms(1000);
 				continue;
 			}
 			break;
 		}
-		pthread_mutex_lock(&w->lock);
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 		w->waiting_space = false;
-		pthread_mutex_unlock(&w->lock);
+		rk_mutex_unlock(&w->lock);
 		if (ret == -ECANCELED)
 			return ret;
-		if (ret < 0) {
-			pthread_mutex_lock(&w->lock);
+		if (ret < 0)
 			add_error(w, "%s: %s", e->rel, rk_strerror(ret));
-			pthread_mutex_unlock(&w->lock);
-		}
 	}
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	if (chunk && c->pass == 0) {
 		t->files_done++;
 		t->chunks_done += nchunks;
 	}
 	snprintf(w->position, sizeof(w->position), "%s", e->rel);
 	bool save = time(NULL) != w->last_save;
-	pthread_mutex_unlock(&w->lock);
-	if (save) {
-		pthread_mutex_lock(&w->lock);
+	rk_mutex_unlock(&w->lock);
+	if (save)
 		save_checkpoint(w);
-		pthread_mutex_unlock(&w->lock);
-	}
 	rk_crashpoint("walker.file-done");
-	return w->stop ? -ECANCELED : 0;
+	return atomic_load(&w->stop) ? -ECANCELED : 0;
 }
 
 static void run_sweep(struct rkd_walker *w)
 {
 	struct rkd_fs *fs = w->fs;
 	struct walk_ctx c = {.w = w};
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	if (!w->resume_checkpoint) {
 		w->sweep_id++;
 		w->started = time(NULL);
@@ -518,18 +537,20 @@ static void run_sweep(struct rkd_walker *w)
 	clock_gettime(CLOCK_MONOTONIC, &w->sweep_t0);
 	clock_gettime(CLOCK_MONOTONIC, &w->last_refill);
 	w->tokens = 0;
+	uint64_t sweep_id = w->sweep_id;
+	bool resumed = w->resume_checkpoint;
+	rk_mutex_unlock(&w->lock);
 	save_checkpoint(w);
-	pthread_mutex_unlock(&w->lock);
-	rk_info("walker: sweep %" PRIu64 " started%s", w->sweep_id, w->resume_checkpoint ? " (resumed)" : "");
+	rk_info("walker: sweep %" PRIu64 " started%s", sweep_id, resumed ? " (resumed)" : "");
 
 	c.prescan = true;
 	int ret = rk_walk(fs->rootfd, "/", visit, &c);
 	if (ret != -ECANCELED) {
 		/* chunks already rewritten before a restart count towards the total */
-		pthread_mutex_lock(&w->lock);
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 		for (int i = 0; i < w->ntables; i++)
 			w->tables[i].chunks_todo += w->tables[i].chunks_rewritten;
-		pthread_mutex_unlock(&w->lock);
+		rk_mutex_unlock(&w->lock);
 		c.prescan = false;
 		/* a file renamed behind the walker's position while it ran has not
 		 * been visited: walk again (headers only where nothing is left to
@@ -537,39 +558,42 @@ static void run_sweep(struct rkd_walker *w)
 		for (c.pass = 0; ret != -ECANCELED && c.pass < 16; c.pass++) {
 			uint64_t before = atomic_load(&w->walker_rewritten);
 			if (c.pass > 0) {
-				pthread_mutex_lock(&w->lock);
+				rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 				w->position[0] = '\0';
-				pthread_mutex_unlock(&w->lock);
+				rk_mutex_unlock(&w->lock);
 			}
 			ret = rk_walk(fs->rootfd, "/", visit, &c);
 			if (atomic_load(&w->walker_rewritten) == before)
 				break;
 			if (c.pass > 0)
-				rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed during the sweep", w->sweep_id,
+				rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed during the sweep", sweep_id,
 				        c.pass + 1);
 		}
 	}
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	w->resume_checkpoint = false;
 	if (ret == -ECANCELED) {
 		/* shutting down: the checkpoint says where to go on */
+		char pos[PATH_MAX];
+		snprintf(pos, sizeof(pos), "%s", w->position[0] ? w->position : "the start");
+		rk_mutex_unlock(&w->lock);
 		save_checkpoint(w);
-		pthread_mutex_unlock(&w->lock);
-		rk_info("walker: sweep %" PRIu64 " interrupted at %s; it resumes at the next mount", w->sweep_id,
-		        w->position[0] ? w->position : "the start");
+		rk_info("walker: sweep %" PRIu64 " interrupted at %s; it resumes at the next mount", sweep_id, pos);
 		return;
 	}
+	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		add_error(w, "sweep stopped: %s", rk_strerror(ret));
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	w->state = W_IDLE;
 	w->finished = time(NULL);
 	w->position[0] = '\0';
-	save_checkpoint(w);
 	uint64_t rew = 0;
 	for (int i = 0; i < w->ntables; i++)
 		rew += w->tables[i].chunks_rewritten;
-	pthread_mutex_unlock(&w->lock);
-	rk_info("walker: sweep %" PRIu64 " finished: %" PRIu64 " chunks rewritten", w->sweep_id, rew);
+	rk_mutex_unlock(&w->lock);
+	save_checkpoint(w);
+	rk_info("walker: sweep %" PRIu64 " finished: %" PRIu64 " chunks rewritten", sweep_id, rew);
 	/* the rewritten chunks are durable before the sweep counts as done */
 	rk_journal_checkpoint(fs->j);
 }
@@ -577,18 +601,18 @@ static void run_sweep(struct rkd_walker *w)
 static void *walker_main(void *arg)
 {
 	struct rkd_walker *w = arg;
-	pthread_mutex_lock(&w->lock);
-	while (!w->stop) {
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	while (!atomic_load(&w->stop)) {
 		if (!w->request) {
 			pthread_cond_wait(&w->cond, &w->lock);
 			continue;
 		}
 		w->request = false;
-		pthread_mutex_unlock(&w->lock);
+		rk_mutex_unlock(&w->lock);
 		run_sweep(w);
-		pthread_mutex_lock(&w->lock);
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	}
-	pthread_mutex_unlock(&w->lock);
+	rk_mutex_unlock(&w->lock);
 	rk_crypto_thread_cleanup();
 	return NULL;
 }
@@ -604,28 +628,30 @@ void rkd_lazy_hook(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx)
 	if (!w)
 		return;
 	unsigned gen = atomic_load(&fs->policy_gen);
-	int t = __atomic_load_n(&f->target_idx, __ATOMIC_RELAXED);
-	if (t < 0 || f->target_gen != gen) {
+	int t = atomic_load(&f->target_idx);
+	if (t < 0 || atomic_load(&f->target_gen) != gen) {
 		struct rk_key *key;
 		enum rk_comp comp;
 		if (rkd_policy_for(fs, f, &key, &comp) < 0)
 			return;
 		t = rk_cf_key_entry(f->cf, key);
-		__atomic_store_n(&f->target_idx, t, __ATOMIC_RELAXED);
-		f->target_gen = gen;
+		/* two readers may race here; a stale pair only costs a
+		 * recomputation or a needless queue entry (the worker re-checks) */
+		atomic_store(&f->target_idx, t);
+		atomic_store(&f->target_gen, gen);
 	}
 	if (key_idx == t)
 		return;
-	pthread_mutex_lock(&w->qlock);
+	rk_mutex_lock(&w->qlock, RK_RANK_LAZYQ);
 	if (w->qlen == LAZY_QUEUE) {
-		pthread_mutex_unlock(&w->qlock);
+		rk_mutex_unlock(&w->qlock);
 		atomic_fetch_add(&w->lazy_dropped, 1); /* the walker will get it */
 		return;
 	}
 	/* hold the inode and the open file until the worker is done */
-	pthread_mutex_lock(&fs->itab_lock);
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	in->nlookup++;
-	pthread_mutex_unlock(&fs->itab_lock);
+	rk_mutex_unlock(&fs->itab_lock);
 	rkd_file_ref(in, f);
 	struct lazy_ent *e = &w->q[(w->qhead + w->qlen) % LAZY_QUEUE];
 	e->in = in;
@@ -634,24 +660,24 @@ void rkd_lazy_hook(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx)
 	w->qlen++;
 	atomic_fetch_add(&w->lazy_queued, 1);
 	pthread_cond_signal(&w->qcond);
-	pthread_mutex_unlock(&w->qlock);
+	rk_mutex_unlock(&w->qlock);
 }
 
 static void *lazy_main(void *arg)
 {
 	struct rkd_walker *w = arg;
 	struct rkd_fs *fs = w->fs;
-	pthread_mutex_lock(&w->qlock);
+	rk_mutex_lock(&w->qlock, RK_RANK_LAZYQ);
 	for (;;) {
-		while (w->qlen == 0 && !w->stop)
+		while (w->qlen == 0 && !atomic_load(&w->stop))
 			pthread_cond_wait(&w->qcond, &w->qlock);
-		if (w->qlen == 0 && w->stop)
+		if (w->qlen == 0 && atomic_load(&w->stop))
 			break;
 		struct lazy_ent e = w->q[w->qhead];
 		w->qhead = (w->qhead + 1) % LAZY_QUEUE;
 		w->qlen--;
-		pthread_mutex_unlock(&w->qlock);
-		if (!w->stop) {
+		rk_mutex_unlock(&w->qlock);
+		if (!atomic_load(&w->stop)) {
 			struct rk_key *key;
 			enum rk_comp comp;
 			if (rkd_policy_for(fs, e.f, &key, &comp) == 0 && e.f->rw) {
@@ -668,9 +694,9 @@ static void *lazy_main(void *arg)
 		}
 		rkd_file_put(fs, e.in, e.f);
 		rkd_inode_put(fs, e.in);
-		pthread_mutex_lock(&w->qlock);
+		rk_mutex_lock(&w->qlock, RK_RANK_LAZYQ);
 	}
-	pthread_mutex_unlock(&w->qlock);
+	rk_mutex_unlock(&w->qlock);
 	rk_crypto_thread_cleanup();
 	return NULL;
 }
@@ -713,10 +739,10 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	if (f->chunk) {
 		uint64_t counts[RK_CF_MAX_KEYS], malformed;
 		struct rk_cf_header h;
-		pthread_rwlock_wrlock(&f->rw_lock); /* no writes while the references are read */
+		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW); /* no writes while the references are read */
 		ret = rk_scan_key_refs(f->cf, counts, &malformed);
 		rk_cf_get_header(f->cf, &h);
-		pthread_rwlock_unlock(&f->rw_lock);
+		rk_rw_unlock(&f->rw_lock);
 		uint64_t n = 0;
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 			if (h.keys[j].in_use && strcmp(h.keys[j].name, c->name) == 0)
@@ -742,7 +768,7 @@ static void forget_in(struct rkd_file *f, void *arg) { rk_cf_forget_key(f->cf, (
 
 static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *len)
 {
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	struct rk_regent *re = rk_registry_find(fs->dd, name);
 	enum rk_keystate st = re ? re->state : RK_KS_ACTIVE;
 	const char *target_of = NULL;
@@ -752,7 +778,7 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 	char tbuf[RK_TABLE_PATH_MAX] = "";
 	if (target_of)
 		snprintf(tbuf, sizeof(tbuf), "%s", target_of);
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	if (!re)
 		return rkd_reply(out, len, -ENOENT, "key '%s' is not in this data directory's registry", name);
 	if (st == RK_KS_RELEASED)
@@ -781,21 +807,21 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 	/* the journal's records are authenticated under one key: not this one any more */
 	char rootkey[RK_KEY_NAME_MAX + 1];
 	struct rk_key *nk;
-	pthread_rwlock_rdlock(&fs->policy_lock);
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	snprintf(rootkey, sizeof(rootkey), "%s", rk_policy_lookup(fs->dd, "/")->key);
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	ret = rk_keyring_get(fs->kr, rootkey, &nk);
 	if (ret == 0)
 		ret = rk_journal_release_key(fs->j, name, nk);
 	if (ret < 0)
 		return rkd_reply(out, len, ret, "release of '%s' refused: the journal cannot move to key '%s': %s", name,
 		                 rootkey, rk_strerror(ret));
-	pthread_rwlock_wrlock(&fs->policy_lock);
+	rk_rw_wrlock(&fs->policy_lock, RK_RANK_POLICY);
 	re = rk_registry_find(fs->dd, name);
 	if (re)
 		re->state = RK_KS_RELEASED;
 	ret = rk_registry_save(fs->dd);
-	pthread_rwlock_unlock(&fs->policy_lock);
+	rk_rw_unlock(&fs->policy_lock);
 	if (ret < 0)
 		return rkd_reply(out, len, ret, "release of '%s': cannot save the registry: %s", name, rk_strerror(ret));
 	rk_keyring_release(fs->kr, name);
@@ -819,15 +845,16 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 	}
 	if (!w)
 		return rkd_reply(out, len, -ENOTSUP, "the walker is off (mounted with -o walker=off)");
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	int ret = 0;
+	bool do_save = false;
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "scan") == 0) {
 		if (w->state != W_IDLE || w->request) {
 			char pos[PATH_MAX];
 			snprintf(pos, sizeof(pos), "%s", w->position[0] ? w->position : "the start");
 			uint64_t id = w->sweep_id;
 			const char *stn = wstate_name[w->state];
-			pthread_mutex_unlock(&w->lock);
+			rk_mutex_unlock(&w->lock);
 			return rkd_reply(out, len, 0, "a sweep is already running (sweep %" PRIu64 ", %s, at %s); nothing to do",
 			                 id, stn, pos);
 		}
@@ -836,7 +863,7 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 		for (char *t = strtok_r(args, " \t", &save); t && w->nfilter < MAX_TABLES; t = strtok_r(NULL, " \t", &save)) {
 			char norm[RK_TABLE_PATH_MAX];
 			if (rk_table_path_norm(t, norm, sizeof(norm)) < 0) {
-				pthread_mutex_unlock(&w->lock);
+				rk_mutex_unlock(&w->lock);
 				return rkd_reply(out, len, -EINVAL, "invalid table '%s'", t);
 			}
 			snprintf(w->filter[w->nfilter++], RK_TABLE_PATH_MAX, "%s", norm);
@@ -845,22 +872,22 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 		w->resume_checkpoint = false;
 		pthread_cond_broadcast(&w->cond);
 		uint64_t id = w->sweep_id + 1;
-		pthread_mutex_unlock(&w->lock);
+		rk_mutex_unlock(&w->lock);
 		return rkd_reply(out, len, 0, "sweep %" PRIu64 " started", id);
 	} else if (strcmp(cmd, "pause") == 0) {
 		if (w->state == W_RUNNING)
 			w->state = W_PAUSED;
-		save_checkpoint(w);
+		do_save = true;
 	} else if (strcmp(cmd, "resume") == 0) {
 		if (w->state == W_PAUSED)
 			w->state = W_RUNNING;
 		pthread_cond_broadcast(&w->cond);
-		save_checkpoint(w);
+		do_save = true;
 	} else if (strcmp(cmd, "rate") == 0) {
 		/* strict decimal, bounded: no sign, no wrap-around, no trailing junk */
 		uint64_t r;
 		if (rk_parse_u64(args ? args : "", 1ULL << 40, &r) < 0) {
-			pthread_mutex_unlock(&w->lock);
+			rk_mutex_unlock(&w->lock);
 			return rkd_reply(out, len, -EINVAL,
 			                 "usage: rate BYTES_PER_SECOND (plain decimal up to 1099511627776; 0 = unlimited)");
 		}
@@ -868,7 +895,9 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 	}
 	const char *stn = wstate_name[w->state];
 	uint64_t rate = w->rate;
-	pthread_mutex_unlock(&w->lock);
+	rk_mutex_unlock(&w->lock);
+	if (do_save)
+		save_checkpoint(w); /* outside the walker lock: file I/O */
 	return rkd_reply(out, len, ret, "walker %s, rate %" PRIu64 " bytes/s", stn, rate);
 }
 
@@ -879,7 +908,7 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 		rkd_jb_printf(b, "  \"walker\": {\"state\": \"off\"},\n");
 		return;
 	}
-	pthread_mutex_lock(&w->lock);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	double el = (double)(ts.tv_sec - w->sweep_t0.tv_sec) + (double)(ts.tv_nsec - w->sweep_t0.tv_nsec) / 1e9;
@@ -921,7 +950,7 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 		rkd_jb_str(b, w->errors[k]);
 	}
 	rkd_jb_printf(b, "]\n  },\n");
-	pthread_mutex_unlock(&w->lock);
+	rk_mutex_unlock(&w->lock);
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------------------- */
@@ -932,6 +961,7 @@ int rkd_walker_init(struct rkd_fs *fs)
 		return -ENOMEM;
 	w->fs = fs;
 	w->rate = fs->o.walker_rate;
+	pthread_mutex_init(&w->ckpt_lock, NULL);
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->cond, NULL);
 	pthread_mutex_init(&w->qlock, NULL);
@@ -954,16 +984,17 @@ void rkd_walker_shutdown(struct rkd_fs *fs)
 	struct rkd_walker *w = fs->w;
 	if (!w)
 		return;
-	pthread_mutex_lock(&w->lock);
-	w->stop = true;
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	atomic_store(&w->stop, true);
 	pthread_cond_broadcast(&w->cond);
-	pthread_mutex_unlock(&w->lock);
-	pthread_mutex_lock(&w->qlock);
+	rk_mutex_unlock(&w->lock);
+	rk_mutex_lock(&w->qlock, RK_RANK_LAZYQ);
 	pthread_cond_broadcast(&w->qcond);
-	pthread_mutex_unlock(&w->qlock);
+	rk_mutex_unlock(&w->qlock);
 	pthread_join(w->thr, NULL);
 	pthread_join(w->lazy_thr, NULL);
 	fs->w = NULL;
+	pthread_mutex_destroy(&w->ckpt_lock);
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->cond);
 	pthread_mutex_destroy(&w->qlock);

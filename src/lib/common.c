@@ -78,9 +78,7 @@ static size_t page_round(size_t len)
  * of locked, undumpable pages, so that opening a file costs no mmap/mlock;
  * slots are wiped when freed and the pages stay mapped. */
 #define SLAB_SLOT 64
-/* slab_lock (a leaf lock: nothing is taken while holding it) guards
- * slab_free and the list of slab pages */
-static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER; /* rank RK_RANK_SLAB (98, leaf): the slab (slab_free and the list of slab pages) */
 static void *slab_free;
 static void **slab_pages;
 static size_t slab_npages, slab_cap;

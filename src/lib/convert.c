@@ -30,21 +30,126 @@ int rk_tmp_cleanup(int dirfd, const char *name)
 	return 0;
 }
 
+/* The name list of fd's extended attributes, whatever its size (sized by a
+ * query, retried when it grew meanwhile).  *out (malloc'ed, may be NULL when
+ * *len is 0) or a negative errno; no support for xattrs is an empty list. */
+static int xattr_list(int fd, char **out, size_t *len)
+{
+	char *buf = NULL;
+	int ret = -ERANGE;
+	*out = NULL;
+	*len = 0;
+	for (int tries = 0; tries < 16 && ret == -ERANGE; tries++) {
+		ssize_t n = flistxattr(fd, NULL, 0);
+		if (n < 0) {
+			ret = errno == ENOTSUP ? 0 : -errno;
+			break;
+		}
+		if (n == 0) {
+			ret = 0;
+			break;
+		}
+		char *nb = realloc(buf, (size_t)n);
+		if (!nb) {
+			ret = -ENOMEM;
+			break;
+		}
+		buf = nb;
+		ssize_t m = flistxattr(fd, buf, (size_t)n);
+		if (m < 0) {
+			ret = -errno; /* ERANGE: it grew since the query, ask again */
+			continue;
+		}
+		*out = buf;
+		*len = (size_t)m;
+		buf = NULL;
+		ret = 0;
+	}
+	free(buf);
+	return ret;
+}
+
+/* One attribute's value, whatever its size.  -ENODATA: removed meanwhile. */
+static int xattr_get(int fd, const char *name, char **out, size_t *len)
+{
+	char *buf = NULL;
+	int ret = -ERANGE;
+	*out = NULL;
+	*len = 0;
+	for (int tries = 0; tries < 16 && ret == -ERANGE; tries++) {
+		ssize_t n = fgetxattr(fd, name, NULL, 0);
+		if (n < 0) {
+			ret = -errno;
+			break;
+		}
+		char *nb = realloc(buf, n ? (size_t)n : 1);
+		if (!nb) {
+			ret = -ENOMEM;
+			break;
+		}
+		buf = nb;
+		ssize_t m = n ? fgetxattr(fd, name, buf, (size_t)n) : 0;
+		if (m < 0) {
+			ret = -errno;
+			continue;
+		}
+		*out = buf;
+		*len = (size_t)m;
+		buf = NULL;
+		ret = 0;
+	}
+	free(buf);
+	return ret;
+}
+
+/* Copy every extended attribute (ACLs included: system.posix_acl_*) of from
+ * to to, whatever their number and size.  An attribute that cannot be read or
+ * written fails the copy, naming the file and the attribute: the caller then
+ * refuses to replace the file (a replacement must not lose any). */
 static int copy_xattrs(int from, int to, const char *rel)
 {
-	char list[8192], val[65536];
-	ssize_t n = flistxattr(from, list, sizeof(list));
-	if (n < 0)
-		return errno == ENOTSUP ? 0 : -errno;
-	for (char *p = list; p < list + n; p += strlen(p) + 1) {
-		ssize_t v = fgetxattr(from, p, val, sizeof(val));
-		if (v < 0)
+	char *list = NULL, *val = NULL;
+	size_t n = 0, vlen;
+	int ret = xattr_list(from, &list, &n);
+	if (ret < 0) {
+		rk_err("%s: cannot list the extended attributes: %s; the file is not replaced", rel, rk_strerror(ret));
+		goto out;
+	}
+	for (size_t off = 0; off < n;) {
+		const char *p = list + off;
+		size_t nl = strnlen(p, n - off);
+		if (nl == n - off) {
+			ret = -EINVAL; /* an unterminated last name */
+			rk_err("%s: malformed extended attribute list; the file is not replaced", rel);
+			goto out;
+		}
+		off += nl + 1;
+		if (nl == 0)
 			continue;
-		if (fsetxattr(to, p, val, (size_t)v, 0) < 0 && errno != ENOTSUP && errno != EPERM) {
-			rk_warn("%s: cannot copy extended attribute %s: %s", rel, p, strerror(errno));
+		free(val);
+		val = NULL;
+		ret = xattr_get(from, p, &val, &vlen);
+		if (ret == -ENODATA) {
+			ret = 0; /* removed since the list was read: nothing to copy */
+			continue;
+		}
+		if (ret < 0) {
+			rk_err("%s: cannot read extended attribute %s: %s; the file is not replaced", rel, p,
+			       rk_strerror(ret));
+			goto out;
+		}
+		if (fsetxattr(to, p, val, vlen, 0) < 0) {
+			ret = -errno;
+			rk_err("%s: cannot copy extended attribute %s (%zu bytes): %s; the file is not replaced", rel, p, vlen,
+			       rk_strerror(ret));
+			goto out;
 		}
 	}
-	return 0;
+	ret = 0;
+out:
+	free(val);
+	free(list);
+	return ret;
 }
 
 int rk_tmp_create(int dirfd, char *name, size_t len)
@@ -70,7 +175,9 @@ int rk_copy_identity(int src, int tmp, const struct stat *st, const char *rel)
 		return -errno;
 	if (fchmod(tmp, st->st_mode & 07777) < 0)
 		return -errno;
-	copy_xattrs(src, tmp, rel);
+	int ret = copy_xattrs(src, tmp, rel);
+	if (ret < 0)
+		return ret;
 	if (futimens(tmp, ts) < 0)
 		return -errno;
 	return 0;

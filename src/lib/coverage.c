@@ -119,7 +119,7 @@ struct job {
 struct scan;
 struct pool {
 	struct scan *s;
-	pthread_mutex_t lock;
+	pthread_mutex_t lock; /* rank RK_RANK_COVERAGE (88): the job ring and its counters */
 	pthread_cond_t work, done;
 	struct job *ring;
 	uint64_t head, next, tail; /* filled / taken by a worker / added to the result */

@@ -79,7 +79,7 @@ static const EVP_CIPHER *evp_cipher(enum rk_cipher c, size_t keylen)
 }
 
 /* ---- randomness -------------------------------------------------------------- */
-static pthread_mutex_t det_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t det_lock = PTHREAD_MUTEX_INITIALIZER; /* rank RK_RANK_DET (94): det_* state */
 static bool det_on;
 static uint8_t det_seed[32];
 static uint64_t det_counter;

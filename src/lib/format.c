@@ -265,8 +265,8 @@ struct rk_cf {
 	char *path;
 	struct rk_keyring *kr;
 	bool writable;
-	pthread_mutex_t lock;           /* header state, key slots */
-	pthread_mutex_t times_lock;     /* user-visible times vs. format-only writes */
+	pthread_mutex_t lock;           /* rank RK_RANK_CF (80): header state, key slots */
+	pthread_mutex_t times_lock;     /* rank RK_RANK_CF_TIMES (82): user-visible times vs. format-only writes */
 	struct rk_cf_header hdr;         /* in-memory header: exact counts, current size */
 	int cur_copy;                    /* copy holding the newest header on disk */
 	bool hdr_changed;                /* in-memory header differs from disk */

@@ -179,7 +179,7 @@ struct rk_journal {
 	struct rk_datadir *dd;
 	int fd;
 	struct rk_journal_opts o;
-	pthread_mutex_t lock;
+	pthread_mutex_t lock; /* rank RK_RANK_JOURNAL (85): everything below (doc/architecture.md, Locking) */
 	pthread_cond_t work;     /* committer wake-up */
 	pthread_cond_t changed;  /* space freed, commits done, entries applied */
 	uint64_t tail;           /* journal file length */

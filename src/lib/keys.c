@@ -453,7 +453,7 @@ struct kr_ent {
 
 struct rk_keyring {
 	char *dir;
-	pthread_mutex_t lock;
+	pthread_mutex_t lock; /* rank RK_RANK_KEYRING (90): ents */
 	struct kr_ent *ents;
 };
 
