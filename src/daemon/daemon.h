@@ -40,6 +40,8 @@ struct rkd_inode {
 	dev_t pdev;
 	ino_t pino;
 	char *name;
+	char *wrel;          /* path the walker found it at (kernel never looked it up) */
+	atomic_bool planted_logged; /* a .rekeyfs in this directory was reported */
 	int hdr_kind;        /* -1 unknown, 0 plain, 1 chunk */
 	uint64_t hdr_size;
 	struct timespec hdr_mtime;
@@ -186,6 +188,8 @@ int rkd_reply(char **out, size_t *len, int ret, const char *fmt, ...) __attribut
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp);
 /* The inode of dirfd/name, shared with the kernel's view (nlookup+1). */
 int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out);
+/* The same, noting rel (the walk's path) for an inode without a parent chain. */
+int rkd_inode_at_path(struct rkd_fs *fs, int dirfd, const char *name, const char *rel, struct rkd_inode **out);
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in);
 /* Finish a whole-file rekey of in (prepared while no handle was open and
  * open_gen was gen): rename the new file into place unless the file was

@@ -58,37 +58,98 @@ static int ferr(int neg)
 	}
 }
 
+static struct rkd_inode *itab_find(struct rkd_fs *fs, dev_t dev, ino_t ino);
+
+/* Names the daemon reserves in every directory: the state directory name
+ * (the root's is the virtual .rekeyfs/, one below the root would pass for
+ * it: rekeyctl and admins look for MOUNT/.../.rekeyfs/control) and the
+ * temporaries of whole-file replacement. */
 static bool reserved_name(fuse_ino_t parent, const char *name)
 {
-	return (parent == FUSE_ROOT_ID && strcmp(name, RK_STATE_DIR) == 0) || rk_is_tmp_name(name);
+	(void)parent;
+	return strcmp(name, RK_STATE_DIR) == 0 || rk_is_tmp_name(name);
 }
 
-/* Path of an inode relative to the data directory ("/a/b"), for policy and
- * messages.  Falls back to "?" when the link cannot be read. */
-static void inode_rel(struct rkd_fs *fs, struct rkd_inode *in, char *out, size_t len)
+/* A .rekeyfs below the root in the data directory: never shown, reported
+ * once per directory (someone planted it, or a data directory was copied
+ * into a table). */
+static void planted_state_dir(struct rkd_inode *dir)
 {
-	char pp[64], link[PATH_MAX];
-	if (in == &fs->root) {
-		snprintf(out, len, "/");
-		return;
+	if (!atomic_exchange(&dir->planted_logged, true))
+		rk_warn("a directory named %s below the data directory root is hidden (directory inode %ju): only the "
+		        "root's state directory is rekeyfs's; remove it from the data directory",
+		        RK_STATE_DIR, (uintmax_t)dir->ino);
+}
+
+/* Path of an inode from the data directory ("/a/b"), allocated.  Built from
+ * the daemon's own parent chain: the name and parent under which the kernel
+ * last looked up each inode (kept in step by rename), so it has no length
+ * limit and does not depend on how /proc shows the backing tree.  When the
+ * chain is broken (an inode the kernel never looked up, an ancestor
+ * forgotten), the path the walker found it at, then /proc/self/fd.  Returns
+ * NULL only when out of memory. */
+static char *inode_rel(struct rkd_fs *fs, struct rkd_inode *in)
+{
+	char *out = NULL;
+	if (in == &fs->root)
+		return strdup("/");
+	/* the chain, built backwards into a growing buffer */
+	size_t cap = 256, pos = cap - 1;
+	char *buf = malloc(cap);
+	if (!buf)
+		return NULL;
+	buf[pos] = '\0';
+	bool complete = false;
+	pthread_mutex_lock(&fs->itab_lock);
+	struct rkd_inode *cur = in;
+	for (unsigned depth = 0; depth < 65536 && cur && cur->name; depth++) {
+		size_t nl = strlen(cur->name);
+		while (pos < nl + 1) {
+			char *nb = malloc(cap * 2);
+			if (!nb) {
+				pthread_mutex_unlock(&fs->itab_lock);
+				free(buf);
+				return NULL;
+			}
+			memcpy(nb + cap, buf, cap);
+			free(buf);
+			buf = nb;
+			pos += cap;
+			cap *= 2;
+		}
+		pos -= nl;
+		memcpy(buf + pos, cur->name, nl);
+		buf[--pos] = '/';
+		if (cur->pdev == fs->root.dev && cur->pino == fs->root.ino) {
+			complete = true;
+			break;
+		}
+		cur = itab_find(fs, cur->pdev, cur->pino);
 	}
+	if (!complete && in->wrel)
+		out = strdup(in->wrel);
+	pthread_mutex_unlock(&fs->itab_lock);
+	if (complete) {
+		out = strdup(buf + pos);
+		free(buf);
+		return out;
+	}
+	free(buf);
+	if (out)
+		return out;
+	char pp[64], link[PATH_MAX];
 	PROCPATH(pp, in->fd);
 	ssize_t n = readlink(pp, link, sizeof(link) - 1);
-	if (n < 0) {
-		snprintf(out, len, "?");
-		return;
-	}
+	if (n < 0)
+		return strdup("?");
 	link[n] = '\0';
 	char *del = strstr(link, " (deleted)");
 	if (del && del[10] == '\0')
 		*del = '\0';
 	if (strncmp(link, fs->datadir_real, fs->datadir_len) == 0 &&
 	    (link[fs->datadir_len] == '/' || link[fs->datadir_len] == '\0'))
-		snprintf(out, len, "%s", link[fs->datadir_len] ? link + fs->datadir_len : "/");
-	else if (fs->datadir_len == 1 && link[0] == '/')
-		snprintf(out, len, "%s", link);
-	else
-		snprintf(out, len, "%s", link);
+		return strdup(link[fs->datadir_len] ? link + fs->datadir_len : "/");
+	return strdup(link);
 }
 
 /* ---- inode table ------------------------------------------------------------------- */
@@ -175,6 +236,7 @@ static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 		pthread_mutex_unlock(&fs->itab_lock);
 		close(in->fd);
 		free(in->name);
+		free(in->wrel);
 		pthread_mutex_destroy(&in->lock);
 		pthread_cond_destroy(&in->closed);
 		free(in);
@@ -336,9 +398,9 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	uint64_t size = (uint64_t)st->st_size;
 	if (kind == 1) {
 		struct rk_cf_header h;
-		char rel[PATH_MAX];
-		inode_rel(fs, in, rel, sizeof(rel));
-		ret = rk_cf_read_header(fd, rel, &h, NULL);
+		char *rel = inode_rel(fs, in);
+		ret = rk_cf_read_header(fd, rel ? rel : "?", &h, NULL);
+		free(rel);
 		if (ret < 0) {
 			/* unreadable header: show the stored size, reads will fail with EIO */
 			ret = 0;
@@ -416,6 +478,12 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 	}
 	if (rk_is_tmp_name(name))
 		return -ENOENT;
+	if (strcmp(name, RK_STATE_DIR) == 0) {
+		struct stat pst;
+		if (fstatat(p->fd, name, &pst, AT_SYMLINK_NOFOLLOW) == 0)
+			planted_state_dir(p);
+		return -ENOENT;
+	}
 	struct stat st;
 	struct rkd_inode *in;
 	int ret = inode_lookup(fs, p->fd, name, p, &st, &in);
@@ -469,7 +537,6 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* ---- open files ------------------------------------------------------------------------------ */
-static void inode_rel(struct rkd_fs *fs, struct rkd_inode *in, char *out, size_t len);
 
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp)
 {
@@ -479,8 +546,11 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 	if (f->policy_gen != gen || !f->key[0]) {
 		/* renames and policy changes bump the generation: find where the
 		 * file lives now and which table that is */
-		char rel[PATH_MAX];
-		inode_rel(fs, f->in, rel, sizeof(rel));
+		char *rel = inode_rel(fs, f->in);
+		if (!rel) {
+			pthread_mutex_unlock(&f->pol_lock);
+			return -ENOMEM;
+		}
 		if (f->cf) {
 			rk_cf_set_path(f->cf, rel);
 			if (f->rw)
@@ -491,6 +561,7 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 		snprintf(f->key, sizeof(f->key), "%s", t->key);
 		f->comp = t->comp;
 		pthread_rwlock_unlock(&fs->policy_lock);
+		free(rel);
 		f->policy_gen = gen;
 	}
 	snprintf(name, sizeof(name), "%s", f->key);
@@ -506,13 +577,13 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 /* Refresh the file's path (for policy and messages) after a rename. */
 static void file_repath(struct rkd_fs *fs, struct rkd_inode *in)
 {
-	char rel[PATH_MAX];
 	pthread_mutex_lock(&in->lock);
-	if (in->of && in->of->cf) {
-		inode_rel(fs, in, rel, sizeof(rel));
+	char *rel = in->of && in->of->cf ? inode_rel(fs, in) : NULL;
+	if (rel) {
 		rk_cf_set_path(in->of->cf, rel);
 		if (in->of->rw)
 			rk_journal_repath(fs->j, in->of->cf, rel);
+		free(rel);
 	}
 	pthread_mutex_unlock(&in->lock);
 }
@@ -548,7 +619,7 @@ static struct rkd_file *file_alloc(void)
  * fd that is already a chunk file (cf_new), or -1. */
 static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
 {
-	char pp[64], rel[PATH_MAX];
+	char pp[64], *rel = NULL;
 	int ret = 0;
 	pthread_mutex_lock(&in->lock);
 	/* a file being closed is flushed and detached first: one rk_cf per file */
@@ -583,7 +654,11 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 	f->chunk = ret == 1;
 	ret = 0;
 	if (f->chunk) {
-		inode_rel(fs, in, rel, sizeof(rel));
+		rel = inode_rel(fs, in);
+		if (!rel) {
+			ret = -ENOMEM;
+			goto out;
+		}
 		ret = rk_cf_open(f->fd, rel, fs->kr, f->rw, &f->cf);
 		if (ret < 0) {
 			rk_err("%s: cannot open chunk file: %s", rel, rk_strerror(ret));
@@ -605,6 +680,7 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 	*out = f;
 	f = NULL;
 out:
+	free(rel);
 	file_free(f);
 	pthread_mutex_unlock(&in->lock);
 	return ret;
@@ -748,6 +824,7 @@ void rkd_inodes_free(struct rkd_fs *fs)
 			file_free(in->of);
 		close(in->fd);
 		free(in->name);
+		free(in->wrel);
 		pthread_mutex_destroy(&in->lock);
 		pthread_cond_destroy(&in->closed);
 		free(in);
@@ -1233,27 +1310,126 @@ static void set_owner(struct rkd_inode *parent, int dirfd, const char *name, con
 		rk_warn("cannot set owner %u:%u: %s", (unsigned)ctx->uid, (unsigned)gid, strerror(errno));
 }
 
-/* Create an empty chunk file at parent/name under the table policy.  Returns
- * the open backing fd (O_RDWR). */
-static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, mode_t mode, bool excl,
-                             const struct fuse_ctx *ctx, bool *created, struct rk_cf **cfout, char *rel)
+/* Errors that say the daemon or the system ran out of something: they reach
+ * the caller as they are (never EIO, which says the data is bad). */
+static bool resource_err(int neg)
 {
-	char prel[PATH_MAX];
+	return neg == -EMFILE || neg == -ENFILE || neg == -ENOMEM || neg == -ENOSPC || neg == -EDQUOT;
+}
+
+/* May the caller open the existing file st (O_PATH fd pfd) with flags?  The
+ * kernel checked nothing (its lookup was negative), so check here with the
+ * caller's credentials: mode bits against its uid, gid and supplementary
+ * groups (uid 0 passes, as with default_permissions).  Returns 0, -EACCES,
+ * or -EEXIST when mode bits cannot tell (a POSIX access ACL): the kernel then
+ * drops its negative entry and the caller's retry looks the file up, which
+ * checks the ACL. */
+static int caller_may_open(fuse_req_t req, int pfd, const struct stat *st, int flags)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t small[64], *groups = small;
+	int ret = 0;
+	if (ctx->uid == 0)
+		return 0;
+	char pp[64];
+	PROCPATH(pp, pfd);
+	if (getxattr(pp, "system.posix_acl_access", NULL, 0) >= 0)
+		return -EEXIST;
+	mode_t need = 0;
+	int acc = flags & O_ACCMODE;
+	if (acc == O_RDONLY || acc == O_RDWR)
+		need |= 4;
+	if (acc == O_WRONLY || acc == O_RDWR || (flags & O_TRUNC))
+		need |= 2;
+	mode_t bits;
+	if (ctx->uid == st->st_uid) {
+		bits = (st->st_mode >> 6) & 7;
+	} else {
+		bool member = ctx->gid == st->st_gid;
+		int n = member ? 0 : fuse_req_getgroups(req, 64, small);
+		if (n > 64) {
+			groups = calloc((size_t)n, sizeof(*groups));
+			if (!groups) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			n = fuse_req_getgroups(req, n, groups);
+		}
+		if (n < 0) {
+			ret = -EEXIST; /* groups unknown: let the kernel's lookup decide */
+			goto out;
+		}
+		for (int i = 0; i < n && !member; i++)
+			member = groups[i] == st->st_gid;
+		bits = member ? (st->st_mode >> 3) & 7 : st->st_mode & 7;
+	}
+	if ((bits & need) != need)
+		ret = -EACCES;
+out:
+	if (groups != small)
+		free(groups);
+	return ret;
+}
+
+/* CREATE without O_EXCL found name existing (it appeared after the kernel's
+ * negative lookup, by another route: the data directory, a restore).  Open
+ * it only if the caller may, never as the daemon on their behalf. */
+static int open_existing(fuse_req_t req, struct rkd_inode *parent, const char *name, int flags)
+{
+	struct stat st;
+	int fd = -1, ret;
+	int pfd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0) {
+		ret = errno == ENOENT ? -EEXIST : -errno; /* gone again: the caller retries */
+		goto out;
+	}
+	if (fstat(pfd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = -EEXIST; /* a directory, symlink, device: the kernel's lookup handles it */
+		goto out;
+	}
+	ret = caller_may_open(req, pfd, &st, flags);
+	if (ret < 0)
+		goto out;
+	char pp[64];
+	PROCPATH(pp, pfd);
+	fd = open(pp, O_RDWR | O_CLOEXEC); /* the inode just checked, not the name again */
+	ret = fd < 0 ? -errno : fd;
+out:
+	if (pfd >= 0)
+		close(pfd);
+	return ret;
+}
+
+/* Create an empty chunk file at parent/name under the table policy.  Returns
+ * the open backing fd (O_RDWR) and its path in *relout (allocated).  Without
+ * excl an existing file is opened if the caller may (flags: its open flags). */
+static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode *parent, const char *name,
+                             mode_t mode, bool excl, int flags, bool *created, struct rk_cf **cfout, char **relout)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	char *prel = NULL, *rel = NULL;
+	int ret;
+	*relout = NULL;
 	int fd = openat(parent->fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	*created = fd >= 0;
 	if (fd < 0) {
 		if (errno != EEXIST || excl)
 			return -errno;
-		fd = openat(parent->fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-		return fd < 0 ? -errno : fd;
+		return open_existing(req, parent, name, flags);
 	}
 	set_owner(parent, parent->fd, name, ctx, false);
-	inode_rel(fs, parent, prel, sizeof(prel));
-	if (snprintf(rel, PATH_MAX, "%s/%s", strcmp(prel, "/") ? prel : "", name) >= PATH_MAX) {
+	prel = inode_rel(fs, parent);
+	if (!prel || asprintf(&rel, "%s/%s", strcmp(prel, "/") ? prel : "", name) < 0) {
+		free(prel);
 		unlinkat(parent->fd, name, 0);
 		close(fd);
-		return -ENAMETOOLONG;
+		return -ENOMEM;
 	}
+	free(prel);
 	pthread_rwlock_rdlock(&fs->policy_lock);
 	const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
 	char keyname[RK_KEY_NAME_MAX + 1];
@@ -1263,48 +1439,58 @@ static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const 
 	pthread_rwlock_unlock(&fs->policy_lock);
 	struct rk_key *key;
 	struct rk_cf *cf;
-	int ret = rk_keyring_get(fs->kr, keyname, &key);
+	ret = rk_keyring_get(fs->kr, keyname, &key);
 	if (ret == 0)
 		ret = rk_cf_create(fd, rel, fs->kr, cs, comp, key, &cf);
 	if (ret < 0) {
 		rk_err("%s: cannot create chunk file under key '%s': %s", rel, keyname, rk_strerror(ret));
 		unlinkat(parent->fd, name, 0);
 		close(fd);
-		return ret == -ENOSPC ? ret : -EIO;
+		free(rel);
+		return resource_err(ret) ? ret : -EIO;
 	}
 	if (cfout)
 		*cfout = cf; /* the caller keeps it: the new file's open state */
 	else
 		rk_cf_close(cf);
+	*relout = rel;
 	return fd;
 }
 
 /* A file we just created and hold open (fd, cf) becomes the inode's open
  * state directly: no reopen, no second header read.  Returns the inode
- * (nlookup+1) with its file (refs 1) in *fout, or NULL (fd and cf closed). */
-static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *name, int fd,
-                                         struct rk_cf *cf, const char *rel, struct stat *st, struct rkd_file **fout)
+ * (nlookup+1) in *inout with its file (refs 1) in *fout, or a negative errno
+ * (fd and cf closed). */
+static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *name, int fd, struct rk_cf *cf,
+                           const char *rel, struct stat *st, struct rkd_file **fout, struct rkd_inode **inout)
 {
 	struct rkd_file *f = NULL;
+	int ret;
 	int pfd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (pfd < 0 || fstatat(pfd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+	if (pfd < 0 || fstatat(pfd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		ret = -errno;
 		goto fail;
+	}
 	struct rkd_inode *in = inode_get_at(fs, pfd, st, p, name);
 	pfd = -1;
-	if (!in)
+	if (!in) {
+		ret = -ENOMEM;
 		goto fail;
+	}
 	pthread_mutex_lock(&in->lock);
 	if (in->of || !(f = file_alloc())) {
 		/* someone opened it meanwhile: share theirs */
 		pthread_mutex_unlock(&in->lock);
 		rk_cf_close(cf);
 		close(fd);
-		if (file_get(fs, in, fout) < 0) {
+		ret = file_get(fs, in, fout);
+		if (ret < 0) {
 			inode_unref(fs, in, 1);
-			return NULL;
+			return ret;
 		}
 		st->st_size = (off_t)((*fout)->chunk ? rk_cf_size((*fout)->cf) : (uint64_t)st->st_size);
-		return in;
+		*inout = in;
+		return 0;
 	}
 	f->fd = fd;
 	f->rw = true;
@@ -1314,25 +1500,27 @@ static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p,
 	f->in = in;
 	f->fs = fs;
 	f->target_idx = -1;
-	if (rk_journal_attach(fs->j, cf, rel) == 0) {
+	ret = rk_journal_attach(fs->j, cf, rel);
+	if (ret == 0) {
 		if (fs->o.lazy)
 			rk_cf_set_read_hook(cf, rkd_lazy_hook, f);
 		in->of = f;
 		pthread_mutex_unlock(&in->lock);
 		st->st_size = 0;
 		*fout = f;
-		return in;
+		*inout = in;
+		return 0;
 	}
 	pthread_mutex_unlock(&in->lock);
 	file_free(f); /* closes fd and cf */
 	inode_unref(fs, in, 1);
-	return NULL;
+	return ret;
 fail:
 	if (pfd >= 0)
 		close(pfd);
 	rk_cf_close(cf);
 	close(fd);
-	return NULL;
+	return ret;
 }
 
 static int entry_for(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, struct fuse_entry_param *e)
@@ -1357,19 +1545,20 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 	struct rk_cf *ncf = NULL;
-	char rel[PATH_MAX];
-	int fd = create_chunk_file(fs, p, name, mode & 07777, fi->flags & O_EXCL, fuse_req_ctx(req), &created, &ncf,
-	                           rel);
+	char *rel = NULL;
+	int fd = create_chunk_file(fs, req, p, name, mode & 07777, fi->flags & O_EXCL, fi->flags, &created, &ncf,
+	                           &rel);
 	if (fd < 0) {
 		fuse_reply_err(req, ferr(fd));
 		return;
 	}
-	struct rkd_inode *in;
+	struct rkd_inode *in = NULL;
 	if (created) {
 		memset(&e, 0, sizeof(e));
-		in = install_created(fs, p, name, fd, ncf, rel, &e.attr, &f);
-		if (!in) {
-			fuse_reply_err(req, EIO);
+		ret = install_created(fs, p, name, fd, ncf, rel, &e.attr, &f, &in);
+		free(rel);
+		if (ret < 0) {
+			fuse_reply_err(req, resource_err(ret) ? -ret : EIO);
 			return;
 		}
 		e.ino = NODEID(fs, in);
@@ -1429,12 +1618,13 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	}
 	if (S_ISREG(mode)) {
 		bool created;
-		char rel[PATH_MAX];
-		int fd = create_chunk_file(fs, p, name, mode & 07777, true, fuse_req_ctx(req), &created, NULL, rel);
+		char *rel = NULL;
+		int fd = create_chunk_file(fs, req, p, name, mode & 07777, true, 0, &created, NULL, &rel);
 		if (fd < 0) {
 			fuse_reply_err(req, ferr(fd));
 			return;
 		}
+		free(rel);
 		close(fd);
 	} else {
 		if (mknodat(p->fd, name, mode, rdev) < 0) {
@@ -1523,6 +1713,30 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, unlinkat(p->fd, name, AT_REMOVEDIR) < 0 ? errno : 0);
 }
 
+/* parent/name is where an object now lives after a rename: keep its place in
+ * the parent chain and its open file's path in step. */
+static void renamed(struct rkd_fs *fs, struct rkd_inode *parent, const char *name)
+{
+	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0)
+		return;
+	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+		pthread_mutex_lock(&fs->itab_lock);
+		struct rkd_inode *in = itab_find(fs, st.st_dev, st.st_ino);
+		if (in) {
+			in->nlookup++;
+			set_where(in, parent, name); /* the parent chain (paths, tables) */
+		}
+		pthread_mutex_unlock(&fs->itab_lock);
+		if (in) {
+			file_repath(fs, in);
+			inode_unref(fs, in, 1);
+		}
+	}
+	close(fd);
+}
+
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
                       unsigned int flags)
 {
@@ -1542,22 +1756,9 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	}
 	/* the moved object may now belong to another table; open files re-read
 	 * their path (messages) and policy lazily */
-	int fd = openat(np->fd, newname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd >= 0) {
-		struct stat st;
-		if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
-			pthread_mutex_lock(&fs->itab_lock);
-			struct rkd_inode *in = itab_find(fs, st.st_dev, st.st_ino);
-			if (in)
-				in->nlookup++;
-			pthread_mutex_unlock(&fs->itab_lock);
-			if (in) {
-				file_repath(fs, in);
-				inode_unref(fs, in, 1);
-			}
-		}
-		close(fd);
-	}
+	renamed(fs, np, newname);
+	if (flags & RENAME_EXCHANGE)
+		renamed(fs, p, name);
 	atomic_fetch_add(&fs->policy_gen, 1);
 	fuse_reply_err(req, 0);
 }
@@ -1711,6 +1912,7 @@ struct rkd_dir {
 	bool virt;
 	int vpos;
 	bool root;
+	struct rkd_inode *in; /* the directory (held by the kernel while open) */
 };
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1735,6 +1937,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			return;
 		}
 		d->root = ino == FUSE_ROOT_ID;
+		d->in = in;
 	}
 	fi->fh = (uint64_t)(uintptr_t)d;
 	fi->cache_readdir = 0;
@@ -1787,6 +1990,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		struct stat st = {0};
 		st.st_ino = de->d_ino;
 		st.st_mode = (mode_t)DTTOIF(de->d_type);
+		if (!d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
+			planted_state_dir(d->in);
+			continue;
+		}
 		if (d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
 			/* the real state directory never shows: this name is the virtual one */
 			st.st_ino = fs->vdir.ino;
@@ -1959,6 +2166,25 @@ int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inod
 {
 	struct stat st;
 	return inode_lookup(fs, dirfd, name, NULL, &st, out);
+}
+
+int rkd_inode_at_path(struct rkd_fs *fs, int dirfd, const char *name, const char *rel, struct rkd_inode **out)
+{
+	int ret = rkd_inode_at(fs, dirfd, name, out);
+	if (ret < 0 || !rel)
+		return ret;
+	/* for an inode the kernel never looked up (no parent chain): where the
+	 * walk found it, whatever its depth */
+	pthread_mutex_lock(&fs->itab_lock);
+	if (!(*out)->name && (!(*out)->wrel || strcmp((*out)->wrel, rel) != 0)) {
+		char *n = strdup(rel);
+		if (n) {
+			free((*out)->wrel);
+			(*out)->wrel = n;
+		}
+	}
+	pthread_mutex_unlock(&fs->itab_lock);
+	return 0;
 }
 
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in) { inode_unref(fs, in, 1); }
