@@ -87,7 +87,7 @@ static int setup_virtual(struct rkd_fs *fs)
 	for (int i = 0; i < 3; i++) {
 		v[i]->virt = kinds[i];
 		v[i]->fd = -1;
-		v[i]->ino = (ino_t)(0xFFFFFFFFFFFF0000ULL + (unsigned)i);
+		v[i]->ino = (ino_t)(RK_VIRT_INO_STATEDIR + (unsigned)i);
 		v[i]->type = i == 0 ? S_IFDIR : S_IFREG;
 		v[i]->nlookup = 1;
 		v[i]->hdr_kind = -1;
@@ -256,9 +256,11 @@ int main(int argc, char *argv[])
 	 * it, allow_other would let every user open every file */
 	fuse_opt_add_arg(&args, "-odefault_permissions");
 	char fsname[PATH_MAX + 32];
-	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=rekeyfs", fs->datadir_real);
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s", fs->datadir_real);
 	if (!strchr(fs->datadir_real, ','))
 		fuse_opt_add_arg(&args, fsname);
+	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
+	fuse_opt_add_arg(&args, "-osubtype=rekeyfs");
 
 	fs->se = fuse_session_new(&args, &rkd_ops, sizeof(rkd_ops), fs);
 	if (!fs->se)
