@@ -1306,7 +1306,8 @@ static void set_owner(struct rkd_inode *parent, int dirfd, const char *name, con
 			}
 		}
 	}
-	if (fchownat(dirfd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+	/* name "": dirfd is the new object itself (not a name someone could swap) */
+	if (fchownat(dirfd, name, ctx->uid, gid, name[0] ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH) < 0)
 		rk_warn("cannot set owner %u:%u: %s", (unsigned)ctx->uid, (unsigned)gid, strerror(errno));
 }
 
@@ -1421,7 +1422,7 @@ static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode
 			return -errno;
 		return open_existing(req, parent, name, flags);
 	}
-	set_owner(parent, parent->fd, name, ctx, false);
+	set_owner(parent, fd, "", ctx, false);
 	prel = inode_rel(fs, parent);
 	if (!prel || asprintf(&rel, "%s/%s", strcmp(prel, "/") ? prel : "", name) < 0) {
 		free(prel);
@@ -1466,7 +1467,10 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 {
 	struct rkd_file *f = NULL;
 	int ret;
-	int pfd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	char pp[64];
+	/* the inode of the fd we created, not whatever the name holds by now */
+	PROCPATH(pp, fd);
+	int pfd = open(pp, O_PATH | O_CLOEXEC);
 	if (pfd < 0 || fstatat(pfd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
 		ret = -errno;
 		goto fail;
