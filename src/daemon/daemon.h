@@ -55,6 +55,7 @@ struct rkd_file {
 	struct rkd_fs *fs;
 	struct rkd_inode *in; /* the inode (held by the kernel's lookup while open) */
 	int fd;               /* read-write (or read-only) fd on the backing file */
+	bool fd_shared;       /* fd is the inode's fd number (one descriptor per open file) */
 	bool rw;
 	int refs;             /* open handles */
 	bool closing;         /* last handle gone; being flushed and detached */
@@ -76,6 +77,7 @@ struct rkd_handle {
 	struct rkd_inode *in;
 	struct rkd_file *f;
 	int flags;
+	uid_t uid;            /* opener, charged for the handle (RKD_UNCHARGED: not) */
 	/* virtual files: a snapshot for reads, a reply after a control write */
 	char *vbuf;
 	size_t vlen;
@@ -96,7 +98,9 @@ struct rkd_opts {
 	int lazy;              /* rewrite on read (default on) */
 	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
 	unsigned read_ahead_kb; /* kernel read-ahead of the mount (0: leave the kernel's) */
+	unsigned max_open_per_user; /* open handles of one non-root user (0: fd limit / 4) */
 };
+#define RKD_UNCHARGED ((uid_t)-1)
 
 struct rkd_stats {
 	atomic_uint_fast64_t reads, writes, bytes_read, bytes_written;

@@ -184,27 +184,29 @@ static void set_where(struct rkd_inode *in, const struct rkd_inode *parent, cons
 	in->pino = parent->ino;
 }
 
-/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1.
+/* The inode for st, nlookup+1; a new inode adopts fd as its fd (*adopted)
+ * and, with lock_new, is returned with its lock held (taken before anyone
+ * can find it, so no lock-order question); else the caller keeps fd.
  * parent/name: where it was looked up (NULL when unknown). */
-static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
-                                      const char *name)
+static struct rkd_inode *inode_get_ex(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
+                                      const char *name, bool lock_new, bool *adopted)
 {
 	struct rkd_inode *in;
+	*adopted = false;
 	pthread_mutex_lock(&fs->itab_lock);
 	in = itab_find(fs, st->st_dev, st->st_ino);
 	if (in) {
 		in->nlookup++;
 		set_where(in, parent, name);
 		pthread_mutex_unlock(&fs->itab_lock);
-		close(fd);
 		return in;
 	}
 	in = calloc(1, sizeof(*in));
 	if (!in) {
 		pthread_mutex_unlock(&fs->itab_lock);
-		close(fd);
 		return NULL;
 	}
+	*adopted = true;
 	in->fd = fd;
 	in->dev = st->st_dev;
 	in->ino = st->st_ino;
@@ -214,11 +216,24 @@ static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct st
 	pthread_mutex_init(&in->lock, NULL);
 	pthread_cond_init(&in->closed, NULL);
 	set_where(in, parent, name);
+	if (lock_new)
+		pthread_mutex_lock(&in->lock);
 	/* key: the adjacent (dev, ino) members, laid out like struct ikey */
 	HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
 	if (++fs->ninodes > fs->inode_high && fs->reclaim_started)
 		pthread_cond_signal(&fs->reclaim_cond);
 	pthread_mutex_unlock(&fs->itab_lock);
+	return in;
+}
+
+/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1. */
+static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
+                                      const char *name)
+{
+	bool adopted;
+	struct rkd_inode *in = inode_get_ex(fs, fd, st, parent, name, false, &adopted);
+	if (!adopted)
+		close(fd);
 	return in;
 }
 
@@ -593,7 +608,7 @@ static void file_free(struct rkd_file *f)
 	if (!f)
 		return;
 	rk_cf_close(f->cf);
-	if (f->fd >= 0)
+	if (f->fd >= 0 && !f->fd_shared)
 		close(f->fd);
 	pthread_rwlock_destroy(&f->rw_lock);
 	for (int i = 0; i < RKD_CHUNK_STRIPES; i++)
@@ -613,6 +628,36 @@ static struct rkd_file *file_alloc(void)
 		pthread_rwlock_init(&f->stripes[i], NULL);
 	pthread_mutex_init(&f->pol_lock, NULL);
 	return f;
+}
+
+/* ---- one descriptor per open file -------------------------------------------------------
+ * An open file's read-write fd takes over the inode's fd number: dup3 over
+ * the O_PATH fd, atomic for other threads using in->fd (they see the same
+ * inode through either), and the O_PATH fd comes back when the file is
+ * closed.  So an open file costs one descriptor, not two.  Both under
+ * in->lock. */
+static void fd_share(struct rkd_inode *in, struct rkd_file *f)
+{
+	if (f->fd_shared || dup3(f->fd, in->fd, O_CLOEXEC) < 0)
+		return; /* two descriptors for this one */
+	close(f->fd);
+	f->fd = in->fd;
+	f->fd_shared = true;
+}
+
+static void fd_unshare(struct rkd_inode *in, struct rkd_file *f)
+{
+	if (!f->fd_shared)
+		return;
+	char pp[64];
+	PROCPATH(pp, in->fd);
+	int pfd = open(pp, O_PATH | O_CLOEXEC);
+	if (pfd >= 0) {
+		dup3(pfd, in->fd, O_CLOEXEC);
+		close(pfd);
+	} /* else the inode keeps the read-write fd: it serves as its O_PATH fd */
+	f->fd = -1;
+	f->fd_shared = false;
 }
 
 /* Open (or share) the inode's file state.  fd_new: a freshly created backing
@@ -648,6 +693,7 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 		ret = -errno;
 		goto out;
 	}
+	fd_share(in, f);
 	ret = rk_cf_probe(f->fd);
 	if (ret < 0)
 		goto out;
@@ -681,6 +727,8 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 	f = NULL;
 out:
 	free(rel);
+	if (f)
+		fd_unshare(in, f);
 	file_free(f);
 	pthread_mutex_unlock(&in->lock);
 	return ret;
@@ -715,6 +763,78 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 		memcpy(d->handle, h.fh.f_handle, h.fh.handle_bytes);
 	}
 	pthread_mutex_unlock(&fs->dirty_lock);
+}
+
+/* ---- open handles per user -----------------------------------------------------------------
+ * Every open handle costs the daemon descriptors: a file's is shared by its
+ * handles and is its inode's, a directory's DIR is one more.  A non-root user
+ * may hold open_per_user handles (a directory counts 2), EMFILE past it, and
+ * all non-root users together open_nonroot_max, ENFILE past it: the rest of
+ * the descriptor limit is root's reserve (and the walker's, the journal's,
+ * and the inodes the kernel knows).  Root is not counted.  ucount_lock
+ * guards the table and the counters; it is a leaf (nothing is taken under
+ * it). */
+struct ucount {
+	uid_t uid;
+	size_t n;
+	UT_hash_handle hh;
+};
+static pthread_mutex_t ucount_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ucount *ucounts;
+static size_t open_nonroot, open_nonroot_max = SIZE_MAX, open_per_user = SIZE_MAX;
+
+/* Charge uid for a handle of cost n: 0, or -EMFILE / -ENFILE / -ENOMEM. */
+static int handle_charge(uid_t uid, size_t n)
+{
+	struct ucount *u;
+	int ret = 0;
+	if (uid == 0)
+		return 0;
+	pthread_mutex_lock(&ucount_lock);
+	HASH_FIND(hh, ucounts, &uid, sizeof(uid), u);
+	if (u && u->n + n > open_per_user) {
+		ret = -EMFILE;
+		goto out;
+	}
+	if (open_nonroot + n > open_nonroot_max) {
+		ret = -ENFILE;
+		goto out;
+	}
+	if (!u) {
+		u = calloc(1, sizeof(*u));
+		if (!u) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		u->uid = uid;
+		HASH_ADD(hh, ucounts, uid, sizeof(u->uid), u);
+	}
+	u->n += n;
+	open_nonroot += n;
+out:
+	pthread_mutex_unlock(&ucount_lock);
+	if (ret == -EMFILE || ret == -ENFILE)
+		rk_dbg("uid %u: open refused (%s): %zu handles per user, %zu for all users but root", (unsigned)uid,
+		       strerror(-ret), open_per_user, open_nonroot_max);
+	return ret;
+}
+
+static void handle_refund(uid_t uid, size_t n)
+{
+	struct ucount *u;
+	if (uid == 0 || uid == RKD_UNCHARGED)
+		return;
+	pthread_mutex_lock(&ucount_lock);
+	HASH_FIND(hh, ucounts, &uid, sizeof(uid), u);
+	if (u) {
+		u->n -= RK_MIN(n, u->n);
+		open_nonroot -= RK_MIN(n, open_nonroot);
+		if (u->n == 0) {
+			HASH_DEL(ucounts, u);
+			free(u);
+		}
+	}
+	pthread_mutex_unlock(&ucount_lock);
 }
 
 /* ---- fd budget ---------------------------------------------------------------------------
@@ -792,11 +912,19 @@ int rkd_reclaim_start(struct rkd_fs *fs)
 	size_t reserve = RK_MAX(limit / 4, (size_t)256);
 	fs->inode_high = limit > reserve ? limit - reserve : limit / 2;
 	fs->inode_low = fs->inode_high * 3 / 4;
+	/* open handles of non-root users: a quarter of the limit each (or
+	 * max_open_per_user), half of it for all of them; the rest is root's */
+	pthread_mutex_lock(&ucount_lock);
+	open_per_user = fs->o.max_open_per_user ? fs->o.max_open_per_user : RK_MAX(limit / 4, (size_t)16);
+	open_nonroot_max = limit / 2;
+	pthread_mutex_unlock(&ucount_lock);
 	pthread_cond_init(&fs->reclaim_cond, NULL);
 	if (pthread_create(&fs->reclaim_thr, NULL, reclaimer, fs) != 0)
 		return -EAGAIN;
 	fs->reclaim_started = true;
-	rk_dbg("fd budget: %zu known inodes at most (fd limit %zu)", fs->inode_high, limit);
+	rk_info("fd budget: limit %zu; known inodes reclaimed above %zu; open files and directories: %zu per "
+	        "non-root user, %zu for all non-root users, the rest kept for root",
+	        limit, fs->inode_high, open_per_user, open_nonroot_max);
 	return 0;
 }
 
@@ -903,6 +1031,7 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		struct stat cst;
 		if (f->chunk && fstat(f->fd, &cst) == 0)
 			size_cache_put(&cst, 1, rk_cf_size(f->cf));
+		fd_unshare(in, f);
 		in->of = NULL;
 		in->hdr_kind = -1; /* re-read the header next time */
 	}
@@ -954,6 +1083,7 @@ static struct rkd_handle *handle_new(struct rkd_inode *in, struct rkd_file *f, i
 	h->in = in;
 	h->f = f;
 	h->flags = flags;
+	h->uid = RKD_UNCHARGED;
 	pthread_mutex_init(&h->vlock, NULL);
 	return h;
 }
@@ -1017,13 +1147,21 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, in->type == S_IFDIR ? EISDIR : EINVAL);
 		return;
 	}
+	uid_t uid = fuse_req_ctx(req)->uid;
+	ret = handle_charge(uid, 1);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
 	ret = file_get(fs, in, &f);
 	if (ret < 0) {
+		handle_refund(uid, 1);
 		fuse_reply_err(req, ferr(ret));
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY && !f->rw) {
 		file_put(fs, in, f);
+		handle_refund(uid, 1);
 		fuse_reply_err(req, EROFS);
 		return;
 	}
@@ -1031,6 +1169,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		ret = truncate_file(fs, f, 0);
 		if (ret < 0) {
 			file_put(fs, in, f);
+			handle_refund(uid, 1);
 			fuse_reply_err(req, ferr(ret));
 			return;
 		}
@@ -1038,9 +1177,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h = handle_new(in, f, fi->flags);
 	if (!h) {
 		file_put(fs, in, f);
+		handle_refund(uid, 1);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	h->uid = uid;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	/* we are the only way to this data: the page cache stays valid */
 	fi->keep_cache = 1;
@@ -1054,6 +1195,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	(void)ino;
 	if (h->f)
 		file_put(fs, h->in, h->f);
+	handle_refund(h->uid, 1);
 	handle_free(h);
 	fuse_reply_err(req, 0);
 }
@@ -1467,22 +1609,27 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 {
 	struct rkd_file *f = NULL;
 	int ret;
-	char pp[64];
-	/* the inode of the fd we created, not whatever the name holds by now */
-	PROCPATH(pp, fd);
-	int pfd = open(pp, O_PATH | O_CLOEXEC);
-	if (pfd < 0 || fstatat(pfd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+	bool adopted;
+	/* the inode of the fd we created, not whatever the name holds by now;
+	 * a new inode takes fd as its fd: one descriptor for the open file */
+	if (fstat(fd, st) < 0) {
 		ret = -errno;
 		goto fail;
 	}
-	struct rkd_inode *in = inode_get_at(fs, pfd, st, p, name);
-	pfd = -1;
+	struct rkd_inode *in = inode_get_ex(fs, fd, st, p, name, true, &adopted);
 	if (!in) {
 		ret = -ENOMEM;
 		goto fail;
 	}
-	pthread_mutex_lock(&in->lock);
-	if (in->of || !(f = file_alloc())) {
+	if (!adopted)
+		pthread_mutex_lock(&in->lock);
+	if (adopted && !(f = file_alloc())) {
+		pthread_mutex_unlock(&in->lock);
+		rk_cf_close(cf);
+		inode_unref(fs, in, 1); /* closes fd, the inode's */
+		return -ENOMEM;
+	}
+	if (!adopted && (in->of || !(f = file_alloc()))) {
 		/* someone opened it meanwhile: share theirs */
 		pthread_mutex_unlock(&in->lock);
 		rk_cf_close(cf);
@@ -1497,6 +1644,7 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 		return 0;
 	}
 	f->fd = fd;
+	f->fd_shared = adopted;
 	f->rw = true;
 	f->chunk = true;
 	f->cf = cf;
@@ -1515,13 +1663,12 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 		*inout = in;
 		return 0;
 	}
+	fd_unshare(in, f);
 	pthread_mutex_unlock(&in->lock);
-	file_free(f); /* closes fd and cf */
+	file_free(f); /* closes fd (unless it is the inode's) and cf */
 	inode_unref(fs, in, 1);
 	return ret;
 fail:
-	if (pfd >= 0)
-		close(pfd);
 	rk_cf_close(cf);
 	close(fd);
 	return ret;
@@ -1538,67 +1685,87 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct rkd_inode *p = INO(fs, parent);
 	struct fuse_entry_param e;
 	struct rkd_file *f = NULL;
-	bool created;
-	int ret;
-	if (p->virt != RKD_REAL) {
-		fuse_reply_err(req, EPERM);
-		return;
-	}
-	if (reserved_name(parent, name)) {
-		fuse_reply_err(req, EPERM);
-		return;
-	}
+	struct rkd_inode *in = NULL;
+	struct rkd_handle *h = NULL;
 	struct rk_cf *ncf = NULL;
 	char *rel = NULL;
-	int fd = create_chunk_file(fs, req, p, name, mode & 07777, fi->flags & O_EXCL, fi->flags, &created, &ncf,
-	                           &rel);
+	uid_t uid = fuse_req_ctx(req)->uid;
+	bool created, charged = false;
+	int ret, fd = -1;
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		ret = -EPERM;
+		goto out;
+	}
+	ret = handle_charge(uid, 1);
+	if (ret < 0)
+		goto out;
+	charged = true;
+	memset(&e, 0, sizeof(e));
+	fd = create_chunk_file(fs, req, p, name, mode & 07777, fi->flags & O_EXCL, fi->flags, &created, &ncf, &rel);
 	if (fd < 0) {
-		fuse_reply_err(req, ferr(fd));
-		return;
+		ret = fd;
+		fd = -1;
+		goto out;
 	}
-	struct rkd_inode *in = NULL;
 	if (created) {
-		memset(&e, 0, sizeof(e));
 		ret = install_created(fs, p, name, fd, ncf, rel, &e.attr, &f, &in);
-		free(rel);
+		fd = -1; /* taken (or closed) */
 		if (ret < 0) {
-			fuse_reply_err(req, resource_err(ret) ? -ret : EIO);
-			return;
+			in = NULL;
+			goto out;
 		}
-		e.ino = NODEID(fs, in);
-		e.attr_timeout = fs->o.attr_timeout;
-		e.entry_timeout = fs->o.entry_timeout;
-		ret = 0;
 	} else {
-		close(fd);
-		ret = entry_for(fs, p, name, &e);
-		if (ret < 0) {
-			fuse_reply_err(req, -ret);
-			return;
+		/* the inode open_existing checked, not whatever the name holds now */
+		char pp[64];
+		PROCPATH(pp, fd);
+		int pfd = open(pp, O_PATH | O_CLOEXEC);
+		if (pfd < 0 || fstat(pfd, &e.attr) < 0) {
+			ret = -errno;
+			if (pfd >= 0)
+				close(pfd);
+			goto out;
 		}
-		in = INO(fs, e.ino);
+		in = inode_get_at(fs, pfd, &e.attr, p, name);
+		if (!in) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		close(fd);
+		fd = -1;
 		ret = file_get(fs, in, &f);
+		if (ret == 0 && (fi->flags & O_TRUNC))
+			ret = truncate_file(fs, f, 0);
+		if (ret < 0)
+			goto out;
 	}
-	if (ret == 0 && !created && (fi->flags & O_TRUNC))
-		ret = truncate_file(fs, f, 0);
-	if (ret < 0) {
-		if (f)
-			file_put(fs, in, f);
-		inode_unref(fs, in, 1);
-		fuse_reply_err(req, ferr(ret));
-		return;
-	}
-	struct rkd_handle *h = handle_new(in, f, fi->flags);
+	e.ino = NODEID(fs, in);
+	e.attr_timeout = fs->o.attr_timeout;
+	e.entry_timeout = fs->o.entry_timeout;
+	h = handle_new(in, f, fi->flags);
 	if (!h) {
-		file_put(fs, in, f);
-		inode_unref(fs, in, 1);
-		fuse_reply_err(req, ENOMEM);
-		return;
+		ret = -ENOMEM;
+		goto out;
 	}
+	h->uid = uid;
 	if (f->chunk)
 		e.attr.st_size = (off_t)rk_cf_size(f->cf);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->keep_cache = 1;
+	ret = 0;
+out:
+	free(rel);
+	if (fd >= 0)
+		close(fd);
+	if (ret < 0) {
+		if (f)
+			file_put(fs, in, f);
+		if (in)
+			inode_unref(fs, in, 1);
+		if (charged)
+			handle_refund(uid, 1);
+		fuse_reply_err(req, ferr(ret)); /* EMFILE, ENFILE, ENOMEM as such */
+		return;
+	}
 	fuse_reply_create(req, &e, fi);
 }
 
@@ -1917,6 +2084,7 @@ struct rkd_dir {
 	int vpos;
 	bool root;
 	struct rkd_inode *in; /* the directory (held by the kernel while open) */
+	uid_t uid;            /* opener, charged 2 (its DIR fd and its inode's) */
 };
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1931,11 +2099,19 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (in->virt == RKD_VDIR) {
 		d->virt = true;
 	} else {
+		d->uid = fuse_req_ctx(req)->uid;
+		int ret = handle_charge(d->uid, 2);
+		if (ret < 0) {
+			free(d);
+			fuse_reply_err(req, -ret);
+			return;
+		}
 		int fd = openat(in->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0 || !(d->dp = fdopendir(fd))) {
 			int e = errno;
 			if (fd >= 0)
 				close(fd);
+			handle_refund(d->uid, 2);
 			free(d);
 			fuse_reply_err(req, e);
 			return;
@@ -2019,8 +2195,10 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
 	struct rkd_dir *d = (struct rkd_dir *)(uintptr_t)fi->fh;
 	(void)ino;
-	if (d->dp)
+	if (d->dp) {
 		closedir(d->dp);
+		handle_refund(d->uid, 2);
+	}
 	free(d);
 	fuse_reply_err(req, 0);
 }

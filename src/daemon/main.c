@@ -35,6 +35,7 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("whole_file=on", whole_file, 1),
 	OPT("whole_file=off", whole_file, 0),
 	OPT("read_ahead_kb=%u", read_ahead_kb, 0),
+	OPT("max_open_per_user=%u", max_open_per_user, 0),
 	FUSE_OPT_END,
 };
 
@@ -73,7 +74,9 @@ static void usage(const char *prog)
 	       "                           renaming it into place (default on; off: in place,\n"
 	       "                           through the journal, keeping inode numbers)\n"
 	       "    -o read_ahead_kb=N     kernel read-ahead of the mount in KiB (default 4096;\n"
-	       "                           0 leaves the kernel's 128)\n\n"
+	       "                           0 leaves the kernel's 128)\n"
+	       "    -o max_open_per_user=N open files and directories of one non-root user\n"
+	       "                           (default: a quarter of the fd limit)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
