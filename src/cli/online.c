@@ -801,7 +801,9 @@ int rkc_cmd_status(int argc, char **argv)
 	char *root = NULL, *rel = NULL, *js = NULL;
 	int ret = rkc_mount_find(argv[optind], &root, &rel);
 	if (ret < 0) {
-		rk_err("%s is not a rekeyfs mount (no .rekeyfs/control); status needs a mounted daemon", argv[optind]);
+		rk_err("%s is not on a rekeyfs mount (no fuse.rekeyfs mount with the daemon's .rekeyfs/control holds "
+		       "it); status needs a mounted daemon",
+		       argv[optind]);
 		return -ENOENT;
 	}
 	ret = rkc_read_status(root, &js);
