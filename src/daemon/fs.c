@@ -185,8 +185,10 @@ static void set_where(struct rkd_inode *in, const struct rkd_inode *parent, cons
 }
 
 /* The inode for st, nlookup+1; a new inode adopts fd as its fd (*adopted)
- * and, with lock_new, is returned with its lock held (taken before anyone
- * can find it, so no lock-order question); else the caller keeps fd.
+ * and, with lock_new, is returned with its lock held (taken under itab_lock
+ * before the inode is in the table: nobody can hold or wait for it, so this
+ * does not invert the usual order in->lock before itab_lock); else the
+ * caller keeps fd.
  * parent/name: where it was looked up (NULL when unknown). */
 static struct rkd_inode *inode_get_ex(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
                                       const char *name, bool lock_new, bool *adopted)
@@ -772,8 +774,8 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
  * all non-root users together open_nonroot_max, ENFILE past it: the rest of
  * the descriptor limit is root's reserve (and the walker's, the journal's,
  * and the inodes the kernel knows).  Root is not counted.  ucount_lock
- * guards the table and the counters; it is a leaf (nothing is taken under
- * it). */
+ * guards ucounts, open_nonroot and the two bounds; rank: innermost (taken
+ * with no other lock held, and nothing is taken under it). */
 struct ucount {
 	uid_t uid;
 	size_t n;
