@@ -10,6 +10,7 @@
 #ifndef REKEYFS_DATADIR_H
 #define REKEYFS_DATADIR_H
 
+#include <sys/stat.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -18,6 +19,14 @@
 #include "keys.h"
 
 #define RK_STATE_DIR ".rekeyfs"
+/* Inode numbers of the daemon's virtual MOUNT/.rekeyfs/, status and control:
+ * rekeyctl talks only to a control file with these on a rekeyfs mount. */
+#define RK_VIRT_INO_STATEDIR 0xFFFFFFFFFFFF0000ULL
+#define RK_VIRT_INO_CONTROL (RK_VIRT_INO_STATEDIR + 2)
+/* Is st (of a data directory's .rekeyfs) a state directory rekeyfs trusts: a
+ * real directory owned by root or by us, writable by nobody else?  0, or a
+ * negative errno with *why set to the reason. */
+int rk_statedir_check(const struct stat *st, const char **why);
 #define RK_DATADIR_VERSION 1
 #define RK_TABLE_PATH_MAX 1024
 

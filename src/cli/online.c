@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,10 +24,187 @@
 #include "rekeyfs/walk.h"
 
 /* ---- finding a mount ------------------------------------------------------------------ */
-/* A mount shows the virtual MOUNT/.rekeyfs/control; a data directory has none. */
+/* rekeyctl talks to a daemon only through the root of a mount of type
+ * fuse.rekeyfs (per /proc/self/mountinfo) whose .rekeyfs/control is the
+ * daemon's virtual file (its inode number, on that mount's device).  Never a
+ * .rekeyfs found by walking up: a user can plant one in a directory they own
+ * (the daemon hides and refuses the name below its root, but a path outside
+ * any mount has no daemon to hide it). */
+struct rk_mnt {
+	char *point; /* mount point, unescaped */
+	dev_t dev;
+	bool rekeyfs; /* fstype fuse.rekeyfs and the whole file system mounted (root "/") */
+};
+
+static void mi_unescape(char *s)
+{
+	char *o = s;
+	for (char *i = s; *i; i++) {
+		if (i[0] == '\\' && i[1] >= '0' && i[1] <= '3' && i[2] >= '0' && i[2] <= '7' && i[3] >= '0' &&
+		    i[3] <= '7') {
+			*o++ = (char)((i[1] - '0') * 64 + (i[2] - '0') * 8 + (i[3] - '0'));
+			i += 3;
+		} else {
+			*o++ = *i;
+		}
+	}
+	*o = '\0';
+}
+
+/* Is mount point mp the path p or one of its ancestors? */
+static bool mp_holds(const char *mp, const char *p)
+{
+	size_t n = strlen(mp);
+	if (strcmp(mp, "/") == 0)
+		return true;
+	return strncmp(p, mp, n) == 0 && (p[n] == '/' || p[n] == '\0');
+}
+
+/* The mount holding the real path p (the innermost: the longest mount point,
+ * the later of equal ones, which is on top). */
+static int mount_of(const char *p, struct rk_mnt *m)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0, best = 0;
+	int ret = -ENOENT;
+	m->point = NULL;
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		unsigned maj, min;
+		char *sep = strstr(line, " - ");
+		if (!sep)
+			continue;
+		/* id parent maj:min root point options ... - fstype source superoptions */
+		char *save = NULL, *tok;
+		char *fields[5];
+		int nf = 0;
+		*sep = '\0';
+		for (tok = strtok_r(line, " ", &save); tok && nf < 5; tok = strtok_r(NULL, " ", &save))
+			fields[nf++] = tok;
+		if (nf < 5 || sscanf(fields[2], "%u:%u", &maj, &min) != 2)
+			continue;
+		char *fstype = strtok_r(sep + 3, " \n", &save);
+		mi_unescape(fields[3]);
+		mi_unescape(fields[4]);
+		size_t n = strlen(fields[4]);
+		if (!mp_holds(fields[4], p) || n < best)
+			continue;
+		char *pt = strdup(fields[4]);
+		if (!pt) {
+			ret = -ENOMEM;
+			break;
+		}
+		free(m->point);
+		m->point = pt;
+		m->dev = makedev(maj, min);
+		m->rekeyfs = fstype && strcmp(fstype, "fuse.rekeyfs") == 0 && strcmp(fields[3], "/") == 0;
+		best = n;
+		ret = 0;
+	}
+	free(line);
+	fclose(f);
+	if (ret < 0) {
+		free(m->point);
+		m->point = NULL;
+	}
+	return ret;
+}
+
+/* realpath of path, or of its parent when the last component does not
+ * exist yet (a new table directory). */
+static char *real_of(const char *path)
+{
+	char *real = realpath(path, NULL);
+	if (real)
+		return real;
+	char *tmp = strdup(path), *out = NULL;
+	if (!tmp)
+		return NULL;
+	char *slash = strrchr(tmp, '/');
+	if (slash && slash[1]) {
+		*slash = '\0';
+		char *parent = realpath(slash == tmp ? "/" : tmp, NULL);
+		if (parent && asprintf(&out, "%s/%s", strcmp(parent, "/") ? parent : "", slash + 1) < 0)
+			out = NULL;
+		free(parent);
+	}
+	free(tmp);
+	return out;
+}
+
+/* Open MOUNT/.rekeyfs/NAME of the rekeyfs mount whose mount point is mnt,
+ * checking that what was opened is the daemon's virtual file. */
+static int ctl_open(const char *mnt, const char *name, uint64_t ino, int flags)
+{
+	struct rk_mnt m;
+	char p[PATH_MAX];
+	struct stat st;
+	int ret = mount_of(mnt, &m);
+	if (ret < 0)
+		return ret;
+	if (!m.rekeyfs || strcmp(m.point, mnt) != 0) {
+		free(m.point);
+		return -ENOENT;
+	}
+	free(m.point);
+	snprintf(p, sizeof(p), "%s/%s/%s", strcmp(mnt, "/") ? mnt : "", RK_STATE_DIR, name);
+	int fd = open(p, flags | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != m.dev || (uint64_t)st.st_ino != ino ||
+	    st.st_uid != 0) {
+		close(fd);
+		rk_err("%s is not the rekeyfs daemon's control file: refusing to talk to it", p);
+		return -EPERM;
+	}
+	return fd;
+}
+
 int rkc_mount_find(const char *path, char **root, char **rel)
 {
-	return rk_path_find_up(path, RK_STATE_DIR "/control", S_IFREG, -ENOENT, root, rel);
+	struct rk_mnt m = {0};
+	struct stat st;
+	char p[PATH_MAX];
+	char *real = real_of(path);
+	int ret;
+	*root = *rel = NULL;
+	if (!real)
+		return -errno ? -errno : -ENOMEM;
+	ret = mount_of(real, &m);
+	if (ret < 0)
+		goto out;
+	if (!m.rekeyfs) {
+		ret = -ENOENT;
+		goto out;
+	}
+	/* the mount's own .rekeyfs/ and control: the daemon's virtual ones */
+	snprintf(p, sizeof(p), "%s/%s", strcmp(m.point, "/") ? m.point : "", RK_STATE_DIR);
+	if (lstat(p, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_dev != m.dev ||
+	    (uint64_t)st.st_ino != RK_VIRT_INO_STATEDIR) {
+		ret = -ENOENT;
+		goto out;
+	}
+	snprintf(p, sizeof(p), "%s/%s/control", strcmp(m.point, "/") ? m.point : "", RK_STATE_DIR);
+	if (lstat(p, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != m.dev ||
+	    (uint64_t)st.st_ino != RK_VIRT_INO_CONTROL) {
+		ret = -ENOENT;
+		goto out;
+	}
+	size_t n = strcmp(m.point, "/") ? strlen(m.point) : 0;
+	*root = strdup(m.point);
+	*rel = strdup(real[n] ? real + n : "/");
+	ret = *root && *rel ? 0 : -ENOMEM;
+	if (ret < 0) {
+		free(*root);
+		free(*rel);
+		*root = *rel = NULL;
+	}
+out:
+	free(m.point);
+	free(real);
+	return ret;
 }
 
 bool rkc_is_mount(const char *path)
@@ -70,10 +248,11 @@ int rkc_control(const char *mnt, const char *cmd, char **reply)
 {
 	char p[PATH_MAX];
 	snprintf(p, sizeof(p), "%s/%s/control", mnt, RK_STATE_DIR);
-	int fd = open(p, O_RDWR | O_CLOEXEC);
+	int fd = ctl_open(mnt, "control", RK_VIRT_INO_CONTROL, O_RDWR);
 	if (fd < 0) {
-		int e = errno;
-		rk_err("cannot open %s: %s%s", p, strerror(e), e == EACCES ? " (the control file is root's)" : "");
+		int e = -fd;
+		if (e != EPERM)
+			rk_err("cannot open %s: %s%s", p, strerror(e), e == EACCES ? " (the control file is root's)" : "");
 		return -e;
 	}
 	size_t len = strlen(cmd);
@@ -95,11 +274,9 @@ int rkc_control(const char *mnt, const char *cmd, char **reply)
 
 int rkc_read_status(const char *mnt, char **json)
 {
-	char p[PATH_MAX];
-	snprintf(p, sizeof(p), "%s/%s/status", mnt, RK_STATE_DIR);
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	int fd = ctl_open(mnt, "status", RK_VIRT_INO_STATEDIR + 1, O_RDONLY);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	size_t got = 0, cap;
 	char *buf = read_rest(fd, &got, &cap);
 	close(fd);
@@ -646,7 +823,9 @@ int rkc_cmd_status(int argc, char **argv)
 	char *root = NULL, *rel = NULL, *js = NULL;
 	int ret = rkc_mount_find(argv[optind], &root, &rel);
 	if (ret < 0) {
-		rk_err("%s is not a rekeyfs mount (no .rekeyfs/control); status needs a mounted daemon", argv[optind]);
+		rk_err("%s is not on a rekeyfs mount (no fuse.rekeyfs mount with the daemon's .rekeyfs/control holds "
+		       "it); status needs a mounted daemon",
+		       argv[optind]);
 		return -ENOENT;
 	}
 	ret = rkc_read_status(root, &js);

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -658,6 +659,12 @@ int main(int argc, char **argv)
 		{"fsck", rkc_cmd_fsck},
 	};
 	rk_harden_process();
+	/* the tree walk holds one directory fd per level: a deep tree needs them */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	if (argc < 2) {
 		usage(stderr);
 		return RKC_EXIT_USAGE;

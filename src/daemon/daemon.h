@@ -44,6 +44,8 @@ struct rkd_inode {
 	dev_t pdev;
 	ino_t pino;
 	char *name;
+	char *wrel;          /* path the walker found it at (kernel never looked it up) */
+	atomic_bool planted_logged; /* a .rekeyfs in this directory was reported */
 	int hdr_kind;        /* -1 unknown, 0 plain, 1 chunk */
 	uint64_t hdr_size;
 	struct timespec hdr_mtime;
@@ -57,6 +59,7 @@ struct rkd_file {
 	struct rkd_fs *fs;
 	struct rkd_inode *in; /* the inode (held by the kernel's lookup while open) */
 	int fd;               /* read-write (or read-only) fd on the backing file */
+	bool fd_shared;       /* fd is the inode's fd number (one descriptor per open file) */
 	bool rw;
 	int refs;             /* open handles */
 	bool closing;         /* last handle gone; being flushed and detached */
@@ -85,6 +88,7 @@ struct rkd_handle {
 	struct rkd_inode *in;
 	struct rkd_file *f;
 	int flags;
+	uid_t uid;            /* opener, charged for the handle (RKD_UNCHARGED: not) */
 	/* virtual files: a snapshot for reads, a reply after a control write */
 	char *vbuf;
 	size_t vlen;
@@ -105,7 +109,9 @@ struct rkd_opts {
 	int lazy;              /* rewrite on read (default on) */
 	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
 	unsigned read_ahead_kb; /* kernel read-ahead of the mount (0: leave the kernel's) */
+	unsigned max_open_per_user; /* open handles of one non-root user (0: fd limit / 4) */
 };
+#define RKD_UNCHARGED ((uid_t)-1)
 
 struct rkd_stats {
 	atomic_uint_fast64_t reads, writes, bytes_read, bytes_written;
@@ -202,6 +208,8 @@ int rkd_reply(char **out, size_t *len, int ret, const char *fmt, ...) __attribut
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp);
 /* The inode of dirfd/name, shared with the kernel's view (nlookup+1). */
 int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out);
+/* The same, noting rel (the walk's path) for an inode without a parent chain. */
+int rkd_inode_at_path(struct rkd_fs *fs, int dirfd, const char *name, const char *rel, struct rkd_inode **out);
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in);
 /* Finish a whole-file rekey of in (prepared while no handle was open and
  * open_gen was gen): rename the new file into place unless the file was

@@ -58,37 +58,98 @@ static int ferr(int neg)
 	}
 }
 
+static struct rkd_inode *itab_find(struct rkd_fs *fs, dev_t dev, ino_t ino);
+
+/* Names the daemon reserves in every directory: the state directory name
+ * (the root's is the virtual .rekeyfs/, one below the root would pass for
+ * it: rekeyctl and admins look for MOUNT/.../.rekeyfs/control) and the
+ * temporaries of whole-file replacement. */
 static bool reserved_name(fuse_ino_t parent, const char *name)
 {
-	return (parent == FUSE_ROOT_ID && strcmp(name, RK_STATE_DIR) == 0) || rk_is_tmp_name(name);
+	(void)parent;
+	return strcmp(name, RK_STATE_DIR) == 0 || rk_is_tmp_name(name);
 }
 
-/* Path of an inode relative to the data directory ("/a/b"), for policy and
- * messages.  Falls back to "?" when the link cannot be read. */
-static void inode_rel(struct rkd_fs *fs, struct rkd_inode *in, char *out, size_t len)
+/* A .rekeyfs below the root in the data directory: never shown, reported
+ * once per directory (someone planted it, or a data directory was copied
+ * into a table). */
+static void planted_state_dir(struct rkd_inode *dir)
 {
-	char pp[64], link[PATH_MAX];
-	if (in == &fs->root) {
-		snprintf(out, len, "/");
-		return;
+	if (!atomic_exchange(&dir->planted_logged, true))
+		rk_warn("a directory named %s below the data directory root is hidden (directory inode %ju): only the "
+		        "root's state directory is rekeyfs's; remove it from the data directory",
+		        RK_STATE_DIR, (uintmax_t)dir->ino);
+}
+
+/* Path of an inode from the data directory ("/a/b"), allocated.  Built from
+ * the daemon's own parent chain: the name and parent under which the kernel
+ * last looked up each inode (kept in step by rename), so it has no length
+ * limit and does not depend on how /proc shows the backing tree.  When the
+ * chain is broken (an inode the kernel never looked up, an ancestor
+ * forgotten), the path the walker found it at, then /proc/self/fd.  Returns
+ * NULL only when out of memory. */
+static char *inode_rel(struct rkd_fs *fs, struct rkd_inode *in)
+{
+	char *out = NULL;
+	if (in == &fs->root)
+		return strdup("/");
+	/* the chain, built backwards into a growing buffer */
+	size_t cap = 256, pos = cap - 1;
+	char *buf = malloc(cap);
+	if (!buf)
+		return NULL;
+	buf[pos] = '\0';
+	bool complete = false;
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
+	struct rkd_inode *cur = in;
+	for (unsigned depth = 0; depth < 65536 && cur && cur->name; depth++) {
+		size_t nl = strlen(cur->name);
+		while (pos < nl + 1) {
+			char *nb = malloc(cap * 2);
+			if (!nb) {
+				rk_mutex_unlock(&fs->itab_lock);
+				free(buf);
+				return NULL;
+			}
+			memcpy(nb + cap, buf, cap);
+			free(buf);
+			buf = nb;
+			pos += cap;
+			cap *= 2;
+		}
+		pos -= nl;
+		memcpy(buf + pos, cur->name, nl);
+		buf[--pos] = '/';
+		if (cur->pdev == fs->root.dev && cur->pino == fs->root.ino) {
+			complete = true;
+			break;
+		}
+		cur = itab_find(fs, cur->pdev, cur->pino);
 	}
+	if (!complete && in->wrel)
+		out = strdup(in->wrel);
+	rk_mutex_unlock(&fs->itab_lock);
+	if (complete) {
+		out = strdup(buf + pos);
+		free(buf);
+		return out;
+	}
+	free(buf);
+	if (out)
+		return out;
+	char pp[64], link[PATH_MAX];
 	PROCPATH(pp, in->fd);
 	ssize_t n = readlink(pp, link, sizeof(link) - 1);
-	if (n < 0) {
-		snprintf(out, len, "?");
-		return;
-	}
+	if (n < 0)
+		return strdup("?");
 	link[n] = '\0';
 	char *del = strstr(link, " (deleted)");
 	if (del && del[10] == '\0')
 		*del = '\0';
 	if (strncmp(link, fs->datadir_real, fs->datadir_len) == 0 &&
 	    (link[fs->datadir_len] == '/' || link[fs->datadir_len] == '\0'))
-		snprintf(out, len, "%s", link[fs->datadir_len] ? link + fs->datadir_len : "/");
-	else if (fs->datadir_len == 1 && link[0] == '/')
-		snprintf(out, len, "%s", link);
-	else
-		snprintf(out, len, "%s", link);
+		return strdup(link[fs->datadir_len] ? link + fs->datadir_len : "/");
+	return strdup(link);
 }
 
 /* ---- inode table ------------------------------------------------------------------- */
@@ -123,27 +184,31 @@ static void set_where(struct rkd_inode *in, const struct rkd_inode *parent, cons
 	in->pino = parent->ino;
 }
 
-/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1.
+/* The inode for st, nlookup+1; a new inode adopts fd as its fd (*adopted)
+ * and, with lock_new, is returned with its lock held (taken under itab_lock
+ * before the inode is in the table: nobody can hold or wait for it, so this
+ * does not invert the usual order in->lock before itab_lock); else the
+ * caller keeps fd.
  * parent/name: where it was looked up (NULL when unknown). */
-static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
-                                      const char *name)
+static struct rkd_inode *inode_get_ex(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
+                                      const char *name, bool lock_new, bool *adopted)
 {
 	struct rkd_inode *in;
+	*adopted = false;
 	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
 	in = itab_find(fs, st->st_dev, st->st_ino);
 	if (in) {
 		in->nlookup++;
 		set_where(in, parent, name);
 		rk_mutex_unlock(&fs->itab_lock);
-		close(fd);
 		return in;
 	}
 	in = calloc(1, sizeof(*in));
 	if (!in) {
 		rk_mutex_unlock(&fs->itab_lock);
-		close(fd);
 		return NULL;
 	}
+	*adopted = true;
 	in->fd = fd;
 	in->dev = st->st_dev;
 	in->ino = st->st_ino;
@@ -153,11 +218,24 @@ static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct st
 	pthread_mutex_init(&in->lock, NULL);
 	pthread_cond_init(&in->closed, NULL);
 	set_where(in, parent, name);
+	if (lock_new)
+		rk_mutex_trylock(&in->lock, RK_RANK_INODE); /* new, not yet in the table: cannot fail or wait */
 	/* key: the adjacent (dev, ino) members, laid out like struct ikey */
 	HASH_ADD(hh, fs->inodes, dev, sizeof(struct ikey), in);
 	if (++fs->ninodes > fs->inode_high && fs->reclaim_started)
 		pthread_cond_signal(&fs->reclaim_cond);
 	rk_mutex_unlock(&fs->itab_lock);
+	return in;
+}
+
+/* Take ownership of fd (O_PATH): return the inode for st, nlookup+1. */
+static struct rkd_inode *inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
+                                      const char *name)
+{
+	bool adopted;
+	struct rkd_inode *in = inode_get_ex(fs, fd, st, parent, name, false, &adopted);
+	if (!adopted)
+		close(fd);
 	return in;
 }
 
@@ -175,6 +253,7 @@ static void inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 		rk_mutex_unlock(&fs->itab_lock);
 		close(in->fd);
 		free(in->name);
+		free(in->wrel);
 		pthread_mutex_destroy(&in->lock);
 		pthread_cond_destroy(&in->closed);
 		free(in);
@@ -339,9 +418,9 @@ static int fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	uint64_t size = (uint64_t)st->st_size;
 	if (kind == 1) {
 		struct rk_cf_header h;
-		char rel[PATH_MAX];
-		inode_rel(fs, in, rel, sizeof(rel));
-		ret = rk_cf_read_header(fd, rel, &h, NULL);
+		char *rel = inode_rel(fs, in);
+		ret = rk_cf_read_header(fd, rel ? rel : "?", &h, NULL);
+		free(rel);
 		if (ret < 0) {
 			/* unreadable header: show the stored size, reads will fail with EIO */
 			ret = 0;
@@ -419,6 +498,12 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 	}
 	if (rk_is_tmp_name(name))
 		return -ENOENT;
+	if (strcmp(name, RK_STATE_DIR) == 0) {
+		struct stat pst;
+		if (fstatat(p->fd, name, &pst, AT_SYMLINK_NOFOLLOW) == 0)
+			planted_state_dir(p);
+		return -ENOENT;
+	}
 	struct stat st;
 	struct rkd_inode *in;
 	int ret = inode_lookup(fs, p->fd, name, p, &st, &in);
@@ -472,7 +557,6 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* ---- open files ------------------------------------------------------------------------------ */
-static void inode_rel(struct rkd_fs *fs, struct rkd_inode *in, char *out, size_t len);
 
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp)
 {
@@ -482,8 +566,11 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 	if (f->policy_gen != gen || !f->key[0]) {
 		/* renames and policy changes bump the generation: find where the
 		 * file lives now and which table that is */
-		char rel[PATH_MAX];
-		inode_rel(fs, f->in, rel, sizeof(rel));
+		char *rel = inode_rel(fs, f->in);
+		if (!rel) {
+			rk_mutex_unlock(&f->pol_lock);
+			return -ENOMEM;
+		}
 		if (f->cf) {
 			rk_cf_set_path(f->cf, rel);
 			if (f->rw)
@@ -494,6 +581,7 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 		snprintf(f->key, sizeof(f->key), "%s", t->key);
 		f->comp = t->comp;
 		rk_rw_unlock(&fs->policy_lock);
+		free(rel);
 		f->policy_gen = gen;
 	}
 	snprintf(name, sizeof(name), "%s", f->key);
@@ -509,13 +597,13 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 /* Refresh the file's path (for policy and messages) after a rename. */
 static void file_repath(struct rkd_fs *fs, struct rkd_inode *in)
 {
-	char rel[PATH_MAX];
 	rk_mutex_lock(&in->lock, RK_RANK_INODE);
-	if (in->of && in->of->cf) {
-		inode_rel(fs, in, rel, sizeof(rel));
+	char *rel = in->of && in->of->cf ? inode_rel(fs, in) : NULL;
+	if (rel) {
 		rk_cf_set_path(in->of->cf, rel);
 		if (in->of->rw)
 			rk_journal_repath(fs->j, in->of->cf, rel);
+		free(rel);
 	}
 	rk_mutex_unlock(&in->lock);
 }
@@ -525,7 +613,7 @@ static void file_free(struct rkd_file *f)
 	if (!f)
 		return;
 	rk_cf_close(f->cf);
-	if (f->fd >= 0)
+	if (f->fd >= 0 && !f->fd_shared)
 		close(f->fd);
 	pthread_rwlock_destroy(&f->rw_lock);
 	for (int i = 0; i < RKD_CHUNK_STRIPES; i++)
@@ -547,11 +635,41 @@ static struct rkd_file *file_alloc(void)
 	return f;
 }
 
+/* ---- one descriptor per open file -------------------------------------------------------
+ * An open file's read-write fd takes over the inode's fd number: dup3 over
+ * the O_PATH fd, atomic for other threads using in->fd (they see the same
+ * inode through either), and the O_PATH fd comes back when the file is
+ * closed.  So an open file costs one descriptor, not two.  Both under
+ * in->lock. */
+static void fd_share(struct rkd_inode *in, struct rkd_file *f)
+{
+	if (f->fd_shared || dup3(f->fd, in->fd, O_CLOEXEC) < 0)
+		return; /* two descriptors for this one */
+	close(f->fd);
+	f->fd = in->fd;
+	f->fd_shared = true;
+}
+
+static void fd_unshare(struct rkd_inode *in, struct rkd_file *f)
+{
+	if (!f->fd_shared)
+		return;
+	char pp[64];
+	PROCPATH(pp, in->fd);
+	int pfd = open(pp, O_PATH | O_CLOEXEC);
+	if (pfd >= 0) {
+		dup3(pfd, in->fd, O_CLOEXEC);
+		close(pfd);
+	} /* else the inode keeps the read-write fd: it serves as its O_PATH fd */
+	f->fd = -1;
+	f->fd_shared = false;
+}
+
 /* Open (or share) the inode's file state.  fd_new: a freshly created backing
  * fd that is already a chunk file (cf_new), or -1. */
 static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
 {
-	char pp[64], rel[PATH_MAX];
+	char pp[64], *rel = NULL;
 	int ret = 0;
 	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	/* a file being closed is flushed and detached first: one rk_cf per file */
@@ -580,13 +698,18 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 		ret = -errno;
 		goto out;
 	}
+	fd_share(in, f);
 	ret = rk_cf_probe(f->fd);
 	if (ret < 0)
 		goto out;
 	f->chunk = ret == 1;
 	ret = 0;
 	if (f->chunk) {
-		inode_rel(fs, in, rel, sizeof(rel));
+		rel = inode_rel(fs, in);
+		if (!rel) {
+			ret = -ENOMEM;
+			goto out;
+		}
 		ret = rk_cf_open(f->fd, rel, fs->kr, f->rw, &f->cf);
 		if (ret < 0) {
 			rk_err("%s: cannot open chunk file: %s", rel, rk_strerror(ret));
@@ -608,6 +731,9 @@ static int file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **o
 	*out = f;
 	f = NULL;
 out:
+	free(rel);
+	if (f)
+		fd_unshare(in, f);
 	file_free(f);
 	rk_mutex_unlock(&in->lock);
 	return ret;
@@ -642,6 +768,78 @@ static void remember_dirty(struct rkd_fs *fs, struct rkd_file *f)
 		memcpy(d->handle, h.fh.f_handle, h.fh.handle_bytes);
 	}
 	rk_mutex_unlock(&fs->dirty_lock);
+}
+
+/* ---- open handles per user -----------------------------------------------------------------
+ * Every open handle costs the daemon descriptors: a file's is shared by its
+ * handles and is its inode's, a directory's DIR is one more.  A non-root user
+ * may hold open_per_user handles (a directory counts 2), EMFILE past it, and
+ * all non-root users together open_nonroot_max, ENFILE past it: the rest of
+ * the descriptor limit is root's reserve (and the walker's, the journal's,
+ * and the inodes the kernel knows).  Root is not counted.  ucount_lock
+ * guards ucounts, open_nonroot and the two bounds; rank RK_RANK_UCOUNT (96,
+ * a leaf: nothing is taken under it). */
+struct ucount {
+	uid_t uid;
+	size_t n;
+	UT_hash_handle hh;
+};
+static pthread_mutex_t ucount_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ucount *ucounts;
+static size_t open_nonroot, open_nonroot_max = SIZE_MAX, open_per_user = SIZE_MAX;
+
+/* Charge uid for a handle of cost n: 0, or -EMFILE / -ENFILE / -ENOMEM. */
+static int handle_charge(uid_t uid, size_t n)
+{
+	struct ucount *u;
+	int ret = 0;
+	if (uid == 0)
+		return 0;
+	rk_mutex_lock(&ucount_lock, RK_RANK_UCOUNT);
+	HASH_FIND(hh, ucounts, &uid, sizeof(uid), u);
+	if (u && u->n + n > open_per_user) {
+		ret = -EMFILE;
+		goto out;
+	}
+	if (open_nonroot + n > open_nonroot_max) {
+		ret = -ENFILE;
+		goto out;
+	}
+	if (!u) {
+		u = calloc(1, sizeof(*u));
+		if (!u) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		u->uid = uid;
+		HASH_ADD(hh, ucounts, uid, sizeof(u->uid), u);
+	}
+	u->n += n;
+	open_nonroot += n;
+out:
+	rk_mutex_unlock(&ucount_lock);
+	if (ret == -EMFILE || ret == -ENFILE)
+		rk_dbg("uid %u: open refused (%s): %zu handles per user, %zu for all users but root", (unsigned)uid,
+		       strerror(-ret), open_per_user, open_nonroot_max);
+	return ret;
+}
+
+static void handle_refund(uid_t uid, size_t n)
+{
+	struct ucount *u;
+	if (uid == 0 || uid == RKD_UNCHARGED)
+		return;
+	rk_mutex_lock(&ucount_lock, RK_RANK_UCOUNT);
+	HASH_FIND(hh, ucounts, &uid, sizeof(uid), u);
+	if (u) {
+		u->n -= RK_MIN(n, u->n);
+		open_nonroot -= RK_MIN(n, open_nonroot);
+		if (u->n == 0) {
+			HASH_DEL(ucounts, u);
+			free(u);
+		}
+	}
+	rk_mutex_unlock(&ucount_lock);
 }
 
 /* ---- fd budget ---------------------------------------------------------------------------
@@ -719,11 +917,19 @@ int rkd_reclaim_start(struct rkd_fs *fs)
 	size_t reserve = RK_MAX(limit / 4, (size_t)256);
 	fs->inode_high = limit > reserve ? limit - reserve : limit / 2;
 	fs->inode_low = fs->inode_high * 3 / 4;
+	/* open handles of non-root users: a quarter of the limit each (or
+	 * max_open_per_user), half of it for all of them; the rest is root's */
+	rk_mutex_lock(&ucount_lock, RK_RANK_UCOUNT);
+	open_per_user = fs->o.max_open_per_user ? fs->o.max_open_per_user : RK_MAX(limit / 4, (size_t)16);
+	open_nonroot_max = limit / 2;
+	rk_mutex_unlock(&ucount_lock);
 	pthread_cond_init(&fs->reclaim_cond, NULL);
 	if (pthread_create(&fs->reclaim_thr, NULL, reclaimer, fs) != 0)
 		return -EAGAIN;
 	fs->reclaim_started = true;
-	rk_dbg("fd budget: %zu known inodes at most (fd limit %zu)", fs->inode_high, limit);
+	rk_info("fd budget: limit %zu; known inodes reclaimed above %zu; open files and directories: %zu per "
+	        "non-root user, %zu for all non-root users, the rest kept for root",
+	        limit, fs->inode_high, open_per_user, open_nonroot_max);
 	return 0;
 }
 
@@ -751,6 +957,7 @@ void rkd_inodes_free(struct rkd_fs *fs)
 			file_free(in->of);
 		close(in->fd);
 		free(in->name);
+		free(in->wrel);
 		pthread_mutex_destroy(&in->lock);
 		pthread_cond_destroy(&in->closed);
 		free(in);
@@ -829,6 +1036,7 @@ static void file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f
 		struct stat cst;
 		if (f->chunk && fstat(f->fd, &cst) == 0)
 			size_cache_put(&cst, 1, rk_cf_size(f->cf));
+		fd_unshare(in, f);
 		in->of = NULL;
 		in->hdr_kind = -1; /* re-read the header next time */
 	}
@@ -880,6 +1088,7 @@ static struct rkd_handle *handle_new(struct rkd_inode *in, struct rkd_file *f, i
 	h->in = in;
 	h->f = f;
 	h->flags = flags;
+	h->uid = RKD_UNCHARGED;
 	pthread_mutex_init(&h->vlock, NULL);
 	return h;
 }
@@ -950,13 +1159,21 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, in->type == S_IFDIR ? EISDIR : EINVAL);
 		return;
 	}
+	uid_t uid = fuse_req_ctx(req)->uid;
+	ret = handle_charge(uid, 1);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
 	ret = file_get(fs, in, &f);
 	if (ret < 0) {
+		handle_refund(uid, 1);
 		fuse_reply_err(req, ferr(ret));
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY && !f->rw) {
 		file_put(fs, in, f);
+		handle_refund(uid, 1);
 		fuse_reply_err(req, EROFS);
 		return;
 	}
@@ -964,6 +1181,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		ret = truncate_file(fs, f, 0);
 		if (ret < 0) {
 			file_put(fs, in, f);
+			handle_refund(uid, 1);
 			fuse_reply_err(req, ferr(ret));
 			return;
 		}
@@ -971,9 +1189,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h = handle_new(in, f, fi->flags);
 	if (!h) {
 		file_put(fs, in, f);
+		handle_refund(uid, 1);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	h->uid = uid;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	/* we are the only way to this data: the page cache stays valid */
 	fi->keep_cache = 1;
@@ -987,6 +1207,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	(void)ino;
 	if (h->f)
 		file_put(fs, h->in, h->f);
+	handle_refund(h->uid, 1);
 	handle_free(h);
 	fuse_reply_err(req, 0);
 }
@@ -1250,31 +1471,131 @@ static void set_owner(struct rkd_inode *parent, int dirfd, const char *name, con
 			}
 		}
 	}
-	if (fchownat(dirfd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+	/* name "": dirfd is the new object itself (not a name someone could swap) */
+	if (fchownat(dirfd, name, ctx->uid, gid, name[0] ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH) < 0)
 		rk_warn("cannot set owner %u:%u: %s", (unsigned)ctx->uid, (unsigned)gid, strerror(errno));
 }
 
-/* Create an empty chunk file at parent/name under the table policy.  Returns
- * the open backing fd (O_RDWR). */
-static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, mode_t mode, bool excl,
-                             const struct fuse_ctx *ctx, bool *created, struct rk_cf **cfout, char *rel)
+/* Errors that say the daemon or the system ran out of something: they reach
+ * the caller as they are (never EIO, which says the data is bad). */
+static bool resource_err(int neg)
 {
-	char prel[PATH_MAX];
+	return neg == -EMFILE || neg == -ENFILE || neg == -ENOMEM || neg == -ENOSPC || neg == -EDQUOT;
+}
+
+/* May the caller open the existing file st (O_PATH fd pfd) with flags?  The
+ * kernel checked nothing (its lookup was negative), so check here with the
+ * caller's credentials: mode bits against its uid, gid and supplementary
+ * groups (uid 0 passes, as with default_permissions).  Returns 0, -EACCES,
+ * or -EEXIST when mode bits cannot tell (a POSIX access ACL): the kernel then
+ * drops its negative entry and the caller's retry looks the file up, which
+ * checks the ACL. */
+static int caller_may_open(fuse_req_t req, int pfd, const struct stat *st, int flags)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t small[64], *groups = small;
+	int ret = 0;
+	if (ctx->uid == 0)
+		return 0;
+	char pp[64];
+	PROCPATH(pp, pfd);
+	if (getxattr(pp, "system.posix_acl_access", NULL, 0) >= 0)
+		return -EEXIST;
+	mode_t need = 0;
+	int acc = flags & O_ACCMODE;
+	if (acc == O_RDONLY || acc == O_RDWR)
+		need |= 4;
+	if (acc == O_WRONLY || acc == O_RDWR || (flags & O_TRUNC))
+		need |= 2;
+	mode_t bits;
+	if (ctx->uid == st->st_uid) {
+		bits = (st->st_mode >> 6) & 7;
+	} else {
+		bool member = ctx->gid == st->st_gid;
+		int n = member ? 0 : fuse_req_getgroups(req, 64, small);
+		if (n > 64) {
+			groups = calloc((size_t)n, sizeof(*groups));
+			if (!groups) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			n = fuse_req_getgroups(req, n, groups);
+		}
+		if (n < 0) {
+			ret = -EEXIST; /* groups unknown: let the kernel's lookup decide */
+			goto out;
+		}
+		for (int i = 0; i < n && !member; i++)
+			member = groups[i] == st->st_gid;
+		bits = member ? (st->st_mode >> 3) & 7 : st->st_mode & 7;
+	}
+	if ((bits & need) != need)
+		ret = -EACCES;
+out:
+	if (groups != small)
+		free(groups);
+	return ret;
+}
+
+/* CREATE without O_EXCL found name existing (it appeared after the kernel's
+ * negative lookup, by another route: the data directory, a restore).  Open
+ * it only if the caller may, never as the daemon on their behalf. */
+static int open_existing(fuse_req_t req, struct rkd_inode *parent, const char *name, int flags)
+{
+	struct stat st;
+	int fd = -1, ret;
+	int pfd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0) {
+		ret = errno == ENOENT ? -EEXIST : -errno; /* gone again: the caller retries */
+		goto out;
+	}
+	if (fstat(pfd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = -EEXIST; /* a directory, symlink, device: the kernel's lookup handles it */
+		goto out;
+	}
+	ret = caller_may_open(req, pfd, &st, flags);
+	if (ret < 0)
+		goto out;
+	char pp[64];
+	PROCPATH(pp, pfd);
+	fd = open(pp, O_RDWR | O_CLOEXEC); /* the inode just checked, not the name again */
+	ret = fd < 0 ? -errno : fd;
+out:
+	if (pfd >= 0)
+		close(pfd);
+	return ret;
+}
+
+/* Create an empty chunk file at parent/name under the table policy.  Returns
+ * the open backing fd (O_RDWR) and its path in *relout (allocated).  Without
+ * excl an existing file is opened if the caller may (flags: its open flags). */
+static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode *parent, const char *name,
+                             mode_t mode, bool excl, int flags, bool *created, struct rk_cf **cfout, char **relout)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	char *prel = NULL, *rel = NULL;
+	int ret;
+	*relout = NULL;
 	int fd = openat(parent->fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	*created = fd >= 0;
 	if (fd < 0) {
 		if (errno != EEXIST || excl)
 			return -errno;
-		fd = openat(parent->fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-		return fd < 0 ? -errno : fd;
+		return open_existing(req, parent, name, flags);
 	}
-	set_owner(parent, parent->fd, name, ctx, false);
-	inode_rel(fs, parent, prel, sizeof(prel));
-	if (snprintf(rel, PATH_MAX, "%s/%s", strcmp(prel, "/") ? prel : "", name) >= PATH_MAX) {
+	set_owner(parent, fd, "", ctx, false);
+	prel = inode_rel(fs, parent);
+	if (!prel || asprintf(&rel, "%s/%s", strcmp(prel, "/") ? prel : "", name) < 0) {
+		free(prel);
 		unlinkat(parent->fd, name, 0);
 		close(fd);
-		return -ENAMETOOLONG;
+		return -ENOMEM;
 	}
+	free(prel);
 	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
 	char keyname[RK_KEY_NAME_MAX + 1];
@@ -1284,50 +1605,69 @@ static int create_chunk_file(struct rkd_fs *fs, struct rkd_inode *parent, const 
 	rk_rw_unlock(&fs->policy_lock);
 	struct rk_key *key;
 	struct rk_cf *cf;
-	int ret = rk_keyring_get(fs->kr, keyname, &key);
+	ret = rk_keyring_get(fs->kr, keyname, &key);
 	if (ret == 0)
 		ret = rk_cf_create(fd, rel, fs->kr, cs, comp, key, &cf);
 	if (ret < 0) {
 		rk_err("%s: cannot create chunk file under key '%s': %s", rel, keyname, rk_strerror(ret));
 		unlinkat(parent->fd, name, 0);
 		close(fd);
-		return ret == -ENOSPC ? ret : -EIO;
+		free(rel);
+		return resource_err(ret) ? ret : -EIO;
 	}
 	if (cfout)
 		*cfout = cf; /* the caller keeps it: the new file's open state */
 	else
 		rk_cf_close(cf);
+	*relout = rel;
 	return fd;
 }
 
 /* A file we just created and hold open (fd, cf) becomes the inode's open
  * state directly: no reopen, no second header read.  Returns the inode
- * (nlookup+1) with its file (refs 1) in *fout, or NULL (fd and cf closed). */
-static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *name, int fd,
-                                         struct rk_cf *cf, const char *rel, struct stat *st, struct rkd_file **fout)
+ * (nlookup+1) in *inout with its file (refs 1) in *fout, or a negative errno
+ * (fd and cf closed). */
+static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *name, int fd, struct rk_cf *cf,
+                           const char *rel, struct stat *st, struct rkd_file **fout, struct rkd_inode **inout)
 {
 	struct rkd_file *f = NULL;
-	int pfd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (pfd < 0 || fstatat(pfd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+	int ret;
+	bool adopted;
+	/* the inode of the fd we created, not whatever the name holds by now;
+	 * a new inode takes fd as its fd: one descriptor for the open file */
+	if (fstat(fd, st) < 0) {
+		ret = -errno;
 		goto fail;
-	struct rkd_inode *in = inode_get_at(fs, pfd, st, p, name);
-	pfd = -1;
-	if (!in)
+	}
+	struct rkd_inode *in = inode_get_ex(fs, fd, st, p, name, true, &adopted);
+	if (!in) {
+		ret = -ENOMEM;
 		goto fail;
-	rk_mutex_lock(&in->lock, RK_RANK_INODE);
-	if (in->of || !(f = file_alloc())) {
+	}
+	if (!adopted)
+		rk_mutex_lock(&in->lock, RK_RANK_INODE);
+	if (adopted && !(f = file_alloc())) {
+		rk_mutex_unlock(&in->lock);
+		rk_cf_close(cf);
+		inode_unref(fs, in, 1); /* closes fd, the inode's */
+		return -ENOMEM;
+	}
+	if (!adopted && (in->of || !(f = file_alloc()))) {
 		/* someone opened it meanwhile: share theirs */
 		rk_mutex_unlock(&in->lock);
 		rk_cf_close(cf);
 		close(fd);
-		if (file_get(fs, in, fout) < 0) {
+		ret = file_get(fs, in, fout);
+		if (ret < 0) {
 			inode_unref(fs, in, 1);
-			return NULL;
+			return ret;
 		}
 		st->st_size = (off_t)((*fout)->chunk ? rk_cf_size((*fout)->cf) : (uint64_t)st->st_size);
-		return in;
+		*inout = in;
+		return 0;
 	}
 	f->fd = fd;
+	f->fd_shared = adopted;
 	f->rw = true;
 	f->chunk = true;
 	f->cf = cf;
@@ -1335,25 +1675,26 @@ static struct rkd_inode *install_created(struct rkd_fs *fs, struct rkd_inode *p,
 	f->in = in;
 	f->fs = fs;
 	f->target_idx = -1;
-	if (rk_journal_attach(fs->j, cf, rel) == 0) {
+	ret = rk_journal_attach(fs->j, cf, rel);
+	if (ret == 0) {
 		if (fs->o.lazy)
 			rk_cf_set_read_hook(cf, rkd_lazy_hook, f);
 		in->of = f;
 		rk_mutex_unlock(&in->lock);
 		st->st_size = 0;
 		*fout = f;
-		return in;
+		*inout = in;
+		return 0;
 	}
+	fd_unshare(in, f);
 	rk_mutex_unlock(&in->lock);
-	file_free(f); /* closes fd and cf */
+	file_free(f); /* closes fd (unless it is the inode's) and cf */
 	inode_unref(fs, in, 1);
-	return NULL;
+	return ret;
 fail:
-	if (pfd >= 0)
-		close(pfd);
 	rk_cf_close(cf);
 	close(fd);
-	return NULL;
+	return ret;
 }
 
 static int entry_for(struct rkd_fs *fs, struct rkd_inode *parent, const char *name, struct fuse_entry_param *e)
@@ -1367,66 +1708,87 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct rkd_inode *p = INO(fs, parent);
 	struct fuse_entry_param e;
 	struct rkd_file *f = NULL;
-	bool created;
-	int ret;
-	if (p->virt != RKD_REAL) {
-		fuse_reply_err(req, EPERM);
-		return;
-	}
-	if (reserved_name(parent, name)) {
-		fuse_reply_err(req, EPERM);
-		return;
-	}
+	struct rkd_inode *in = NULL;
+	struct rkd_handle *h = NULL;
 	struct rk_cf *ncf = NULL;
-	char rel[PATH_MAX];
-	int fd = create_chunk_file(fs, p, name, mode & 07777, fi->flags & O_EXCL, fuse_req_ctx(req), &created, &ncf,
-	                           rel);
+	char *rel = NULL;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	bool created, charged = false;
+	int ret, fd = -1;
+	if (p->virt != RKD_REAL || reserved_name(parent, name)) {
+		ret = -EPERM;
+		goto out;
+	}
+	ret = handle_charge(uid, 1);
+	if (ret < 0)
+		goto out;
+	charged = true;
+	memset(&e, 0, sizeof(e));
+	fd = create_chunk_file(fs, req, p, name, mode & 07777, fi->flags & O_EXCL, fi->flags, &created, &ncf, &rel);
 	if (fd < 0) {
-		fuse_reply_err(req, ferr(fd));
-		return;
+		ret = fd;
+		fd = -1;
+		goto out;
 	}
-	struct rkd_inode *in;
 	if (created) {
-		memset(&e, 0, sizeof(e));
-		in = install_created(fs, p, name, fd, ncf, rel, &e.attr, &f);
-		if (!in) {
-			fuse_reply_err(req, EIO);
-			return;
-		}
-		e.ino = NODEID(fs, in);
-		e.attr_timeout = fs->o.attr_timeout;
-		e.entry_timeout = fs->o.entry_timeout;
-		ret = 0;
-	} else {
-		close(fd);
-		ret = entry_for(fs, p, name, &e);
+		ret = install_created(fs, p, name, fd, ncf, rel, &e.attr, &f, &in);
+		fd = -1; /* taken (or closed) */
 		if (ret < 0) {
-			fuse_reply_err(req, -ret);
-			return;
+			in = NULL;
+			goto out;
 		}
-		in = INO(fs, e.ino);
+	} else {
+		/* the inode open_existing checked, not whatever the name holds now */
+		char pp[64];
+		PROCPATH(pp, fd);
+		int pfd = open(pp, O_PATH | O_CLOEXEC);
+		if (pfd < 0 || fstat(pfd, &e.attr) < 0) {
+			ret = -errno;
+			if (pfd >= 0)
+				close(pfd);
+			goto out;
+		}
+		in = inode_get_at(fs, pfd, &e.attr, p, name);
+		if (!in) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		close(fd);
+		fd = -1;
 		ret = file_get(fs, in, &f);
+		if (ret == 0 && (fi->flags & O_TRUNC))
+			ret = truncate_file(fs, f, 0);
+		if (ret < 0)
+			goto out;
 	}
-	if (ret == 0 && !created && (fi->flags & O_TRUNC))
-		ret = truncate_file(fs, f, 0);
-	if (ret < 0) {
-		if (f)
-			file_put(fs, in, f);
-		inode_unref(fs, in, 1);
-		fuse_reply_err(req, ferr(ret));
-		return;
-	}
-	struct rkd_handle *h = handle_new(in, f, fi->flags);
+	e.ino = NODEID(fs, in);
+	e.attr_timeout = fs->o.attr_timeout;
+	e.entry_timeout = fs->o.entry_timeout;
+	h = handle_new(in, f, fi->flags);
 	if (!h) {
-		file_put(fs, in, f);
-		inode_unref(fs, in, 1);
-		fuse_reply_err(req, ENOMEM);
-		return;
+		ret = -ENOMEM;
+		goto out;
 	}
+	h->uid = uid;
 	if (f->chunk)
 		e.attr.st_size = (off_t)rk_cf_size(f->cf);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->keep_cache = 1;
+	ret = 0;
+out:
+	free(rel);
+	if (fd >= 0)
+		close(fd);
+	if (ret < 0) {
+		if (f)
+			file_put(fs, in, f);
+		if (in)
+			inode_unref(fs, in, 1);
+		if (charged)
+			handle_refund(uid, 1);
+		fuse_reply_err(req, ferr(ret)); /* EMFILE, ENFILE, ENOMEM as such */
+		return;
+	}
 	fuse_reply_create(req, &e, fi);
 }
 
@@ -1450,12 +1812,13 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	}
 	if (S_ISREG(mode)) {
 		bool created;
-		char rel[PATH_MAX];
-		int fd = create_chunk_file(fs, p, name, mode & 07777, true, fuse_req_ctx(req), &created, NULL, rel);
+		char *rel = NULL;
+		int fd = create_chunk_file(fs, req, p, name, mode & 07777, true, 0, &created, NULL, &rel);
 		if (fd < 0) {
 			fuse_reply_err(req, ferr(fd));
 			return;
 		}
+		free(rel);
 		close(fd);
 	} else {
 		if (mknodat(p->fd, name, mode, rdev) < 0) {
@@ -1544,6 +1907,30 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, unlinkat(p->fd, name, AT_REMOVEDIR) < 0 ? errno : 0);
 }
 
+/* parent/name is where an object now lives after a rename: keep its place in
+ * the parent chain and its open file's path in step. */
+static void renamed(struct rkd_fs *fs, struct rkd_inode *parent, const char *name)
+{
+	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0)
+		return;
+	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+		rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
+		struct rkd_inode *in = itab_find(fs, st.st_dev, st.st_ino);
+		if (in) {
+			in->nlookup++;
+			set_where(in, parent, name); /* the parent chain (paths, tables) */
+		}
+		rk_mutex_unlock(&fs->itab_lock);
+		if (in) {
+			file_repath(fs, in);
+			inode_unref(fs, in, 1);
+		}
+	}
+	close(fd);
+}
+
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
                       unsigned int flags)
 {
@@ -1563,22 +1950,9 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	}
 	/* the moved object may now belong to another table; open files re-read
 	 * their path (messages) and policy lazily */
-	int fd = openat(np->fd, newname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd >= 0) {
-		struct stat st;
-		if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
-			rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
-			struct rkd_inode *in = itab_find(fs, st.st_dev, st.st_ino);
-			if (in)
-				in->nlookup++;
-			rk_mutex_unlock(&fs->itab_lock);
-			if (in) {
-				file_repath(fs, in);
-				inode_unref(fs, in, 1);
-			}
-		}
-		close(fd);
-	}
+	renamed(fs, np, newname);
+	if (flags & RENAME_EXCHANGE)
+		renamed(fs, p, name);
 	atomic_fetch_add(&fs->policy_gen, 1);
 	fuse_reply_err(req, 0);
 }
@@ -1732,6 +2106,8 @@ struct rkd_dir {
 	bool virt;
 	int vpos;
 	bool root;
+	struct rkd_inode *in; /* the directory (held by the kernel while open) */
+	uid_t uid;            /* opener, charged 2 (its DIR fd and its inode's) */
 };
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1746,16 +2122,25 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (in->virt == RKD_VDIR) {
 		d->virt = true;
 	} else {
+		d->uid = fuse_req_ctx(req)->uid;
+		int ret = handle_charge(d->uid, 2);
+		if (ret < 0) {
+			free(d);
+			fuse_reply_err(req, -ret);
+			return;
+		}
 		int fd = openat(in->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0 || !(d->dp = fdopendir(fd))) {
 			int e = errno;
 			if (fd >= 0)
 				close(fd);
+			handle_refund(d->uid, 2);
 			free(d);
 			fuse_reply_err(req, e);
 			return;
 		}
 		d->root = ino == FUSE_ROOT_ID;
+		d->in = in;
 	}
 	fi->fh = (uint64_t)(uintptr_t)d;
 	fi->cache_readdir = 0;
@@ -1808,6 +2193,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		struct stat st = {0};
 		st.st_ino = de->d_ino;
 		st.st_mode = (mode_t)DTTOIF(de->d_type);
+		if (!d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
+			planted_state_dir(d->in);
+			continue;
+		}
 		if (d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
 			/* the real state directory never shows: this name is the virtual one */
 			st.st_ino = fs->vdir.ino;
@@ -1829,8 +2218,10 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
 	struct rkd_dir *d = (struct rkd_dir *)(uintptr_t)fi->fh;
 	(void)ino;
-	if (d->dp)
+	if (d->dp) {
 		closedir(d->dp);
+		handle_refund(d->uid, 2);
+	}
 	free(d);
 	fuse_reply_err(req, 0);
 }
@@ -1980,6 +2371,25 @@ int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inod
 {
 	struct stat st;
 	return inode_lookup(fs, dirfd, name, NULL, &st, out);
+}
+
+int rkd_inode_at_path(struct rkd_fs *fs, int dirfd, const char *name, const char *rel, struct rkd_inode **out)
+{
+	int ret = rkd_inode_at(fs, dirfd, name, out);
+	if (ret < 0 || !rel)
+		return ret;
+	/* for an inode the kernel never looked up (no parent chain): where the
+	 * walk found it, whatever its depth */
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
+	if (!(*out)->name && (!(*out)->wrel || strcmp((*out)->wrel, rel) != 0)) {
+		char *n = strdup(rel);
+		if (n) {
+			free((*out)->wrel);
+			(*out)->wrel = n;
+		}
+	}
+	rk_mutex_unlock(&fs->itab_lock);
+	return 0;
 }
 
 void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in) { inode_unref(fs, in, 1); }

@@ -37,6 +37,7 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("whole_file=on", whole_file, 1),
 	OPT("whole_file=off", whole_file, 0),
 	FUSE_OPT_KEY("read_ahead_kb=", 'k'),
+	FUSE_OPT_KEY("max_open_per_user=", 'u'),
 	FUSE_OPT_END,
 };
 
@@ -80,6 +81,11 @@ static int opt_number(struct rkd_fs *fs, int key, const char *arg)
 		ret = rk_parse_u64(v, 1ULL << 40, &n);
 		fs->o.walker_rate = n;
 		break;
+	case 'u':
+		/* 0: a quarter of the descriptor limit */
+		ret = rk_parse_u64(v, 1U << 24, &n);
+		fs->o.max_open_per_user = (unsigned)n;
+		break;
 	default: /* 'k' */
 		ret = rk_parse_u64(v, 1U << 20, &n); /* 1 GiB */
 		fs->o.read_ahead_kb = (unsigned)n;
@@ -91,6 +97,7 @@ static int opt_number(struct rkd_fs *fs, int key, const char *arg)
 		        key == 'e' || key == 'a' ? "use a number of seconds from 0 to 31536000"
 		        : key == 't'             ? "use a plain decimal number from 1 to 1024"
 		        : key == 'r'             ? "use a plain decimal number of bytes per second up to 1099511627776"
+		        : key == 'u'             ? "use a plain decimal number of open files up to 16777216 (0: automatic)"
 		                                 : "use a plain decimal number of KiB up to 1048576");
 	return ret < 0 ? -1 : 0;
 }
@@ -103,7 +110,7 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		fs->datadir = strdup(arg);
 		return 0; /* consumed: the next one is the mount point */
 	}
-	if (key == 'e' || key == 'a' || key == 't' || key == 'r' || key == 'k')
+	if (key == 'e' || key == 'a' || key == 't' || key == 'r' || key == 'k' || key == 'u')
 		return opt_number(fs, key, arg);
 	return 1;
 }
@@ -130,7 +137,9 @@ static void usage(const char *prog)
 	       "                           renaming it into place (default on; off: in place,\n"
 	       "                           through the journal, keeping inode numbers)\n"
 	       "    -o read_ahead_kb=N     kernel read-ahead of the mount in KiB (default 4096;\n"
-	       "                           0 leaves the kernel's 128)\n\n"
+	       "                           0 leaves the kernel's 128)\n"
+	       "    -o max_open_per_user=N open files and directories of one non-root user\n"
+	       "                           (default: a quarter of the fd limit)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -144,7 +153,7 @@ static int setup_virtual(struct rkd_fs *fs)
 	for (int i = 0; i < 3; i++) {
 		v[i]->virt = kinds[i];
 		v[i]->fd = -1;
-		v[i]->ino = (ino_t)(0xFFFFFFFFFFFF0000ULL + (unsigned)i);
+		v[i]->ino = (ino_t)(RK_VIRT_INO_STATEDIR + (unsigned)i);
 		v[i]->type = i == 0 ? S_IFDIR : S_IFREG;
 		v[i]->nlookup = 1;
 		v[i]->hdr_kind = -1;
@@ -314,9 +323,11 @@ int main(int argc, char *argv[])
 	 * it, allow_other would let every user open every file */
 	fuse_opt_add_arg(&args, "-odefault_permissions");
 	char fsname[PATH_MAX + 32];
-	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=rekeyfs", fs->datadir_real);
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s", fs->datadir_real);
 	if (!strchr(fs->datadir_real, ','))
 		fuse_opt_add_arg(&args, fsname);
+	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
+	fuse_opt_add_arg(&args, "-osubtype=rekeyfs");
 
 	fs->se = fuse_session_new(&args, &rkd_ops, sizeof(rkd_ops), fs);
 	if (!fs->se)

@@ -377,7 +377,7 @@ static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, str
 	struct rkd_fs *fs = w->fs;
 	struct rkd_inode *in;
 	struct rkd_file *f;
-	int ret = rkd_inode_at(fs, e->dirfd, e->name, &in);
+	int ret = rkd_inode_at_path(fs, e->dirfd, e->name, e->rel, &in);
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret;
 	if (whole && S_ISREG(in->type)) {
@@ -720,7 +720,7 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	struct rkd_inode *in;
 	struct rkd_file *f;
 	/* through the shared file state: open files' pending chunks count too */
-	int ret = rkd_inode_at(fs, e->dirfd, e->name, &in);
+	int ret = rkd_inode_at_path(fs, e->dirfd, e->name, e->rel, &in);
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret;
 	ret = rkd_file_get(fs, in, &f);

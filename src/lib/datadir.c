@@ -370,6 +370,18 @@ int rk_datadir_openat(int dirfd, const char *path, enum rk_dd_lock lock, struct 
 		}
 		goto fail;
 	}
+	struct stat sst;
+	const char *why = NULL;
+	if (fstat(dd->statefd, &sst) < 0) {
+		ret = -errno;
+		rk_err("%s: cannot stat %s: %s", path, RK_STATE_DIR, strerror(errno));
+		goto fail;
+	}
+	ret = rk_statedir_check(&sst, &why);
+	if (ret < 0) {
+		rk_err("%s/%s is not a state directory rekeyfs trusts: %s", path, RK_STATE_DIR, why);
+		goto fail;
+	}
 	ret = rk_read_small_file(dd->statefd, "format", &text, NULL, 4096);
 	if (ret < 0) {
 		rk_err("%s: cannot read %s/format: %s", path, RK_STATE_DIR, strerror(-ret));
@@ -492,7 +504,14 @@ out:
 	return ret;
 }
 
-int rk_path_find_up(const char *path, const char *marker, mode_t type, int notfound, char **root, char **rel)
+static bool type_ok(const char *p, mode_t type)
+{
+	struct stat st;
+	return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == type;
+}
+
+static int find_up(const char *path, const char *marker, bool (*ok)(const char *p, mode_t type), mode_t type,
+                   int notfound, char **root, char **rel)
 {
 	char buf[PATH_MAX];
 	char *real = realpath(path, NULL);
@@ -523,9 +542,8 @@ int rk_path_find_up(const char *path, const char *marker, mode_t type, int notfo
 		return -ENOMEM;
 	}
 	for (;;) {
-		struct stat st;
 		snprintf(buf, sizeof(buf), "%s/%s", strcmp(cur, "/") ? cur : "", marker);
-		if (stat(buf, &st) == 0 && (st.st_mode & S_IFMT) == type) {
+		if (ok(buf, type)) {
 			size_t n = strcmp(cur, "/") ? strlen(cur) : 0;
 			*root = strdup(cur);
 			*rel = strdup(real[n] ? real + n : "/");
@@ -545,9 +563,53 @@ int rk_path_find_up(const char *path, const char *marker, mode_t type, int notfo
 	return ret;
 }
 
+int rk_path_find_up(const char *path, const char *marker, mode_t type, int notfound, char **root, char **rel)
+{
+	return find_up(path, marker, type_ok, type, notfound, root, rel);
+}
+
+int rk_statedir_check(const struct stat *st, const char **why)
+{
+	if (S_ISLNK(st->st_mode)) {
+		*why = "it is a symbolic link";
+		return -ELOOP;
+	}
+	if (!S_ISDIR(st->st_mode)) {
+		*why = "it is not a directory";
+		return -ENOTDIR;
+	}
+	if (st->st_uid != 0 && st->st_uid != geteuid()) {
+		*why = "it is owned by another user (a state directory is root's)";
+		return -EPERM;
+	}
+	if (st->st_mode & (S_IWGRP | S_IWOTH)) {
+		*why = "it is writable by group or others";
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* A .rekeyfs found walking up: a trusted state directory, or reported and
+ * passed over (a user can make one in a directory they own). */
+static bool statedir_ok(const char *p, mode_t type)
+{
+	struct stat st;
+	const char *why;
+	(void)type;
+	if (lstat(p, &st) < 0)
+		return false;
+	if (rk_statedir_check(&st, &why) == 0)
+		return true;
+	rk_warn("ignoring %s: %s; it is not a data directory's state", p, why);
+	return false;
+}
+
+/* The data directory above path: the nearest ancestor whose .rekeyfs is a
+ * state directory rekeyfs trusts (rk_statedir_check, never through a
+ * symlink). */
 int rk_datadir_find(const char *path, char **root, char **rel)
 {
-	return rk_path_find_up(path, RK_STATE_DIR, S_IFDIR, -ENOTDIR, root, rel);
+	return find_up(path, RK_STATE_DIR, statedir_ok, 0, -ENOTDIR, root, rel);
 }
 
 /* ---- policy --------------------------------------------------------------------------- */

@@ -14,7 +14,14 @@
 
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-static int walk_dir(int dfd, char *rel, size_t rellen, rk_walk_fn fn, void *arg)
+/* The path from the data directory root, grown as the walk goes deeper: the
+ * walk goes by directory fds, so no depth or total length is refused. */
+struct relbuf {
+	char *p;
+	size_t cap;
+};
+
+static int walk_dir(int dfd, struct relbuf *rb, size_t rellen, rk_walk_fn fn, void *arg)
 {
 	DIR *d = fdopendir(dfd);
 	char **names = NULL;
@@ -52,10 +59,17 @@ static int walk_dir(int dfd, char *rel, size_t rellen, rk_walk_fn fn, void *arg)
 	for (size_t i = 0; i < n && ret >= 0; i++) {
 		struct stat st;
 		size_t nl = strlen(names[i]);
-		if (rellen + 1 + nl >= PATH_MAX) {
-			ret = -ENAMETOOLONG;
-			break;
+		if (rellen + 1 + nl + 1 > rb->cap) {
+			size_t nc = RK_MAX(rb->cap * 2, rellen + nl + 2);
+			char *np = realloc(rb->p, nc);
+			if (!np) {
+				ret = -ENOMEM;
+				break;
+			}
+			rb->p = np;
+			rb->cap = nc;
 		}
+		char *rel = rb->p;
 		if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
 			if (errno == ENOENT)
 				continue; /* vanished meanwhile */
@@ -78,9 +92,9 @@ static int walk_dir(int dfd, char *rel, size_t rellen, rk_walk_fn fn, void *arg)
 				ret = -errno;
 				break;
 			}
-			ret = walk_dir(cfd, rel, rellen + 1 + nl, fn, arg);
+			ret = walk_dir(cfd, rb, rellen + 1 + nl, fn, arg);
 		}
-		rel[rellen] = '\0';
+		rb->p[rellen] = '\0';
 	}
 out:
 	for (size_t i = 0; i < n; i++)
@@ -92,22 +106,28 @@ out:
 
 int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg)
 {
-	char rel[PATH_MAX];
 	char norm[PATH_MAX];
 	int ret = rk_table_path_norm(start, norm, sizeof(norm));
 	if (ret < 0)
 		return ret;
+	struct relbuf rb = {.cap = PATH_MAX};
+	rb.p = malloc(rb.cap);
+	if (!rb.p)
+		return -ENOMEM;
 	int dfd;
 	if (strcmp(norm, "/") == 0) {
 		dfd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		rel[0] = '\0';
+		rb.p[0] = '\0';
 	} else {
 		dfd = openat(rootfd, norm + 1, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		snprintf(rel, sizeof(rel), "%s", norm);
+		snprintf(rb.p, rb.cap, "%s", norm);
 	}
 	if (dfd < 0)
-		return -errno;
-	return walk_dir(dfd, rel, strlen(rel), fn, arg);
+		ret = -errno;
+	else
+		ret = walk_dir(dfd, &rb, strlen(rb.p), fn, arg);
+	free(rb.p);
+	return ret;
 }
 
 int rk_walk_cmp(const char *a, const char *b)

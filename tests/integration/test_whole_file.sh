@@ -94,7 +94,7 @@ checking "a sweep replaces the closed files, and rekeys the hard-linked and the 
 mount_fs "$D" "$M" "walker_rate=0"
 # looked up (and cached by the kernel) before the sweep
 head -c 10 "$M/a.txt" >/dev/null
-python3 - "$M/held.dat" "$T_TMP/held.go" "$T_TMP/held.open" <<'PY' &
+python3 - "$M/held.dat" "$T_TMP/held.go" "$T_TMP/held.ready" <<'PY' &
 import os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR)
 open(sys.argv[3], "w").close()
@@ -104,9 +104,12 @@ os.close(fd)
 PY
 HOLDER=$!
 bg_register "$HOLDER"
-# the file is open before the sweep starts (no timing luck)
-for _ in $(seq 300); do [ -e "$T_TMP/held.open" ] && break; sleep 0.1; done
-[ -e "$T_TMP/held.open" ] || fail "the holder did not open held.dat within 30 s"
+# the file is open before the sweep starts (no sleep hoping it is)
+deadline=$((SECONDS + 30))
+while [ ! -e "$T_TMP/held.ready" ]; do
+	[ $SECONDS -lt $deadline ] || fail "the holder did not open held.dat within 30 s"
+	sleep 0.05
+done
 sweep
 replaced=$(status_get 'w["files_replaced"]')
 [ "$replaced" = 4 ] || fail "files_replaced is $replaced, expected 4 (a.txt b.bin sparse.dat tiny)"

@@ -568,6 +568,135 @@ static void test_walk_order(void **state)
 			         o.paths[i]);
 }
 
+/* A tree deeper than PATH_MAX: the walk goes by directory fds and hands
+ * every entry its whole path, whatever its length (it used to stop with
+ * ENAMETOOLONG). */
+struct deep {
+	size_t files, maxlen;
+	char last[64];
+};
+
+static int deep_visit(const struct rk_walk_ent *e, void *arg)
+{
+	struct deep *d = arg;
+	size_t n = strlen(e->rel);
+	if (n > d->maxlen)
+		d->maxlen = n;
+	if (S_ISREG(e->st->st_mode)) {
+		d->files++;
+		/* the name is the entry's, in its own directory */
+		if (faccessat(e->dirfd, e->name, F_OK, AT_SYMLINK_NOFOLLOW) != 0)
+			return -errno;
+		snprintf(d->last, sizeof(d->last), "%s", e->rel + n - strlen(e->name));
+	}
+	return 0;
+}
+
+static void test_walk_deep(void **state)
+{
+	struct fx *f = *state;
+	char name[201];
+	memset(name, 'd', 200);
+	name[200] = '\0';
+	int dfd = open(f->data, O_RDONLY | O_DIRECTORY);
+	assert_true(dfd >= 0);
+	int root = dup(dfd);
+	for (int i = 0; i < 30; i++) { /* 30 * 201 > PATH_MAX */
+		assert_int_equal(mkdirat(dfd, name, 0755), 0);
+		int n = openat(dfd, name, O_RDONLY | O_DIRECTORY);
+		assert_true(n >= 0);
+		close(dfd);
+		dfd = n;
+	}
+	int fd = openat(dfd, "deep.db", O_CREAT | O_WRONLY, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	close(dfd);
+	struct deep d = {0, 0, ""};
+	assert_int_equal(rk_walk(root, "/", deep_visit, &d), 0);
+	assert_int_equal(d.files, 1);
+	assert_true(d.maxlen > PATH_MAX);
+	assert_int_equal(d.maxlen, 30 * 201 + strlen("/deep.db"));
+	assert_string_equal(d.last, "deep.db");
+	/* remove it by fds too (tu_rmrf goes by paths) */
+	dfd = dup(root);
+	for (int i = 0; i < 30; i++) {
+		int n = openat(dfd, name, O_RDONLY | O_DIRECTORY);
+		close(dfd);
+		dfd = n;
+	}
+	assert_int_equal(unlinkat(dfd, "deep.db", 0), 0);
+	close(dfd);
+	for (int depth = 29; depth >= 0; depth--) {
+		dfd = dup(root);
+		for (int i = 0; i < depth; i++) {
+			int n = openat(dfd, name, O_RDONLY | O_DIRECTORY);
+			close(dfd);
+			dfd = n;
+		}
+		assert_int_equal(unlinkat(dfd, name, AT_REMOVEDIR), 0);
+		close(dfd);
+	}
+	close(root);
+}
+
+/* Only a real, root's (or our), not group/world-writable .rekeyfs is a state
+ * directory: a planted one, a symlink or a loose one is passed over when
+ * finding the data directory, and refused when opening it. */
+static void test_find_untrusted_state(void **state)
+{
+	struct fx *f = *state;
+	char path[PATH_MAX], sd[PATH_MAX], real[PATH_MAX];
+	char *root = NULL, *rel = NULL;
+	init_dd(f);
+	assert_non_null(realpath(f->data, real));
+	tu_path(path, "%s/t1", f->data);
+	assert_int_equal(mkdir(path, 0755), 0);
+	/* a symlink to the root's state directory */
+	tu_path(sd, "%s/t1/.rekeyfs", f->data);
+	assert_int_equal(symlink("../.rekeyfs", sd), 0);
+	assert_int_equal(rk_datadir_find(path, &root, &rel), 0);
+	assert_string_equal(root, real);
+	assert_string_equal(rel, "/t1");
+	free(root);
+	free(rel);
+	struct rk_datadir *dd = NULL;
+	assert_true(rk_datadir_open(path, RK_DD_NOLOCK, &dd) < 0);
+	assert_null(dd);
+	assert_int_equal(unlink(sd), 0);
+	/* a group-writable copy */
+	assert_int_equal(mkdir(sd, 0770), 0);
+	assert_int_equal(chmod(sd, 0770), 0);
+	assert_int_equal(rk_datadir_find(path, &root, &rel), 0);
+	assert_string_equal(root, real);
+	assert_string_equal(rel, "/t1");
+	free(root);
+	free(rel);
+	assert_true(rk_datadir_open(path, RK_DD_NOLOCK, &dd) < 0);
+	/* another user's (only root can make one to test with) */
+	if (geteuid() == 0) {
+		assert_int_equal(chmod(sd, 0700), 0);
+		assert_int_equal(chown(sd, 65534, 65534), 0);
+		assert_int_equal(rk_datadir_find(path, &root, &rel), 0);
+		assert_string_equal(root, real);
+		free(root);
+		free(rel);
+	}
+	struct stat st;
+	const char *why = NULL;
+	assert_int_equal(lstat(f->data, &st), 0);
+	st.st_mode = S_IFDIR | 0700;
+	st.st_uid = 0;
+	assert_int_equal(rk_statedir_check(&st, &why), 0);
+	st.st_mode = S_IFDIR | 0702;
+	assert_int_equal(rk_statedir_check(&st, &why), -EPERM);
+	st.st_mode = S_IFLNK | 0777;
+	assert_int_equal(rk_statedir_check(&st, &why), -ELOOP);
+	/* the real one is still trusted */
+	dd = open_dd(f, RK_DD_NOLOCK);
+	rk_datadir_close(dd);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
@@ -575,6 +704,7 @@ int main(void)
 		T(test_init),     T(test_open_not_datadir), T(test_policy),
 		T(test_policy_malformed), T(test_table_path_norm), T(test_registry),
 		T(test_registry_verify_changed_key), T(test_lock), T(test_find), T(test_walk_order),
+		T(test_walk_deep), T(test_find_untrusted_state),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
