@@ -94,16 +94,23 @@ checking "a sweep replaces the closed files, and rekeys the hard-linked and the 
 mount_fs "$D" "$M" "walker_rate=0"
 # looked up (and cached by the kernel) before the sweep
 head -c 10 "$M/a.txt" >/dev/null
-python3 - "$M/held.dat" "$T_TMP/held.go" <<'PY' &
+python3 - "$M/held.dat" "$T_TMP/held.go" "$T_TMP/held.open" <<'PY' &
 import os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR)
+open(sys.argv[3], "w").close()
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.05)
 os.close(fd)
 PY
 HOLDER=$!
 bg_register "$HOLDER"
-sleep 0.3
+# the sweep starts once held.dat is open (a deadline, not a guess)
+end=$((SECONDS + 30))
+while [ ! -e "$T_TMP/held.open" ]; do
+	[ $SECONDS -lt $end ] || fail "the holder did not open held.dat within 30s"
+	kill -0 "$HOLDER" 2>/dev/null || fail "the holder ended before opening held.dat"
+	sleep 0.05
+done
 sweep
 replaced=$(status_get 'w["files_replaced"]')
 [ "$replaced" = 4 ] || fail "files_replaced is $replaced, expected 4 (a.txt b.bin sparse.dat tiny)"
