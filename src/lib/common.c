@@ -18,6 +18,7 @@
 
 #include "rekeyfs/common.h"
 #include "rekeyfs/crypto.h"
+#include "rekeyfs/lockrank.h"
 
 static int log_level = RK_LOG_INFO;
 static int log_syslog;
@@ -78,12 +79,12 @@ static void *slab_free;
 
 static void *slab_alloc(void)
 {
-	pthread_mutex_lock(&slab_lock);
+	rk_mutex_lock(&slab_lock, RK_RANK_SLAB);
 	if (!slab_free) {
 		size_t plen = page_round(1);
 		uint8_t *p = mmap(NULL, plen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (p == MAP_FAILED) {
-			pthread_mutex_unlock(&slab_lock);
+			rk_mutex_unlock(&slab_lock);
 			return NULL;
 		}
 		(void)madvise(p, plen, MADV_DONTDUMP);
@@ -95,7 +96,7 @@ static void *slab_alloc(void)
 	}
 	void *r = slab_free;
 	slab_free = *(void **)r;
-	pthread_mutex_unlock(&slab_lock);
+	rk_mutex_unlock(&slab_lock);
 	memset(r, 0, SLAB_SLOT);
 	return r;
 }
@@ -103,10 +104,10 @@ static void *slab_alloc(void)
 static void slab_release(void *p)
 {
 	OPENSSL_cleanse(p, SLAB_SLOT);
-	pthread_mutex_lock(&slab_lock);
+	rk_mutex_lock(&slab_lock, RK_RANK_SLAB);
 	*(void **)p = slab_free;
 	slab_free = p;
-	pthread_mutex_unlock(&slab_lock);
+	rk_mutex_unlock(&slab_lock);
 }
 
 void *rk_secure_alloc(size_t len)
