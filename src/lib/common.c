@@ -18,6 +18,7 @@
 
 #include "rekeyfs/common.h"
 #include "rekeyfs/crypto.h"
+#include "rekeyfs/lockrank.h"
 
 static int log_level = RK_LOG_INFO;
 static int log_syslog;
@@ -85,14 +86,14 @@ static size_t slab_npages, slab_cap;
 
 static void *slab_alloc(void)
 {
-	pthread_mutex_lock(&slab_lock);
+	rk_mutex_lock(&slab_lock, RK_RANK_SLAB);
 	if (!slab_free) {
 		size_t plen = page_round(1);
 		if (slab_npages == slab_cap) {
 			size_t nc = slab_cap ? slab_cap * 2 : 16;
 			void **np = realloc(slab_pages, nc * sizeof(*np));
 			if (!np) {
-				pthread_mutex_unlock(&slab_lock);
+				rk_mutex_unlock(&slab_lock);
 				return NULL;
 			}
 			slab_pages = np;
@@ -100,7 +101,7 @@ static void *slab_alloc(void)
 		}
 		uint8_t *p = mmap(NULL, plen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (p == MAP_FAILED) {
-			pthread_mutex_unlock(&slab_lock);
+			rk_mutex_unlock(&slab_lock);
 			return NULL;
 		}
 		(void)madvise(p, plen, MADV_DONTDUMP);
@@ -113,7 +114,7 @@ static void *slab_alloc(void)
 	}
 	void *r = slab_free;
 	slab_free = *(void **)r;
-	pthread_mutex_unlock(&slab_lock);
+	rk_mutex_unlock(&slab_lock);
 	memset(r, 0, SLAB_SLOT);
 	return r;
 }
@@ -121,10 +122,10 @@ static void *slab_alloc(void)
 static void slab_release(void *p)
 {
 	OPENSSL_cleanse(p, SLAB_SLOT);
-	pthread_mutex_lock(&slab_lock);
+	rk_mutex_lock(&slab_lock, RK_RANK_SLAB);
 	*(void **)p = slab_free;
 	slab_free = p;
-	pthread_mutex_unlock(&slab_lock);
+	rk_mutex_unlock(&slab_lock);
 }
 
 void *rk_secure_alloc(size_t len)
@@ -158,13 +159,13 @@ int rk_secure_relock(void)
 {
 	int ret = 0;
 	size_t plen = page_round(1);
-	pthread_mutex_lock(&slab_lock);
+	rk_mutex_lock(&slab_lock, RK_RANK_SLAB);
 	for (size_t i = 0; i < slab_npages; i++) {
 		(void)madvise(slab_pages[i], plen, MADV_DONTDUMP);
 		if (mlock(slab_pages[i], plen) < 0 && ret == 0)
 			ret = -errno;
 	}
-	pthread_mutex_unlock(&slab_lock);
+	rk_mutex_unlock(&slab_lock);
 	return ret;
 }
 

@@ -21,6 +21,7 @@
 #include "rekeyfs/coverage.h"
 #include "rekeyfs/format.h"
 #include "rekeyfs/walk.h"
+#include "rekeyfs/lockrank.h"
 
 const char *rk_cov_keystat_name(enum rk_cov_keystat s)
 {
@@ -620,7 +621,7 @@ static void *worker_main(void *arg)
 {
 	struct pool *p = arg;
 	uint8_t *buf = malloc(RK_HDR_AREA);
-	pthread_mutex_lock(&p->lock);
+	rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
 	while (!p->stop) {
 		if (p->next == p->head) {
 			p->idle++;
@@ -633,16 +634,16 @@ static void *worker_main(void *arg)
 		p->next += n;
 		for (uint64_t i = first; i < first + n; i++)
 			p->ring[i % RING].state = J_RUNNING;
-		pthread_mutex_unlock(&p->lock);
+		rk_mutex_unlock(&p->lock);
 		for (uint64_t i = first; i < first + n; i++)
 			job_run(p->s, &p->ring[i % RING], buf);
-		pthread_mutex_lock(&p->lock);
+		rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
 		for (uint64_t i = first; i < first + n; i++)
 			p->ring[i % RING].state = J_DONE;
 		if (p->main_waiting)
 			pthread_cond_signal(&p->done);
 	}
-	pthread_mutex_unlock(&p->lock);
+	rk_mutex_unlock(&p->lock);
 	free(buf);
 	rk_crypto_thread_cleanup();
 	return NULL;
@@ -660,9 +661,9 @@ static int pool_drain(struct pool *p, uint64_t keep)
 		if (j->state == J_QUEUED && p->next == p->tail) {
 			p->next++;
 			j->state = J_RUNNING;
-			pthread_mutex_unlock(&p->lock);
+			rk_mutex_unlock(&p->lock);
 			job_run(s, j, s->hdrbuf);
-			pthread_mutex_lock(&p->lock);
+			rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
 			j->state = J_DONE;
 		}
 		if (j->state != J_DONE) {
@@ -671,7 +672,7 @@ static int pool_drain(struct pool *p, uint64_t keep)
 			p->main_waiting = false;
 			continue;
 		}
-		pthread_mutex_unlock(&p->lock);
+		rk_mutex_unlock(&p->lock);
 		int r = j->ret < 0 ? j->ret : plist_move(&s->pl, &j->pl);
 		if (r == 0 && j->ret == 0)
 			r = finish_file(s, j->ti, j->rel, &j->f);
@@ -680,7 +681,7 @@ static int pool_drain(struct pool *p, uint64_t keep)
 		j->rel = NULL;
 		if (r < 0 && ret == 0)
 			ret = r;
-		pthread_mutex_lock(&p->lock);
+		rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
 		j->state = 0;
 		p->tail++;
 	}
@@ -694,7 +695,7 @@ static int pool_submit(struct pool *p, size_t ti, const char *rel, int fd)
 		close(fd);
 		return -ENOMEM;
 	}
-	pthread_mutex_lock(&p->lock);
+	rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
 	int ret = pool_drain(p, RING - 1);
 	struct job *j = &p->ring[p->head % RING];
 	j->rel = r;
@@ -704,7 +705,7 @@ static int pool_submit(struct pool *p, size_t ti, const char *rel, int fd)
 	p->head++;
 	if (p->idle && p->head - p->next >= BATCH)
 		pthread_cond_signal(&p->work);
-	pthread_mutex_unlock(&p->lock);
+	rk_mutex_unlock(&p->lock);
 	return ret;
 }
 
@@ -738,12 +739,12 @@ static int pool_finish(struct scan *s, bool ok)
 	int ret = 0;
 	if (!p)
 		return 0;
-	pthread_mutex_lock(&p->lock);
+	rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
 	if (ok)
 		ret = pool_drain(p, 0);
 	p->stop = true;
 	pthread_cond_broadcast(&p->work);
-	pthread_mutex_unlock(&p->lock);
+	rk_mutex_unlock(&p->lock);
 	for (int i = 0; i < p->nthr; i++)
 		pthread_join(p->thr[i], NULL);
 	for (uint64_t i = p->tail; i < p->head; i++) {
@@ -803,9 +804,9 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	int fd = open_entry(e);
 	if (fd == -EMFILE && s->pool) {
 		/* many files queued: finish them and try again */
-		pthread_mutex_lock(&s->pool->lock);
+		rk_mutex_lock(&s->pool->lock, RK_RANK_COVERAGE);
 		ret = pool_drain(s->pool, 0);
-		pthread_mutex_unlock(&s->pool->lock);
+		rk_mutex_unlock(&s->pool->lock);
 		if (ret < 0)
 			return ret;
 		fd = open_entry(e);

@@ -16,6 +16,7 @@
 
 #include "rekeyfs/common.h"
 #include "rekeyfs/crypto.h"
+#include "rekeyfs/lockrank.h"
 
 int rk_cipher_parse(const char *name, enum rk_cipher *c, const char **why)
 {
@@ -86,7 +87,7 @@ static uint64_t det_counter;
 
 void rk_random_set_seed(const char *seed)
 {
-	pthread_mutex_lock(&det_lock);
+	rk_mutex_lock(&det_lock, RK_RANK_DET);
 	if (seed) {
 		rk_sha256(seed, strlen(seed), det_seed);
 		det_counter = 0;
@@ -94,13 +95,13 @@ void rk_random_set_seed(const char *seed)
 	} else {
 		det_on = false;
 	}
-	pthread_mutex_unlock(&det_lock);
+	rk_mutex_unlock(&det_lock);
 }
 
 int rk_random(void *buf, size_t len)
 {
 	int ret = 0;
-	pthread_mutex_lock(&det_lock);
+	rk_mutex_lock(&det_lock, RK_RANK_DET);
 	if (det_on) {
 		uint8_t *p = buf;
 		while (len > 0) {
@@ -117,7 +118,7 @@ int rk_random(void *buf, size_t len)
 		rk_err("the random number generator failed");
 		ret = -EIO;
 	}
-	pthread_mutex_unlock(&det_lock);
+	rk_mutex_unlock(&det_lock);
 	return ret;
 }
 

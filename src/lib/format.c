@@ -15,6 +15,7 @@
 
 #include "rekeyfs/common.h"
 #include "rekeyfs/format.h"
+#include "rekeyfs/lockrank.h"
 
 const uint8_t rk_magic[RK_MAGIC_LEN] = {0x89, 'R', 'K', 'F', 'S', 0x0d, 0x0a, 0x1a};
 static const uint8_t slot_magic[4] = {'R', 'K', 'C', '1'};
@@ -322,13 +323,13 @@ static bool slot_fresh_hole(struct rk_cf *cf, uint64_t idx)
 	 * alongside reads of the same file) */
 	if (!cf->writable || idx < atomic_load(&cf->first_fresh))
 		return false;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	bool hole = false;
 	if (idx >= cf->first_fresh && idx < cf->fresh_limit) {
 		uint64_t b = idx - cf->first_fresh;
 		hole = b / 64 >= cf->fresh_words || !(cf->fresh_bits[b / 64] & (1ULL << (b % 64)));
 	}
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return hole;
 }
 
@@ -382,17 +383,17 @@ void rk_cf_set_path(struct rk_cf *cf, const char *path)
 	char *np = strdup(path);
 	if (!np)
 		return;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	free(cf->path);
 	cf->path = np;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 }
 
 uint64_t rk_cf_size(struct rk_cf *cf)
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	uint64_t s = cf->hdr.size;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return s;
 }
 
@@ -404,17 +405,17 @@ uint64_t rk_cf_nchunks(struct rk_cf *cf)
 
 bool rk_cf_disk_dirty(struct rk_cf *cf)
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	bool d = cf->disk_dirty || cf->counts_changed;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return d;
 }
 
 void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out)
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	*out = cf->hdr;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 }
 
 int rk_zero_range(int fd, uint64_t off, uint64_t len)
@@ -536,13 +537,13 @@ void rk_cf_set_read_hook(struct rk_cf *cf, rk_cf_read_hook fn, void *arg)
 int rk_cf_key_entry(struct rk_cf *cf, const struct rk_key *key)
 {
 	int found = -1;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	for (int j = 0; j < RK_CF_MAX_KEYS && found < 0; j++) {
 		const struct rk_cf_keyent *e = &cf->hdr.keys[j];
 		if (e->in_use && strcmp(e->name, key->name) == 0 && memcmp(e->fp, key->fp, RK_FP_BYTES) == 0)
 			found = j;
 	}
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return found;
 }
 
@@ -594,7 +595,7 @@ void rk_cf_close(struct rk_cf *cf)
 
 void rk_cf_forget_key(struct rk_cf *cf, const char *name)
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 		struct keyslot *s = &cf->ks[j];
 		if (!cf->hdr.keys[j].in_use || strcmp(cf->hdr.keys[j].name, name) != 0)
@@ -609,18 +610,18 @@ void rk_cf_forget_key(struct rk_cf *cf, const char *name)
 		s->err = 0;
 		s->key = NULL;
 	}
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 }
 
 static int hdr_write_times_kept(struct rk_cf *cf, bool dirty);
 
-void rk_cf_times_lock(struct rk_cf *cf) { pthread_mutex_lock(&cf->times_lock); }
-void rk_cf_times_unlock(struct rk_cf *cf) { pthread_mutex_unlock(&cf->times_lock); }
+void rk_cf_times_lock(struct rk_cf *cf) { rk_mutex_lock(&cf->times_lock, RK_RANK_CF_TIMES); }
+void rk_cf_times_unlock(struct rk_cf *cf) { rk_mutex_unlock(&cf->times_lock); }
 
 void rk_cf_times_save(struct rk_cf *cf, struct rk_times *t)
 {
 	struct stat st;
-	pthread_mutex_lock(&cf->times_lock);
+	rk_mutex_lock(&cf->times_lock, RK_RANK_CF_TIMES);
 	t->ok = fstat(cf->fd, &st) == 0;
 	if (t->ok) {
 		t->ts[0] = st.st_atim;
@@ -635,7 +636,7 @@ void rk_cf_times_restore(struct rk_cf *cf, struct rk_times *t)
 	    (st.st_mtim.tv_sec != t->ts[1].tv_sec || st.st_mtim.tv_nsec != t->ts[1].tv_nsec ||
 	     st.st_atim.tv_sec != t->ts[0].tv_sec || st.st_atim.tv_nsec != t->ts[0].tv_nsec))
 		(void)futimens(cf->fd, t->ts);
-	pthread_mutex_unlock(&cf->times_lock);
+	rk_mutex_unlock(&cf->times_lock);
 }
 
 /* Write the in-memory header to the older copy.  Caller holds cf->lock. */
@@ -758,9 +759,9 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 			/* exact counts in memory; the disk header stays marked dirty
 			 * (readers recount it) until the next rk_cf_sync makes it clean:
 			 * no fdatasync on the open path */
-			pthread_mutex_lock(&cf->lock);
+			rk_mutex_lock(&cf->lock, RK_RANK_CF);
 			ret = cf_recount_locked(cf);
-			pthread_mutex_unlock(&cf->lock);
+			rk_mutex_unlock(&cf->lock);
 			if (ret < 0)
 				goto fail;
 		}
@@ -902,13 +903,13 @@ static int slot_open_from(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, s
 	int ret;
 	if (!pay)
 		return -ENOMEM;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	ret = slot_parse(cf, &cf->hdr, slot, (size_t)n, sh, &why);
 	if (ret == 0)
 		ret = ks_resolve_locked(cf, sh->key_idx, &key, &subkey);
 	if (ret < 0 && ret != -EUCLEAN)
 		snprintf(kname, sizeof(kname), "%s", cf->hdr.keys[sh->key_idx].name);
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	if (ret == 1)
 		return 1;
 	if (ret == -EUCLEAN) {
@@ -964,9 +965,9 @@ static uint64_t valid_in_chunk(uint64_t size, uint32_t cs, uint64_t idx)
 /* Is slot idx one that a cut-short file lost (and not written since)? */
 static bool slot_missing(struct rk_cf *cf, uint64_t idx)
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	bool m = idx >= cf->miss_from && idx < cf->miss_end;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return m;
 }
 
@@ -1019,9 +1020,9 @@ static int keyidx_of(struct rk_cf *cf, const uint8_t *p, ssize_t n, int *key_idx
 	struct slothdr sh;
 	const char *why = NULL;
 	/* only the header is read: a stored length past the slot is checked by avail */
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	int ret = slot_parse(cf, &cf->hdr, p, (size_t)n, &sh, &why);
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	if (ret == -EUCLEAN && n == RK_SLOT_HDR && why && strcmp(why, "sealed chunk is truncated") == 0)
 		ret = 0;
 	if (ret == 1) {
@@ -1116,12 +1117,12 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 		       key->name);
 		return -EKEYREVOKED;
 	}
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	if (cf->miss_end > cf->miss_from) {
 		/* a write would make the header dirty, and a dirty header's counts
 		 * are recounted from the slots: the lost chunks would turn into
 		 * holes (zeros).  Restore the file, or truncate the lost part away. */
-		pthread_mutex_unlock(&cf->lock);
+		rk_mutex_unlock(&cf->lock);
 		rk_err("%s: cannot write chunk %" PRIu64 ": the stored file was cut short (chunks from %" PRIu64
 		       " are missing); restore it or truncate it",
 		       cf->path, idx, cf->miss_from);
@@ -1143,7 +1144,7 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 		if (ret < 0)
 			goto unlock;
 	}
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 
 	memset(slot, 0, RK_SLOT_HDR);
 	memcpy(slot, slot_magic, 4);
@@ -1160,16 +1161,16 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 	if (ret < 0)
 		return ret;
 	/* before the write: a failed write may leave bytes in the slot */
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	slot_mark_written_locked(cf, idx);
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	ret = cf->writer.write_slot(cf->writer.ctx, cf, idx, slot, RK_SLOT_HDR + stored_len + RK_TAG_BYTES, old_end);
 	if (ret < 0) {
 		rk_err("%s: cannot write chunk %" PRIu64 " (offset %" PRIu64 "): %s; the previous content stays in place",
 		       cf->path, idx, idx * cf->hdr.chunk_size, strerror(-ret));
 		return ret;
 	}
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	if (old_key != j) {
 		if (old_key >= 0 && cf->hdr.keys[old_key].count > 0)
 			cf->hdr.keys[old_key].count--;
@@ -1179,7 +1180,7 @@ static int seal_and_write(struct rk_cf *cf, uint64_t idx, const uint8_t *payload
 	}
 	ret = 0;
 unlock:
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return ret;
 }
 
@@ -1259,10 +1260,10 @@ int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *
 		return 0;
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	const struct rk_cf_keyent *e = &cf->hdr.keys[sh.key_idx];
 	bool same = strcmp(e->name, key->name) == 0 && memcmp(e->fp, key->fp, RK_FP_BYTES) == 0;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	if (same)
 		return 0;
 	/* the payload lives in scratch 1, which sealing does not use; copy anyway
@@ -1403,12 +1404,12 @@ ssize_t rk_cf_pwrite(struct rk_cf *cf, const void *buf, size_t len, uint64_t off
 		if (ret < 0)
 			break;
 		done += n;
-		pthread_mutex_lock(&cf->lock);
+		rk_mutex_lock(&cf->lock, RK_RANK_CF);
 		if (pos + n > cf->hdr.size) {
 			cf->hdr.size = pos + n;
 			cf->hdr_changed = true;
 		}
-		pthread_mutex_unlock(&cf->lock);
+		rk_mutex_unlock(&cf->lock);
 	}
 	if (done > 0)
 		return (ssize_t)done;
@@ -1424,7 +1425,7 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 		return -EFBIG;
 	if (size == old)
 		return 0;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	if (size < old && (size + cs - 1) / cs <= cf->miss_from && cf->miss_end > cf->miss_from) {
 		/* every chunk a cut-short file lost is cut off: out of the count */
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
@@ -1434,7 +1435,7 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 		cf->counts_changed = true;
 		cf->hdr_changed = true;
 	}
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	if (size > old) {
 		ret = fix_tail(cf, key, comp);
 		if (ret < 0)
@@ -1468,21 +1469,21 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 			if (ret < 0)
 				cur = -1;
 			if (cur >= 0) {
-				pthread_mutex_lock(&cf->lock);
+				rk_mutex_lock(&cf->lock, RK_RANK_CF);
 				if (cf->hdr.keys[cur].count > 0)
 					cf->hdr.keys[cur].count--;
 				cf->counts_changed = true;
-				pthread_mutex_unlock(&cf->lock);
+				rk_mutex_unlock(&cf->lock);
 			}
 		}
 	}
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	cf->hdr.size = size;
 	cf->hdr_changed = true;
 	/* the header with the new size goes first, then the stored data is cut:
 	 * a crash in between leaves stale slots past EOF, trimmed at next open */
 	ret = hdr_write_locked(cf, cf->disk_dirty || cf->counts_changed);
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	if (ret < 0)
 		return ret;
 	if (size < old && cf->writer.truncated) {
@@ -1501,9 +1502,9 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 			rk_err("%s: cannot truncate stored file: %s", cf->path, strerror(errno));
 			return ret;
 		}
-		pthread_mutex_lock(&cf->lock);
+		rk_mutex_lock(&cf->lock, RK_RANK_CF);
 		slots_cut_locked(cf, want <= RK_HDR_AREA ? 0 : (want - RK_HDR_AREA + cf->hdr.slot_size - 1) / cf->hdr.slot_size);
-		pthread_mutex_unlock(&cf->lock);
+		rk_mutex_unlock(&cf->lock);
 	}
 	cf->tail_ok = true;
 	return 0;
@@ -1541,17 +1542,17 @@ static uint64_t next_bit(const uint64_t *bits, size_t words, uint64_t from, uint
 uint64_t rk_cf_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end)
 {
 	while (idx < end) {
-		pthread_mutex_lock(&cf->lock);
+		rk_mutex_lock(&cf->lock, RK_RANK_CF);
 		if (idx >= cf->miss_from && idx < cf->miss_end)
 			idx = cf->miss_end; /* missing: reported by rk_cf_missing, nothing to read */
-		pthread_mutex_unlock(&cf->lock);
+		rk_mutex_unlock(&cf->lock);
 		if (idx >= end)
 			break;
 		uint64_t cand = disk_next_slot(cf, idx, end);
 		if (cand > idx && cf->writer.read_slot) {
 			/* a slot written since the open may be a pending image over a
 			 * hole: only slots known unwritten are skipped */
-			pthread_mutex_lock(&cf->lock);
+			rk_mutex_lock(&cf->lock, RK_RANK_CF);
 			uint64_t ff = cf->first_fresh;
 			if (idx < ff) {
 				if (cf->low_untracked)
@@ -1569,11 +1570,11 @@ uint64_t rk_cf_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end)
 				/* untracked from fresh_limit on: the disk decides */
 				cand = b < to ? b : cand;
 			}
-			pthread_mutex_unlock(&cf->lock);
+			rk_mutex_unlock(&cf->lock);
 		}
-		pthread_mutex_lock(&cf->lock);
+		rk_mutex_lock(&cf->lock, RK_RANK_CF);
 		bool missing = cand >= cf->miss_from && cand < cf->miss_end;
-		pthread_mutex_unlock(&cf->lock);
+		rk_mutex_unlock(&cf->lock);
 		if (!missing)
 			return cand;
 		idx = cand;
@@ -1583,14 +1584,14 @@ uint64_t rk_cf_next_slot(struct rk_cf *cf, uint64_t idx, uint64_t end)
 
 uint64_t rk_cf_missing(struct rk_cf *cf, uint64_t *first, uint64_t per_key[RK_CF_MAX_KEYS])
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	uint64_t n = cf->miss_end > cf->miss_from ? cf->miss_count : 0;
 	if (first)
 		*first = cf->miss_from;
 	if (per_key)
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 			per_key[j] = n ? cf->miss_per_key[j] : 0;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return n;
 }
 
@@ -1636,14 +1637,14 @@ static int find_missing(struct rk_cf *cf)
 	}
 	if (present >= total)
 		goto out;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	cf->miss_from = e;
 	cf->miss_end = n;
 	cf->miss_count = total - present;
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 		cf->miss_per_key[j] =
 		    cf->hdr.keys[j].in_use && cf->hdr.keys[j].count > counts[j] ? cf->hdr.keys[j].count - counts[j] : 0;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	rk_warn("%s: the stored file is cut short: it ends at byte %" PRIu64 " (in or before chunk %" PRIu64
 	        ") but its clean header counts %" PRIu64 " chunks and only %" PRIu64
 	        " are present; chunks from %" PRIu64 " on read as errors",
@@ -1656,7 +1657,7 @@ static int cf_recount_locked(struct rk_cf *cf)
 {
 	uint64_t counts[RK_CF_MAX_KEYS] = {0};
 	uint64_t n = (cf->hdr.size + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	/* holes are skipped: the cost follows the slots that exist */
 	for (uint64_t i = rk_cf_next_slot(cf, 0, n); i < n; i = rk_cf_next_slot(cf, i + 1, n)) {
 		int k, ret = rk_cf_chunk_keyidx(cf, i, &k);
@@ -1665,13 +1666,13 @@ static int cf_recount_locked(struct rk_cf *cf)
 			continue;
 		}
 		if (ret < 0) {
-			pthread_mutex_lock(&cf->lock);
+			rk_mutex_lock(&cf->lock, RK_RANK_CF);
 			return ret;
 		}
 		if (k >= 0)
 			counts[k]++;
 	}
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 		if (cf->hdr.keys[j].in_use && cf->hdr.keys[j].count != counts[j]) {
 			cf->hdr.keys[j].count = counts[j];
@@ -1684,33 +1685,33 @@ static int cf_recount_locked(struct rk_cf *cf)
 
 int rk_cf_recount(struct rk_cf *cf)
 {
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	int ret = cf_recount_locked(cf);
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return ret;
 }
 
 int rk_cf_flush(struct rk_cf *cf)
 {
 	int ret = 0;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	if (cf->hdr_changed)
 		ret = hdr_write_locked(cf, cf->disk_dirty || cf->counts_changed);
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return ret;
 }
 
 int rk_cf_sync_new(struct rk_cf *cf)
 {
 	int ret;
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	cf->counts_changed = false;
 	ret = hdr_write_locked(cf, false);
 	if (ret == 0)
 		ret = hdr_write_locked(cf, false);
 	if (ret == 0)
 		cf->copies_equal = true;
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	if (ret == 0 && fdatasync(cf->fd) < 0) {
 		ret = -errno;
 		rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
@@ -1728,7 +1729,7 @@ int rk_cf_sync(struct rk_cf *cf)
 		rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
 		return ret;
 	}
-	pthread_mutex_lock(&cf->lock);
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	if (cf->hdr_changed || cf->disk_dirty || cf->counts_changed || !cf->copies_equal) {
 		ret = hdr_write_locked(cf, false);
 		if (ret == 0 && fdatasync(cf->fd) < 0) {
@@ -1744,6 +1745,6 @@ int rk_cf_sync(struct rk_cf *cf)
 				cf->copies_equal = true;
 		}
 	}
-	pthread_mutex_unlock(&cf->lock);
+	rk_mutex_unlock(&cf->lock);
 	return ret;
 }

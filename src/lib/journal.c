@@ -25,6 +25,7 @@
 #include "rekeyfs/common.h"
 #include "rekeyfs/journal.h"
 #include "rekeyfs/keys.h"
+#include "rekeyfs/lockrank.h"
 
 /* journal header (see journal.h) */
 #define JHDR_SIZE 136
@@ -371,7 +372,7 @@ static int apply_one(struct rk_journal *j)
 	if (!e->dead) {
 		struct jfile *jf = e->key.jf;
 		j->applying = e;
-		pthread_mutex_unlock(&j->lock);
+		rk_mutex_unlock(&j->lock);
 		int fd = rk_cf_fd(jf->cf);
 		struct rk_times t;
 		rk_cf_times_save(jf->cf, &t); /* putting chunks in place is not a user write */
@@ -380,7 +381,7 @@ static int apply_one(struct rk_journal *j)
 			ret = rk_zero_range(fd, e->off + e->len, e->old_end - e->len);
 		rk_cf_times_restore(jf->cf, &t);
 		rk_crashpoint("journal.applied");
-		pthread_mutex_lock(&j->lock);
+		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 		j->applying = NULL;
 		if (ret < 0) {
 			/* the journal holds the record: it stays pending and is retried; a
@@ -419,10 +420,10 @@ static int commit_locked(struct rk_journal *j)
 	uint64_t target = j->seq;
 	if (j->committed >= target)
 		return 0;
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	rk_crashpoint("journal.before-commit");
 	int ret = fdatasync(j->fd) < 0 ? -errno : 0;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	if (ret < 0) {
 		rk_err("journal: fdatasync failed: %s", strerror(-ret));
 		j->error = ret;
@@ -459,7 +460,7 @@ static int checkpoint_locked(struct rk_journal *j)
 	/* files get re-added to the new list as they are applied again */
 	for (struct jfile *f = j->files; f; f = f->next)
 		f->dirty = false;
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	for (size_t i = 0; i < n; i++) {
 		if (fdatasync(fds[i]) < 0 && ret == 0) {
 			ret = -errno;
@@ -468,7 +469,7 @@ static int checkpoint_locked(struct rk_journal *j)
 		close(fds[i]);
 	}
 	free(fds);
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	if (ret < 0)
 		return ret;
 	if (j->tail == tail && !j->qhead && tail > 0) {
@@ -489,7 +490,7 @@ static int checkpoint_locked(struct rk_journal *j)
 static void *committer(void *arg)
 {
 	struct rk_journal *j = arg;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	while (!j->stop) {
 		if (j->seq == j->committed && !j->qhead && j->commit_want <= j->committed) {
 			struct timespec ts;
@@ -513,9 +514,9 @@ static void *committer(void *arg)
 		}
 		if (commit_locked(j) < 0) {
 			/* keep everything pending; try again later */
-			pthread_mutex_unlock(&j->lock);
+			rk_mutex_unlock(&j->lock);
 			usleep(100000);
-			pthread_mutex_lock(&j->lock);
+			rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 			continue;
 		}
 		int r;
@@ -534,7 +535,7 @@ static void *committer(void *arg)
 		if (j->tail >= j->o.checkpoint_bytes && !j->qhead)
 			checkpoint_locked(j);
 	}
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return NULL;
 }
 
@@ -549,7 +550,7 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 		/* a hole holds no data: write directly, header last */
 		return rk_write_slot_direct(rk_cf_fd(cf), off, slot, len);
 	}
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	size_t aoff = 0, charge = 0;
 	while ((ret = arena_alloc(j, len, &aoff, &charge)) == -EAGAIN) {
 		j->st.waits++;
@@ -600,7 +601,7 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	j->st.pending_bytes = j->aused;
 	if (j->aused > j->asize / 2)
 		pthread_cond_signal(&j->work);
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return 0;
 unalloc:
 	/* undo the reservation: it is the newest, so the head moves back */
@@ -609,7 +610,7 @@ unalloc:
 	if (j->aused == 0)
 		j->ahead = j->atail = 0;
 out:
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return ret;
 }
 
@@ -621,7 +622,7 @@ static ssize_t j_read_slot(void *ctx, struct rk_cf *cf, uint64_t idx, uint8_t *b
 	struct jent *e;
 	ssize_t n = -ENOENT;
 	(void)cf;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	if (jf->npending) {
 		HASH_FIND(hh, j->hash, &k, sizeof(k), e);
 		if (e) {
@@ -629,7 +630,7 @@ static ssize_t j_read_slot(void *ctx, struct rk_cf *cf, uint64_t idx, uint8_t *b
 			memcpy(buf, j->arena + e->aoff, (size_t)n);
 		}
 	}
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return n;
 }
 
@@ -638,7 +639,7 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 	struct jfile *jf = ctx;
 	struct rk_journal *j = jf->j;
 	uint64_t seq;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	/* an entry being written in place right now must land before the cut */
 	while (j->applying && j->applying->key.jf == jf && j->applying->key.idx >= first_dead)
 		pthread_cond_wait(&j->changed, &j->lock);
@@ -652,7 +653,7 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 	int ret = 0;
 	if (jf->gen == j->generation && j->tail > 0)
 		ret = rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return ret;
 }
 
@@ -681,12 +682,12 @@ int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel)
 		jf->handle_len = 0;
 	}
 	jf->gen = UINT64_MAX;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	jf->next = j->files;
 	if (j->files)
 		j->files->prev = jf;
 	j->files = jf;
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	struct rk_cf_writer w = {j_write_slot, j_read_slot, j_truncated, jf};
 	rk_cf_set_writer(cf, &w);
 	return 0;
@@ -708,7 +709,7 @@ int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
 	int ret = 0;
 	if (!jf)
 		return 0;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	/* this file's entries must be in place before its fd goes away */
 	while (jf->npending > 0 && !j->error && !j->apply_error) {
 		if (j->commit_want < j->seq)
@@ -720,7 +721,7 @@ int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
 		/* cannot make them durable: keep the file attached (the caller keeps
 		 * the fd open) and report */
 		ret = j->error ? j->error : j->apply_error ? j->apply_error : -EIO;
-		pthread_mutex_unlock(&j->lock);
+		rk_mutex_unlock(&j->lock);
 		return ret;
 	}
 	if (jf->prev)
@@ -729,7 +730,7 @@ int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
 		j->files = jf->next;
 	if (jf->next)
 		jf->next->prev = jf->prev;
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	rk_cf_set_writer(cf, NULL);
 	free(jf);
 	return 0;
@@ -740,14 +741,14 @@ void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel)
 	struct jfile *jf = jfile_of(j, cf);
 	if (!jf)
 		return;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	snprintf(jf->path, sizeof(jf->path), "%s", rel);
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 }
 
 int rk_journal_commit(struct rk_journal *j)
 {
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	uint64_t target = j->seq;
 	int ret = 0;
 	while (j->committed < target) {
@@ -761,7 +762,7 @@ int rk_journal_commit(struct rk_journal *j)
 		pthread_cond_signal(&j->work);
 		pthread_cond_wait(&j->changed, &j->lock);
 	}
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return ret;
 }
 
@@ -770,7 +771,7 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 	struct jmac m;
 	uint8_t id[JID_BYTES], hdr[JHDR_SIZE];
 	int ret = 0, tries = 0;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	if (strcmp(j->keyname, name) != 0)
 		goto out;
 	if (strcmp(next->name, name) == 0) {
@@ -802,25 +803,25 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 	rk_info("%s: the journal now authenticates its records under key '%s' (was '%s')", j->dd->path, next->name,
 	        name);
 out:
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return ret;
 }
 
 int rk_journal_checkpoint(struct rk_journal *j)
 {
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	int ret = checkpoint_locked(j);
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	return ret;
 }
 
 void rk_journal_get_stats(struct rk_journal *j, struct rk_journal_stats *st)
 {
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	*st = j->st;
 	st->pending_bytes = j->aused;
 	st->journal_bytes = j->tail;
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 }
 
 /* The key the journal's MAC key is derived from: the root table's target key. */
@@ -911,14 +912,14 @@ int rk_journal_close(struct rk_journal *j)
 {
 	if (!j)
 		return 0;
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	j->stop = true;
 	pthread_cond_broadcast(&j->work);
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	pthread_join(j->thr, NULL);
-	pthread_mutex_lock(&j->lock);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	int ret = checkpoint_locked(j);
-	pthread_mutex_unlock(&j->lock);
+	rk_mutex_unlock(&j->lock);
 	for (size_t i = 0; i < j->ndirty; i++)
 		close(j->dirty_fds[i]);
 	free(j->dirty_fds);

@@ -17,6 +17,7 @@
 
 #include "rekeyfs/common.h"
 #include "rekeyfs/keys.h"
+#include "rekeyfs/lockrank.h"
 
 int rk_key_name_check(const char *name)
 {
@@ -494,12 +495,12 @@ int rk_keyring_get(struct rk_keyring *kr, const char *name, struct rk_key **out)
 {
 	struct kr_ent *e;
 	int ret;
-	pthread_mutex_lock(&kr->lock);
+	rk_mutex_lock(&kr->lock, RK_RANK_KEYRING);
 	HASH_FIND_STR(kr->ents, name, e);
 	if (!e) {
 		e = calloc(1, sizeof(*e));
 		if (!e) {
-			pthread_mutex_unlock(&kr->lock);
+			rk_mutex_unlock(&kr->lock);
 			return -ENOMEM;
 		}
 		snprintf(e->name, sizeof(e->name), "%s", name);
@@ -511,19 +512,19 @@ int rk_keyring_get(struct rk_keyring *kr, const char *name, struct rk_key **out)
 	else
 		ret = e->err;
 	*out = ret == 0 ? e->key : NULL;
-	pthread_mutex_unlock(&kr->lock);
+	rk_mutex_unlock(&kr->lock);
 	return ret;
 }
 
 int rk_keyring_release(struct rk_keyring *kr, const char *name)
 {
 	struct kr_ent *e;
-	pthread_mutex_lock(&kr->lock);
+	rk_mutex_lock(&kr->lock, RK_RANK_KEYRING);
 	HASH_FIND_STR(kr->ents, name, e);
 	if (!e) {
 		e = calloc(1, sizeof(*e));
 		if (!e) {
-			pthread_mutex_unlock(&kr->lock);
+			rk_mutex_unlock(&kr->lock);
 			return -ENOMEM;
 		}
 		snprintf(e->name, sizeof(e->name), "%s", name);
@@ -535,14 +536,14 @@ int rk_keyring_release(struct rk_keyring *kr, const char *name)
 		rk_key_wipe(e->key);
 		e->key->released = true;
 	}
-	pthread_mutex_unlock(&kr->lock);
+	rk_mutex_unlock(&kr->lock);
 	return 0;
 }
 
 void rk_keyring_reload(struct rk_keyring *kr)
 {
 	struct kr_ent *e, *tmp;
-	pthread_mutex_lock(&kr->lock);
+	rk_mutex_lock(&kr->lock, RK_RANK_KEYRING);
 	HASH_ITER(hh, kr->ents, e, tmp)
 	{
 		if (!e->key && !e->released) {
@@ -550,7 +551,7 @@ void rk_keyring_reload(struct rk_keyring *kr)
 			free(e);
 		}
 	}
-	pthread_mutex_unlock(&kr->lock);
+	rk_mutex_unlock(&kr->lock);
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
