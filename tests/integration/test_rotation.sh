@@ -323,9 +323,10 @@ assert_rc 0 "createkey new_key"
 for k in $OLD_KEYS; do assert_exists "$KEYS/$k" "old key $k stays in the key directory"; done
 
 # the walker's rate: the chunks of the cold files (which only the walker
-# reads) at about 8 s
+# reads) at about 16 s: long enough that the status polls below see it
+# running several times even on a slow (sanitizer) build
 TODO=$(jget "$T_TMP/scan.json" 'sum(sum(v["keys"].values()) for f,v in d["files"].items() if "/cold" in f)')
-RATE=$((TODO * CS / 8))
+RATE=$((TODO * CS / 16))
 mount_fs "$DATA" "$MNT" "walker_rate=$RATE"
 DPID=$LAST_PID
 DLOG=$LAST_LOG
