@@ -12,6 +12,11 @@
 set -u
 . "${TEST_SRCDIR:-$(dirname "$0")/..}/integration/integ.bash"
 need_fuse
+# The unmount cleans the headers of the 3,000 files closed with dirty counts
+# (a recount and an fsync each): work in proportion to the files, which a
+# loaded or sanitizer build may need more than the fixture's default 20 s for.
+# A daemon that never exits still fails, only later.
+export RKFX_TIMEOUT="${RKFX_TIMEOUT:-180}"
 need_cmd timeout python3
 integ_setup
 D="$T_TMP/data"
