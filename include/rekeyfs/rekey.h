@@ -154,6 +154,10 @@ struct rk_release_verdict {
 	int err; /* an open file that could not be read (counted as holding it) */
 };
 
+/* The first table that still has name as its target key (its path), or
+ * NULL: a key a table targets is never released.  The caller keeps the
+ * policy from changing meanwhile. */
+const char *rk_release_targeted_by(const struct rk_datadir *dd, const char *name);
 /* Walk the tree at rootfd reading every chunk's key reference (no
  * decryption; header counts can be stale after a crash).  An unreadable
  * header or slot counts as a chunk under the key.  v->chunks == 0 means the

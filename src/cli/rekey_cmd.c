@@ -105,13 +105,13 @@ static int offline_release(const char *dir, const char *name)
 		printf("%s: key '%s' is already released\n", rk_esc(dir), rk_esc(name));
 		goto out;
 	}
-	for (size_t i = 0; i < dd->ntables; i++)
-		if (strcmp(dd->tables[i].key, name) == 0) {
-			rk_err("%s: release of '%s' refused: table %s still has it as target key; alter the table and rekey "
-			       "first", dir, name, dd->tables[i].path);
-			ret = -EBUSY;
-			goto out;
-		}
+	const char *target_of = rk_release_targeted_by(dd, name);
+	if (target_of) {
+		rk_err("%s: release of '%s' refused: table %s still has it as target key; alter the table and rekey "
+		       "first", dir, name, target_of);
+		ret = -EBUSY;
+		goto out;
+	}
 	struct rk_release_verdict v;
 	ret = rk_release_scan(dd->dirfd, name, NULL, &v);
 	if (ret < 0)

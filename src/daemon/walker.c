@@ -648,10 +648,7 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	struct rk_regent *re = rk_registry_find(fs->dd, name);
 	enum rk_keystate st = re ? re->state : RK_KS_ACTIVE;
-	const char *target_of = NULL;
-	for (size_t i = 0; i < fs->dd->ntables; i++)
-		if (strcmp(fs->dd->tables[i].key, name) == 0)
-			target_of = fs->dd->tables[i].path;
+	const char *target_of = rk_release_targeted_by(fs->dd, name);
 	char tbuf[RK_TABLE_PATH_MAX] = "";
 	if (target_of)
 		snprintf(tbuf, sizeof(tbuf), "%s", target_of);

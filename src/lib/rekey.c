@@ -404,6 +404,14 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	return 0;
 }
 
+const char *rk_release_targeted_by(const struct rk_datadir *dd, const char *name)
+{
+	for (size_t i = 0; i < dd->ntables; i++)
+		if (strcmp(dd->tables[i].key, name) == 0)
+			return dd->tables[i].path;
+	return NULL;
+}
+
 int rk_release_scan(int rootfd, const char *name, const struct rk_rekey_access *acc, struct rk_release_verdict *v)
 {
 	struct rel_ctx c = {name, acc, v};
