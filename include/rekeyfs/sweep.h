@@ -8,6 +8,17 @@
 
 #include "format.h"
 
+/* The typed outcome of rekeying a chunk or a file, from its error code. */
+enum rk_rekey_outcome {
+	RK_RO_DONE = 0,           /* rekeyed (or nothing to do) */
+	RK_RO_SKIPPED_UNREADABLE, /* corrupt, or its key is missing / released / changed: left as it is */
+	RK_RO_RETRY_NO_SPACE,     /* ENOSPC, EDQUOT, EIO while writing: the old data stays; retry later */
+	RK_RO_CHANGED,            /* opened, written or renamed behind our back (whole file): go in place */
+	RK_RO_STOPPED,            /* the throttle stopped it (pause, shutdown) */
+	RK_RO_FAILED,             /* anything else */
+};
+enum rk_rekey_outcome rk_rekey_classify(int err);
+
 struct rk_sweep_cb {
 	/* exclusive access to one chunk while it is resealed (may be NULL) */
 	void (*lock)(void *arg, uint64_t idx);

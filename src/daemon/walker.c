@@ -15,23 +15,19 @@
 #include "daemon.h"
 #include "rekeyfs/common.h"
 #include "rekeyfs/convert.h"
+#include "rekeyfs/rekey.h"
 #include "rekeyfs/sweep.h"
 #include "rekeyfs/walk.h"
 
-#define WALKER_FILE "walker"
 #define LAZY_QUEUE 4096
 #define MAX_ERRORS 16
-#define MAX_TABLES 256
+#define MAX_TABLES RK_REKEY_MAX_TABLES
 
-enum wstate { W_IDLE = 0, W_RUNNING = 1, W_PAUSED = 2 };
-static const char *wstate_name[] = {"idle", "running", "paused"};
-
-struct tstat {
-	char path[RK_TABLE_PATH_MAX];
-	uint64_t files_total, chunks_total, chunks_todo; /* pre-scan: chunks not on target (header counts) */
-	uint64_t files_done, chunks_checked, chunks_rewritten, bytes_rewritten, chunks_failed;
-	uint64_t chunks_done; /* chunks of the files visited so far (progress) */
-};
+/* the walker's states are the checkpoint's (rekeyfs/rekey.h) */
+#define W_IDLE RK_RS_IDLE
+#define W_RUNNING RK_RS_RUNNING
+#define W_PAUSED RK_RS_PAUSED
+#define wstate_name(s) rk_rekey_state_name(s)
 
 struct lazy_ent {
 	struct rkd_inode *in;
@@ -51,7 +47,7 @@ struct rkd_walker {
 	 * sweep or a wait on another lock's holder */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	enum wstate state;
+	enum rk_rekey_state state;
 	atomic_bool stop;         /* set once at shutdown (also under lock, for cond waits) */
 	bool request;             /* a sweep was asked for */
 	bool resume_checkpoint;   /* continue the checkpointed sweep */
@@ -60,7 +56,7 @@ struct rkd_walker {
 	uint64_t sweep_id;
 	time_t started, finished;
 	char position[PATH_MAX];  /* last file finished (walk order) */
-	struct tstat tables[MAX_TABLES];
+	struct rk_rekey_tstat tables[MAX_TABLES];
 	int ntables;
 	uint64_t rate;            /* bytes/s, 0 unlimited */
 	double tokens;
@@ -100,7 +96,7 @@ static void add_error(struct rkd_walker *w, const char *fmt, ...)
 	rk_mutex_unlock(&w->lock);
 }
 
-/* ---- checkpoint ----------------------------------------------------------------------- */
+/* ---- checkpoint (format: rekeyfs/rekey.h) ------------------------------------------------ */
 /* Write the walker's state as it is now.  Called with no lock held: the
  * text is built under w->lock, the file written outside it (ckpt_lock keeps
  * writers in order, so the newest snapshot is the one left on disk). */
@@ -111,35 +107,17 @@ static int save_checkpoint(struct rkd_walker *w)
 	size_t len = 0;
 	int ret;
 	rk_mutex_lock(&w->ckpt_lock, RK_RANK_CKPT_FILE);
-	FILE *m = open_memstream(&buf, &len);
-	if (!m) {
-		ret = -ENOMEM;
-		goto out;
-	}
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	fprintf(m, "# rekeyfs walker checkpoint: where a sweep resumes after a restart\n");
-	fprintf(m, "state %s\nsweep %" PRIu64 "\nstarted %lld\nfinished %lld\n", wstate_name[w->state], w->sweep_id,
-	        (long long)w->started, (long long)w->finished);
-	fprintf(m, "filter");
-	for (int i = 0; i < w->nfilter; i++)
-		fprintf(m, " %s", w->filter[i]);
-	fprintf(m, "\nposition %s\n", w->position[0] ? w->position : "-");
-	for (int i = 0; i < w->ntables; i++) {
-		struct tstat *t = &w->tables[i];
-		fprintf(m,
-		        "table %s files_done=%" PRIu64 " chunks_checked=%" PRIu64 " chunks_rewritten=%" PRIu64
-		        " bytes_rewritten=%" PRIu64 " chunks_failed=%" PRIu64 "\n",
-		        t->path, t->files_done, t->chunks_checked, t->chunks_rewritten, t->bytes_rewritten, t->chunks_failed);
-	}
+	struct rk_rekey_ckpt c = {w->state,    w->sweep_id, w->started, w->finished, w->filter,
+	                          w->nfilter,  w->position, w->tables,  w->ntables,  false};
+	ret = rk_rekey_ckpt_format(&c, &buf, &len);
 	w->last_save = time(NULL);
 	rk_mutex_unlock(&w->lock);
-	if (fclose(m) != 0 || !buf) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	ret = rk_write_file_atomic(fs->dd->statefd, WALKER_FILE, buf, len, 0600);
 	if (ret < 0)
-		rk_warn("walker: cannot write the checkpoint %s/.rekeyfs/%s: %s", fs->datadir_real, WALKER_FILE,
+		goto out;
+	ret = rk_rekey_ckpt_write(fs->dd->statefd, buf, len);
+	if (ret < 0)
+		rk_warn("walker: cannot write the checkpoint %s/.rekeyfs/%s: %s", fs->datadir_real, RK_REKEY_CKPT_FILE,
 		        rk_strerror(ret));
 out:
 	rk_mutex_unlock(&w->ckpt_lock);
@@ -147,64 +125,17 @@ out:
 	return ret;
 }
 
-static struct tstat *tstat_for(struct rkd_walker *w, const char *path)
-{
-	for (int i = 0; i < w->ntables; i++)
-		if (strcmp(w->tables[i].path, path) == 0)
-			return &w->tables[i];
-	if (w->ntables == MAX_TABLES)
-		return &w->tables[0];
-	struct tstat *t = &w->tables[w->ntables++];
-	memset(t, 0, sizeof(*t));
-	snprintf(t->path, sizeof(t->path), "%s", path);
-	return t;
-}
-
 static void load_checkpoint(struct rkd_walker *w)
 {
-	char *text = NULL;
-	if (rk_read_small_file(w->fs->dd->statefd, WALKER_FILE, &text, NULL, 1 << 20) < 0)
+	struct rk_rekey_ckpt c = {.filter = w->filter, .position = w->position, .tables = w->tables};
+	if (rk_rekey_ckpt_load(w->fs->dd->statefd, &c) < 0)
 		return;
-	char *save = NULL;
-	bool running = false;
-	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char word[32], rest[PATH_MAX];
-		rest[0] = '\0'; /* a bare "filter" line (all tables) has no rest */
-		if (line[0] == '#' || sscanf(line, "%31s %4095[^\n]", word, rest) < 1)
-			continue;
-		if (strcmp(word, "state") == 0)
-			running = strcmp(rest, "running") == 0 || strcmp(rest, "paused") == 0;
-		else if (strcmp(word, "sweep") == 0)
-			w->sweep_id = strtoull(rest, NULL, 10);
-		else if (strcmp(word, "started") == 0)
-			w->started = (time_t)strtoll(rest, NULL, 10);
-		else if (strcmp(word, "finished") == 0)
-			w->finished = (time_t)strtoll(rest, NULL, 10);
-		else if (strcmp(word, "position") == 0)
-			snprintf(w->position, sizeof(w->position), "%s", strcmp(rest, "-") ? rest : "");
-		else if (strcmp(word, "filter") == 0) {
-			char *s2 = NULL;
-			for (char *t = strtok_r(rest, " ", &s2); t && w->nfilter < MAX_TABLES; t = strtok_r(NULL, " ", &s2))
-				snprintf(w->filter[w->nfilter++], RK_TABLE_PATH_MAX, "%s", t);
-		} else if (strcmp(word, "table") == 0) {
-			char path[RK_TABLE_PATH_MAX];
-			struct tstat tmp = {0};
-			if (sscanf(rest,
-			           "%1023s files_done=%" SCNu64 " chunks_checked=%" SCNu64 " chunks_rewritten=%" SCNu64
-			           " bytes_rewritten=%" SCNu64 " chunks_failed=%" SCNu64,
-			           path, &tmp.files_done, &tmp.chunks_checked, &tmp.chunks_rewritten, &tmp.bytes_rewritten,
-			           &tmp.chunks_failed) >= 1) {
-				struct tstat *t = tstat_for(w, path);
-				t->files_done = tmp.files_done;
-				t->chunks_checked = tmp.chunks_checked;
-				t->chunks_rewritten = tmp.chunks_rewritten;
-				t->bytes_rewritten = tmp.bytes_rewritten;
-				t->chunks_failed = tmp.chunks_failed;
-			}
-		}
-	}
-	free(text);
-	if (running) {
+	w->sweep_id = c.sweep;
+	w->started = c.started;
+	w->finished = c.finished;
+	w->nfilter = c.nfilter;
+	w->ntables = c.ntables;
+	if (c.resume) {
 		w->resume_checkpoint = true;
 		w->request = true;
 		rk_info("walker: resuming sweep %" PRIu64 " after %s", w->sweep_id,
@@ -222,19 +153,143 @@ static void sleep_ms(double ms)
 	nanosleep(&ts, NULL);
 }
 
-struct sweep_ctx {
-	struct rkd_walker *w;
+/* ---- the engine's access to the daemon's files -------------------------------------------------
+ * The rekey engine (rekeyfs/rekey.h) goes through the shared per-file state:
+ * the inode, its shared rk_cf attached to the journal, and the chunk
+ * stripes, so foreground I/O and the sweep never touch a chunk at once. */
+struct wfile {
+	struct rkd_inode *in;
 	struct rkd_file *f;
+	unsigned gen; /* open generation when a whole-file copy started */
 };
 
-static void cb_lock(void *arg, uint64_t idx) { rkd_chunk_lock(((struct sweep_ctx *)arg)->f, idx); }
-static void cb_unlock(void *arg, uint64_t idx) { rkd_chunk_unlock(((struct sweep_ctx *)arg)->f, idx); }
-
-static int cb_throttle(void *arg, uint64_t bytes)
+static int wa_get(void *arg, const struct rk_walk_ent *e, void **h)
 {
-	struct sweep_ctx *c = arg;
-	struct rkd_walker *w = c->w;
+	struct rkd_walker *w = arg;
+	struct wfile *wf = calloc(1, sizeof(*wf));
+	if (!wf)
+		return -ENOMEM;
+	int ret = rkd_inode_at_path(w->fs, e->dirfd, e->name, e->rel, &wf->in);
+	if (ret < 0) {
+		free(wf);
+		return ret;
+	}
+	*h = wf;
+	return 0;
+}
+
+static void wa_put(void *arg, void *h)
+{
+	struct rkd_walker *w = arg;
+	struct wfile *wf = h;
+	rkd_inode_put(w->fs, wf->in);
+	free(wf);
+}
+
+/* a whole-file rekey only of a file nobody has open */
+static int wa_replace_begin(void *arg, void *h)
+{
+	struct wfile *wf = h;
+	(void)arg;
+	if (!S_ISREG(wf->in->type))
+		return -EINVAL;
+	rk_mutex_lock(&wf->in->lock, RK_RANK_INODE);
+	bool busy = wf->in->of != NULL;
+	wf->gen = atomic_load(&wf->in->open_gen);
+	rk_mutex_unlock(&wf->in->lock);
+	return busy ? -EBUSY : 0;
+}
+
+static int wa_replace_commit(void *arg, void *h, struct rk_replace *r)
+{
+	struct rkd_walker *w = arg;
+	struct wfile *wf = h;
+	return rkd_replace_commit(w->fs, wf->in, wf->gen, r);
+}
+
+static int wa_open(void *arg, void *h, struct rk_cf **cf)
+{
+	struct rkd_walker *w = arg;
+	struct wfile *wf = h;
+	int ret = rkd_file_get(w->fs, wf->in, &wf->f);
+	if (ret < 0)
+		return ret;
+	if (!wf->f->chunk || !wf->f->rw) {
+		rkd_file_put(w->fs, wf->in, wf->f);
+		wf->f = NULL;
+		return 1;
+	}
+	*cf = wf->f->cf;
+	return 0;
+}
+
+static void wa_lock(void *arg, void *h, uint64_t idx)
+{
+	(void)arg;
+	rkd_chunk_lock(((struct wfile *)h)->f, idx);
+}
+
+static void wa_unlock(void *arg, void *h, uint64_t idx)
+{
+	(void)arg;
+	rkd_chunk_unlock(((struct wfile *)h)->f, idx);
+}
+
+static int wa_close(void *arg, void *h, struct rk_cf *cf)
+{
+	struct rkd_walker *w = arg;
+	struct wfile *wf = h;
+	/* header counts on disk */
+	rk_rw_wrlock(&wf->f->rw_lock, RK_RANK_FILE_RW);
+	int ret = rk_cf_flush(cf);
+	rk_rw_unlock(&wf->f->rw_lock);
+	rkd_file_put(w->fs, wf->in, wf->f);
+	wf->f = NULL;
+	return ret;
+}
+
+/* release scan: through the shared file state, so open files' pending
+ * chunks count too */
+static int wa_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_refs *out)
+{
+	struct rkd_fs *fs = arg;
+	struct rkd_inode *in;
+	struct rkd_file *f;
+	int ret = rkd_inode_at_path(fs, e->dirfd, e->name, e->rel, &in);
+	if (ret < 0)
+		return ret;
+	ret = rkd_file_get(fs, in, &f);
+	if (ret < 0) {
+		rkd_inode_put(fs, in);
+		if (ret == -ENOENT)
+			return ret;
+		/* an unreadable header could hide chunks under the key: refuse */
+		out->unreadable = true;
+		out->note = "(unreadable header)";
+		out->err = ret;
+		return 0;
+	}
+	if (f->chunk) {
+		out->chunk = true;
+		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW); /* no writes while the references are read */
+		out->err = rk_scan_key_refs(f->cf, out->counts, &out->malformed);
+		rk_cf_get_header(f->cf, &out->h);
+		rk_rw_unlock(&f->rw_lock);
+	}
+	rkd_file_put(fs, in, f);
+	rkd_inode_put(fs, in);
+	return 0;
+}
+
+/* Rate limit, yield to foreground I/O, pause; a whole-file copy stops when
+ * the file is opened meanwhile (its writes go in place). */
+static int wa_throttle(void *arg, void *h, bool whole, uint64_t bytes)
+{
+	struct rkd_walker *w = arg;
 	struct rkd_fs *fs = w->fs;
+	struct wfile *wf = h;
+	if (whole && atomic_load(&wf->in->open_gen) != wf->gen)
+		return -EBUSY; /* opened meanwhile: its writes go in place */
 	/* yield to foreground I/O: a short pause while requests are being served */
 	for (int i = 0; i < 4; i++) {
 		struct timespec ts;
@@ -268,71 +323,14 @@ static int cb_throttle(void *arg, uint64_t bytes)
 /* ---- one sweep ------------------------------------------------------------------------------- */
 struct walk_ctx {
 	struct rkd_walker *w;
+	struct rk_rekey_access acc;
+	struct rk_rekey_engine eng;
 	bool prescan;
 	int pass; /* 0: the sweep; later passes catch files renamed behind the walker */
 	int err;
 };
 
-static bool in_filter(struct rkd_walker *w, const char *tpath)
-{
-	if (w->nfilter == 0)
-		return true;
-	for (int i = 0; i < w->nfilter; i++)
-		if (strcmp(w->filter[i], tpath) == 0)
-			return true;
-	return false;
-}
-
-/* Header-only look at a stored file: is it a chunk file, and does any chunk
- * sit under a key other than target? */
-static int header_needs(int dirfd, const char *name, const char *rel, const struct rk_key *target, bool *chunk,
-                        bool *needs, uint64_t *nchunks, uint64_t *todo)
-{
-	struct rk_cf_header h;
-	*chunk = *needs = false;
-	*nchunks = *todo = 0;
-	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	int ret = rk_cf_probe(fd);
-	if (ret == 1) {
-		*chunk = true;
-		ret = rk_cf_read_header(fd, rel, &h, NULL);
-		if (ret == 0) {
-			for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
-				if (!h.keys[j].in_use)
-					continue;
-				*nchunks += h.keys[j].count;
-				bool on = strcmp(h.keys[j].name, target->name) == 0 &&
-				          memcmp(h.keys[j].fp, target->fp, RK_FP_BYTES) == 0;
-				if (!on && h.keys[j].count > 0) {
-					*todo += h.keys[j].count;
-					*needs = true;
-				}
-			}
-			if (h.flags & RK_HF_COUNTS_DIRTY)
-				*needs = true; /* counts may be stale: look at every chunk */
-		}
-	}
-	close(fd);
-	return ret < 0 ? ret : 0;
-}
-
-struct replace_ctx {
-	struct sweep_ctx c;
-	struct rkd_inode *in;
-	unsigned gen;
-};
-
-static int cb_replace_throttle(void *arg, uint64_t bytes)
-{
-	struct replace_ctx *r = arg;
-	if (atomic_load(&r->in->open_gen) != r->gen)
-		return -EBUSY; /* opened meanwhile: its writes go in place */
-	return cb_throttle(&r->c, bytes);
-}
-
-static void add_result(struct rkd_walker *w, struct tstat *t, const struct rk_sweep_result *res)
+static void add_result(struct rkd_walker *w, struct rk_rekey_tstat *t, const struct rk_sweep_result *res)
 {
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	t->chunks_checked += res->chunks_checked;
@@ -343,78 +341,40 @@ static void add_result(struct rkd_walker *w, struct tstat *t, const struct rk_sw
 	atomic_fetch_add(&w->walker_rewritten, res->chunks_rewritten);
 }
 
-/* Whole-file rekey of a file nobody has open.  0 done; -ECANCELED stop;
- * any other error: the file is as it was, use the in-place path. */
-static int replace_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, struct tstat *t, struct rk_key *key,
-                            struct rkd_inode *in)
+/* Rekey one file, retrying while the file system has no room (the old
+ * chunks stay readable meanwhile).  Returns 0, -ECANCELED or the error. */
+static int rekey_one(struct walk_ctx *c, const struct rk_walk_ent *e, struct rk_rekey_tstat *t, struct rk_key *key,
+                     const struct rk_rekey_need *need)
 {
-	struct rkd_fs *fs = w->fs;
-	struct replace_ctx rc = {{w, NULL}, in, 0};
-	rk_mutex_lock(&in->lock, RK_RANK_INODE);
-	bool busy = in->of != NULL;
-	rc.gen = atomic_load(&in->open_gen);
-	rk_mutex_unlock(&in->lock);
-	if (busy)
-		return -EBUSY;
-	struct rk_replace_cb cb = {cb_replace_throttle, &rc};
-	struct rk_sweep_result res;
-	struct rk_replace *r;
-	int ret = rk_replace_prepare(e->dirfd, e->name, e->rel, fs->kr, key, &cb, &res, &r);
-	if (ret == 0)
-		ret = rkd_replace_commit(fs, in, rc.gen, r);
-	int r2 = rk_replace_end(r);
-	if (ret == 0) {
-		add_result(w, t, &res);
-		atomic_fetch_add(&w->files_replaced, 1);
-		ret = r2;
+	struct rkd_walker *w = c->w;
+	struct rk_rekey_file_result fr;
+	int ret;
+	for (;;) {
+		ret = rk_rekey_file(&c->eng, e, key, need, &fr);
+		if (fr.replaced || fr.visited)
+			add_result(w, t, &fr.res);
+		if (fr.replaced)
+			atomic_fetch_add(&w->files_replaced, 1);
+		if (fr.visited && fr.res.chunks_failed)
+			add_error(w, "%s: %" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)", e->rel,
+			          fr.res.chunks_failed);
+		if (fr.outcome != RK_RO_RETRY_NO_SPACE)
+			break;
+		/* the old chunks stay readable; retry this file once space is back */
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+		bool first = !w->waiting_space;
+		w->waiting_space = true;
+		rk_mutex_unlock(&w->lock);
+		if (first)
+			add_error(w, "%s: %s while rewriting; the old chunks stay in place, the sweep waits and retries", e->rel,
+			          strerror(-ret));
+		if (atomic_load(&w->stop))
+			return -ECANCELED;
+		sleep_ms(1000);
 	}
-	return ret;
-}
-
-static int sweep_one_file(struct rkd_walker *w, const struct rk_walk_ent *e, struct tstat *t, struct rk_key *key,
-                          bool whole)
-{
-	struct rkd_fs *fs = w->fs;
-	struct rkd_inode *in;
-	struct rkd_file *f;
-	int ret = rkd_inode_at_path(fs, e->dirfd, e->name, e->rel, &in);
-	if (ret < 0)
-		return ret == -ENOENT ? 0 : ret;
-	if (whole && S_ISREG(in->type)) {
-		ret = replace_one_file(w, e, t, key, in);
-		if (ret == 0 || ret == -ECANCELED) {
-			rkd_inode_put(fs, in);
-			return ret;
-		}
-		/* opened or changed meanwhile, hard links, no room for a copy, an
-		 * unreadable chunk: chunk by chunk, in place */
-	}
-	ret = rkd_file_get(fs, in, &f);
-	if (ret < 0) {
-		rkd_inode_put(fs, in);
-		return ret == -ENOENT ? 0 : ret;
-	}
-	if (!f->chunk || !f->rw) {
-		rkd_file_put(fs, in, f);
-		rkd_inode_put(fs, in);
-		return 0;
-	}
-	struct sweep_ctx c = {w, f};
-	struct rk_sweep_cb cb = {cb_lock, cb_unlock, cb_throttle, &c};
-	struct rk_sweep_result res;
-	ret = rk_sweep_file(f->cf, key, &cb, 0, &res);
-	add_result(w, t, &res);
-	if (res.chunks_failed)
-		add_error(w, "%s: %" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)", e->rel,
-		          res.chunks_failed);
-	/* header counts on disk */
-	rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
-	int r2 = rk_cf_flush(f->cf);
-	rk_rw_unlock(&f->rw_lock);
-	if (ret == 0)
-		ret = r2;
-	rkd_file_put(fs, in, f);
-	rkd_inode_put(fs, in);
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	w->waiting_space = false;
+	rk_mutex_unlock(&w->lock);
 	return ret;
 }
 
@@ -439,7 +399,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	snprintf(tpath, sizeof(tpath), "%s", tab->path);
 	snprintf(kname, sizeof(kname), "%s", tab->key);
 	rk_rw_unlock(&fs->policy_lock);
-	if (!in_filter(w, tpath))
+	if (!rk_rekey_filter_has(w->filter, w->nfilter, tpath))
 		return 0;
 	struct rk_key *key;
 	int ret = rk_keyring_get(fs->kr, kname, &key);
@@ -447,19 +407,18 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		add_error(w, "table %s: target key '%s' cannot be used: %s", tpath, kname, rk_strerror(ret));
 		return 0;
 	}
-	bool chunk, needs;
-	uint64_t nchunks, todo;
-	ret = header_needs(e->dirfd, e->name, e->rel, key, &chunk, &needs, &nchunks, &todo);
+	struct rk_rekey_need need;
+	ret = rk_rekey_examine(e->dirfd, e->name, e->rel, key, fs->o.whole_file, &need);
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	struct tstat *t = tstat_for(w, tpath);
+	struct rk_rekey_tstat *t = rk_rekey_tstat_for(w->tables, &w->ntables, tpath);
 	if (c->prescan) {
-		if (chunk) {
+		if (need.chunk) {
 			t->files_total++;
-			t->chunks_total += nchunks;
-			t->chunks_todo += todo;
+			t->chunks_total += need.nchunks;
+			t->chunks_todo += need.todo;
 			/* a resumed sweep: files before the checkpoint are done */
 			if (w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
-				t->chunks_done += nchunks;
+				t->chunks_done += need.nchunks;
 		}
 		rk_mutex_unlock(&w->lock);
 		return atomic_load(&w->stop) ? -ECANCELED : 0;
@@ -467,41 +426,17 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0) {
 		add_error(w, "%s: cannot read the header: %s", e->rel, rk_strerror(ret));
-	} else if (chunk && needs) {
-		for (;;) {
-			/* whole-file replacement writes every chunk once; in place writes
-			 * each old-key chunk twice (journal, slot): replace when at
-			 * least half the chunks need it */
-			bool whole = fs->o.whole_file && todo > 0 && todo * 2 >= nchunks;
-			ret = sweep_one_file(w, e, t, key, whole);
-			if (ret == -ENOSPC || ret == -EDQUOT || ret == -EIO) {
-				/* the old chunks stay readable; retry this file once space is back */
-				rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-				bool first = !w->waiting_space;
-				w->waiting_space = true;
-				rk_mutex_unlock(&w->lock);
-				if (first)
-					add_error(w, "%s: %s while rewriting; the old chunks stay in place, the sweep waits and "
-					             "retries", e->rel, strerror(-ret));
-				if (atomic_load(&w->stop))
-					return -ECANCELED;
-				sleep_ms(1000);
-				continue;
-			}
-			break;
-		}
-		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-		w->waiting_space = false;
-		rk_mutex_unlock(&w->lock);
+	} else if (need.chunk && need.needs) {
+		ret = rekey_one(c, e, t, key, &need);
 		if (ret == -ECANCELED)
 			return ret;
 		if (ret < 0)
 			add_error(w, "%s: %s", e->rel, rk_strerror(ret));
 	}
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	if (chunk && c->pass == 0) {
+	if (need.chunk && c->pass == 0) {
 		t->files_done++;
-		t->chunks_done += nchunks;
+		t->chunks_done += need.nchunks;
 	}
 	snprintf(w->position, sizeof(w->position), "%s", e->rel);
 	bool save = time(NULL) != w->last_save;
@@ -516,6 +451,10 @@ static void run_sweep(struct rkd_walker *w)
 {
 	struct rkd_fs *fs = w->fs;
 	struct walk_ctx c = {.w = w};
+	c.acc = (struct rk_rekey_access){.get = wa_get, .put = wa_put, .replace_begin = wa_replace_begin,
+	                                 .replace_commit = wa_replace_commit, .open = wa_open, .lock = wa_lock,
+	                                 .unlock = wa_unlock, .close = wa_close, .arg = w};
+	c.eng = (struct rk_rekey_engine){.kr = fs->kr, .acc = &c.acc, .throttle = wa_throttle, .throttle_arg = w};
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	if (!w->resume_checkpoint) {
 		w->sweep_id++;
@@ -702,68 +641,6 @@ static void *lazy_main(void *arg)
 }
 
 /* ---- key release ----------------------------------------------------------------------------- */
-struct rel_ctx {
-	struct rkd_fs *fs;
-	const char *name;
-	uint64_t chunks, files, malformed;
-	char first[4][PATH_MAX];
-	int nfirst;
-	int err;
-};
-
-static int rel_visit(const struct rk_walk_ent *e, void *arg)
-{
-	struct rel_ctx *c = arg;
-	struct rkd_fs *fs = c->fs;
-	if (!S_ISREG(e->st->st_mode))
-		return 0;
-	struct rkd_inode *in;
-	struct rkd_file *f;
-	/* through the shared file state: open files' pending chunks count too */
-	int ret = rkd_inode_at_path(fs, e->dirfd, e->name, e->rel, &in);
-	if (ret < 0)
-		return ret == -ENOENT ? 0 : ret;
-	ret = rkd_file_get(fs, in, &f);
-	if (ret < 0) {
-		rkd_inode_put(fs, in);
-		if (ret == -ENOENT)
-			return 0;
-		c->err = ret;
-		/* an unreadable header could hide chunks under the key: refuse */
-		c->chunks++;
-		c->files++;
-		if (c->nfirst < 4)
-			snprintf(c->first[c->nfirst++], PATH_MAX, "%s (unreadable header)", e->rel);
-		return 0;
-	}
-	if (f->chunk) {
-		uint64_t counts[RK_CF_MAX_KEYS], malformed;
-		struct rk_cf_header h;
-		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW); /* no writes while the references are read */
-		ret = rk_scan_key_refs(f->cf, counts, &malformed);
-		rk_cf_get_header(f->cf, &h);
-		rk_rw_unlock(&f->rw_lock);
-		uint64_t n = 0;
-		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
-			if (h.keys[j].in_use && strcmp(h.keys[j].name, c->name) == 0)
-				n += counts[j];
-		/* a malformed slot header might be a chunk under the key: count it */
-		n += malformed;
-		c->malformed += malformed;
-		if (ret < 0)
-			n++;
-		if (n) {
-			c->chunks += n;
-			c->files++;
-			if (c->nfirst < 4)
-				snprintf(c->first[c->nfirst++], PATH_MAX, "%s", e->rel);
-		}
-	}
-	rkd_file_put(fs, in, f);
-	rkd_inode_put(fs, in);
-	return 0;
-}
-
 static void forget_in(struct rkd_file *f, void *arg) { rk_cf_forget_key(f->cf, (const char *)arg); }
 
 static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *len)
@@ -771,10 +648,7 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	struct rk_regent *re = rk_registry_find(fs->dd, name);
 	enum rk_keystate st = re ? re->state : RK_KS_ACTIVE;
-	const char *target_of = NULL;
-	for (size_t i = 0; i < fs->dd->ntables; i++)
-		if (strcmp(fs->dd->tables[i].key, name) == 0)
-			target_of = fs->dd->tables[i].path;
+	const char *target_of = rk_release_targeted_by(fs->dd, name);
 	char tbuf[RK_TABLE_PATH_MAX] = "";
 	if (target_of)
 		snprintf(tbuf, sizeof(tbuf), "%s", target_of);
@@ -790,19 +664,18 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 		                 name, tbuf);
 	/* header counts can be stale after a crash: read every chunk's key reference */
 	rk_journal_commit(fs->j);
-	struct rel_ctx c = {.fs = fs, .name = name};
-	int ret = rk_walk(fs->rootfd, "/", rel_visit, &c);
+	struct rk_rekey_access acc = {.key_refs = wa_key_refs, .arg = fs};
+	struct rk_release_verdict v;
+	int ret = rk_release_scan(fs->rootfd, name, &acc, &v);
 	if (ret < 0)
 		return rkd_reply(out, len, ret, "release of '%s' refused: the scan failed: %s", name, rk_strerror(ret));
-	if (c.chunks) {
-		char list[4 * PATH_MAX + 16] = "";
-		size_t l = 0;
-		for (int i = 0; i < c.nfirst && l < sizeof(list) - 1; i++)
-			l += (size_t)snprintf(list + l, sizeof(list) - l, "%s%s", i ? ", " : "", c.first[i]);
+	if (v.chunks) {
+		char list[RK_RELEASE_FIRST * PATH_MAX + 16];
+		rk_release_list(&v, list, sizeof(list));
 		return rkd_reply(out, len, -EBUSY,
 		                 "release of '%s' refused: %" PRIu64 " chunk(s) in %" PRIu64
-		                 " file(s) are still under it (%s%s); run 'rekeyctl rekey' and wait for the sweep",
-		                 name, c.chunks, c.files, list, c.files > (uint64_t)c.nfirst ? ", ..." : "");
+		                 " file(s) are still under it (%s); run 'rekeyctl rekey' and wait for the sweep",
+		                 name, v.chunks, v.files, list);
 	}
 	/* the journal's records are authenticated under one key: not this one any more */
 	char rootkey[RK_KEY_NAME_MAX + 1];
@@ -853,7 +726,7 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 			char pos[PATH_MAX];
 			snprintf(pos, sizeof(pos), "%s", w->position[0] ? w->position : "the start");
 			uint64_t id = w->sweep_id;
-			const char *stn = wstate_name[w->state];
+			const char *stn = wstate_name(w->state);
 			rk_mutex_unlock(&w->lock);
 			return rkd_reply(out, len, 0, "a sweep is already running (sweep %" PRIu64 ", %s, at %s); nothing to do",
 			                 id, stn, pos);
@@ -893,7 +766,7 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 		}
 		w->rate = r;
 	}
-	const char *stn = wstate_name[w->state];
+	const char *stn = wstate_name(w->state);
 	uint64_t rate = w->rate;
 	rk_mutex_unlock(&w->lock);
 	if (do_save)
@@ -916,7 +789,7 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 	rkd_jb_printf(b,
 	              "  \"walker\": {\"state\": \"%s\", \"sweep\": %" PRIu64 ", \"started\": %lld, \"finished\": %lld, "
 	              "\"rate_limit\": %" PRIu64 ", \"rate_bytes_per_s\": %.0f, \"waiting_for_space\": %s, \"position\": ",
-	              wstate_name[w->state], w->sweep_id, (long long)w->started, (long long)w->finished, w->rate, bps,
+	              wstate_name(w->state), w->sweep_id, (long long)w->started, (long long)w->finished, w->rate, bps,
 	              w->waiting_space ? "true" : "false");
 	rkd_jb_str(b, w->position);
 	rkd_jb_printf(b, ",\n    \"chunks_rewritten_walker\": %" PRIu64 ", \"chunks_rewritten_lazy\": %" PRIu64
@@ -926,7 +799,7 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 	              (uint64_t)atomic_load(&w->files_replaced),
 	              (uint64_t)atomic_load(&w->lazy_queued), (uint64_t)atomic_load(&w->lazy_dropped), w->error_count);
 	for (int i = 0; i < w->ntables; i++) {
-		struct tstat *t = &w->tables[i];
+		struct rk_rekey_tstat *t = &w->tables[i];
 		/* progress through the table's chunks (visited, whether rewritten or
 		 * already on target); a finished sweep is complete */
 		double pct = w->state == W_IDLE ? 100.0

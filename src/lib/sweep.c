@@ -14,6 +14,30 @@
 #include "rekeyfs/convert.h"
 #include "rekeyfs/sweep.h"
 
+enum rk_rekey_outcome rk_rekey_classify(int err)
+{
+	switch (err) {
+	case 0:
+		return RK_RO_DONE;
+	case -EUCLEAN:
+	case -ENOKEY:
+	case -EKEYREVOKED:
+	case -EKEYREJECTED:
+		return RK_RO_SKIPPED_UNREADABLE;
+	case -ENOSPC:
+	case -EDQUOT:
+	case -EIO:
+		return RK_RO_RETRY_NO_SPACE;
+	case -EAGAIN:
+	case -EBUSY:
+		return RK_RO_CHANGED;
+	case -ECANCELED:
+		return RK_RO_STOPPED;
+	default:
+		return RK_RO_FAILED;
+	}
+}
+
 int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep_cb *cb, uint64_t start_chunk,
                   struct rk_sweep_result *res)
 {
@@ -50,7 +74,7 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 		if (cb->unlock)
 			cb->unlock(cb->arg, i);
 		res->chunks_checked++;
-		if (r == -EUCLEAN || r == -ENOKEY || r == -EKEYREVOKED || r == -EKEYREJECTED) {
+		if (rk_rekey_classify(r) == RK_RO_SKIPPED_UNREADABLE) {
 			/* unreadable chunk: it keeps its key; fsck reports it */
 			res->chunks_failed++;
 			res->last_error = r;
@@ -238,8 +262,7 @@ int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_k
 	rk_crashpoint("replace.synced");
 	res->next_chunk = n;
 out:
-	if (ret < 0 && ret != -ECANCELED && ret != -EBUSY && ret != -EUCLEAN && ret != -ENOKEY && ret != -EKEYREVOKED &&
-	    ret != -EKEYREJECTED)
+	if (ret < 0 && ret != -ECANCELED && ret != -EBUSY && rk_rekey_classify(ret) != RK_RO_SKIPPED_UNREADABLE)
 		rk_err("%s: whole-file rekey failed: %s; the file stays as it was", rel, rk_strerror(ret));
 	rk_cf_close(outcf);
 	rk_cf_close(in);
