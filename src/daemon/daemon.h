@@ -236,15 +236,6 @@ void rkd_chunk_unlock(struct rkd_file *f, uint64_t idx);
  * reference to the file (it may take the file's locks). */
 void rkd_for_each_open(struct rkd_fs *fs, void (*fn)(struct rkd_file *f, void *arg), void *arg);
 
-/* Clean the headers of files closed with dirty counts (no FUSE requests may
- * run: at unmount). */
-void rkd_clean_dirty_headers(struct rkd_fs *fs);
-/* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
- * kernel to drop idle dentries (it then forgets their inodes). */
-int rkd_reclaim_start(struct rkd_fs *fs);
-void rkd_reclaim_stop(struct rkd_fs *fs);
-void rkd_size_cache_free(struct rkd_fs *fs);
-
 /* readahead.c: set the kernel read-ahead of the mount (fs->o.read_ahead_kb)
  * once INIT is done: the kernel caps FUSE read-ahead at the bdi's default
  * (128 KiB). */

@@ -3,17 +3,9 @@
  * status and control files through their handle's buffer). */
 #include "config.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <limits.h>
-#include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
-#include <sys/resource.h>
-#include <sys/statvfs.h>
-#include <sys/xattr.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 

@@ -5,16 +5,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <limits.h>
-#include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
-#include <sys/resource.h>
+#include <string.h>
 #include <sys/statvfs.h>
-#include <sys/xattr.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "inode.h"

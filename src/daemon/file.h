@@ -20,6 +20,9 @@ void rkd_stripes_lock(struct rkd_file *f, uint64_t m, bool excl);
 void rkd_stripes_unlock(struct rkd_file *f, uint64_t m);
 struct rkd_handle *rkd_handle_new(struct rkd_inode *in, struct rkd_file *f, int flags);
 void rkd_handle_free(struct rkd_handle *h);
+/* Clean the headers of files closed with dirty counts (no FUSE requests may
+ * run: at unmount). */
+void rkd_clean_dirty_headers(struct rkd_fs *fs);
 
 /* attr.c */
 void rkd_virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st);
@@ -27,5 +30,6 @@ void rkd_virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st);
 int rkd_fix_size(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st);
 int rkd_get_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st);
 void rkd_size_cache_put(struct rkd_fs *fs, const struct stat *st, int kind, uint64_t size);
+void rkd_size_cache_free(struct rkd_fs *fs);
 
 #endif

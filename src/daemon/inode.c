@@ -7,17 +7,13 @@
  * inodes' fds below the process's fd limit. */
 #include "config.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
+#include <string.h>
 #include <sys/resource.h>
-#include <sys/statvfs.h>
-#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -130,7 +126,7 @@ void rkd_set_where(struct rkd_inode *in, const struct rkd_inode *parent, const c
  * caller keeps fd.
  * parent/name: where it was looked up (NULL when unknown). */
 struct rkd_inode *rkd_inode_get_ex(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
-                                      const char *name, bool lock_new, bool *adopted)
+                                   const char *name, bool lock_new, bool *adopted)
 {
 	struct rkd_inode *in;
 	*adopted = false;
@@ -169,7 +165,7 @@ struct rkd_inode *rkd_inode_get_ex(struct rkd_fs *fs, int fd, const struct stat 
 
 /* Take ownership of fd (O_PATH): return the inode for st, nlookup+1. */
 struct rkd_inode *rkd_inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
-                                      const char *name)
+                                   const char *name)
 {
 	bool adopted;
 	struct rkd_inode *in = rkd_inode_get_ex(fs, fd, st, parent, name, false, &adopted);
@@ -435,7 +431,7 @@ void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in) { rkd_inode_unref(fs
  * a whole-file rekey cannot swap the file between the open and the inode
  * table lookup. */
 int rkd_inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const struct rkd_inode *parent,
-                        struct stat *st, struct rkd_inode **out)
+                     struct stat *st, struct rkd_inode **out)
 {
 	int ret = 0;
 	rk_rw_rdlock(&fs->ns_lock, RK_RANK_NS);

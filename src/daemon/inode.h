@@ -64,5 +64,9 @@ int rkd_inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const struc
 /* open handles per non-root user: 0, or -EMFILE / -ENFILE / -ENOMEM */
 int rkd_handle_charge(uid_t uid, size_t n);
 void rkd_handle_refund(uid_t uid, size_t n);
+/* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
+ * kernel to drop idle dentries (it then forgets their inodes). */
+int rkd_reclaim_start(struct rkd_fs *fs);
+void rkd_reclaim_stop(struct rkd_fs *fs);
 
 #endif

@@ -2,18 +2,10 @@
  * mount's bdi once the kernel has processed INIT. */
 #include "config.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
-#include <stddef.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <sys/file.h>
-#include <sys/resource.h>
-#include <sys/statvfs.h>
-#include <sys/xattr.h>
-#include <time.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "daemon.h"
