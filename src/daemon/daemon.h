@@ -144,8 +144,6 @@ struct rkd_dirty {
 
 struct rkd_szent; /* attr.c: an entry of the closed-file size cache */
 
-/* the lazy-rekey read hook (registered by the walker; see rk_cf_set_read_hook) */
-typedef void rkd_read_hook_fn(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx);
 
 struct rkd_fs {
 	struct rkd_opts o;
@@ -178,9 +176,10 @@ struct rkd_fs {
 	struct rkd_inode vdir, vstatus, vcontrol;
 	struct rkd_stats st;
 	struct rkd_walker *w;
-	/* set before the first file opens (rkd_walker_init), read-only after:
-	 * installed on every writable chunk file when o.lazy is on */
-	rkd_read_hook_fn *lazy_hook;
+	/* the lazy-rekey read hook, registered by the walker (rkd_walker_init)
+	 * before any file opens, read-only after: installed on every writable
+	 * chunk file when o.lazy is on */
+	rk_cf_read_hook lazy_hook;
 	/* plaintext sizes of closed files (attr.c) */
 	pthread_mutex_t szlock; /* rank RK_RANK_SIZE (72): sztab, szcount */
 	struct rkd_szent *sztab;
