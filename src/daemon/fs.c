@@ -183,8 +183,10 @@ int rkd_fs_init(struct rkd_fs *fs)
 int rkd_fs_start(struct rkd_fs *fs)
 {
 	int ret = 0;
-	if (rk_journal_open(fs->dd, fs->kr, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
-	    rkd_reclaim_start(fs) < 0) {
+	/* the fd budget before the walker: rkd_reclaim_start sets the bounds
+	 * that every inode lookup reads (the walker's first ones included) */
+	if (rk_journal_open(fs->dd, fs->kr, NULL, &fs->j) < 0 || rkd_reclaim_start(fs) < 0 ||
+	    (fs->o.walker && rkd_walker_init(fs) < 0)) {
 		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
 		ret = -EAGAIN;
 	} else {
