@@ -12,114 +12,49 @@
 #include "daemon.h"
 #include "rekeyfs/common.h"
 
-#define jbuf rkd_jbuf
-#define jb_put rkd_jb_put
-#define jb_printf rkd_jb_printf
-#define jb_str rkd_jb_str
-#define reply rkd_reply
-
-void rkd_jb_put(struct jbuf *b, const char *s, size_t n)
-{
-	if (b->err)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t nc = (b->cap + n + 1024) * 2;
-		char *np = realloc(b->p, nc);
-		if (!np) {
-			b->err = -ENOMEM;
-			return;
-		}
-		b->p = np;
-		b->cap = nc;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-void rkd_jb_printf(struct jbuf *b, const char *fmt, ...)
-{
-	char tmp[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		b->err = -EINVAL;
-		return;
-	}
-	jb_put(b, tmp, RK_MIN((size_t)n, sizeof(tmp) - 1));
-}
-
-/* a JSON string literal */
-void rkd_jb_str(struct jbuf *b, const char *s)
-{
-	jb_put(b, "\"", 1);
-	/* control characters, DEL and bytes that are not valid UTF-8 (file names
-	 * are bytes) as \u00XX: the output stays valid JSON */
-	while (*s) {
-		unsigned char c = (unsigned char)*s;
-		int n = rk_utf8_len((const unsigned char *)s);
-		if (c == '"' || c == '\\') {
-			char e[2] = {'\\', (char)c};
-			jb_put(b, e, 2);
-			s++;
-		} else if (n == 0 || c < 0x20 || c == 0x7f) {
-			char e[8];
-			snprintf(e, sizeof(e), "\\u%04x", c);
-			jb_put(b, e, 6);
-			s++;
-		} else {
-			jb_put(b, s, (size_t)n);
-			s += n;
-		}
-	}
-	jb_put(b, "\"", 1);
-}
-
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 {
-	struct jbuf b = {0};
+	struct rkd_jbuf b = {0};
 	char hex[2 * RK_FP_BYTES + 1];
-	jb_printf(&b, "{\n  \"version\": ");
-	jb_str(&b, PACKAGE_VERSION);
-	jb_printf(&b, ",\n  \"format\": %d,\n  \"pid\": %ld,\n  \"datadir\": ", RK_FORMAT_VERSION, (long)getpid());
-	jb_str(&b, fs->datadir_real);
-	jb_printf(&b, ",\n  \"keydir\": ");
-	jb_str(&b, rk_keyring_dir(fs->kr));
-	jb_printf(&b, ",\n  \"started\": %lld,\n  \"uptime_s\": %lld,\n  \"writeback_cache\": %s,\n",
+	rkd_jb_printf(&b, "{\n  \"version\": ");
+	rkd_jb_str(&b, PACKAGE_VERSION);
+	rkd_jb_printf(&b, ",\n  \"format\": %d,\n  \"pid\": %ld,\n  \"datadir\": ", RK_FORMAT_VERSION, (long)getpid());
+	rkd_jb_str(&b, fs->datadir_real);
+	rkd_jb_printf(&b, ",\n  \"keydir\": ");
+	rkd_jb_str(&b, rk_keyring_dir(fs->kr));
+	rkd_jb_printf(&b, ",\n  \"started\": %lld,\n  \"uptime_s\": %lld,\n  \"writeback_cache\": %s,\n",
 	          (long long)fs->started, (long long)(time(NULL) - fs->started), fs->o.writeback ? "true" : "false");
 	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
-	jb_printf(&b, "  \"tables\": [");
+	rkd_jb_printf(&b, "  \"tables\": [");
 	for (size_t i = 0; i < fs->dd->ntables; i++) {
 		const struct rk_table *t = &fs->dd->tables[i];
-		jb_printf(&b, "%s\n    {\"path\": ", i ? "," : "");
-		jb_str(&b, t->path);
-		jb_printf(&b, ", \"key\": ");
-		jb_str(&b, t->key);
-		jb_printf(&b, ", \"chunk_kb\": %u, \"compression\": \"%s\"}", t->chunk_size / 1024, rk_comp_name(t->comp));
+		rkd_jb_printf(&b, "%s\n    {\"path\": ", i ? "," : "");
+		rkd_jb_str(&b, t->path);
+		rkd_jb_printf(&b, ", \"key\": ");
+		rkd_jb_str(&b, t->key);
+		rkd_jb_printf(&b, ", \"chunk_kb\": %u, \"compression\": \"%s\"}", t->chunk_size / 1024, rk_comp_name(t->comp));
 	}
-	jb_printf(&b, "\n  ],\n  \"keys\": [");
+	rkd_jb_printf(&b, "\n  ],\n  \"keys\": [");
 	for (size_t i = 0; i < fs->dd->nkeys; i++) {
 		const struct rk_regent *e = &fs->dd->keys[i];
 		rk_hex(hex, e->fp, RK_FP_BYTES);
-		jb_printf(&b, "%s\n    {\"name\": ", i ? "," : "");
-		jb_str(&b, e->name);
-		jb_printf(&b, ", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"state\": \"%s\"}",
+		rkd_jb_printf(&b, "%s\n    {\"name\": ", i ? "," : "");
+		rkd_jb_str(&b, e->name);
+		rkd_jb_printf(&b, ", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"state\": \"%s\"}",
 		          rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state));
 	}
 	rk_rw_unlock(&fs->policy_lock);
-	jb_printf(&b, "\n  ],\n");
+	rkd_jb_printf(&b, "\n  ],\n");
 	rkd_walker_json(fs, &b);
 	struct rk_journal_stats js;
 	rk_journal_get_stats(fs->j, &js);
-	jb_printf(&b,
+	rkd_jb_printf(&b,
 	          "  \"journal\": {\"records\": %" PRIu64 ", \"commits\": %" PRIu64 ", \"applied\": %" PRIu64
 	          ", \"checkpoints\": %" PRIu64 ", \"pending_bytes\": %" PRIu64 ", \"journal_bytes\": %" PRIu64
 	          ", \"waits\": %" PRIu64 ", \"last_error\": ",
 	          js.records, js.commits, js.applied, js.checkpoints, js.pending_bytes, js.journal_bytes, js.waits);
-	jb_str(&b, js.last_error ? strerror(-js.last_error) : "");
-	jb_printf(&b,
+	rkd_jb_str(&b, js.last_error ? strerror(-js.last_error) : "");
+	rkd_jb_printf(&b,
 	          "},\n  \"io\": {\"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"bytes_read\": %" PRIu64
 	          ", \"bytes_written\": %" PRIu64 ", \"read_errors\": %" PRIu64 ", \"write_errors\": %" PRIu64 "}\n}\n",
 	          (uint64_t)atomic_load(&fs->st.reads), (uint64_t)atomic_load(&fs->st.writes),
@@ -131,23 +66,6 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	}
 	*out = b.p;
 	*len = b.len;
-	return 0;
-}
-
-int rkd_reply(char **out, size_t *len, int ret, const char *fmt, ...)
-{
-	char tmp[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		n = 0;
-	n = (int)RK_MIN((size_t)n, sizeof(tmp) - 1);
-	*out = malloc((size_t)n + 16);
-	if (!*out)
-		return -ENOMEM;
-	*len = (size_t)snprintf(*out, (size_t)n + 16, "%s %s\n", ret == 0 ? "ok" : "error", tmp);
 	return 0;
 }
 
@@ -163,21 +81,21 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 	int comp = -1;
 	uint32_t chunk = 0;
 	if (!table || !keyname)
-		return reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-]");
+		return rkd_reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-]");
 	if (ckb && strcmp(ckb, "-") != 0) {
 		/* range-checked before the multiplication: no wrap-around */
 		uint64_t kb;
 		if (rk_parse_u64(ckb, RK_CHUNK_MAX / 1024, &kb) < 0 || kb < RK_CHUNK_MIN / 1024 || (kb & (kb - 1)))
-			return reply(out, len, -EINVAL, "chunk size '%s': use a power of two from %u to %u KiB (plain decimal)",
+			return rkd_reply(out, len, -EINVAL, "chunk size '%s': use a power of two from %u to %u KiB (plain decimal)",
 			             ckb, RK_CHUNK_MIN / 1024, RK_CHUNK_MAX / 1024);
 		chunk = (uint32_t)kb * 1024;
 	}
 	if (strtok_r(NULL, " \t", &save))
-		return reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-] (too many arguments)");
+		return rkd_reply(out, len, -EINVAL, "usage: alter TABLE KEY|- [CHUNK_KB|-] [snappy|none|-] (too many arguments)");
 	if (cz && strcmp(cz, "-") != 0) {
 		enum rk_comp z;
 		if (rk_comp_parse(cz, &z) < 0)
-			return reply(out, len, -EINVAL, "compression %s: use snappy or none", cz);
+			return rkd_reply(out, len, -EINVAL, "compression %s: use snappy or none", cz);
 		comp = (int)z;
 	}
 	bool setkey = strcmp(keyname, "-") != 0;
@@ -185,7 +103,7 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		rk_keyring_reload(fs->kr);
 		int r = rk_keyring_get(fs->kr, keyname, &key);
 		if (r < 0)
-			return reply(out, len, r, "key '%s' cannot be used: %s (key directory %s)", keyname, rk_strerror(r),
+			return rkd_reply(out, len, r, "key '%s' cannot be used: %s (key directory %s)", keyname, rk_strerror(r),
 			             rk_keyring_dir(fs->kr));
 	}
 	rk_rw_wrlock(&fs->policy_lock, RK_RANK_POLICY);
@@ -206,10 +124,10 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 	}
 	rk_rw_unlock(&fs->policy_lock);
 	if (r < 0)
-		return reply(out, len, r, "alter %s failed: %s", table, rk_strerror(r));
+		return rkd_reply(out, len, r, "alter %s failed: %s", table, rk_strerror(r));
 	atomic_fetch_add(&fs->policy_gen, 1);
 	rk_info("table %s altered: %s", table, tpath);
-	return reply(out, len, 0, "table %s", tpath);
+	return rkd_reply(out, len, 0, "table %s", tpath);
 }
 
 int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
@@ -219,7 +137,7 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	/* one command per write: a second line is refused, not run as arguments */
 	char *nl = strchr(buf, '\n');
 	if (nl && nl[1] != '\0')
-		return reply(out, len, -EINVAL, "one command per write, please");
+		return rkd_reply(out, len, -EINVAL, "one command per write, please");
 	size_t n = strlen(buf);
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
 		buf[--n] = '\0';
@@ -227,21 +145,21 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	char *cmd = strtok_r(buf, " \t", &save);
 	char *rest = save ? save : (char *)"";
 	if (!cmd)
-		return reply(out, len, -EINVAL, "empty command");
+		return rkd_reply(out, len, -EINVAL, "empty command");
 	if (strcmp(cmd, "alter") == 0)
 		return ctl_alter(fs, rest, out, len);
 	if (strcmp(cmd, "reload-keys") == 0) {
 		rk_keyring_reload(fs->kr);
-		return reply(out, len, 0, "key directory will be re-read on next use");
+		return rkd_reply(out, len, 0, "key directory will be re-read on next use");
 	}
 	if (strcmp(cmd, "ping") == 0)
-		return reply(out, len, 0, "pong pid %ld", (long)getpid());
+		return rkd_reply(out, len, 0, "pong pid %ld", (long)getpid());
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
 	    strcmp(cmd, "rate") == 0 || strcmp(cmd, "release") == 0 || strcmp(cmd, "scan") == 0)
 		return rkd_walker_control(fs, cmd, rest, out, len);
 	if (strcmp(cmd, "fsck") == 0 || strcmp(cmd, "fsck-progress") == 0)
 		return rkd_fsck_control(fs, cmd, rest, out, len);
-	return reply(out, len, -EINVAL,
+	return rkd_reply(out, len, -EINVAL,
 	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, fsck, reload-keys, ping)",
 	             cmd);
 }

@@ -1,4 +1,14 @@
-/* rekeyfs daemon internals. */
+/* rekeyfs daemon internals: the shared types and what the walker, the
+ * control commands and main() use.  Module map (doc/architecture.md):
+ *   fs.c        the filesystem object: rkd_fs_init/start/stop/destroy, the ops table
+ *   inode.c     the inode table, the descriptor budget (inode.h)
+ *   file.c      the shared open-file state: files, handles, stripes, dirty list (file.h)
+ *   attr.c      attributes and the closed-file size cache (file.h)
+ *   data.c, names.c, dir.c, xattr.c   the FUSE operation families (ops.h)
+ *   readahead.c the kernel read-ahead tuner
+ *   reply.c     control-file replies and JSON helpers (reply.h)
+ *   ctl.c       the virtual .rekeyfs/ directory: status and the control dispatcher
+ *   walker.c    sweeps, lazy rekey, key release;  fsck_ctl.c  the fsck command */
 #ifndef REKEYFS_DAEMON_H
 #define REKEYFS_DAEMON_H
 
@@ -17,6 +27,8 @@
 #include "rekeyfs/journal.h"
 #include "rekeyfs/keys.h"
 #include "rekeyfs/lockrank.h"
+
+#include "reply.h"
 
 #define RKD_CHUNK_STRIPES 64
 
@@ -38,14 +50,14 @@ struct rkd_inode {
 	pthread_cond_t closed; /* of finished closing */
 	struct rkd_file *of;
 	atomic_uint open_gen; /* bumped whenever of is created (whole-file rekey check) */
-	/* cache of a closed chunk file's plaintext size, valid while the backing
-	 * file's size and mtime are unchanged (hdr_* below) */
 	/* where the kernel last looked it up (for invalidation when fds run short) */
 	dev_t pdev;
 	ino_t pino;
 	char *name;
 	char *wrel;          /* path the walker found it at (kernel never looked it up) */
 	atomic_bool planted_logged; /* a .rekeyfs in this directory was reported */
+	/* cache of a closed chunk file's plaintext size, valid while the backing
+	 * file's size and mtime are unchanged (hdr_*) */
 	int hdr_kind;        /* -1 unknown, 0 plain, 1 chunk */
 	uint64_t hdr_size;
 	struct timespec hdr_mtime;
@@ -130,19 +142,8 @@ struct rkd_dirty {
 	unsigned char handle[128];
 };
 
-/* Clean the headers of files closed with dirty counts (no FUSE requests may
- * run: at unmount). */
-void rkd_clean_dirty_headers(struct rkd_fs *fs);
-void rkd_inodes_free(struct rkd_fs *fs);
-void rkd_size_cache_free(void);
-/* Set the kernel read-ahead of the mount (fs->o.read_ahead_kb) once INIT is
- * done: the kernel caps FUSE read-ahead at the bdi's default (128 KiB). */
-void rkd_readahead_start(struct rkd_fs *fs);
-void rkd_readahead_stop(struct rkd_fs *fs);
-/* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
- * kernel to drop idle dentries (it then forgets their inodes). */
-int rkd_reclaim_start(struct rkd_fs *fs);
-void rkd_reclaim_stop(struct rkd_fs *fs);
+struct rkd_szent; /* attr.c: an entry of the closed-file size cache */
+
 
 struct rkd_fs {
 	struct rkd_opts o;
@@ -175,6 +176,14 @@ struct rkd_fs {
 	struct rkd_inode vdir, vstatus, vcontrol;
 	struct rkd_stats st;
 	struct rkd_walker *w;
+	/* the lazy-rekey read hook, registered by the walker (rkd_walker_init)
+	 * before any file opens, read-only after: installed on every writable
+	 * chunk file when o.lazy is on */
+	rk_cf_read_hook lazy_hook;
+	/* plaintext sizes of closed files (attr.c) */
+	pthread_mutex_t szlock; /* rank RK_RANK_SIZE (72): sztab, szcount */
+	struct rkd_szent *sztab;
+	unsigned szcount;
 	/* files closed with COUNTS_DIRTY headers, cleaned (recount + sync) at
 	 * unmount so that a clean unmount leaves exact header counts */
 	pthread_mutex_t dirty_lock; /* rank RK_RANK_DIRTY (70): dirty, ndirty, capdirty */
@@ -189,22 +198,22 @@ struct rkd_fs {
 	atomic_bool ra_stop;
 };
 
-extern const struct fuse_lowlevel_ops rkd_ops;
+/* fs.c: the filesystem object.  init: open the data directory (fs->datadir,
+ * fs->o parsed), its keys, policy and journal replay, the root and virtual
+ * inodes; start (after the mount and the fork): journal, walker, fd budget,
+ * read-ahead; stop: their threads; destroy: everything, fs included (0, or
+ * -EIO when the journal could not be emptied: it is replayed at next mount). */
+int rkd_fs_init(struct rkd_fs *fs);
+void rkd_fs_ops(struct fuse_lowlevel_ops *ops);
+int rkd_fs_start(struct rkd_fs *fs);
+void rkd_fs_stop(struct rkd_fs *fs);
+int rkd_fs_destroy(struct rkd_fs *fs);
 
 /* ctl.c: the virtual .rekeyfs directory */
-struct rkd_jbuf {
-	char *p;
-	size_t len, cap;
-	int err;
-};
-void rkd_jb_put(struct rkd_jbuf *b, const char *s, size_t n);
-void rkd_jb_printf(struct rkd_jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void rkd_jb_str(struct rkd_jbuf *b, const char *s);
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len);
 int rkd_control(struct rkd_fs *fs, const char *cmd, char **reply, size_t *rlen);
-int rkd_reply(char **out, size_t *len, int ret, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* fs.c helpers used by the walker and ctl.c */
+/* inode.c and file.c: used by the operations, the walker and fsck_ctl.c */
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp);
 /* The inode of dirfd/name, shared with the kernel's view (nlookup+1). */
 int rkd_inode_at(struct rkd_fs *fs, int dirfd, const char *name, struct rkd_inode **out);
@@ -225,6 +234,12 @@ void rkd_chunk_unlock(struct rkd_file *f, uint64_t idx);
 /* Call fn for every open chunk file.  fn runs with no daemon lock held, on a
  * reference to the file (it may take the file's locks). */
 void rkd_for_each_open(struct rkd_fs *fs, void (*fn)(struct rkd_file *f, void *arg), void *arg);
+
+/* readahead.c: set the kernel read-ahead of the mount (fs->o.read_ahead_kb)
+ * once INIT is done: the kernel caps FUSE read-ahead at the bdi's default
+ * (128 KiB). */
+void rkd_readahead_start(struct rkd_fs *fs);
+void rkd_readahead_stop(struct rkd_fs *fs);
 
 /* walker.c: background sweeps, lazy rekey, key release */
 int rkd_walker_init(struct rkd_fs *fs);

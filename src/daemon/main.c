@@ -146,91 +146,8 @@ static void usage(const char *prog)
 	fuse_lowlevel_help();
 }
 
-static int setup_virtual(struct rkd_fs *fs)
+static void opts_default(struct rkd_fs *fs)
 {
-	struct rkd_inode *v[] = {&fs->vdir, &fs->vstatus, &fs->vcontrol};
-	enum rkd_virt kinds[] = {RKD_VDIR, RKD_VSTATUS, RKD_VCONTROL};
-	for (int i = 0; i < 3; i++) {
-		v[i]->virt = kinds[i];
-		v[i]->fd = -1;
-		v[i]->ino = (ino_t)(RK_VIRT_INO_STATEDIR + (unsigned)i);
-		v[i]->type = i == 0 ? S_IFDIR : S_IFREG;
-		v[i]->nlookup = 1;
-		v[i]->hdr_kind = -1;
-		pthread_mutex_init(&v[i]->lock, NULL);
-		pthread_cond_init(&v[i]->closed, NULL);
-	}
-	return 0;
-}
-
-/* Open the data directory and its state; initialise it when key= is given
- * and it is not a data directory yet. */
-static int open_datadir(struct rkd_fs *fs)
-{
-	struct stat sst;
-	int ret;
-	if (fs->o.key && fstatat(fs->rootfd, RK_STATE_DIR, &sst, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
-		ret = -ENOTDIR; /* not a data directory yet: key= initialises it below */
-	else
-		ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
-	if (ret == -ENOTDIR && fs->o.key) {
-		struct rk_key *key;
-		ret = rk_key_load(rk_keyring_dir(fs->kr), fs->o.key, &key);
-		if (ret < 0) {
-			rk_err("cannot initialise %s: key '%s' cannot be loaded from %s: %s", fs->datadir, fs->o.key,
-			       rk_keyring_dir(fs->kr), rk_strerror(ret));
-			return ret;
-		}
-		ret = rk_datadir_init(fs->datadir_real, key, RK_CHUNK_DEFAULT, RK_COMP_SNAPPY);
-		rk_key_free(key);
-		if (ret < 0)
-			return ret;
-		rk_info("initialised %s as a rekeyfs data directory under key %s", fs->datadir, fs->o.key);
-		ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
-	}
-	if (ret < 0)
-		return ret;
-	rk_registry_apply_released(fs->dd, fs->kr);
-	/* the key directory must still hold the keys the registry recorded */
-	ret = rk_registry_verify(fs->dd, fs->kr);
-	if (ret < 0) {
-		rk_err("refusing to mount %s: %s", fs->datadir,
-		       ret == -EKEYREJECTED ? "a key file does not match the data directory's key registry (see above)"
-		                            : "a key file of the registry cannot be used (see above)");
-		return ret;
-	}
-	/* a crash may have left chunk writes in the journal: redo them before
-	 * anything reads the data */
-	ret = rk_journal_replay(fs->dd, fs->kr, NULL);
-	if (ret < 0) {
-		rk_err("refusing to mount %s: the journal cannot be replayed: %s", fs->datadir, rk_strerror(ret));
-		return ret;
-	}
-	for (size_t i = 0; i < fs->dd->ntables; i++) {
-		struct rk_key *k;
-		ret = rk_keyring_get(fs->kr, fs->dd->tables[i].key, &k);
-		if (ret < 0) {
-			rk_err("refusing to mount %s: table %s's target key '%s' cannot be used: %s (key directory %s)",
-			       fs->datadir, fs->dd->tables[i].path, fs->dd->tables[i].key, rk_strerror(ret),
-			       rk_keyring_dir(fs->kr));
-			return ret;
-		}
-	}
-	return 0;
-}
-
-int main(int argc, char *argv[])
-{
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct fuse_cmdline_opts copts = {0};
-	struct fuse_loop_config *lcfg = NULL;
-	struct rkd_fs *fs = calloc(1, sizeof(*fs));
-	int ret = 1;
-	bool start_failed = false; /* journal, walker or reclaimer did not start after the mount */
-
-	rk_harden_process();
-	if (!fs)
-		return 1;
 	fs->rootfd = -1;
 	fs->root.fd = -1;
 	fs->o.entry_timeout = 1.0;
@@ -242,6 +159,47 @@ int main(int argc, char *argv[])
 	fs->o.lazy = 1;
 	fs->o.whole_file = 1;
 	fs->o.read_ahead_kb = 4096;
+}
+
+/* Mount options of every rekeyfs mount. */
+static void add_mount_args(struct rkd_fs *fs, struct fuse_args *args)
+{
+	/* the kernel checks permissions against the attributes we report: without
+	 * it, allow_other would let every user open every file */
+	fuse_opt_add_arg(args, "-odefault_permissions");
+	char fsname[PATH_MAX + 32];
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s", fs->datadir_real);
+	if (!strchr(fs->datadir_real, ','))
+		fuse_opt_add_arg(args, fsname);
+	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
+	fuse_opt_add_arg(args, "-osubtype=rekeyfs");
+}
+
+static int run_loop(struct rkd_fs *fs, const struct fuse_cmdline_opts *copts, struct fuse_loop_config **lcfg)
+{
+	if (copts->singlethread)
+		return fuse_session_loop(fs->se);
+	*lcfg = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_clone_fd(*lcfg, (unsigned)copts->clone_fd);
+	fuse_loop_cfg_set_max_threads(*lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
+	fuse_loop_cfg_set_idle_threads(*lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
+	return fuse_session_loop_mt(fs->se, *lcfg);
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts copts = {0};
+	struct fuse_loop_config *lcfg = NULL;
+	struct fuse_lowlevel_ops ops;
+	struct rkd_fs *fs = calloc(1, sizeof(*fs));
+	int ret = 1;
+	bool start_failed = false; /* journal, walker or reclaimer did not start after the mount */
+
+	rk_harden_process();
+	if (!fs)
+		return 1;
+	opts_default(fs);
 	if (fuse_opt_parse(&args, fs, rkd_optspec, opt_proc) < 0)
 		return 2;
 	if (fuse_parse_cmdline(&args, &copts) != 0)
@@ -261,75 +219,12 @@ int main(int argc, char *argv[])
 	}
 	if (copts.debug)
 		rk_log_set_level(RK_LOG_DEBUG);
-	fs->datadir_real = realpath(fs->datadir, NULL);
-	if (!fs->datadir_real) {
-		rk_err("data directory %s: %s", fs->datadir, strerror(errno));
-		goto out;
-	}
-	fs->datadir_len = strlen(fs->datadir_real);
-	if (fs->datadir_len == 1)
-		fs->datadir_len = 0; /* "/" */
-	/* opened before the mount: DATADIR may be covered by it */
-	fs->rootfd = open(fs->datadir_real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fs->rootfd < 0) {
-		rk_err("cannot open data directory %s: %s", fs->datadir, strerror(errno));
-		goto out;
-	}
-	/* absolute: the daemon changes to / when it detaches */
-	char *keydir_real = realpath(rk_keydir_resolve(fs->o.keydir), NULL);
-	if (!keydir_real) {
-		rk_err("key directory %s: %s", rk_keydir_resolve(fs->o.keydir), strerror(errno));
-		goto out;
-	}
-	int kret = rk_keyring_new(keydir_real, &fs->kr);
-	free(keydir_real);
-	if (kret < 0)
-		goto out;
-	if (open_datadir(fs) < 0)
+	if (rkd_fs_init(fs) < 0)
 		goto out;
 
-	fs->started = time(NULL);
-	pthread_mutex_init(&fs->itab_lock, NULL);
-	{
-		/* writer-preferring: a rekey's short rename is not starved by lookups
-		 * (no path takes ns_lock recursively) */
-		pthread_rwlockattr_t a;
-		pthread_rwlockattr_init(&a);
-		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-		pthread_rwlock_init(&fs->ns_lock, &a);
-		pthread_rwlockattr_destroy(&a);
-	}
-	pthread_mutex_init(&fs->dirty_lock, NULL);
-	pthread_rwlock_init(&fs->policy_lock, NULL);
-	atomic_store(&fs->policy_gen, 1);
-	fs->root.fd = open(fs->datadir_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (fs->root.fd < 0) {
-		rk_err("cannot open data directory %s: %s", fs->datadir, strerror(errno));
-		goto out;
-	}
-	struct stat rst;
-	if (fstat(fs->root.fd, &rst) < 0)
-		goto out;
-	fs->root.dev = rst.st_dev;
-	fs->root.ino = rst.st_ino;
-	fs->root.type = S_IFDIR;
-	fs->root.nlookup = 2;
-	fs->root.hdr_kind = -1;
-	pthread_mutex_init(&fs->root.lock, NULL);
-	pthread_cond_init(&fs->root.closed, NULL);
-	setup_virtual(fs);
-
-	/* the kernel checks permissions against the attributes we report: without
-	 * it, allow_other would let every user open every file */
-	fuse_opt_add_arg(&args, "-odefault_permissions");
-	char fsname[PATH_MAX + 32];
-	snprintf(fsname, sizeof(fsname), "-ofsname=%s", fs->datadir_real);
-	if (!strchr(fs->datadir_real, ','))
-		fuse_opt_add_arg(&args, fsname);
-	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
-	fuse_opt_add_arg(&args, "-osubtype=rekeyfs");
-
-	fs->se = fuse_session_new(&args, &rkd_ops, sizeof(rkd_ops), fs);
+	add_mount_args(fs, &args);
+	rkd_fs_ops(&ops);
+	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
 	if (!fs->se)
 		goto out;
 	if (fuse_set_signal_handlers(fs->se) != 0)
@@ -346,26 +241,13 @@ int main(int argc, char *argv[])
 		rk_warn("cannot lock key memory (%s): keys may be swapped out (raise RLIMIT_MEMLOCK)", strerror(-lret));
 	/* threads start after the fork of fuse_daemonize */
 	fs->mountpoint = realpath(copts.mountpoint, NULL);
-	if (rk_journal_open(fs->dd, fs->kr, NULL, &fs->j) < 0 || (fs->o.walker && rkd_walker_init(fs) < 0) ||
-	    rkd_reclaim_start(fs) < 0) {
-		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
+	if (rkd_fs_start(fs) < 0) {
 		start_failed = true;
 		goto out_unmount;
 	}
-	rkd_readahead_start(fs);
-	if (copts.singlethread) {
-		ret = fuse_session_loop(fs->se);
-	} else {
-		lcfg = fuse_loop_cfg_create();
-		fuse_loop_cfg_set_clone_fd(lcfg, (unsigned)copts.clone_fd);
-		fuse_loop_cfg_set_max_threads(lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
-		fuse_loop_cfg_set_idle_threads(lcfg, (unsigned)(fs->o.max_threads > 0 ? fs->o.max_threads : 8));
-		ret = fuse_session_loop_mt(fs->se, lcfg);
-	}
+	ret = run_loop(fs, &copts, &lcfg);
 out_unmount:
-	rkd_readahead_stop(fs);
-	rkd_reclaim_stop(fs);
-	rkd_walker_shutdown(fs);
+	rkd_fs_stop(fs);
 	fuse_session_unmount(fs->se);
 	/* the loop returns the signal number when SIGTERM/SIGINT ended it: a clean stop */
 	if (ret > 0)
@@ -380,30 +262,9 @@ out_session:
 out:
 	if (lcfg)
 		fuse_loop_cfg_destroy(lcfg);
-	if (fs->j && rk_journal_close(fs->j) < 0) {
-		rk_err("%s: the journal could not be emptied at unmount; it is replayed at the next mount",
-		       fs->datadir);
+	if (rkd_fs_destroy(fs) < 0)
 		ret = 1;
-	} else if (fs->j) {
-		rkd_clean_dirty_headers(fs);
-	}
-	free(fs->dirty);
-	rkd_inodes_free(fs);
-	rkd_size_cache_free();
-	if (fs->root.fd >= 0)
-		close(fs->root.fd);
-	rk_crypto_thread_cleanup();
-	rk_datadir_close(fs->dd);
-	rk_keyring_free(fs->kr);
-	if (fs->rootfd >= 0)
-		close(fs->rootfd);
 	free(copts.mountpoint);
 	fuse_opt_free_args(&args);
-	free(fs->datadir_real);
-	free(fs->mountpoint);
-	free(fs->datadir);
-	free(fs->o.keydir);
-	free(fs->o.key);
-	free(fs);
 	return ret ? 1 : 0;
 }

@@ -845,6 +845,7 @@ int rkd_walker_init(struct rkd_fs *fs)
 		rk_info("walker: rekey_on_mount: a full sweep starts now");
 	}
 	fs->w = w;
+	fs->lazy_hook = rkd_lazy_hook; /* registered before any file opens: the read hook of writable chunk files */
 	if (pthread_create(&w->thr, NULL, walker_main, w) != 0 || pthread_create(&w->lazy_thr, NULL, lazy_main, w) != 0) {
 		rk_err("cannot start the walker threads");
 		return -EAGAIN;
