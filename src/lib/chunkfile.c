@@ -107,7 +107,7 @@ uint64_t rk_cf_size(struct rk_cf *cf)
 uint64_t rk_cf_nchunks(struct rk_cf *cf)
 {
 	uint64_t s = rk_cf_size(cf);
-	return (s + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
+	return rk_chunk_count(s, cf->hdr.chunk_size);
 }
 
 bool rk_cf_disk_dirty(struct rk_cf *cf)
@@ -707,7 +707,7 @@ out:
 static int cf_recount_locked(struct rk_cf *cf)
 {
 	uint64_t counts[RK_CF_MAX_KEYS] = {0};
-	uint64_t n = (cf->hdr.size + cf->hdr.chunk_size - 1) / cf->hdr.chunk_size;
+	uint64_t n = rk_chunk_count(cf->hdr.size, cf->hdr.chunk_size);
 	pthread_mutex_unlock(&cf->lock);
 	/* holes are skipped: the cost follows the slots that exist */
 	for (uint64_t i = rk_cf_next_slot(cf, 0, n); i < n; i = rk_cf_next_slot(cf, i + 1, n)) {

@@ -148,7 +148,7 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	if (size == old)
 		return 0;
 	pthread_mutex_lock(&cf->lock);
-	if (size < old && (size + cs - 1) / cs <= cf->miss_from && cf->miss_end > cf->miss_from) {
+	if (size < old && rk_chunk_count(size, cs) <= cf->miss_from && cf->miss_end > cf->miss_from) {
 		/* every chunk a cut-short file lost is cut off: out of the count */
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 			cf->hdr.keys[j].count -= RK_MIN(cf->hdr.keys[j].count, cf->miss_per_key[j]);
@@ -184,7 +184,7 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	}
 	/* chunks wholly past the new end leave the count */
 	if (size < old) {
-		uint64_t first = (size + cs - 1) / cs, last = (old + cs - 1) / cs;
+		uint64_t first = rk_chunk_count(size, cs), last = rk_chunk_count(old, cs);
 		for (uint64_t i = rk_cf_next_slot(cf, first, last); i < last; i = rk_cf_next_slot(cf, i + 1, last)) {
 			int cur;
 			ret = rk_cf_chunk_keyidx(cf, i, &cur);
@@ -209,7 +209,7 @@ int rk_cf_truncate(struct rk_cf *cf, uint64_t size, struct rk_key *key, enum rk_
 	if (ret < 0)
 		return ret;
 	if (size < old && cf->writer.truncated) {
-		ret = cf->writer.truncated(cf->writer.ctx, cf, (size + cs - 1) / cs);
+		ret = cf->writer.truncated(cf->writer.ctx, cf, rk_chunk_count(size, cs));
 		if (ret < 0)
 			return ret;
 	}
