@@ -58,6 +58,13 @@ struct rctx {
 	char root[PATH_MAX];  /* its real path ("" for /) */
 	size_t rootlen;
 	char jname[PATH_MAX]; /* for messages */
+	/* the replay's state, freed by replay_free */
+	struct rrec *recs;    /* the authentic records, in order */
+	size_t nrecs, cap;
+	struct rfile *files;  /* their target files, by file id */
+	uint8_t *buf;         /* the record being read */
+	size_t bufcap;
+	uint64_t napplied;    /* records written */
 };
 
 static size_t rec_total(const struct rrec *r)
@@ -428,122 +435,119 @@ static int header_check(struct rctx *c, struct rk_keyring *kr)
 	return ret;
 }
 
-int rk_journal_replay(struct rk_datadir *dd, struct rk_keyring *kr, uint64_t *applied)
+/* Open the journal and look at it: 0 a replay is due (c->fd, c->size set),
+ * 1 nothing to do (absent or empty), 2 nothing acknowledged in it (to be
+ * emptied), or -errno (logged).  c->fd is -1 unless it was opened. */
+static int replay_open(struct rctx *c)
 {
-	struct rrec *recs = NULL;
-	size_t nrecs = 0, cap = 0;
-	struct rfile *files = NULL, *f, *tmp;
-	uint8_t *buf = NULL;
-	size_t bufcap = 0;
-	uint64_t napplied = 0;
-	int ret = 0;
 	struct stat st;
-	struct rctx c = {.dd = dd};
-	if (applied)
-		*applied = 0;
-	snprintf(c.jname, sizeof(c.jname), "%s/%s/%s", dd->path, RK_STATE_DIR, RK_JOURNAL_NAME);
-	c.fd = openat(dd->statefd, RK_JOURNAL_NAME, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-	if (c.fd < 0) {
+	int ret = 0;
+	snprintf(c->jname, sizeof(c->jname), "%s/%s/%s", c->dd->path, RK_STATE_DIR, RK_JOURNAL_NAME);
+	c->fd = openat(c->dd->statefd, RK_JOURNAL_NAME, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (c->fd < 0) {
 		if (errno == ENOENT)
-			return 0;
+			return 1;
 		ret = -errno;
-		rk_err("%s: cannot open the journal: %s (a symlink or not a file?); nothing is replayed", c.jname,
+		rk_err("%s: cannot open the journal: %s (a symlink or not a file?); nothing is replayed", c->jname,
 		       strerror(errno));
 		return ret;
 	}
-	if (fstat(c.fd, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
+	if (fstat(c->fd, &st) < 0)
+		return -errno;
 	if (st.st_size == 0)
-		goto out;
+		return 1;
 	if (!S_ISREG(st.st_mode)) {
-		rk_err("%s: not a regular file; nothing is replayed", c.jname);
-		ret = -EUCLEAN;
-		goto out;
+		rk_err("%s: not a regular file; nothing is replayed", c->jname);
+		return -EUCLEAN;
 	}
-	c.size = (uint64_t)st.st_size;
+	c->size = (uint64_t)st.st_size;
 	uint8_t magic[4] = {0};
-	if (rk_pread_full(c.fd, magic, RK_MIN(sizeof(magic), (size_t)c.size), 0) < 0) {
-		ret = -EIO;
-		goto out;
-	}
-	if (memcmp(magic, rk_jrec_v1_magic, 4) == 0 && c.size >= REC_V1_HDR + REC_SUM) {
+	if (rk_pread_full(c->fd, magic, RK_MIN(sizeof(magic), (size_t)c->size), 0) < 0)
+		return -EIO;
+	if (memcmp(magic, rk_jrec_v1_magic, 4) == 0 && c->size >= REC_V1_HDR + REC_SUM) {
 		rk_err("%s: a version-1 journal (unauthenticated records, written by an older rekeyfs) holding %" PRIu64
 		       " bytes: it is not replayed. If this data directory was last used by that older version, replay "
 		       "it with it (mount and unmount, or rekeyctl fsck) before upgrading; otherwise move the journal "
-		       "aside, which discards the chunk writes it holds", c.jname, c.size);
-		ret = -EPROTONOSUPPORT;
-		goto out;
+		       "aside, which discards the chunk writes it holds", c->jname, c->size);
+		return -EPROTONOSUPPORT;
 	}
-	if (c.size < JHDR_SIZE + REC_HDR + REC_SUM) {
+	if (c->size < JHDR_SIZE + REC_HDR + REC_SUM) {
 		/* an append cut short before its first record was complete: nothing acknowledged */
-		rk_info("%s: %" PRIu64 " bytes without a complete record ignored (never acknowledged)", c.jname, c.size);
-		goto empty;
+		rk_info("%s: %" PRIu64 " bytes without a complete record ignored (never acknowledged)", c->jname, c->size);
+		return 2;
 	}
-	if (fstat(dd->dirfd, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	c.dev = st.st_dev;
+	return 0;
+}
+
+/* The data directory's filesystem and real path, for the confinement checks. */
+static int replay_root(struct rctx *c)
+{
+	struct stat st;
+	int ret;
+	if (fstat(c->dd->dirfd, &st) < 0)
+		return -errno;
+	c->dev = st.st_dev;
 	char lp[64];
-	snprintf(lp, sizeof(lp), "/proc/self/fd/%d", dd->dirfd);
-	ssize_t rl = readlink(lp, c.root, sizeof(c.root) - 1);
+	snprintf(lp, sizeof(lp), "/proc/self/fd/%d", c->dd->dirfd);
+	ssize_t rl = readlink(lp, c->root, sizeof(c->root) - 1);
 	if (rl <= 0) {
 		ret = rl < 0 ? -errno : -EIO;
-		rk_err("%s: cannot find the data directory's path: %s", c.jname, rk_strerror(ret));
-		goto out;
+		rk_err("%s: cannot find the data directory's path: %s", c->jname, rk_strerror(ret));
+		return ret;
 	}
-	c.root[rl] = '\0';
-	c.rootlen = strcmp(c.root, "/") == 0 ? 0 : (size_t)rl;
-	ret = header_check(&c, kr);
-	if (ret < 0)
-		goto out;
-	rk_info("%s: replaying the journal (%" PRIu64 " bytes) left by an interrupted daemon or tool", dd->path, c.size);
-	/* pass 1: the authentic records, in order */
+	c->root[rl] = '\0';
+	c->rootlen = strcmp(c->root, "/") == 0 ? 0 : (size_t)rl;
+	return 0;
+}
+
+/* Pass 1: the authentic records, in order, into c->recs.  A damaged tail
+ * that was never acknowledged ends the list; damage before an
+ * acknowledged record is an error (nothing is replayed). */
+static int read_records(struct rctx *c)
+{
 	uint64_t pos = JHDR_SIZE, last_seq = 0;
-	while (pos < c.size) {
+	while (pos < c->size) {
 		struct rrec r;
-		int rr = rec_read(&c, pos, &r, &buf, &bufcap);
+		int rr = rec_read(c, pos, &r, &c->buf, &c->bufcap);
 		if (rr == 0 && r.seq <= last_seq)
 			rr = -EBADMSG;
-		if (rr == -ENOMEM || rr == -EIO) {
-			ret = rr;
-			goto out;
-		}
+		if (rr == -ENOMEM || rr == -EIO)
+			return rr;
 		if (rr != 0) {
-			int t = rr == 1 ? 1 : torn_tail(&c, pos, last_seq);
-			if (t < 0) {
-				ret = t;
-				goto out;
-			}
+			int t = rr == 1 ? 1 : torn_tail(c, pos, last_seq);
+			if (t < 0)
+				return t;
 			if (t == 0) {
 				rk_err("%s: the record at offset %" PRIu64 " is damaged or forged (%s) but a later authentic "
 				       "record shows it had been made durable; nothing is replayed. Move the journal aside to "
-				       "mount without the writes it holds", c.jname, pos,
+				       "mount without the writes it holds", c->jname, pos,
 				       rr == 1 ? "cut short" : "bad fields or authentication");
-				ret = -EBADMSG;
-				goto out;
+				return -EBADMSG;
 			}
 			rk_warn("%s: %" PRIu64 " bytes of an incomplete or unauthentic last record at offset %" PRIu64
-			        " ignored (an append cut short, never acknowledged)", c.jname, c.size - pos, pos);
+			        " ignored (an append cut short, never acknowledged)", c->jname, c->size - pos, pos);
 			break;
 		}
-		if (nrecs == cap) {
-			cap = cap ? cap * 2 : 256;
-			struct rrec *nr = realloc(recs, cap * sizeof(*nr));
-			if (!nr) {
-				ret = -ENOMEM;
-				goto out;
-			}
-			recs = nr;
+		if (c->nrecs == c->cap) {
+			size_t cap = c->cap ? c->cap * 2 : 256;
+			struct rrec *nr = realloc(c->recs, cap * sizeof(*nr));
+			if (!nr)
+				return -ENOMEM;
+			c->recs = nr;
+			c->cap = cap;
 		}
-		recs[nrecs++] = r;
+		c->recs[c->nrecs++] = r;
 		last_seq = r.seq;
 		pos += rec_total(&r);
 	}
-	/* a truncation kills earlier records of the same file at or past its cut */
-	for (size_t t = 0; t < nrecs; t++) {
+	return 0;
+}
+
+/* A truncation kills earlier records of the same file at or past its cut. */
+static void kill_truncated(struct rctx *c)
+{
+	struct rrec *recs = c->recs;
+	for (size_t t = 0; t < c->nrecs; t++) {
 		if (recs[t].type != REC_TRUNC)
 			continue;
 		uint64_t cut = (uint64_t)RK_HDR_AREA + recs[t].a * (uint64_t)recs[t].old_end;
@@ -552,63 +556,81 @@ int rk_journal_replay(struct rk_datadir *dd, struct rk_keyring *kr, uint64_t *ap
 			    memcmp(recs[i].file_id, recs[t].file_id, RK_FILE_ID_BYTES) == 0)
 				recs[i].dead = true;
 	}
-	/* pass 2: every live record's target resolved and its slot checked
-	 * before anything is written; pass 3: write the images in order */
-	for (int pass = 2; pass <= 3; pass++) {
-		for (size_t i = 0; i < nrecs; i++) {
-			struct rrec *r = &recs[i], r2;
-			if (r->type != REC_SLOT || r->dead)
-				continue;
-			int rr = rec_read(&c, r->joff, &r2, &buf, &bufcap);
-			if (rr != 0 || r2.seq != r->seq) {
-				rk_err("%s: the record at offset %" PRIu64 " changed during replay; stopped", c.jname, r->joff);
-				ret = rr < 0 && rr != -EBADMSG ? rr : -EBADMSG;
-				goto out;
-			}
-			char path[PATH_MAX];
-			memcpy(path, buf + REC_HDR + r->handle_len, r->path_len);
-			path[r->path_len] = '\0';
-			if (strlen(path) != r->path_len)
-				path[0] = '\0'; /* embedded NUL: rejected by rel_check */
-			f = resolve_file(&c, &files, r, buf + REC_HDR, path, &ret);
-			if (!f)
-				goto out;
-			if (f->fd < 0)
-				continue;
-			uint64_t ss = f->slot_size;
-			if (pass == 2) {
-				if (r->a < RK_HDR_AREA || (r->a - RK_HDR_AREA) % ss != 0 || r->a > INT64_MAX - ss ||
-				    r->len > ss || r->old_end > ss) {
-					rk_err("%s: the record at offset %" PRIu64 " writes %" PRIu32 " bytes (clearing to %" PRIu32
-					       ") at offset %" PRIu64 " of %s, which is not one slot of its %" PRIu64
-					       "-byte slot layout; nothing is replayed", c.jname, r->joff, r->len, r->old_end, r->a,
-					       path, ss);
-					ret = -EINVAL;
-					goto out;
-				}
-				continue;
-			}
-			const uint8_t *img = buf + REC_HDR + r->handle_len + r->path_len;
-			ret = rk_pwrite_full(f->fd, img, r->len, (off_t)r->a);
-			if (ret == 0 && r->old_end > r->len)
-				ret = rk_zero_range(f->fd, r->a + r->len, r->old_end - r->len);
-			if (ret < 0) {
-				rk_err("journal replay: cannot write %s at offset %" PRIu64 ": %s; the journal is kept, fix the "
-				       "cause (free space?) and run again", path, r->a, strerror(-ret));
-				goto out;
-			}
-			napplied++;
-		}
+}
+
+/* Does record r write exactly one slot of its file's layout? */
+static int slot_check(struct rctx *c, const struct rrec *r, const char *path, uint64_t ss)
+{
+	if (r->a < RK_HDR_AREA || (r->a - RK_HDR_AREA) % ss != 0 || r->a > INT64_MAX - ss || r->len > ss ||
+	    r->old_end > ss) {
+		rk_err("%s: the record at offset %" PRIu64 " writes %" PRIu32 " bytes (clearing to %" PRIu32
+		       ") at offset %" PRIu64 " of %s, which is not one slot of its %" PRIu64
+		       "-byte slot layout; nothing is replayed", c->jname, r->joff, r->len, r->old_end, r->a, path, ss);
+		return -EINVAL;
 	}
-	/* the touched files: durable, and their headers recounted exactly */
-	HASH_ITER(hh, files, f, tmp)
+	return 0;
+}
+
+/* Redo one live slot record.  pass 2: resolve its target and check the
+ * slot, writing nothing; pass 3: write the image. */
+static int redo_record(struct rctx *c, struct rrec *r, int pass)
+{
+	struct rrec r2;
+	int ret = 0;
+	int rr = rec_read(c, r->joff, &r2, &c->buf, &c->bufcap);
+	if (rr != 0 || r2.seq != r->seq) {
+		rk_err("%s: the record at offset %" PRIu64 " changed during replay; stopped", c->jname, r->joff);
+		return rr < 0 && rr != -EBADMSG ? rr : -EBADMSG;
+	}
+	char path[PATH_MAX];
+	memcpy(path, c->buf + REC_HDR + r->handle_len, r->path_len);
+	path[r->path_len] = '\0';
+	if (strlen(path) != r->path_len)
+		path[0] = '\0'; /* embedded NUL: rejected by rel_check */
+	struct rfile *f = resolve_file(c, &c->files, r, c->buf + REC_HDR, path, &ret);
+	if (!f)
+		return ret;
+	if (f->fd < 0)
+		return 0;
+	if (pass == 2)
+		return slot_check(c, r, path, f->slot_size);
+	const uint8_t *img = c->buf + REC_HDR + r->handle_len + r->path_len;
+	ret = rk_pwrite_full(f->fd, img, r->len, (off_t)r->a);
+	if (ret == 0 && r->old_end > r->len)
+		ret = rk_zero_range(f->fd, r->a + r->len, r->old_end - r->len);
+	if (ret < 0) {
+		rk_err("journal replay: cannot write %s at offset %" PRIu64 ": %s; the journal is kept, fix the "
+		       "cause (free space?) and run again", path, r->a, strerror(-ret));
+		return ret;
+	}
+	c->napplied++;
+	return 0;
+}
+
+/* Pass 2: every live record's target resolved and its slot checked before
+ * anything is written; pass 3: write the images in order. */
+static int redo_records(struct rctx *c)
+{
+	int ret = 0;
+	for (int pass = 2; pass <= 3 && ret == 0; pass++)
+		for (size_t i = 0; i < c->nrecs && ret == 0; i++)
+			if (c->recs[i].type == REC_SLOT && !c->recs[i].dead)
+				ret = redo_record(c, &c->recs[i], pass);
+	return ret;
+}
+
+/* The touched files: durable, and their headers recounted exactly. */
+static int sync_files(struct rctx *c)
+{
+	struct rfile *f, *tmp;
+	HASH_ITER(hh, c->files, f, tmp)
 	{
 		if (f->fd < 0)
 			continue;
 		if (fdatasync(f->fd) < 0) {
-			ret = -errno;
+			int ret = -errno;
 			rk_err("journal replay: fdatasync %s: %s", f->path, strerror(errno));
-			goto out;
+			return ret;
 		}
 		struct rk_cf *cf;
 		int r = rk_cf_open(f->fd, f->path, NULL, true, &cf);
@@ -621,28 +643,64 @@ int rk_journal_replay(struct rk_datadir *dd, struct rk_keyring *kr, uint64_t *ap
 		if (r < 0)
 			rk_warn("journal replay: %s: cannot recount the header: %s", f->path, rk_strerror(r));
 	}
-	rk_crashpoint("journal.replayed");
-	rk_info("%s: journal replayed: %" PRIu64 " chunk writes redone", dd->path, napplied);
-empty:
-	if (ftruncate(c.fd, 0) < 0 || fsync(c.fd) < 0) {
-		ret = -errno;
-		rk_err("%s: cannot empty the journal after replay: %s", dd->path, strerror(errno));
-		goto out;
-	}
-	if (applied)
-		*applied = napplied;
-out:
-	HASH_ITER(hh, files, f, tmp)
+	return 0;
+}
+
+static void replay_free(struct rctx *c)
+{
+	struct rfile *f, *tmp;
+	HASH_ITER(hh, c->files, f, tmp)
 	{
-		HASH_DEL(files, f);
+		HASH_DEL(c->files, f);
 		if (f->fd >= 0)
 			close(f->fd);
 		free(f);
 	}
-	jmac_free(&c.mac);
-	free(buf);
-	free(recs);
-	close(c.fd);
+	jmac_free(&c->mac);
+	free(c->buf);
+	free(c->recs);
+	if (c->fd >= 0)
+		close(c->fd);
+}
+
+int rk_journal_replay(struct rk_datadir *dd, struct rk_keyring *kr, uint64_t *applied)
+{
+	struct rctx c = {.dd = dd, .fd = -1};
+	if (applied)
+		*applied = 0;
+	int ret = replay_open(&c);
+	if (ret == 0)
+		ret = replay_root(&c);
+	if (ret == 0)
+		ret = header_check(&c, kr);
+	if (ret == 0) {
+		rk_info("%s: replaying the journal (%" PRIu64 " bytes) left by an interrupted daemon or tool", dd->path,
+		        c.size);
+		ret = read_records(&c);
+	}
+	if (ret == 0) {
+		kill_truncated(&c);
+		ret = redo_records(&c);
+	}
+	if (ret == 0)
+		ret = sync_files(&c);
+	if (ret == 0) {
+		rk_crashpoint("journal.replayed");
+		rk_info("%s: journal replayed: %" PRIu64 " chunk writes redone", dd->path, c.napplied);
+	}
+	if (ret == 0 || ret == 2) {
+		/* replayed, or nothing acknowledged: empty the journal */
+		ret = 0;
+		if (ftruncate(c.fd, 0) < 0 || fsync(c.fd) < 0) {
+			ret = -errno;
+			rk_err("%s: cannot empty the journal after replay: %s", dd->path, strerror(errno));
+		}
+		if (ret == 0 && applied)
+			*applied = c.napplied;
+	}
+	if (ret == 1)
+		ret = 0; /* absent or empty: nothing to do */
+	replay_free(&c);
 	return ret;
 }
 
