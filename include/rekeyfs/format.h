@@ -136,6 +136,10 @@ struct rk_hdr_sel {
 	unsigned version;
 };
 int rk_hdr_select(const uint8_t *area, bool check_other, struct rk_cf_header *h, struct rk_hdr_sel *sel);
+/* With copy `which` of area in use (it verifies): the other copy when it
+ * was overwritten (damage, not a torn or older copy: no magic and not all
+ * zero, or copy A all zero), else -1. */
+int rk_hdr_damaged_copy(const uint8_t *area, int which);
 
 /* ---- slot arithmetic: every offset, index and count of the layout ---------
  * (tests/unit/test_slots.c) */

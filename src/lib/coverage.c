@@ -402,17 +402,7 @@ static int decode_area(uint8_t *buf, ssize_t n, struct rk_cf_header *h, unsigned
 		*version = sel.version;
 	if (ret < 0)
 		return ret == -EPROTONOSUPPORT ? ret : -EUCLEAN;
-	int first = sel.which;
-	/* the copy in use verifies.  The other one is damage, not a torn write,
-	 * when it lacks the magic and is not all zero, or when it is copy A and
-	 * zero (copy A is written first, at creation; only copy B may be
-	 * missing).  A torn or older copy keeps the magic. */
-	const uint8_t *o = buf + (1 - first) * RK_HDR_COPY_SIZE;
-	bool zero = true;
-	for (size_t i = 0; i < RK_HDR_COPY_SIZE && zero; i++)
-		zero = o[i] == 0;
-	if (memcmp(o, rk_magic, RK_MAGIC_LEN) != 0 && (!zero || first == 1))
-		*damaged = 1 - first;
+	*damaged = rk_hdr_damaged_copy(buf, sel.which);
 	return 0;
 }
 

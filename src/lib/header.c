@@ -176,6 +176,19 @@ int rk_hdr_select(const uint8_t *area, bool check_other, struct rk_cf_header *h,
 	return -EUCLEAN;
 }
 
+int rk_hdr_damaged_copy(const uint8_t *area, int which)
+{
+	/* the copy in use verifies.  The other one is damage, not a torn write,
+	 * when it lacks the magic and is not all zero, or when it is copy A and
+	 * zero (copy A is written first, at creation; only copy B may be
+	 * missing).  A torn or older copy keeps the magic. */
+	const uint8_t *o = area + (1 - which) * RK_HDR_COPY_SIZE;
+	bool zero = all_zero(o, RK_HDR_COPY_SIZE);
+	if (memcmp(o, rk_magic, RK_MAGIC_LEN) != 0 && (!zero || which == 1))
+		return 1 - which;
+	return -1;
+}
+
 int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which)
 {
 	uint8_t *buf = rk_scratch(RK_SCR_HDR, RK_HDR_AREA);
