@@ -203,6 +203,10 @@ struct rk_cf_writer {
  * i.e. the hole it was (slot headers sit at 64-byte aligned offsets, so the
  * header write never spans two pages and is never torn by a kill). */
 int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len);
+/* The same for slot idx of an open chunk file: what every writer does with
+ * a slot that was a hole (old_end 0), the in-place default and the journal
+ * alike: a hole holds no data, so nothing needs journaling. */
+int rk_cf_write_hole(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len);
 /* Zero [off, off+len) of fd: punch whole blocks, write zeros at the edges. */
 int rk_zero_range(int fd, uint64_t off, uint64_t len);
 /* The stored file's access and modification times are the user's: writes
@@ -237,6 +241,11 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 /* Forget the in-memory state (does not write; call rk_cf_sync first). */
 void rk_cf_close(struct rk_cf *cf);
 
+/* The writer and the read hook are given once, right after rk_cf_open or
+ * rk_cf_create and before the file is shared with other threads (the
+ * journal's rk_journal_attach_file installs itself), and reset (w NULL: the
+ * in-place default) only when no other thread uses the file any more:
+ * calls read them without a lock. */
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w);
 void rk_cf_get_writer(const struct rk_cf *cf, struct rk_cf_writer *w);
 /* Called after every successful chunk read with the chunk's key entry (the
@@ -246,8 +255,10 @@ void rk_cf_set_read_hook(struct rk_cf *cf, rk_cf_read_hook fn, void *arg);
 /* Header entry naming key (same name and fingerprint), or -1. */
 int rk_cf_key_entry(struct rk_cf *cf, const struct rk_key *key);
 int rk_cf_fd(const struct rk_cf *cf);
+/* The path used in messages, owned by the rk_cf: valid until rk_cf_close
+ * (a rename's old path is kept until then, never freed under a reader). */
 const char *rk_cf_path(const struct rk_cf *cf);
-/* Update the path used in messages (after a rename). */
+/* Update the path used in messages (after a rename); the string is copied. */
 void rk_cf_set_path(struct rk_cf *cf, const char *path);
 uint64_t rk_cf_size(struct rk_cf *cf);
 uint32_t rk_cf_chunk_size(const struct rk_cf *cf);

@@ -91,8 +91,13 @@ void rk_cf_set_path(struct rk_cf *cf, const char *path)
 	if (!np)
 		return;
 	pthread_mutex_lock(&cf->lock);
-	free(cf->path);
-	cf->path = np;
+	char **r = realloc(cf->retired, (cf->nretired + 1) * sizeof(*r));
+	if (r) {
+		cf->retired = r;
+		cf->retired[cf->nretired++] = atomic_exchange(&cf->path, np);
+	} else {
+		free(np); /* keep the old path: a stale name in messages, never a freed one */
+	}
 	pthread_mutex_unlock(&cf->lock);
 }
 
@@ -164,13 +169,17 @@ int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len)
 	return ret;
 }
 
+int rk_cf_write_hole(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len)
+{
+	return rk_write_slot_direct(cf->fd, rk_slot_off(cf->hdr.slot_size, idx), slot, len);
+}
+
 static int default_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len,
                               size_t old_end)
 {
 	(void)ctx;
 	uint64_t off = rk_slot_off(cf->hdr.slot_size, idx);
-	int ret = old_end == 0 ? rk_write_slot_direct(cf->fd, off, slot, len)
-	                       : rk_pwrite_full(cf->fd, slot, len, (off_t)off);
+	int ret = old_end == 0 ? rk_cf_write_hole(cf, idx, slot, len) : rk_pwrite_full(cf->fd, slot, len, (off_t)off);
 	if (ret == 0 && old_end > len)
 		ret = rk_zero_range(cf->fd, off + len, old_end - len);
 	return ret;
@@ -294,6 +303,9 @@ void rk_cf_close(struct rk_cf *cf)
 	pthread_mutex_destroy(&cf->times_lock);
 	free(cf->fresh_bits);
 	free(cf->low_bits);
+	for (size_t i = 0; i < cf->nretired; i++)
+		free(cf->retired[i]);
+	free(cf->retired);
 	free(cf->path);
 	free(cf);
 }

@@ -32,7 +32,13 @@ struct keyslot {
 
 struct rk_cf {
 	int fd;
-	char *path;
+	/* the path for messages: owned by the rk_cf.  A rename replaces it
+	 * (rk_cf_set_path, under lock) and retires the old string instead of
+	 * freeing it, so a pointer another thread read stays valid until
+	 * rk_cf_close; atomic so that readers need no lock. */
+	char *_Atomic path;
+	char **retired;                  /* old paths, freed at close (protected by lock) */
+	size_t nretired;
 	struct rk_keyring *kr;
 	bool writable;
 	pthread_mutex_t lock;           /* rank RK_RANK_CF (80): header state, key slots */

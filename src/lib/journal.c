@@ -29,7 +29,7 @@
 #include "rekeyfs/keys.h"
 #include "journal_int.h"
 
-struct jfile {
+struct rk_journal_file {
 	struct rk_journal *j;
 	struct rk_cf *cf;
 	uint8_t file_id[RK_FILE_ID_BYTES];
@@ -40,11 +40,12 @@ struct jfile {
 	unsigned npending;     /* queued entries of this file */
 	bool dirty;            /* applied since the last checkpoint: its dup is in the dirty list */
 	uint64_t gen;          /* journal generation of its last slot record */
-	struct jfile *prev, *next; /* live (attached) files */
+	struct rk_journal_file *prev, *next; /* live (attached) files */
+	UT_hash_handle cfh;    /* in j->by_cf, keyed by the cf pointer (old by-cf API) */
 };
 
 struct jkey {
-	struct jfile *jf;
+	struct rk_journal_file *jf;
 	uint64_t idx;
 };
 
@@ -84,7 +85,8 @@ struct rk_journal {
 	size_t ndirty, capdirty;
 	struct jent *applying;   /* being written in place (lock dropped) */
 	uint64_t generation;     /* bumped each time the journal is emptied */
-	struct jfile *files;     /* attached files */
+	struct rk_journal_file *files;     /* attached files */
+	struct rk_journal_file *by_cf;     /* the same, by their rk_cf (hash) */
 	bool stop;
 	pthread_t thr;
 	struct rk_journal_stats st;
@@ -95,7 +97,7 @@ struct rk_journal {
 
 /* ---- record encoding ------------------------------------------------------------ */
 static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t len, uint32_t old_end,
-                       const struct jfile *jf, uint16_t pathlen, uint64_t durable)
+                       const struct rk_journal_file *jf, uint16_t pathlen, uint64_t durable)
 {
 	memset(h, 0, REC_HDR);
 	memcpy(h, rk_jrec_magic, 4);
@@ -113,7 +115,7 @@ static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t 
 
 /* Append one record; caller holds j->lock.  Returns 0 or -errno. */
 static int rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,
-                      struct jfile *jf, uint64_t *seq_out)
+                      struct rk_journal_file *jf, uint64_t *seq_out)
 {
 	uint8_t hdr[REC_HDR], sum[REC_SUM];
 	uint16_t pathlen = (uint16_t)strnlen(jf->path, PATH_MAX - 1);
@@ -225,7 +227,7 @@ static void ent_unhash(struct rk_journal *j, struct jent *e)
 	}
 }
 
-static int add_dirty(struct rk_journal *j, struct jfile *jf)
+static int add_dirty(struct rk_journal *j, struct rk_journal_file *jf)
 {
 	if (jf->dirty)
 		return 0;
@@ -256,7 +258,7 @@ static int apply_one(struct rk_journal *j)
 		return 0;
 	int ret = 0;
 	if (!e->dead) {
-		struct jfile *jf = e->key.jf;
+		struct rk_journal_file *jf = e->key.jf;
 		j->applying = e;
 		pthread_mutex_unlock(&j->lock);
 		int fd = rk_cf_fd(jf->cf);
@@ -344,7 +346,7 @@ static int checkpoint_locked(struct rk_journal *j)
 	j->dirty_fds = NULL;
 	j->ndirty = j->capdirty = 0;
 	/* files get re-added to the new list as they are applied again */
-	for (struct jfile *f = j->files; f; f = f->next)
+	for (struct rk_journal_file *f = j->files; f; f = f->next)
 		f->dirty = false;
 	pthread_mutex_unlock(&j->lock);
 	for (size_t i = 0; i < n; i++) {
@@ -428,13 +430,13 @@ static void *committer(void *arg)
 /* ---- writer hooks --------------------------------------------------------------------- */
 static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len, size_t old_end)
 {
-	struct jfile *jf = ctx;
+	struct rk_journal_file *jf = ctx;
 	struct rk_journal *j = jf->j;
 	uint64_t off = rk_slot_off(rk_cf_slot_size(cf), idx);
 	int ret;
 	if (old_end == 0) {
 		/* a hole holds no data: write directly, header last */
-		return rk_write_slot_direct(rk_cf_fd(cf), off, slot, len);
+		return rk_cf_write_hole(cf, idx, slot, len);
 	}
 	pthread_mutex_lock(&j->lock);
 	size_t aoff = 0, charge = 0;
@@ -502,7 +504,7 @@ out:
 
 static ssize_t j_read_slot(void *ctx, struct rk_cf *cf, uint64_t idx, uint8_t *buf, size_t len)
 {
-	struct jfile *jf = ctx;
+	struct rk_journal_file *jf = ctx;
 	struct rk_journal *j = jf->j;
 	struct jkey k = {jf, idx};
 	struct jent *e;
@@ -522,7 +524,7 @@ static ssize_t j_read_slot(void *ctx, struct rk_cf *cf, uint64_t idx, uint8_t *b
 
 static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 {
-	struct jfile *jf = ctx;
+	struct rk_journal_file *jf = ctx;
 	struct rk_journal *j = jf->j;
 	uint64_t seq;
 	pthread_mutex_lock(&j->lock);
@@ -544,9 +546,10 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 }
 
 /* ---- public API ------------------------------------------------------------------------- */
-int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel)
+int rk_journal_attach_file(struct rk_journal *j, struct rk_cf *cf, const char *rel, struct rk_journal_file **out)
 {
-	struct jfile *jf = calloc(1, sizeof(*jf));
+	struct rk_journal_file *jf = calloc(1, sizeof(*jf));
+	*out = NULL;
 	if (!jf)
 		return -ENOMEM;
 	jf->j = j;
@@ -573,28 +576,21 @@ int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel)
 	if (j->files)
 		j->files->prev = jf;
 	j->files = jf;
+	HASH_ADD_KEYPTR(cfh, j->by_cf, &jf->cf, sizeof(jf->cf), jf);
 	pthread_mutex_unlock(&j->lock);
 	struct rk_cf_writer w = {j_write_slot, j_read_slot, j_truncated, jf};
 	rk_cf_set_writer(cf, &w);
+	*out = jf;
 	return 0;
 }
 
-static struct jfile *jfile_of(struct rk_journal *j, struct rk_cf *cf)
+int rk_journal_detach_file(struct rk_journal_file *jf)
 {
-	struct rk_cf_writer w;
-	rk_cf_get_writer(cf, &w);
-	if (w.write_slot != j_write_slot)
-		return NULL;
-	struct jfile *jf = w.ctx;
-	return jf->j == j ? jf : NULL;
-}
-
-int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
-{
-	struct jfile *jf = jfile_of(j, cf);
 	int ret = 0;
 	if (!jf)
 		return 0;
+	struct rk_journal *j = jf->j;
+	struct rk_cf *cf = jf->cf;
 	pthread_mutex_lock(&j->lock);
 	/* this file's entries must be in place before its fd goes away */
 	while (jf->npending > 0 && !j->error && !j->apply_error) {
@@ -616,20 +612,46 @@ int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
 		j->files = jf->next;
 	if (jf->next)
 		jf->next->prev = jf->prev;
+	HASH_DELETE(cfh, j->by_cf, jf);
 	pthread_mutex_unlock(&j->lock);
 	rk_cf_set_writer(cf, NULL);
 	free(jf);
 	return 0;
 }
 
-void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel)
+void rk_journal_repath_file(struct rk_journal_file *jf, const char *rel)
 {
-	struct jfile *jf = jfile_of(j, cf);
 	if (!jf)
 		return;
-	pthread_mutex_lock(&j->lock);
+	pthread_mutex_lock(&jf->j->lock);
 	snprintf(jf->path, sizeof(jf->path), "%s", rel);
+	pthread_mutex_unlock(&jf->j->lock);
+}
+
+/* ---- the same by chunk file (the handle looked up in the journal's list) ---- */
+int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel)
+{
+	struct rk_journal_file *jf;
+	return rk_journal_attach_file(j, cf, rel, &jf);
+}
+
+static struct rk_journal_file *jfile_of(struct rk_journal *j, struct rk_cf *cf)
+{
+	struct rk_journal_file *jf;
+	pthread_mutex_lock(&j->lock);
+	HASH_FIND(cfh, j->by_cf, &cf, sizeof(cf), jf);
 	pthread_mutex_unlock(&j->lock);
+	return jf;
+}
+
+int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf)
+{
+	return rk_journal_detach_file(jfile_of(j, cf));
+}
+
+void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel)
+{
+	rk_journal_repath_file(jfile_of(j, cf), rel);
 }
 
 int rk_journal_commit(struct rk_journal *j)
@@ -811,8 +833,9 @@ int rk_journal_close(struct rk_journal *j)
 	free(j->dirty_fds);
 	/* files still attached (never closed before unmount): detach them */
 	while (j->files) {
-		struct jfile *jf = j->files;
+		struct rk_journal_file *jf = j->files;
 		j->files = jf->next;
+		HASH_DELETE(cfh, j->by_cf, jf);
 		rk_cf_set_writer(jf->cf, NULL);
 		free(jf);
 	}
