@@ -56,6 +56,7 @@
 #include "compress.h"
 #include "crypto.h"
 #include "keys.h"
+#include "scratch.h"
 
 #define RK_FORMAT_VERSION 1
 #define RK_MAGIC_LEN 8
@@ -122,10 +123,54 @@ int rk_cf_probe_buf(const uint8_t *buf, size_t n);
  * rk_hdr_decode; -EUCLEAN when neither copy verifies.  path is for messages. */
 int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which);
 
+/* The current header copy of a header area already read (RK_HDR_AREA
+ * bytes; bytes past the end of a short file zero).  The copy claiming the
+ * higher seq is decoded first (a tie goes to copy A); the other copy is
+ * decoded only when the first fails or check_other is set.  Returns 0 with
+ * *h and sel->which (0 copy A, 1 copy B); else -EPROTONOSUPPORT (a copy of
+ * an unknown version, sel->version set), -ENOMSG (no copy has the magic) or
+ * -EUCLEAN.  sel->err[i] is copy i's rk_hdr_decode result (1: not decoded). */
+struct rk_hdr_sel {
+	int which;
+	int err[2];
+	unsigned version;
+};
+int rk_hdr_select(const uint8_t *area, bool check_other, struct rk_cf_header *h, struct rk_hdr_sel *sel);
+/* With copy `which` of area in use (it verifies): the other copy when it
+ * was overwritten (damage, not a torn or older copy: no magic and not all
+ * zero, or copy A all zero), else -1. */
+int rk_hdr_damaged_copy(const uint8_t *area, int which);
+
+/* ---- slot arithmetic: every offset, index and count of the layout ---------
+ * (tests/unit/test_slots.c) */
 /* Offset of slot idx in the stored file. */
 static inline uint64_t rk_slot_off(uint32_t slot_size, uint64_t idx)
 {
 	return (uint64_t)RK_HDR_AREA + idx * (uint64_t)slot_size;
+}
+/* Chunks (slots) a plaintext size needs. */
+static inline uint64_t rk_chunk_count(uint64_t size, uint32_t chunk_size)
+{
+	return (size + chunk_size - 1) / chunk_size;
+}
+/* Plaintext bytes of chunk idx in a file of that size (0 past the end). */
+static inline uint64_t rk_chunk_plain_len(uint64_t size, uint32_t chunk_size, uint64_t idx)
+{
+	uint64_t start = idx * chunk_size;
+	if (start >= size)
+		return 0;
+	return size - start < chunk_size ? size - start : chunk_size;
+}
+/* Slots a stored file of length len reaches into (the last one perhaps
+ * only partly): slots from this index on are past its end. */
+static inline uint64_t rk_slots_reached(uint64_t len, uint32_t slot_size)
+{
+	return len <= RK_HDR_AREA ? 0 : (len - RK_HDR_AREA + slot_size - 1) / slot_size;
+}
+/* Slots whose 32-byte slot header lies wholly in a stored file of length len. */
+static inline uint64_t rk_slots_with_header(uint64_t len, uint32_t slot_size)
+{
+	return len < RK_HDR_AREA + RK_SLOT_HDR ? 0 : (len - RK_HDR_AREA - RK_SLOT_HDR) / slot_size + 1;
 }
 /* Stored (backing) file length needed for a plaintext size. */
 uint64_t rk_cf_stored_len(uint32_t chunk_size, uint64_t size);
@@ -158,6 +203,10 @@ struct rk_cf_writer {
  * i.e. the hole it was (slot headers sit at 64-byte aligned offsets, so the
  * header write never spans two pages and is never torn by a kill). */
 int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len);
+/* The same for slot idx of an open chunk file: what every writer does with
+ * a slot that was a hole (old_end 0), the in-place default and the journal
+ * alike: a hole holds no data, so nothing needs journaling. */
+int rk_cf_write_hole(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len);
 /* Zero [off, off+len) of fd: punch whole blocks, write zeros at the edges. */
 int rk_zero_range(int fd, uint64_t off, uint64_t len);
 /* The stored file's access and modification times are the user's: writes
@@ -192,6 +241,11 @@ int rk_cf_open(int fd, const char *path, struct rk_keyring *kr, bool writable, s
 /* Forget the in-memory state (does not write; call rk_cf_sync first). */
 void rk_cf_close(struct rk_cf *cf);
 
+/* The writer and the read hook are given once, right after rk_cf_open or
+ * rk_cf_create and before the file is shared with other threads (the
+ * journal's rk_journal_attach_file installs itself), and reset (w NULL: the
+ * in-place default) only when no other thread uses the file any more:
+ * calls read them without a lock. */
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w);
 void rk_cf_get_writer(const struct rk_cf *cf, struct rk_cf_writer *w);
 /* Called after every successful chunk read with the chunk's key entry (the
@@ -201,8 +255,10 @@ void rk_cf_set_read_hook(struct rk_cf *cf, rk_cf_read_hook fn, void *arg);
 /* Header entry naming key (same name and fingerprint), or -1. */
 int rk_cf_key_entry(struct rk_cf *cf, const struct rk_key *key);
 int rk_cf_fd(const struct rk_cf *cf);
+/* The path used in messages, owned by the rk_cf: valid until rk_cf_close
+ * (a rename's old path is kept until then, never freed under a reader). */
 const char *rk_cf_path(const struct rk_cf *cf);
-/* Update the path used in messages (after a rename). */
+/* Update the path used in messages (after a rename); the string is copied. */
 void rk_cf_set_path(struct rk_cf *cf, const char *path);
 uint64_t rk_cf_size(struct rk_cf *cf);
 uint32_t rk_cf_chunk_size(const struct rk_cf *cf);
@@ -268,9 +324,5 @@ int rk_cf_sync(struct rk_cf *cf);
  * into place afterwards): both header copies clean with the exact counts,
  * then one fdatasync. */
 int rk_cf_sync_new(struct rk_cf *cf);
-
-/* Per-thread scratch buffers, sized for the largest chunk; never freed on
- * the hot path.  Exposed for the daemon and tools that seal chunks. */
-uint8_t *rk_scratch(int which, size_t len);
 
 #endif

@@ -82,12 +82,25 @@ int rk_journal_open(struct rk_datadir *dd, struct rk_keyring *kr, const struct r
 /* Apply and sync everything, empty the journal, stop the committer. */
 int rk_journal_close(struct rk_journal *j);
 
-/* Route a chunk file's slot writes through the journal.  rel: its path from
- * the data directory root. */
-int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel);
-/* Apply this file's pending slots and forget it (before rk_cf_close). */
-int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf);
+/* A chunk file attached to the journal: the handle attach returns and the
+ * caller keeps until detach.  The journal owns the handle and its copy of
+ * the file's path (read and written under the journal's lock only). */
+struct rk_journal_file;
+/* Route a chunk file's slot writes through the journal: installs the
+ * journal as cf's writer (rk_cf_set_writer), so call it after rk_cf_open
+ * and before the file is shared with other threads.  rel: its path from the
+ * data directory root (copied).  *out gets the handle. */
+int rk_journal_attach_file(struct rk_journal *j, struct rk_cf *cf, const char *rel, struct rk_journal_file **out);
+/* Apply this file's pending slots and forget it (before rk_cf_close, when
+ * no other thread uses the file).  On error the file stays attached and
+ * the handle valid (its pending slots still need the fd).  NULL: nothing. */
+int rk_journal_detach_file(struct rk_journal_file *jf);
 /* Update the path recorded for a file (after rename). */
+void rk_journal_repath_file(struct rk_journal_file *jf, const char *rel);
+/* The same for callers that do not keep the handle: the file is found by
+ * its rk_cf in the journal's list of attached files. */
+int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel);
+int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf);
 void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel);
 /* Make every record appended so far durable (fsync path). */
 int rk_journal_commit(struct rk_journal *j);

@@ -397,33 +397,13 @@ static int decode_area(uint8_t *buf, ssize_t n, struct rk_cf_header *h, unsigned
 		return 1;
 	if (n < RK_HDR_AREA)
 		memset(buf + n, 0, (size_t)(RK_HDR_AREA - n));
-	int first = rk_get64(buf + RK_HDR_COPY_SIZE + 16) > rk_get64(buf + 16) ? 1 : 0;
-	int r[2];
-	r[0] = rk_hdr_decode(buf + first * RK_HDR_COPY_SIZE, h);
-	if (r[0] == 0)
-		goto ok;
-	unsigned v0 = h->version;
-	r[1] = rk_hdr_decode(buf + (1 - first) * RK_HDR_COPY_SIZE, h);
-	if (r[1] == 0) {
-		first = 1 - first;
-		goto ok;
-	}
-	if (r[0] == -EPROTONOSUPPORT || r[1] == -EPROTONOSUPPORT) {
-		*version = r[0] == -EPROTONOSUPPORT ? v0 : h->version;
-		return -EPROTONOSUPPORT;
-	}
-	return -EUCLEAN;
-ok:;
-	/* the copy in use verifies.  The other one is damage, not a torn write,
-	 * when it lacks the magic and is not all zero, or when it is copy A and
-	 * zero (copy A is written first, at creation; only copy B may be
-	 * missing).  A torn or older copy keeps the magic. */
-	const uint8_t *o = buf + (1 - first) * RK_HDR_COPY_SIZE;
-	bool zero = true;
-	for (size_t i = 0; i < RK_HDR_COPY_SIZE && zero; i++)
-		zero = o[i] == 0;
-	if (memcmp(o, rk_magic, RK_MAGIC_LEN) != 0 && (!zero || first == 1))
-		*damaged = 1 - first;
+	struct rk_hdr_sel sel;
+	int ret = rk_hdr_select(buf, false, h, &sel);
+	if (ret == -EPROTONOSUPPORT)
+		*version = sel.version;
+	if (ret < 0)
+		return ret == -EPROTONOSUPPORT ? ret : -EUCLEAN;
+	*damaged = rk_hdr_damaged_copy(buf, sel.which);
 	return 0;
 }
 
@@ -473,7 +453,7 @@ static int scan_slots(struct scan *s, const struct rk_walk_ent *e, int fd, const
 		               : RK_COVK_UNCHECKED;
 	}
 	uint32_t cs = f->h.chunk_size;
-	uint64_t size = f->h.size, n = (size + cs - 1) / cs;
+	uint64_t size = f->h.size, n = rk_chunk_count(size, cs);
 	uint64_t prev = 0; /* deep progress: chunks up to here are accounted for */
 	/* holes are skipped: the cost follows the slots that exist */
 	for (uint64_t i = rk_cf_next_slot(cf, 0, n); i < n; i = rk_cf_next_slot(cf, i + 1, n)) {

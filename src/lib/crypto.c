@@ -16,6 +16,7 @@
 
 #include "rekeyfs/common.h"
 #include "rekeyfs/crypto.h"
+#include "rekeyfs/scratch.h"
 #include "rekeyfs/lockrank.h"
 
 int rk_cipher_parse(const char *name, enum rk_cipher *c, const char **why)
@@ -176,9 +177,6 @@ out:
 /* ---- AEAD ------------------------------------------------------------------------
  * One encrypt and one decrypt context per thread and cipher, reused: only
  * key and nonce are set per chunk, so no allocation on the hot path. */
-static pthread_key_t ctx_key;
-static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
-
 struct thread_ctxs {
 	EVP_CIPHER_CTX *ctx[3][2]; /* [cipher-ish slot][0 enc, 1 dec] */
 	const EVP_CIPHER *cur[3][2];
@@ -195,24 +193,29 @@ static void ctxs_free(void *p)
 	free(t);
 }
 
-static void ctx_key_init(void) { pthread_key_create(&ctx_key, ctxs_free); }
-
+/* The contexts live in the thread's rk_thread_state (scratch.h), freed with
+ * it at thread exit. */
 void rk_crypto_thread_cleanup(void)
 {
-	pthread_once(&ctx_once, ctx_key_init);
-	ctxs_free(pthread_getspecific(ctx_key));
-	pthread_setspecific(ctx_key, NULL);
+	struct rk_thread_state *s = rk_thread_state_peek();
+	if (s) {
+		ctxs_free(s->crypto);
+		s->crypto = NULL;
+	}
 }
 
 static EVP_CIPHER_CTX *get_ctx(const EVP_CIPHER *ciph, int slot, int dec, bool *fresh)
 {
-	pthread_once(&ctx_once, ctx_key_init);
-	struct thread_ctxs *t = pthread_getspecific(ctx_key);
+	struct rk_thread_state *s = rk_thread_state();
+	if (!s)
+		return NULL;
+	struct thread_ctxs *t = s->crypto;
 	if (!t) {
 		t = calloc(1, sizeof(*t));
 		if (!t)
 			return NULL;
-		pthread_setspecific(ctx_key, t);
+		s->crypto = t;
+		s->crypto_free = ctxs_free;
 	}
 	if (!t->ctx[slot][dec]) {
 		t->ctx[slot][dec] = EVP_CIPHER_CTX_new();

@@ -423,29 +423,10 @@ static void text_key_table(FILE *f, const struct rk_cov *c, const struct krow *r
 	}
 }
 
-static void text_report(FILE *f, const struct rk_cov *c)
+/* Keys the data needs but that cannot be used. */
+static void text_unusable_keys(FILE *f, const struct rk_cov *c)
 {
-	struct krow *rows = NULL;
-	size_t nrows = 0;
 	char b[32];
-	fprintf(f, "rekeyfs fsck of %s (%s; %s", rk_esc(c->datadir), c->online ? "online, through the daemon" : "offline",
-	        mode_text(c));
-	if (c->keydir)
-		fprintf(f, "; key directory %s", rk_esc(c->keydir));
-	fprintf(f, ")\n\n");
-	bool one = c->table_filter[0] != '\0';
-	for (size_t i = 0; i < c->ntables; i++)
-		if (!one || strcmp(c->tables[i].path, c->table_filter) == 0)
-			text_table(f, &c->tables[i], c);
-	fprintf(f, "%s\n", one ? "total (this table)" : "total");
-	text_counts(f, &c->total, c, "their table's target key");
-	if (key_rows(c, &rows, &nrows) == 0 && nrows) {
-		fputc('\n', f);
-		text_key_table(f, c, rows, nrows);
-	}
-	free(rows);
-
-	/* keys the data needs but that cannot be used */
 	size_t nbad = 0;
 	for (size_t i = 0; i < c->total.nkeys; i++)
 		nbad += !rk_cov_keystat_usable(c->total.keys[i].status);
@@ -469,6 +450,11 @@ static void text_report(FILE *f, const struct rk_cov *c)
 			fputc('\n', f);
 		}
 	}
+}
+
+/* The problems found, one a line. */
+static void text_problems(FILE *f, const struct rk_cov *c)
+{
 	if (c->nproblems) {
 		fprintf(f, "\nproblems (%zu):\n", c->nproblems);
 		for (size_t i = 0; i < c->nproblems; i++) {
@@ -480,9 +466,11 @@ static void text_report(FILE *f, const struct rk_cov *c)
 				fprintf(f, "  %s: %s: %s\n", rk_esc(p->path), rk_cov_problem_name(p->kind), rk_esc(p->detail));
 		}
 	}
+}
 
-	/* verdict */
-	fputc('\n', f);
+/* The verdict on the rotation. */
+static void text_rotation(FILE *f, const struct rk_cov *c)
+{
 	const struct rk_cov_table *tot = &c->total;
 	uint64_t uncounted = uncertain_refs(c);
 	if (tot->chunks_on_target == tot->chunks && uncounted == 0) {
@@ -499,6 +487,12 @@ static void text_report(FILE *f, const struct rk_cov *c)
 		tnames(f, tot->off_target, tot->noff_target, tot->files_off_target);
 		fprintf(f, "\n  (rekeyctl rekey rewrites them under their table's target key)\n");
 	}
+}
+
+/* The verdict on corruption. */
+static void text_corruption(FILE *f, const struct rk_cov *c)
+{
+	const struct rk_cov_table *tot = &c->total;
 	if (!corruption_found(c)) {
 		fprintf(f, "no corruption found (%s)\n",
 		        c->deep ? "every chunk authenticated"
@@ -558,6 +552,11 @@ static void text_report(FILE *f, const struct rk_cov *c)
 			        plural(tot->chunks_unusable, "chunk", "chunks"));
 		fputc('\n', f);
 	}
+}
+
+/* The exit status and what it means. */
+static void text_exit(FILE *f, const struct rk_cov *c)
+{
 	int code = rk_fsck_exit_code(c);
 	fprintf(f, "exit status %d", code);
 	if (code == 0)
@@ -567,6 +566,36 @@ static void text_report(FILE *f, const struct rk_cov *c)
 		        code == (RK_FSCK_EXIT_OLD_KEYS | RK_FSCK_EXIT_CORRUPT) ? " + " : "",
 		        code & RK_FSCK_EXIT_CORRUPT ? "4: corruption or unreadable data" : "");
 	fputc('\n', f);
+}
+
+static void text_report(FILE *f, const struct rk_cov *c)
+{
+	struct krow *rows = NULL;
+	size_t nrows = 0;
+	fprintf(f, "rekeyfs fsck of %s (%s; %s", rk_esc(c->datadir), c->online ? "online, through the daemon" : "offline",
+	        mode_text(c));
+	if (c->keydir)
+		fprintf(f, "; key directory %s", rk_esc(c->keydir));
+	fprintf(f, ")\n\n");
+	bool one = c->table_filter[0] != '\0';
+	for (size_t i = 0; i < c->ntables; i++)
+		if (!one || strcmp(c->tables[i].path, c->table_filter) == 0)
+			text_table(f, &c->tables[i], c);
+	fprintf(f, "%s\n", one ? "total (this table)" : "total");
+	text_counts(f, &c->total, c, "their table's target key");
+	if (key_rows(c, &rows, &nrows) == 0 && nrows) {
+		fputc('\n', f);
+		text_key_table(f, c, rows, nrows);
+	}
+	free(rows);
+
+	text_unusable_keys(f, c);
+	text_problems(f, c);
+	/* verdict */
+	fputc('\n', f);
+	text_rotation(f, c);
+	text_corruption(f, c);
+	text_exit(f, c);
 }
 
 /* ---- JSON ------------------------------------------------------------------------------------------ */

@@ -325,81 +325,69 @@ out:
 	return ret;
 }
 
-int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
+/* Open the key file path (in keydir) for reading: never a FIFO, socket or
+ * device, never through a link, loose modes refused.  *fd gets it. */
+static int key_file_open(const char *keydir, const char *name, const char *path, int *fd)
 {
-	struct rk_key *k = NULL;
-	char path[PATH_MAX];
-	char *buf = NULL;
-	size_t bufcap = 512, keylen = 0;
-	uint8_t *raw = NULL;
-	int ret = 0, fd = -1;
 	struct stat st, lst;
-	enum rk_cipher c;
-	unsigned bits = 0;
-
-	*out = NULL;
-	if (rk_key_name_check(name) < 0) {
-		rk_err("invalid key name '%s'", rk_esc(name));
-		return -EINVAL;
-	}
-	if (snprintf(path, sizeof(path), "%s/%s", keydir, name) >= (int)sizeof(path))
-		return -ENAMETOOLONG;
+	int ret;
+	*fd = -1;
 	if (lstat(path, &lst) < 0) {
 		ret = errno == ENOENT ? -ENOKEY : -errno;
 		if (errno == ENOENT)
 			rk_dbg("key '%s' not found: no file %s", name, path);
 		else
 			rk_err("cannot open key file %s: %s", path, strerror(errno));
-		goto out;
+		return ret;
 	}
 	ret = rk_keydir_check(keydir);
 	if (ret < 0)
-		goto out;
+		return ret;
 	/* never open a FIFO, socket or device: refused before any open, and the
 	 * open itself cannot block (O_NONBLOCK) nor follow a link */
 	ret = check_key_stat(&lst, path);
 	if (ret < 0)
-		goto out;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
+		return ret;
+	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (*fd < 0) {
 		ret = errno == ENOENT ? -ENOKEY : -errno;
 		rk_err("cannot open key file %s: %s", path, strerror(errno));
-		goto out;
+		return ret;
 	}
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	ret = check_key_stat(&st, path);
-	if (ret < 0)
-		goto out;
-	buf = rk_secure_alloc(bufcap);
-	raw = rk_secure_alloc(bufcap);
-	if (!buf || !raw) {
-		ret = -ENOMEM;
-		goto out;
-	}
+	if (fstat(*fd, &st) < 0)
+		return -errno;
+	return check_key_stat(&st, path);
+}
+
+/* Read the whole key file into buf (bufcap bytes, NUL terminated); *n
+ * gets its length.  A file that fills buf is longer than any key file. */
+static int key_file_read(int fd, const char *path, char *buf, size_t bufcap, size_t *len)
+{
 	ssize_t n = rk_pread_full(fd, buf, bufcap - 1, 0);
 	if (n < 0) {
-		ret = (int)n;
-		rk_err("cannot read key file %s: %s", path, strerror(-ret));
-		goto out;
+		rk_err("cannot read key file %s: %s", path, strerror((int)-n));
+		return (int)n;
 	}
 	if ((size_t)n == bufcap - 1) {
 		/* longer than any key file: do not parse a prefix of it */
 		rk_err("key file %s is malformed: expected one line CIPHER:STRENGTH:BASE64KEY", path);
-		ret = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
 	buf[n] = '\0';
-	ret = parse_key_text(buf, (size_t)n, path, &c, &bits, raw, bufcap, &keylen);
-	if (ret < 0)
-		goto out;
-	k = calloc(1, sizeof(*k));
-	if (!k) {
-		ret = -ENOMEM;
-		goto out;
-	}
+	*len = (size_t)n;
+	return 0;
+}
+
+/* A key named name with the material raw[0..keylen) (copied into secure
+ * memory) and its fingerprint. */
+static int key_new(const char *name, enum rk_cipher c, unsigned bits, const uint8_t *raw, size_t keylen,
+                   struct rk_key **out)
+{
+	int ret;
+	struct rk_key *k = calloc(1, sizeof(*k));
+	*out = NULL;
+	if (!k)
+		return -ENOMEM;
 	snprintf(k->name, sizeof(k->name), "%s", name);
 	k->cipher = c;
 	k->bits = bits;
@@ -416,11 +404,48 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 		k = NULL;
 	}
 out:
+	rk_key_free(k);
+	return ret;
+}
+
+int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
+{
+	char path[PATH_MAX];
+	char *buf = NULL;
+	size_t bufcap = 512, keylen = 0, n = 0;
+	uint8_t *raw = NULL;
+	int ret = 0, fd = -1;
+	enum rk_cipher c;
+	unsigned bits = 0;
+
+	*out = NULL;
+	if (rk_key_name_check(name) < 0) {
+		rk_err("invalid key name '%s'", rk_esc(name));
+		return -EINVAL;
+	}
+	if (snprintf(path, sizeof(path), "%s/%s", keydir, name) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	ret = key_file_open(keydir, name, path, &fd);
+	if (ret < 0)
+		goto out;
+	buf = rk_secure_alloc(bufcap);
+	raw = rk_secure_alloc(bufcap);
+	if (!buf || !raw) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = key_file_read(fd, path, buf, bufcap, &n);
+	if (ret < 0)
+		goto out;
+	ret = parse_key_text(buf, n, path, &c, &bits, raw, bufcap, &keylen);
+	if (ret < 0)
+		goto out;
+	ret = key_new(name, c, bits, raw, keylen, out);
+out:
 	if (fd >= 0)
 		close(fd);
 	rk_secure_free(buf, bufcap);
 	rk_secure_free(raw, bufcap);
-	rk_key_free(k);
 	return ret;
 }
 

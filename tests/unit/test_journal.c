@@ -419,6 +419,61 @@ static void test_handle_versus_path(void **state)
 	free(got);
 }
 
+/* The attach handle: the caller keeps it; detach through it puts the
+ * pending slots in place and restores the in-place writer; the by-cf calls
+ * find the same file and leave other attached files alone. */
+static void test_attach_handle(void **state)
+{
+	struct fx *f = *state;
+	struct rk_datadir *dd = open_dd(f);
+	struct rk_journal *j;
+	struct rk_cf *cf, *cf2;
+	struct rk_journal_file *jf, *jf2;
+	uint8_t *data = tu_malloc(CS), *got = tu_malloc(SS);
+	int fd = open(f->file, O_RDWR | O_CLOEXEC), fd2 = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0 && fd2 >= 0);
+	assert_int_equal(rk_journal_open(dd, f->kr, NULL, &j), 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->kr, true, &cf), 0);
+	assert_int_equal(rk_cf_open(fd2, "/t1", f->kr, true, &cf2), 0);
+	assert_int_equal(rk_journal_attach_file(j, cf, "/t1", &jf), 0);
+	assert_non_null(jf);
+	assert_int_equal(rk_journal_attach_file(j, cf2, "/t1", &jf2), 0);
+	assert_ptr_not_equal(jf, jf2);
+	struct rk_cf_writer w;
+	rk_cf_get_writer(cf, &w);
+	assert_ptr_equal(w.ctx, jf);
+	rk_journal_repath_file(jf, "/t1-renamed");
+	rk_journal_repath(j, cf, "/t1"); /* by cf: the same file */
+	tu_fill_random(data, CS, 7);
+	assert_int_equal(rk_cf_write_chunk(cf, 0, data, CS, f->ka, RK_COMP_NONE), 0);
+	/* a pending image is served to reads through the handle's writer */
+	uint8_t *pt = tu_malloc(CS);
+	int k;
+	assert_int_equal(rk_cf_read_chunk(cf, 0, pt, &k), 0);
+	assert_memory_equal(pt, data, CS);
+	assert_int_equal(rk_journal_detach_file(jf), 0);
+	rk_cf_get_writer(cf, &w);
+	assert_null(w.ctx); /* the in-place default again */
+	read_slot(f->file, 0, got, SS);
+	assert_int_equal(rk_get32(got + 8), CS); /* in place: the slot's plain_len */
+	assert_int_equal(rk_journal_detach(j, cf), 0); /* no longer attached: nothing */
+	rk_cf_get_writer(cf2, &w);
+	assert_ptr_equal(w.ctx, jf2); /* the other file is still attached */
+	assert_int_equal(rk_journal_detach(j, cf2), 0);
+	rk_cf_get_writer(cf2, &w);
+	assert_null(w.ctx);
+	assert_int_equal(rk_journal_detach_file(NULL), 0);
+	rk_cf_close(cf);
+	rk_cf_close(cf2);
+	close(fd);
+	close(fd2);
+	assert_int_equal(rk_journal_close(j), 0);
+	rk_datadir_close(dd);
+	free(pt);
+	free(data);
+	free(got);
+}
+
 /* The daemon's own writer: records it appends replay after a crash. */
 static void test_writer_roundtrip(void **state)
 {
@@ -697,6 +752,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wrong_file_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handle_versus_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_attach_handle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_release_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dotdot_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absolute_paths, setup, teardown),
