@@ -40,10 +40,7 @@ T_ALL="$T_TMP/all-output.log"
 fsck() { run rekeyctl fsck "$@"; }
 
 # jget EXPR: evaluate a python expression on the JSON report in $T_OUT (as d)
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print(json.dumps(v) if not isinstance(v, str) else v)' \
-		"$T_OUT" "$1" || fail "cannot evaluate $1 on the JSON report"
-}
+jget() { json_get "$T_OUT" "$1" || fail "cannot evaluate $1 on the JSON report"; }
 
 # jcheck EXPR EXPECTED MSG
 jcheck() {
