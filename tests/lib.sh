@@ -210,6 +210,12 @@ need_cmd() {
 	done
 }
 
+# need_rekeyctl: rekeyctl is on PATH (fail otherwise: the build is missing)
+need_rekeyctl() {
+	command -v rekeyctl >/dev/null 2>&1 ||
+		fail "rekeyctl is not on PATH (run through make check, or put the build directory first on PATH)"
+}
+
 # is_chunk_file FILE: true when FILE starts with the chunk-file magic
 # (89 52 4B 46 53 0D 0A 1A).
 is_chunk_file() {

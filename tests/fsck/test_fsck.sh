@@ -23,8 +23,7 @@ set -u
 T_LIBDIR="${TEST_SRCDIR:-$(cd "$(dirname "$0")/.." && pwd)}"
 . "$T_LIBDIR/integration/integ.bash"
 
-command -v rekeyctl >/dev/null 2>&1 ||
-	fail "rekeyctl is not on PATH (run through make check, or put the build directory first on PATH)"
+need_rekeyctl
 need_cmd python3 cmp od dd awk cp
 SCHEMA="$T_LIBDIR/fsck/check_schema.py"
 echo "using $(command -v rekeyctl) ($(rekeyctl --version 2>&1))"
