@@ -210,6 +210,12 @@ need_cmd() {
 	done
 }
 
+# need_rekeyctl: rekeyctl is on PATH (fail otherwise: the build is missing)
+need_rekeyctl() {
+	command -v rekeyctl >/dev/null 2>&1 ||
+		fail "rekeyctl is not on PATH (run through make check, or put the build directory first on PATH)"
+}
+
 # is_chunk_file FILE: true when FILE starts with the chunk-file magic
 # (89 52 4B 46 53 0D 0A 1A).
 is_chunk_file() {
@@ -243,4 +249,26 @@ make_text() {
 # make_random FILE BYTES: incompressible bytes.
 make_random() {
 	head -c "$2" /dev/urandom >"$1"
+}
+
+# ---- JSON ------------------------------------------------------------------
+# json_get FILE EXPR: evaluate the python expression EXPR on the JSON document
+# in FILE (as d); strings print as they are, anything else as JSON (true,
+# null, [..], {..}).
+json_get() {
+	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=eval(sys.argv[2]); print(r if isinstance(r, str) else json.dumps(r))' "$1" "$2"
+}
+
+# ---- waiting ---------------------------------------------------------------
+# wait_until SECS MSG CMD...: run CMD every 0.2 s until it succeeds; fail with
+# MSG when SECS seconds pass first.  CMD may set WAIT_WHY to the state it saw
+# (added to the failure message).
+wait_until() {
+	local secs="$1" msg="$2" deadline=$((SECONDS + $1))
+	shift 2
+	WAIT_WHY=
+	until "$@"; do
+		[ $SECONDS -lt $deadline ] || fail "$msg${WAIT_WHY:+: $WAIT_WHY}"
+		sleep 0.2
+	done
 }

@@ -11,8 +11,7 @@ set -u
 T_LIBDIR="${TEST_SRCDIR:-$(cd "$(dirname "$0")/.." && pwd)}"
 . "$T_LIBDIR/lib.sh"
 
-command -v rekeyctl >/dev/null 2>&1 ||
-	fail "rekeyctl is not on PATH (run through make check, or put the build directory first on PATH)"
+need_rekeyctl
 need_cmd cmp od dd awk stat flock truncate base64 md5sum du find
 echo "using $(command -v rekeyctl) ($(rekeyctl --version 2>&1))"
 

@@ -14,8 +14,7 @@ set -u
 T_LIBDIR="${TEST_SRCDIR:-$(cd "$(dirname "$0")/.." && pwd)}"
 . "$T_LIBDIR/lib.sh"
 
-command -v rekeyctl >/dev/null 2>&1 ||
-	fail "rekeyctl is not on PATH (run through make check, or put the build directory first on PATH)"
+need_rekeyctl
 need_root
 need_cmd python3 md5sum find cmp
 echo "using $(command -v rekeyctl)"

@@ -23,8 +23,7 @@ set -u
 T_LIBDIR="${TEST_SRCDIR:-$(cd "$(dirname "$0")/.." && pwd)}"
 . "$T_LIBDIR/integration/integ.bash"
 
-command -v rekeyctl >/dev/null 2>&1 ||
-	fail "rekeyctl is not on PATH (run through make check, or put the build directory first on PATH)"
+need_rekeyctl
 need_cmd python3 cmp od dd awk cp
 SCHEMA="$T_LIBDIR/fsck/check_schema.py"
 echo "using $(command -v rekeyctl) ($(rekeyctl --version 2>&1))"
@@ -40,10 +39,7 @@ T_ALL="$T_TMP/all-output.log"
 fsck() { run rekeyctl fsck "$@"; }
 
 # jget EXPR: evaluate a python expression on the JSON report in $T_OUT (as d)
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print(json.dumps(v) if not isinstance(v, str) else v)' \
-		"$T_OUT" "$1" || fail "cannot evaluate $1 on the JSON report"
-}
+jget() { json_get "$T_OUT" "$1" || fail "cannot evaluate $1 on the JSON report"; }
 
 # jcheck EXPR EXPECTED MSG
 jcheck() {

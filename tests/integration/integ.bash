@@ -12,6 +12,17 @@
 #   known_bug MSG        report a known daemon bug: the test goes on and FAILS at finish
 #   check_failed MSG     a failed check that lets the test go on; FAILS at finish
 #   finish               exit 1 if known_bug or check_failed was called, else 0
+#   drop_caches          write back and forget every cached page (global)
+#   evict [DIR]          write back and drop the cached pages of DIR's files ($MNT)
+#   status [MNT]         rekeyctl status --json of MNT ($MNT, else $M) to $T_TMP/status.json
+#   sget EXPR            json_get on $T_TMP/status.json
+#   scan [ARGS]          rkscan.py ARGS of $DATA to $T_TMP/scan.json
+#   scget EXPR           json_get on $T_TMP/scan.json
+#   wait_idle SECS [WHAT] poll status until the walker is idle (fail after SECS)
+#   status_get EXPR      EXPR on the walker object w of $M/.rekeyfs/status
+#                        (under timeout -s KILL $STATUS_TIMEOUT when set)
+#   ctl CMD              one command on $M/.rekeyfs/control; prints the reply
+#   seeded_random FILE BYTES TAG  reproducible incompressible bytes ($SEED:TAG)
 
 T_INTEG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${TEST_SRCDIR:=$(cd "$T_INTEG_DIR/.." && pwd)}"
@@ -97,4 +108,69 @@ finish() {
 drop_caches() {
 	sync
 	echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
+}
+
+# evict [DIR]: write back and drop the kernel's cached pages of every file of
+# the mount (fsync + POSIX_FADV_DONTNEED per file, no global sync), so that the
+# next reads reach the daemon
+evict() {
+	python3 - "${1:-$MNT}" <<'PYEOF'
+import os, sys
+for dp, dn, fn in os.walk(sys.argv[1]):
+    dn[:] = [d for d in dn if d != ".rekeyfs"]
+    for f in fn:
+        fd = os.open(os.path.join(dp, f), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+PYEOF
+}
+
+# ---- daemon status and control ------------------------------------------------
+# status [MNT]: the daemon's status JSON (rekeyctl status --json) to
+# $T_TMP/status.json; fails the test when the command fails or prints invalid JSON
+status() {
+	local m="${1:-${MNT:-$M}}"
+	rekeyctl status --json "$m" >"$T_TMP/status.json" 2>"$T_TMP/status.err" ||
+		fail "rekeyctl status --json $m failed: $(cat "$T_TMP/status.err")"
+	python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T_TMP/status.json" 2>/dev/null ||
+		fail "rekeyctl status --json printed invalid JSON: $(head -c 2000 "$T_TMP/status.json")"
+}
+sget() { json_get "$T_TMP/status.json" "$1"; }
+
+# wait_idle SECS [WHAT]: poll status until the walker is idle
+_walker_idle() {
+	status
+	WAIT_WHY=$(cat "$T_TMP/status.json")
+	[ "$(sget 'd["walker"]["state"]')" = idle ]
+}
+wait_idle() {
+	wait_until "$1" "${2:+$2: }the sweep did not finish within $1 s" _walker_idle
+}
+
+# status_get EXPR: EXPR on the walker object (w) of the mount's status file
+# $M/.rekeyfs/status, read directly (no rekeyctl)
+status_get() {
+	${STATUS_TIMEOUT:+timeout -s KILL "$STATUS_TIMEOUT"} python3 -c \
+		'import json,sys; w=json.load(open(sys.argv[1]))["walker"]; print(eval(sys.argv[2]))' \
+		"$M/.rekeyfs/status" "$1"
+}
+
+# ctl CMD: send one command to $M/.rekeyfs/control and print the reply
+ctl() { exec 3<>"$M/.rekeyfs/control"; printf '%s\n' "$1" >&3; cat <&3; exec 3>&-; }
+
+# ---- offline scans ---------------------------------------------------------------
+RKSCAN="$T_INTEG_DIR/rkscan.py"
+# scan [ARGS]: rkscan.py (an independent deep scan) of $DATA to $T_TMP/scan.json
+scan() {
+	python3 "$RKSCAN" "$@" "$DATA" >"$T_TMP/scan.json" 2>"$T_TMP/scan.err" || fail "rkscan failed: $(cat "$T_TMP/scan.err")"
+}
+scget() { json_get "$T_TMP/scan.json" "$1"; }
+
+# seeded_random FILE BYTES TAG: incompressible, reproducible bytes
+seeded_random() {
+	python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(sys.argv[2]).randbytes(int(sys.argv[1])))' "$2" "$SEED:$3" >"$1"
 }

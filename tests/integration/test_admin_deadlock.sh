@@ -25,11 +25,7 @@ NFILES=${NFILES:-3000}
 OP_DEADLINE=${OP_DEADLINE:-60}  # seconds for any single operation
 ROUNDS=${ROUNDS:-2}
 
-status_get() { # EXPR on the status JSON's walker object w
-	timeout -s KILL "$OP_DEADLINE" python3 -c \
-		'import json,sys; w=json.load(open(sys.argv[1]))["walker"]; print(eval(sys.argv[2]))' \
-		"$M/.rekeyfs/status" "$1"
-}
+STATUS_TIMEOUT=$OP_DEADLINE # status_get (integ.bash) is killed after it
 hung() { # MSG: the mount is stuck; tear it down forcibly and fail
 	echo "HUNG: $*" >&2
 	echo "--- daemon threads:" >&2

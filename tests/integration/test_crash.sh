@@ -34,7 +34,6 @@ SEED="${CRASH_SEED:-$(( ($(date +%s) ^ $$) % 1000000 ))}"
 ROUNDS="${CRASH_ROUNDS:-24}"
 MIN_EFFECTIVE=20
 echo "crash seed: $SEED (CRASH_SEED=$SEED repeats this schedule), $ROUNDS rounds"
-RKSCAN="$T_INTEG_DIR/rkscan.py"
 CKB=8
 CS=$((CKB * 1024))
 DATA="$T_TMP/data"
@@ -272,27 +271,6 @@ elif cmd == "scan_check":
 EOF
 
 # ---- helpers -------------------------------------------------------------------------------------------
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=eval(sys.argv[2]); print(json.dumps(r) if isinstance(r,(dict,list,bool)) or r is None else r)' "$1" "$2"
-}
-status() {
-	rekeyctl status --json "$MNT" >"$T_TMP/status.json" 2>"$T_TMP/status.err" ||
-		fail "rekeyctl status --json failed: $(cat "$T_TMP/status.err")"
-}
-sget() { jget "$T_TMP/status.json" "$1"; }
-scan() {
-	python3 "$RKSCAN" "$@" "$DATA" >"$T_TMP/scan.json" 2>"$T_TMP/scan.err" || fail "rkscan failed: $(cat "$T_TMP/scan.err")"
-}
-scget() { jget "$T_TMP/scan.json" "$1"; }
-wait_idle() { # TIMEOUT WHAT
-	local deadline=$((SECONDS + $1))
-	while :; do
-		status
-		[ "$(sget 'd["walker"]["state"]')" = idle ] && return 0
-		[ $SECONDS -lt $deadline ] || fail "$2: the sweep did not finish within $1 s: $(cat "$T_TMP/status.json")"
-		sleep 0.2
-	done
-}
 alter_all() { # KEY
 	local t
 	for t in "" /t1 /t2; do

@@ -58,13 +58,6 @@ for i in range(3):
 print("depth %d, path length %d" % (LEVELS, total))
 EOF
 }
-status_json() {
-	rekeyctl status --json "$MNT" >"$T_TMP/status.json" 2>"$T_TMP/status.err" ||
-		fail "rekeyctl status --json failed: $(cat "$T_TMP/status.err")"
-}
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
-}
 
 checking "a table with its own key; a tree deeper than PATH_MAX made in it through the mount"
 run rekeyctl alter "$MNT/deep" --key key2
@@ -100,15 +93,13 @@ run rekeyctl release-key key2 "$MNT"
 assert_rc_nonzero "release-key key2 before the sweep"
 run rekeyctl rekey "$MNT"
 assert_rc 0 "rekey MOUNT ($(cat "$T_ERR"))"
-deadline=$((SECONDS + 60))
-while :; do
-	status_json
-	[ "$(jget "$T_TMP/status.json" 'd["walker"]["state"]')" = idle ] &&
-		[ "$(jget "$T_TMP/status.json" 'd["walker"]["sweep"]')" != 0 ] && break
-	[ $SECONDS -lt $deadline ] || fail "the sweep did not finish within 60 s: $(cat "$T_TMP/status.json")"
-	sleep 0.2
-done
-errs=$(jget "$T_TMP/status.json" 'd["walker"]["error_count"]')
+sweep_done() {
+	status
+	WAIT_WHY=$(cat "$T_TMP/status.json")
+	[ "$(sget 'd["walker"]["state"]')" = idle ] && [ "$(sget 'd["walker"]["sweep"]')" != 0 ]
+}
+wait_until 60 "the sweep did not finish within 60 s" sweep_done
+errs=$(sget 'd["walker"]["error_count"]')
 assert_eq "$errs" 0 "walker errors ($(cat "$T_TMP/status.json"))"
 run rekeyctl fsck "$MNT"
 assert_rc 0 "online fsck after the sweep ($(cat "$T_OUT" "$T_ERR" | head -c 2000))"

@@ -17,12 +17,7 @@ integ_setup
 
 SEED="${ENOSPC_SEED:-${CRASH_SEED:-$(( ($(date +%s) ^ $$) % 1000000 ))}}"
 echo "seed: $SEED (ENOSPC_SEED=$SEED repeats the file contents)"
-# seeded_random FILE BYTES TAG: incompressible, reproducible bytes
-seeded_random() {
-	python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(sys.argv[2]).randbytes(int(sys.argv[1])))' "$2" "$SEED:$3" >"$1"
-}
 
-RKSCAN="$T_INTEG_DIR/rkscan.py"
 FS="$T_TMP/fs"
 DATA="$FS/data"
 MNT="$T_TMP/mnt"
@@ -31,42 +26,12 @@ mkdir -p "$FS" "$MNT" "$ORIG/t1" "$ORIG/t2"
 mount -t tmpfs -o size=24m,mode=0755 rekeyfs-enospc "$FS" || fail "cannot mount a 24 MiB tmpfs on $FS"
 at_exit "umount '$FS' 2>/dev/null || umount -l '$FS' 2>/dev/null"
 
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=eval(sys.argv[2]); print(json.dumps(r) if isinstance(r,(dict,list,bool)) or r is None else r)' "$1" "$2"
-}
-status() {
-	rekeyctl status --json "$MNT" >"$T_TMP/status.json" 2>"$T_TMP/status.err" ||
-		fail "rekeyctl status --json failed: $(cat "$T_TMP/status.err")"
-}
-sget() { jget "$T_TMP/status.json" "$1"; }
-scan() {
-	python3 "$RKSCAN" --files "$DATA" >"$T_TMP/scan.json" 2>"$T_TMP/scan.err" || fail "rkscan failed: $(cat "$T_TMP/scan.err")"
-}
-scget() { jget "$T_TMP/scan.json" "$1"; }
 compare_all() { # WHAT
 	local f rel
 	for f in $(cd "$ORIG" && find . -type f | sort); do
 		rel="${f#./}"
 		cmp -s "$MNT/$rel" "$ORIG/$rel" || fail "$1: $rel does not read back identical ($(cmp "$MNT/$rel" "$ORIG/$rel" 2>&1 | head -1))"
 	done
-}
-# evict [DIR]: write back and drop the kernel's cached pages of every file of
-# the mount (fsync + POSIX_FADV_DONTNEED per file, no global sync), so that the
-# next reads reach the daemon
-evict() {
-	python3 - "${1:-$MNT}" <<'PYEOF'
-import os, sys
-for dp, dn, fn in os.walk(sys.argv[1]):
-    dn[:] = [d for d in dn if d != ".rekeyfs"]
-    for f in fn:
-        fd = os.open(os.path.join(dp, f), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-PYEOF
 }
 avail() { df -B1 --output=avail "$FS" | tail -1 | tr -d ' '; }
 
@@ -89,7 +54,7 @@ for rel in r1.dat r2.txt t1/a.dat t1/b.dat t1/c.txt t2/d.dat t2/e.dat t2/f.txt; 
 done
 sync
 compare_all "before the rotation"
-scan
+scan --files
 K1=$(scget 'd["keys"]["key1"]["chunks"]')
 ok "$K1 chunks under key1; $(avail) bytes free on the tmpfs"
 
@@ -108,16 +73,16 @@ run rekeyctl rekey "$MNT"
 assert_rc 0 "rekeyctl rekey with the file system full"
 SWEEP=$(sed -n 's/^sweep \([0-9]*\) started.*/\1/p' "$T_OUT")
 [ -n "$SWEEP" ] || fail "rekeyctl rekey did not say which sweep started: $(cat "$T_OUT")"
-deadline=$((SECONDS + 15))
-while :; do
+waiting_for_space() {
 	status
-	[ "$(sget 'd["walker"]["waiting_for_space"]')" = true ] && break
+	WAIT_WHY=$(sget 'd["walker"]')
+	[ "$(sget 'd["walker"]["waiting_for_space"]')" = true ] && return 0
 	if [ "$(sget 'd["walker"]["state"]')" = idle ]; then
-		fail "the sweep finished although the file system is full: $(sget 'd["walker"]')"
+		fail "the sweep finished although the file system is full: $WAIT_WHY"
 	fi
-	[ $SECONDS -lt $deadline ] || fail "status does not show waiting_for_space within 15 s: $(sget 'd["walker"]')"
-	sleep 0.3
-done
+	return 1
+}
+wait_until 15 "status does not show waiting_for_space within 15 s" waiting_for_space
 assert_eq "$(sget 'd["walker"]["state"]')" running "walker state while waiting for space"
 sget 'd["walker"]["errors"]' | grep -q "No space left on device" ||
 	fail "status errors do not name ENOSPC: $(sget 'd["walker"]["errors"]')"
@@ -136,7 +101,7 @@ compare_all "disk full, after lazy rewrites were attempted"
 status
 assert_eq "$(sget 'd["walker"]["waiting_for_space"]')" true "still waiting for space"
 assert_eq "$(sget 'd["io"]["read_errors"]')" 0 "status read_errors"
-scan
+scan --files
 assert_eq "$(scget 'd["problems"]')" "[]" "rkscan problems while the disk is full"
 # what was rewritten before the space ran out (nothing, or a few chunks) plus key1's rest is everything
 assert_eq "$(scget 'd["chunks"]')" "$K1" "chunks in all (key1 and key2) while the disk is full"
@@ -145,20 +110,14 @@ ok "$(scget '{k: v["chunks"] for k, v in d["keys"].items()}')"
 
 checking "space freed: the same sweep goes on by itself and finishes; everything is under key2"
 rm -f "$FS/filler" "$FS/filler2"
-deadline=$((SECONDS + 40))
-while :; do
-	status
-	[ "$(sget 'd["walker"]["state"]')" = idle ] && break
-	[ $SECONDS -lt $deadline ] || fail "the sweep did not finish within 40 s of freeing space: $(sget 'd["walker"]')"
-	sleep 0.3
-done
+wait_idle 40 "space freed"
 assert_eq "$(sget 'd["walker"]["sweep"]')" "$SWEEP" "sweep number (the same sweep finished)"
 assert_eq "$(sget 'd["walker"]["waiting_for_space"]')" false "waiting_for_space after the sweep"
 [ "$(sget 'd["walker"]["finished"]')" -gt 0 ] || fail "the sweep has no finish time"
 bad=$(sget '[(t["path"], t["percent"]) for t in d["walker"]["tables"] if t["percent"] != 100.0]')
 [ "$bad" = "[]" ] || known_bug "BUG: the sweep finished but status shows tables below 100%: $bad"
 sleep 0.3
-scan
+scan --files
 assert_eq "$(scget "d['keys'].get('key1',{}).get('chunks',0)")" 0 "chunks under key1 after the sweep"
 assert_eq "$(scget 'd["keys"]["key2"]["chunks"]')" "$K1" "chunks under key2 after the sweep"
 assert_eq "$(scget 'd["problems"]')" "[]" "rkscan problems"
@@ -177,7 +136,7 @@ run rekeyctl keys -d "$KEYS" "$DATA"
 assert_rc 0 "rekeyctl keys"
 grep -Eq "^key1 +.* 0 +0 " "$T_OUT" || fail "rekeyctl keys: key1 still has chunks: $(cat "$T_OUT")"
 grep -Eq "^key2 +.* $K1 +8 " "$T_OUT" || fail "rekeyctl keys: key2 does not have $K1 chunks in 8 files: $(cat "$T_OUT")"
-scan
+scan --files
 assert_eq "$(scget 'd["count_mismatch"]')" "[]" "header counts vs slots after a clean unmount"
 ok "$K1 chunks under key2"
 finish

@@ -56,13 +56,7 @@ for fd in fds:
     os.close(fd)
 EOF
 # wait_file FILE: wait (60 s at most) until FILE exists
-wait_file() {
-	local deadline=$((SECONDS + 60))
-	while [ ! -s "$1" ]; do
-		[ $SECONDS -lt $deadline ] || fail "timed out waiting for $1"
-		sleep 0.05
-	done
-}
+wait_file() { wait_until 60 "timed out waiting for $1" test -s "$1"; }
 daemon_fds() { ls "/proc/$LAST_PID/fd" | wc -l; }
 
 checking "a user holding open files is stopped at the per-user bound with EMFILE/ENFILE, not EIO"

@@ -22,30 +22,13 @@ integ_setup
 
 SEED="${RELEASE_SEED:-${CRASH_SEED:-$(( ($(date +%s) ^ $$) % 1000000 ))}}"
 echo "seed: $SEED (RELEASE_SEED=$SEED repeats the file contents)"
-# seeded_random FILE BYTES TAG: incompressible, reproducible bytes
-seeded_random() {
-	python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(sys.argv[2]).randbytes(int(sys.argv[1])))' "$2" "$SEED:$3" >"$1"
-}
 
-RKSCAN="$T_INTEG_DIR/rkscan.py"
 DATA="$T_TMP/data"
 MNT="$T_TMP/mnt"
 ORIG="$T_TMP/orig"
 BACKUP="$T_TMP/backup"
 mkdir -p "$MNT" "$ORIG/ks/t1" "$ORIG/ks/t2"
 
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=eval(sys.argv[2]); print(json.dumps(r) if isinstance(r,(dict,list,bool)) or r is None else r)' "$1" "$2"
-}
-status() {
-	rekeyctl status --json "$MNT" >"$T_TMP/status.json" 2>"$T_TMP/status.err" ||
-		fail "rekeyctl status --json failed: $(cat "$T_TMP/status.err")"
-}
-sget() { jget "$T_TMP/status.json" "$1"; }
-scan() {
-	python3 "$RKSCAN" --files "$DATA" >"$T_TMP/scan.json" 2>"$T_TMP/scan.err" || fail "rkscan failed: $(cat "$T_TMP/scan.err")"
-}
-scget() { jget "$T_TMP/scan.json" "$1"; }
 compare_tree() {
 	diff -r --exclude=.rekeyfs "$ORIG" "$MNT" >"$T_TMP/diff.out" 2>&1 ||
 		fail "$1: the mount differs from the original files: $(head -c 1500 "$T_TMP/diff.out")"
@@ -92,24 +75,6 @@ with open(path, "r+b") as f:
 EOF
 }
 
-# evict [DIR]: write back and drop the kernel's cached pages of every file of
-# the mount (fsync + POSIX_FADV_DONTNEED per file, no global sync), so that the
-# next reads reach the daemon
-evict() {
-	python3 - "${1:-$MNT}" <<'PYEOF'
-import os, sys
-for dp, dn, fn in os.walk(sys.argv[1]):
-    dn[:] = [d for d in dn if d != ".rekeyfs"]
-    for f in fn:
-        fd = os.open(os.path.join(dp, f), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-PYEOF
-}
 checking "set up: tables /ks/t1 and /ks/t2, files under key1; a backup copy of the data directory"
 new_datadir "$DATA" 16 key1
 mount_fs "$DATA" "$MNT" "lazy=off"
@@ -129,7 +94,7 @@ for rel in r1.dat ks/t1/a.dat ks/t1/b.txt ks/t2/c.dat ks/t2/d.txt ks/t2/e.dat; d
 done
 umount_fs "$MNT"
 cp -a "$DATA" "$BACKUP" || fail "backup copy"
-scan
+scan --files
 K1=$(scget 'd["keys"]["key1"]["chunks"]')
 ok "$K1 chunks under key1 in $(scget 'd["keys"]["key1"]["files"]') files"
 
@@ -160,7 +125,7 @@ run rekeyctl alter "$MNT/ks/t2" --key key2
 assert_rc 0 "alter /ks/t2 --key key2"
 run rekeyctl release-key -d "$KEYS" key1 "$MNT"
 assert_rc_nonzero "release-key key1 while all its chunks remain"
-scan
+scan --files
 want="$(scget 'd["keys"]["key1"]["chunks"]') chunk(s) in $(scget 'd["keys"]["key1"]["files"]') file(s) are still under it"
 grep -qF "$want" "$T_ERR" || fail "the refusal does not say '$want': $(cat "$T_ERR")"
 ok "$(head -c 250 "$T_ERR")"
@@ -188,23 +153,17 @@ left=$(sed -n "s/.*refused: \([0-9]*\) chunk(s) in.*/\1/p" "$T_ERR")
 ok "$left of $K1 chunks remain"
 
 checking "the sweep finishes; every table 100%"
-deadline=$((SECONDS + 40))
-while :; do
-	status
-	[ "$(sget 'd["walker"]["state"]')" = idle ] && break
-	[ $SECONDS -lt $deadline ] || fail "the sweep did not finish within 40 s: $(sget 'd["walker"]')"
-	sleep 0.3
-done
+wait_idle 40
 assert_eq "$(sget '[t["percent"] for t in d["walker"]["tables"] if t["percent"] != 100.0]')" "[]" "tables below 100%"
 sleep 0.3
-scan
+scan --files
 assert_eq "$(scget "d['keys'].get('key1',{}).get('chunks',0)")" 0 "chunks under key1 after the sweep"
 
 checking "release reads every chunk's key reference: a file with forged header counts (0 under key1) blocks it"
 cp "$BACKUP/ks/t1/a.dat" "$DATA/ks/t1/forged.dat" || fail "cp forged.dat"
 forge_counts "$DATA/ks/t1/forged.dat" key1
 NA=$(( ($(stat -c %s "$ORIG/ks/t1/a.dat") + 16383) / 16384 ))
-scan
+scan --files
 assert_eq "$(scget "d['files']['/ks/t1/forged.dat']['header']")" "{}" "the forged header claims no chunk under key1"
 assert_eq "$(scget "d['files']['/ks/t1/forged.dat']['keys']")" "{\"key1\": $NA}" "the forged file's slots"
 run rekeyctl release-key -d "$KEYS" key1 "$MNT"
@@ -250,7 +209,7 @@ rm "$DATA/ks/t2/restored1.txt"
 run rekeyctl keys -d "$KEYS" "$DATA"
 assert_rc 0 "rekeyctl keys"
 grep -Eq "^key1 +.* released +[^ ]+ +0 +0 " "$T_OUT" || fail "rekeyctl keys: key1 not released with 0 chunks: $(cat "$T_OUT")"
-scan
+scan --files
 K2=$(scget 'd["keys"]["key2"]["chunks"]')
 grep -Eq "^key2 +.* active +ok +$K2 +6 " "$T_OUT" || fail "rekeyctl keys: key2 does not have the deep scan's $K2 chunks in 6 files: $(cat "$T_OUT")"
 run rekeyctl release-key -d "$KEYS" key2 "$DATA"

@@ -30,7 +30,6 @@ integ_setup
 
 SEED="${ROTATION_SEED:-${CRASH_SEED:-$(( ($(date +%s) ^ $$) % 1000000 ))}}"
 echo "rotation seed: $SEED (ROTATION_SEED=$SEED repeats this run)"
-RKSCAN="$T_INTEG_DIR/rkscan.py"
 CKB=16
 CS=$((CKB * 1024))
 DATA="$T_TMP/data"
@@ -41,23 +40,6 @@ OLD_KEYS="key1 key2 key3"
 mkdir -p "$SHADOW" "$MNT"
 
 # ---- helpers --------------------------------------------------------------------------------
-# jget JSONFILE PYEXPR: evaluate PYEXPR with d = the parsed JSON
-jget() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=eval(sys.argv[2]); print(json.dumps(r) if isinstance(r,(dict,list,bool)) or r is None else r)' "$1" "$2"
-}
-# status: the daemon's status JSON to $T_TMP/status.json
-status() {
-	rekeyctl status --json "$MNT" >"$T_TMP/status.json" 2>"$T_TMP/status.err" ||
-		fail "rekeyctl status --json $MNT failed: $(cat "$T_TMP/status.err")"
-	python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T_TMP/status.json" 2>/dev/null ||
-		fail "rekeyctl status --json printed invalid JSON: $(head -c 2000 "$T_TMP/status.json")"
-}
-sget() { jget "$T_TMP/status.json" "$1"; }
-# scan [--files]: rkscan of the data directory to $T_TMP/scan.json
-scan() {
-	python3 "$RKSCAN" "$@" "$DATA" >"$T_TMP/scan.json" 2>"$T_TMP/scan.err" || fail "rkscan failed: $(cat "$T_TMP/scan.err")"
-}
-scget() { jget "$T_TMP/scan.json" "$1"; }
 # seeded content: gen NAME SIZE > file
 gen() {
 	python3 -c '
@@ -94,35 +76,6 @@ alter_online() { # PATH KEY
 	run rekeyctl alter "$1" --key "$2"
 	assert_rc 0 "rekeyctl alter $1 --key $2 (online)"
 	assert_out_has "new writes are sealed under $2" "alter $1 says where new writes go"
-}
-# wait_idle TIMEOUT: poll status until the walker is idle with a finished sweep
-wait_idle() {
-	local deadline=$((SECONDS + $1))
-	while :; do
-		status
-		[ "$(sget 'd["walker"]["state"]')" = idle ] && break
-		[ $SECONDS -lt $deadline ] || fail "the sweep did not finish within $1 s: $(cat "$T_TMP/status.json")"
-		sleep 0.3
-	done
-}
-
-# evict [DIR]: write back and drop the kernel's cached pages of every file of
-# the mount (fsync + POSIX_FADV_DONTNEED per file, no global sync), so that the
-# next reads reach the daemon
-evict() {
-	python3 - "${1:-$MNT}" <<'PYEOF'
-import os, sys
-for dp, dn, fn in os.walk(sys.argv[1]):
-    dn[:] = [d for d in dn if d != ".rekeyfs"]
-    for f in fn:
-        fd = os.open(os.path.join(dp, f), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-PYEOF
 }
 # ---- the fixture ------------------------------------------------------------------------------
 checking "build the fixture: 3 tables + root, files under 1, 2 and 3 keys (written through the mount)"
@@ -325,7 +278,7 @@ for k in $OLD_KEYS; do assert_exists "$KEYS/$k" "old key $k stays in the key dir
 # the walker's rate: the chunks of the cold files (which only the walker
 # reads) at about 16 s: long enough that the status polls below see it
 # running several times even on a slow (sanitizer) build
-TODO=$(jget "$T_TMP/scan.json" 'sum(sum(v["keys"].values()) for f,v in d["files"].items() if "/cold" in f)')
+TODO=$(json_get "$T_TMP/scan.json" 'sum(sum(v["keys"].values()) for f,v in d["files"].items() if "/cold" in f)')
 RATE=$((TODO * CS / 16))
 mount_fs "$DATA" "$MNT" "walker_rate=$RATE"
 DPID=$LAST_PID
@@ -368,14 +321,14 @@ LAZY0=$(sget 'd["walker"]["chunks_rewritten_lazy"]')
 evict
 cmp -s "$MNT/r2.txt" "$SHADOW/r2.txt" || fail "reading r2.txt (under key1) through the mount: data differs from the shadow"
 NR2=$(( (SIZE[r2.txt] + CS - 1) / CS ))
-deadline=$((SECONDS + 10))
-while :; do
+r2_rekeyed() {
 	scan --files
+	local k
 	k=$(scget "d['files']['/r2.txt']['keys']")
-	[ "$k" = "{\"new_key\": $NR2}" ] && break
-	[ $SECONDS -lt $deadline ] || fail "after reading r2.txt its chunks are not rewritten under new_key within 10 s (slot keys: $k)"
-	sleep 0.2
-done
+	WAIT_WHY="slot keys: $k"
+	[ "$k" = "{\"new_key\": $NR2}" ]
+}
+wait_until 10 "after reading r2.txt its chunks are not rewritten under new_key within 10 s" r2_rekeyed
 status
 LAZY1=$(sget 'd["walker"]["chunks_rewritten_lazy"]')
 [ $((LAZY1 - LAZY0)) -ge "$NR2" ] ||
@@ -392,12 +345,12 @@ evict
 python3 "$WORK" "$MNT" "$SHADOW" "$T_TMP/stop" "$T_TMP/wstate.json" "$SEED" $WFILES >"$T_TMP/worker.out" 2>&1 &
 WPID=$!
 bg_register $WPID
-deadline=$((SECONDS + 10))
-until [ -f "$T_TMP/wstate.json" ] && [ "$(jget "$T_TMP/wstate.json" 'd["reads"]')" -gt 5 ]; do
+worker_reading() {
+	[ -f "$T_TMP/wstate.json" ] && [ "$(json_get "$T_TMP/wstate.json" 'd["reads"]')" -gt 5 ] && return 0
 	kill -0 $WPID 2>/dev/null || fail "the worker ended early: $(cat "$T_TMP/worker.out")"
-	[ $SECONDS -lt $deadline ] || fail "the worker did not start reading within 10 s"
-	sleep 0.1
-done
+	return 1
+}
+wait_until 10 "the worker did not start reading within 10 s" worker_reading
 
 checking "step 4: rekeyctl rekey MOUNT starts a sweep; a second request while it runs is a no-op that says so"
 status
@@ -413,7 +366,7 @@ status
 assert_eq "$(sget 'd["walker"]["sweep"]')" "$((SWEEP0 + 1))" "sweep number after the second request (no new sweep)"
 assert_eq "$(sget 'd["walker"]["state"]')" running "walker state after the second request"
 STARTED=$(sget 'd["walker"]["started"]')
-W0=$(jget "$T_TMP/wstate.json" 'd["reads"] + d["appends"] + d["overwrites"]')
+W0=$(json_get "$T_TMP/wstate.json" 'd["reads"] + d["appends"] + d["overwrites"]')
 ok "second request: $(head -c 200 "$T_OUT")"
 
 checking "step 5 (during the sweep): release-key of an old key is refused with the counts that remain"
@@ -471,7 +424,7 @@ sys.exit(1 if bad else 0)
 EOF
 status
 cp "$T_TMP/status.json" "$T_TMP/status.final.json"
-W1=$(jget "$T_TMP/wstate.json" 'd["reads"] + d["appends"] + d["overwrites"]')
+W1=$(json_get "$T_TMP/wstate.json" 'd["reads"] + d["appends"] + d["overwrites"]')
 [ $((W1 - W0)) -ge 20 ] || fail "the worker did only $((W1 - W0)) operations while the sweep ran"
 ok "the worker did $((W1 - W0)) operations while the sweep ran"
 

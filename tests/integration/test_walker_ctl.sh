@@ -3,7 +3,7 @@
 # bootstrap re-encryption), "pause" stops it making progress and "resume" lets
 # it finish; a detached daemon logs to syslog.
 set -u
-. "$TEST_SRCDIR/lib.sh"
+. "$TEST_SRCDIR/integration/integ.bash"
 need_root
 need_cmd fusermount3
 make_tmpdir
@@ -42,11 +42,7 @@ PY
 	for _ in $(seq 50); do [ -S /dev/log ] && break; sleep 0.1; done
 fi
 
-walker() { # print the walker's state and chunks rewritten by it
-	python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["walker"]; print(w["state"], w["chunks_rewritten_walker"])' \
-		"$M/.rekeyfs/status"
-}
-ctl() { exec 3<>"$M/.rekeyfs/control"; printf '%s\n' "$1" >&3; cat <&3; exec 3>&-; }
+walker() { status_get '"%s %s" % (w["state"], w["chunks_rewritten_walker"])'; } # state, chunks rewritten by the walker
 
 # detached, sweeping at mount, slowly (256 KiB/s: 6 MiB would take ~24 s)
 rekeyfs -o "keydir=$K,rekey_on_mount,walker_rate=262144" "$D" "$M" || fail "mount with rekey_on_mount"

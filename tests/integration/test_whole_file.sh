@@ -22,20 +22,6 @@ M="$T_TMP/mnt"
 E="$T_TMP/exp"
 mkdir -p "$E"
 
-status_get() { # EXPR on the status JSON's walker object w
-	python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["walker"]; print(eval(sys.argv[2]))' \
-		"$M/.rekeyfs/status" "$1"
-}
-ctl() { exec 3<>"$M/.rekeyfs/control"; printf '%s\n' "$1" >&3; cat <&3; exec 3>&-; }
-wait_idle() { # SECS
-	local st
-	for _ in $(seq $(($1 * 10))); do
-		st=$(status_get 'w["state"]')
-		[ "$st" = idle ] && return 0
-		sleep 0.1
-	done
-	fail "the sweep did not finish within $1 s (walker: $st)"
-}
 sweep() { # run a sweep of everything and wait for it
 	local r
 	r=$(ctl rekey)
@@ -105,11 +91,7 @@ PY
 HOLDER=$!
 bg_register "$HOLDER"
 # the file is open before the sweep starts (no sleep hoping it is)
-deadline=$((SECONDS + 30))
-while [ ! -e "$T_TMP/held.ready" ]; do
-	[ $SECONDS -lt $deadline ] || fail "the holder did not open held.dat within 30 s"
-	sleep 0.05
-done
+wait_until 30 "the holder did not open held.dat within 30 s" test -e "$T_TMP/held.ready"
 sweep
 replaced=$(status_get 'w["files_replaced"]')
 [ "$replaced" = 4 ] || fail "files_replaced is $replaced, expected 4 (a.txt b.bin sparse.dat tiny)"

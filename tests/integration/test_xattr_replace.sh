@@ -80,16 +80,11 @@ checking "the walker's whole-file rekey keeps them"
 run rekeyctl alter -d "$KEYS" "$D" --key key1
 assert_rc 0 "alter to key1"
 mount_fs "$D" "$M" "walker_rate=0"
-exec 3<>"$M/.rekeyfs/control"; printf 'rekey\n' >&3; r=$(cat <&3); exec 3>&-
+r=$(ctl rekey)
 echo "$r" | grep -q '^ok' || fail "rekey: $r"
-for _ in $(seq 600); do
-	st=$(python3 -c 'import json,sys; w=json.load(open(sys.argv[1]))["walker"]; print(w["state"], w["files_replaced"])' \
-		"$M/.rekeyfs/status")
-	[ "${st%% *}" = idle ] && break
-	sleep 0.1
-done
-[ "${st%% *}" = idle ] || fail "the sweep did not finish within 60 s ($st)"
-[ "${st#* }" = 2 ] || fail "the walker replaced ${st#* } files, expected 2"
+wait_idle 60
+st=$(status_get 'w["files_replaced"]')
+[ "$st" = 2 ] || fail "the walker replaced $st files, expected 2"
 for f in $FILES; do cmp -s "$T_TMP/$f.orig" "$M/$f" || fail "$f reads back differently"; done
 umount_fs "$M"
 replaced "walker"
