@@ -6,6 +6,7 @@
 #ifndef REKEYFS_COMMON_H
 #define REKEYFS_COMMON_H
 
+#include <stdbool.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +25,10 @@ enum rk_log_level { RK_LOG_ERR = 3, RK_LOG_WARN = 4, RK_LOG_INFO = 6, RK_LOG_DEB
 void rk_log_to_syslog(const char *ident);
 void rk_log_set_level(int level);
 int rk_log_get_level(void);
+/* Silence the calling thread's messages (nested: every rk_log_mute(true)
+ * needs its rk_log_mute(false)); other threads are not affected.  For a
+ * read whose failure the caller reports in its own words. */
+void rk_log_mute(bool on);
 /* Redirect every log line to a callback (tests capture messages this way). */
 typedef void (*rk_log_fn)(int level, const char *msg, void *arg);
 void rk_log_set_handler(rk_log_fn fn, void *arg);

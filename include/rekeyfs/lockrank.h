@@ -49,6 +49,10 @@ void rk_lockrank_acquired(const void *lock, int rank, const char *name, const ch
 void rk_lockrank_release(const void *lock, const char *name, const char *file, int line);
 /* Number of locks the calling thread holds (tests). */
 int rk_lockrank_held(void);
+/* Does the calling thread hold lock (as recorded by the wrappers)? */
+bool rk_lockrank_holds(const void *lock);
+/* Report a broken invariant and abort. */
+void rk_assert_fail(const char *what, const char *file, int line) __attribute__((noreturn));
 
 #ifdef RK_LOCK_CHECKS
 #define RK_LR_ACQ_(m, r) rk_lockrank_acquire((m), (r), #m, __FILE__, __LINE__)
@@ -58,6 +62,18 @@ int rk_lockrank_held(void);
 #define RK_LR_ACQ_(m, r) ((void)(r))
 #define RK_LR_GOT_(m, r) ((void)(r))
 #define RK_LR_REL_(m) ((void)0)
+#endif
+
+/* Runtime invariants, checked in --enable-lock-checks builds (all test
+ * builds): RK_ASSERT(cond) aborts naming the condition when it is false;
+ * RK_ASSERT_HELD(&lock) for "caller holds lock".  Compiled out otherwise
+ * (the condition is not evaluated). */
+#ifdef RK_LOCK_CHECKS
+#define RK_ASSERT(cond) ((cond) ? (void)0 : rk_assert_fail(#cond, __FILE__, __LINE__))
+#define RK_ASSERT_HELD(m) RK_ASSERT(rk_lockrank_holds(m))
+#else
+#define RK_ASSERT(cond) ((void)0)
+#define RK_ASSERT_HELD(m) ((void)0)
 #endif
 
 #define rk_mutex_lock(m, r) (RK_LR_ACQ_(m, r), (void)pthread_mutex_lock(m), RK_LR_GOT_(m, r))

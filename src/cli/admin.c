@@ -152,10 +152,9 @@ out:
 static const char *keyfile_status(const char *keydir, const char *name, const uint8_t *fp)
 {
 	struct rk_key *k;
-	int lvl = rk_log_get_level();
-	rk_log_set_level(RK_LOG_ERR - 1); /* the status column says it */
+	rk_log_mute(true); /* the status column says it */
 	int r = rk_key_load(keydir, name, &k);
-	rk_log_set_level(lvl);
+	rk_log_mute(false);
 	if (r == -ENOKEY)
 		return "missing";
 	if (r == -EPERM)

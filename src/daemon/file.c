@@ -265,6 +265,7 @@ void rkd_clean_dirty_headers(struct rkd_fs *fs)
 void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 {
 	rk_mutex_lock(&in->lock, RK_RANK_INODE);
+	RK_ASSERT(f->refs > 0);
 	if (--f->refs > 0) {
 		rk_mutex_unlock(&in->lock);
 		return;
@@ -382,6 +383,7 @@ int rkd_truncate_file(struct rkd_fs *fs, struct rkd_file *f, uint64_t size)
 void rkd_file_ref(struct rkd_inode *in, struct rkd_file *f)
 {
 	rk_mutex_lock(&in->lock, RK_RANK_INODE);
+	RK_ASSERT(f->refs > 0); /* the caller's request holds a reference */
 	f->refs++;
 	rk_mutex_unlock(&in->lock);
 }

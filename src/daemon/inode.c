@@ -179,6 +179,8 @@ void rkd_inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 	if (in->virt != RKD_REAL || in == &fs->root)
 		return;
 	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
+	/* the kernel never forgets more lookups than it was given */
+	RK_ASSERT(n <= in->nlookup);
 	if (n > in->nlookup)
 		n = in->nlookup;
 	in->nlookup -= n;

@@ -196,6 +196,7 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 /* Find or add the header entry for key.  Caller holds cf->lock. */
 static int keyent_for_locked(struct rk_cf *cf, struct rk_key *key)
 {
+	RK_ASSERT_HELD(&cf->lock);
 	int free_j = -1;
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 		struct rk_cf_keyent *e = &cf->hdr.keys[j];

@@ -44,6 +44,7 @@ static bool slot_fresh_hole(struct rk_cf *cf, uint64_t idx)
 /* Slot idx has been written.  Caller holds cf->lock. */
 void cf_slot_mark_written_locked(struct rk_cf *cf, uint64_t idx)
 {
+	RK_ASSERT_HELD(&cf->lock);
 	if (cf->writable && idx < cf->first_fresh && cf->low_bits && idx / 64 < cf->low_words)
 		cf->low_bits[idx / 64] |= 1ULL << (idx % 64);
 	if (!cf->writable || idx < cf->first_fresh || idx >= cf->fresh_limit)
@@ -68,6 +69,7 @@ void cf_slot_mark_written_locked(struct rk_cf *cf, uint64_t idx)
 /* Slots from first_dead on were cut off the stored file: holes again. */
 void cf_slots_cut_locked(struct rk_cf *cf, uint64_t first_dead)
 {
+	RK_ASSERT_HELD(&cf->lock);
 	/* slots cut off are no longer missing: a later extension makes holes */
 	if (cf->miss_end > first_dead)
 		cf->miss_end = RK_MAX(first_dead, cf->miss_from);

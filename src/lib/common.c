@@ -34,6 +34,10 @@ void rk_log_to_syslog(const char *ident)
 void rk_log_set_level(int level) { log_level = level; }
 int rk_log_get_level(void) { return log_level; }
 
+/* muted by this thread only (rk_log_mute): other threads keep logging */
+static __thread int log_muted;
+void rk_log_mute(bool on) { log_muted += on ? 1 : -1; }
+
 void rk_log_set_handler(rk_log_fn fn, void *arg)
 {
 	log_handler = fn;
@@ -45,7 +49,7 @@ void rk_log(int level, const char *fmt, ...)
 	char msg[1024];
 	va_list ap;
 
-	if (level > log_level && !log_handler)
+	if ((level > log_level || log_muted > 0) && !log_handler)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);

@@ -305,10 +305,9 @@ out:
 static int target_header(int fd, const uint8_t *id, uint32_t *slot_size)
 {
 	struct rk_cf_header h;
-	int lvl = rk_log_get_level();
-	rk_log_set_level(RK_LOG_ERR - 1);
+	rk_log_mute(true); /* a stale target is reported by the caller */
 	int r = rk_cf_read_header(fd, "(journal replay)", &h, NULL);
-	rk_log_set_level(lvl);
+	rk_log_mute(false);
 	if (r < 0 || memcmp(h.file_id, id, RK_FILE_ID_BYTES) != 0)
 		return -ESTALE;
 	if (h.slot_size <= RK_SLOT_OVERHEAD || h.slot_size > RK_CHUNK_MAX + RK_SLOT_OVERHEAD)

@@ -73,3 +73,18 @@ void rk_lockrank_release(const void *lock, const char *name, const char *file, i
 }
 
 int rk_lockrank_held(void) { return nheld; }
+
+bool rk_lockrank_holds(const void *lock)
+{
+	for (int i = 0; i < nheld; i++)
+		if (held[i].lock == lock)
+			return true;
+	return false;
+}
+
+void rk_assert_fail(const char *what, const char *file, int line)
+{
+	fprintf(stderr, "rekeyfs: invariant broken at %s:%d: %s\n", file, line, what);
+	fflush(stderr);
+	abort();
+}
