@@ -160,21 +160,6 @@ static void percent(char *buf, size_t len, uint64_t on, uint64_t total)
 
 static const char *plural(uint64_t n, const char *one, const char *many) { return n == 1 ? one : many; }
 
-/* Length of the valid UTF-8 sequence at p (1..4), or 0. */
-static int utf8_len(const unsigned char *p)
-{
-	int n = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : (p[0] & 0xf8) == 0xf0 ? 4 : 0;
-	if (n == 0 || (n == 2 && p[0] < 0xc2) || (n == 4 && p[0] > 0xf4))
-		return 0;
-	for (int i = 1; i < n; i++)
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-	if ((n == 3 && p[0] == 0xe0 && p[1] < 0xa0) || (n == 3 && p[0] == 0xed && p[1] >= 0xa0) ||
-	    (n == 4 && p[0] == 0xf0 && p[1] < 0x90) || (n == 4 && p[0] == 0xf4 && p[1] >= 0x90))
-		return 0; /* overlong, surrogate, beyond U+10FFFF */
-	return n;
-}
-
 /* A JSON string.  File names are bytes: a byte that is not part of valid
  * UTF-8 is written as \u00XX (its Latin-1 reading), so the output stays
  * valid JSON. */
@@ -183,7 +168,7 @@ static void jstr(FILE *f, const char *s)
 	const unsigned char *p = (const unsigned char *)s;
 	fputc('"', f);
 	while (*p) {
-		int n = utf8_len(p);
+		int n = rk_utf8_len(p);
 		if (n == 0) {
 			fprintf(f, "\\u%04x", *p++);
 		} else if (*p == '"' || *p == '\\') {
