@@ -39,7 +39,7 @@ enum rk_rank {
 	RK_RANK_COVERAGE = 88,  /* library coverage scan work queue */
 	RK_RANK_KEYRING = 90,   /* library rk_keyring.lock */
 	RK_RANK_DET = 94,       /* library crypto det_lock */
-	RK_RANK_UCOUNT = 96,    /* daemon ucount_lock: open handles per user (leaf) */
+	RK_RANK_UCOUNT = 96,    /* daemon fs->budget.lock: open handles per user (leaf) */
 	RK_RANK_SLAB = 98,      /* library secure slab lock (leaf) */
 };
 

@@ -145,7 +145,20 @@ struct rkd_dirty {
 struct rkd_szent; /* attr.c: an entry of the closed-file size cache */
 
 
+/* Open handles per non-root user (inode.c): a user may hold per_user handles
+ * (a directory counts 2), all non-root users together nonroot_max; root is
+ * not counted.  lock: rank RK_RANK_UCOUNT (96, a leaf: nothing is taken
+ * under it); it guards every field here. */
+struct rkd_ucount;
+struct rkd_budget {
+	pthread_mutex_t lock;
+	struct rkd_ucount *users; /* by uid */
+	size_t nonroot;           /* handles of all non-root users */
+	size_t nonroot_max, per_user;
+};
+
 struct rkd_fs {
+	struct rkd_budget budget; /* open handles per user (see struct rkd_budget) */
 	struct rkd_opts o;
 	char *datadir;        /* as given */
 	char *datadir_real;   /* realpath, used to turn /proc/self/fd links into table paths */

@@ -13,6 +13,7 @@
 #include "inode.h"
 #include "ops.h"
 #include "rekeyfs/common.h"
+#include "rekeyfs/scratch.h"
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -54,20 +55,20 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	uid_t uid = fuse_req_ctx(req)->uid;
-	ret = rkd_handle_charge(uid, 1);
+	ret = rkd_handle_charge(fs, uid, 1);
 	if (ret < 0) {
 		fuse_reply_err(req, -ret);
 		return;
 	}
 	ret = rkd_file_get(fs, in, &f);
 	if (ret < 0) {
-		rkd_handle_refund(uid, 1);
+		rkd_handle_refund(fs, uid, 1);
 		fuse_reply_err(req, ferr(ret));
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY && !f->rw) {
 		rkd_file_put(fs, in, f);
-		rkd_handle_refund(uid, 1);
+		rkd_handle_refund(fs, uid, 1);
 		fuse_reply_err(req, EROFS);
 		return;
 	}
@@ -75,7 +76,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		ret = rkd_truncate_file(fs, f, 0);
 		if (ret < 0) {
 			rkd_file_put(fs, in, f);
-			rkd_handle_refund(uid, 1);
+			rkd_handle_refund(fs, uid, 1);
 			fuse_reply_err(req, ferr(ret));
 			return;
 		}
@@ -83,7 +84,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h = rkd_handle_new(in, f, fi->flags);
 	if (!h) {
 		rkd_file_put(fs, in, f);
-		rkd_handle_refund(uid, 1);
+		rkd_handle_refund(fs, uid, 1);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -101,7 +102,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	(void)ino;
 	if (h->f)
 		rkd_file_put(fs, h->in, h->f);
-	rkd_handle_refund(h->uid, 1);
+	rkd_handle_refund(fs, h->uid, 1);
 	rkd_handle_free(h);
 	fuse_reply_err(req, 0);
 }
@@ -144,46 +145,6 @@ static void fg_begin(struct rkd_fs *fs)
 
 static void fg_end(struct rkd_fs *fs) { atomic_fetch_sub(&fs->st.inflight, 1); }
 
-/* per-thread reply buffer: no allocation per request after warm-up; freed
- * when the worker thread exits */
-struct tbuf {
-	uint8_t *p;
-	size_t len;
-};
-static pthread_key_t tbuf_key;
-static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
-
-static void tbuf_free(void *arg)
-{
-	struct tbuf *t = arg;
-	free(t->p);
-	free(t);
-	rk_crypto_thread_cleanup();
-}
-
-static void tbuf_init(void) { pthread_key_create(&tbuf_key, tbuf_free); }
-
-static uint8_t *thread_buf(size_t len)
-{
-	pthread_once(&tbuf_once, tbuf_init);
-	struct tbuf *t = pthread_getspecific(tbuf_key);
-	if (!t) {
-		t = calloc(1, sizeof(*t));
-		if (!t)
-			return NULL;
-		pthread_setspecific(tbuf_key, t);
-	}
-	if (t->len < len) {
-		size_t want = (len + 65535) / 65536 * 65536;
-		uint8_t *n = realloc(t->p, want);
-		if (!n)
-			return NULL;
-		t->p = n;
-		t->len = want;
-	}
-	return t->p;
-}
-
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct rkd_fs *fs = FS(req);
@@ -223,7 +184,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 		return;
 	}
-	uint8_t *buf = thread_buf(size);
+	/* the thread's reply buffer (library per-thread state): no allocation
+	 * per request after warm-up, freed when the worker thread exits */
+	uint8_t *buf = rk_scratch(RK_SCR_REPLY, size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;

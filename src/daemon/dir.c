@@ -48,7 +48,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		d->virt = true;
 	} else {
 		d->uid = fuse_req_ctx(req)->uid;
-		int ret = rkd_handle_charge(d->uid, 2);
+		int ret = rkd_handle_charge(fs, d->uid, 2);
 		if (ret < 0) {
 			free(d);
 			fuse_reply_err(req, -ret);
@@ -59,7 +59,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 			int e = errno;
 			if (fd >= 0)
 				close(fd);
-			rkd_handle_refund(d->uid, 2);
+			rkd_handle_refund(fs, d->uid, 2);
 			free(d);
 			fuse_reply_err(req, e);
 			return;
@@ -145,7 +145,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	(void)ino;
 	if (d->dp) {
 		closedir(d->dp);
-		rkd_handle_refund(d->uid, 2);
+		rkd_handle_refund(FS(req), d->uid, 2);
 	}
 	free(d);
 	fuse_reply_err(req, 0);

@@ -139,6 +139,7 @@ static void init_locks(struct rkd_fs *fs)
 	}
 	pthread_mutex_init(&fs->dirty_lock, NULL);
 	pthread_mutex_init(&fs->szlock, NULL);
+	rkd_budget_init(&fs->budget);
 	pthread_rwlock_init(&fs->policy_lock, NULL);
 	atomic_store(&fs->policy_gen, 1);
 }
@@ -234,6 +235,7 @@ int rkd_fs_destroy(struct rkd_fs *fs)
 	}
 	free(fs->dirty);
 	inodes_free(fs);
+	rkd_budget_destroy(&fs->budget);
 	rkd_size_cache_free(fs);
 	if (fs->root.fd >= 0)
 		close(fs->root.fd);

@@ -201,35 +201,51 @@ void rkd_inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 /* ---- open handles per user -----------------------------------------------------------------
  * Every open handle costs the daemon descriptors: a file's is shared by its
  * handles and is its inode's, a directory's DIR is one more.  A non-root user
- * may hold open_per_user handles (a directory counts 2), EMFILE past it, and
- * all non-root users together open_nonroot_max, ENFILE past it: the rest of
+ * may hold fs->budget.per_user handles (a directory counts 2), EMFILE past it, and
+ * all non-root users together fs->budget.nonroot_max, ENFILE past it: the rest of
  * the descriptor limit is root's reserve (and the walker's, the journal's,
- * and the inodes the kernel knows).  Root is not counted.  ucount_lock
- * guards ucounts, open_nonroot and the two bounds; rank RK_RANK_UCOUNT (96,
+ * and the inodes the kernel knows).  Root is not counted.  fs->budget.lock
+ * guards the per-user counts, the non-root total and the two bounds; rank RK_RANK_UCOUNT (96,
  * a leaf: nothing is taken under it). */
-struct ucount {
+struct rkd_ucount {
 	uid_t uid;
 	size_t n;
 	UT_hash_handle hh;
 };
-static pthread_mutex_t ucount_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct ucount *ucounts;
-static size_t open_nonroot, open_nonroot_max = SIZE_MAX, open_per_user = SIZE_MAX;
+
+void rkd_budget_init(struct rkd_budget *b)
+{
+	pthread_mutex_init(&b->lock, NULL);
+	b->users = NULL;
+	b->nonroot = 0;
+	b->nonroot_max = b->per_user = SIZE_MAX;
+}
+
+void rkd_budget_destroy(struct rkd_budget *b)
+{
+	struct rkd_ucount *u, *tmp;
+	HASH_ITER(hh, b->users, u, tmp) {
+		HASH_DEL(b->users, u);
+		free(u);
+	}
+	pthread_mutex_destroy(&b->lock);
+}
 
 /* Charge uid for a handle of cost n: 0, or -EMFILE / -ENFILE / -ENOMEM. */
-int rkd_handle_charge(uid_t uid, size_t n)
+int rkd_handle_charge(struct rkd_fs *fs, uid_t uid, size_t n)
 {
-	struct ucount *u;
+	struct rkd_budget *b = &fs->budget;
+	struct rkd_ucount *u;
 	int ret = 0;
 	if (uid == 0)
 		return 0;
-	rk_mutex_lock(&ucount_lock, RK_RANK_UCOUNT);
-	HASH_FIND(hh, ucounts, &uid, sizeof(uid), u);
-	if (u && u->n + n > open_per_user) {
+	rk_mutex_lock(&fs->budget.lock, RK_RANK_UCOUNT);
+	HASH_FIND(hh, b->users, &uid, sizeof(uid), u);
+	if (u && u->n + n > fs->budget.per_user) {
 		ret = -EMFILE;
 		goto out;
 	}
-	if (open_nonroot + n > open_nonroot_max) {
+	if (fs->budget.nonroot + n > fs->budget.nonroot_max) {
 		ret = -ENFILE;
 		goto out;
 	}
@@ -240,34 +256,35 @@ int rkd_handle_charge(uid_t uid, size_t n)
 			goto out;
 		}
 		u->uid = uid;
-		HASH_ADD(hh, ucounts, uid, sizeof(u->uid), u);
+		HASH_ADD(hh, b->users, uid, sizeof(u->uid), u);
 	}
 	u->n += n;
-	open_nonroot += n;
+	fs->budget.nonroot += n;
 out:
-	rk_mutex_unlock(&ucount_lock);
+	rk_mutex_unlock(&fs->budget.lock);
 	if (ret == -EMFILE || ret == -ENFILE)
 		rk_dbg("uid %u: open refused (%s): %zu handles per user, %zu for all users but root", (unsigned)uid,
-		       strerror(-ret), open_per_user, open_nonroot_max);
+		       strerror(-ret), fs->budget.per_user, fs->budget.nonroot_max);
 	return ret;
 }
 
-void rkd_handle_refund(uid_t uid, size_t n)
+void rkd_handle_refund(struct rkd_fs *fs, uid_t uid, size_t n)
 {
-	struct ucount *u;
+	struct rkd_budget *b = &fs->budget;
+	struct rkd_ucount *u;
 	if (uid == 0 || uid == RKD_UNCHARGED)
 		return;
-	rk_mutex_lock(&ucount_lock, RK_RANK_UCOUNT);
-	HASH_FIND(hh, ucounts, &uid, sizeof(uid), u);
+	rk_mutex_lock(&fs->budget.lock, RK_RANK_UCOUNT);
+	HASH_FIND(hh, b->users, &uid, sizeof(uid), u);
 	if (u) {
 		u->n -= RK_MIN(n, u->n);
-		open_nonroot -= RK_MIN(n, open_nonroot);
+		fs->budget.nonroot -= RK_MIN(n, fs->budget.nonroot);
 		if (u->n == 0) {
-			HASH_DEL(ucounts, u);
+			HASH_DEL(b->users, u);
 			free(u);
 		}
 	}
-	rk_mutex_unlock(&ucount_lock);
+	rk_mutex_unlock(&fs->budget.lock);
 }
 /* ---- fd budget ---------------------------------------------------------------------------
  * Every inode the kernel knows holds an O_PATH fd.  When they near the fd
@@ -346,17 +363,17 @@ int rkd_reclaim_start(struct rkd_fs *fs)
 	fs->inode_low = fs->inode_high * 3 / 4;
 	/* open handles of non-root users: a quarter of the limit each (or
 	 * max_open_per_user), half of it for all of them; the rest is root's */
-	rk_mutex_lock(&ucount_lock, RK_RANK_UCOUNT);
-	open_per_user = fs->o.max_open_per_user ? fs->o.max_open_per_user : RK_MAX(limit / 4, (size_t)16);
-	open_nonroot_max = limit / 2;
-	rk_mutex_unlock(&ucount_lock);
+	rk_mutex_lock(&fs->budget.lock, RK_RANK_UCOUNT);
+	fs->budget.per_user = fs->o.max_open_per_user ? fs->o.max_open_per_user : RK_MAX(limit / 4, (size_t)16);
+	fs->budget.nonroot_max = limit / 2;
+	rk_mutex_unlock(&fs->budget.lock);
 	pthread_cond_init(&fs->reclaim_cond, NULL);
 	if (pthread_create(&fs->reclaim_thr, NULL, reclaimer, fs) != 0)
 		return -EAGAIN;
 	fs->reclaim_started = true;
 	rk_info("fd budget: limit %zu; known inodes reclaimed above %zu; open files and directories: %zu per "
 	        "non-root user, %zu for all non-root users, the rest kept for root",
-	        limit, fs->inode_high, open_per_user, open_nonroot_max);
+	        limit, fs->inode_high, fs->budget.per_user, fs->budget.nonroot_max);
 	return 0;
 }
 

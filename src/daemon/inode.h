@@ -62,8 +62,10 @@ void rkd_inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n);
 int rkd_inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const struct rkd_inode *parent,
                      struct stat *st, struct rkd_inode **out);
 /* open handles per non-root user: 0, or -EMFILE / -ENFILE / -ENOMEM */
-int rkd_handle_charge(uid_t uid, size_t n);
-void rkd_handle_refund(uid_t uid, size_t n);
+int rkd_handle_charge(struct rkd_fs *fs, uid_t uid, size_t n);
+void rkd_handle_refund(struct rkd_fs *fs, uid_t uid, size_t n);
+void rkd_budget_init(struct rkd_budget *b);
+void rkd_budget_destroy(struct rkd_budget *b);
 /* Keep the O_PATH fds of known inodes below the process's fd limit: ask the
  * kernel to drop idle dentries (it then forgets their inodes). */
 int rkd_reclaim_start(struct rkd_fs *fs);

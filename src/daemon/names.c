@@ -378,7 +378,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		ret = -EPERM;
 		goto out;
 	}
-	ret = rkd_handle_charge(uid, 1);
+	ret = rkd_handle_charge(fs, uid, 1);
 	if (ret < 0)
 		goto out;
 	charged = true;
@@ -444,7 +444,7 @@ out:
 		if (in)
 			rkd_inode_unref(fs, in, 1);
 		if (charged)
-			rkd_handle_refund(uid, 1);
+			rkd_handle_refund(fs, uid, 1);
 		fuse_reply_err(req, ferr(ret)); /* EMFILE, ENFILE, ENOMEM as such */
 		return;
 	}
