@@ -247,6 +247,9 @@ void rk_cf_get_writer(const struct rk_cf *cf, struct rk_cf_writer *w) { *w = cf-
 
 void rk_cf_set_read_hook(struct rk_cf *cf, rk_cf_read_hook fn, void *arg)
 {
+	/* given once, never swapped while the file is shared (reads see it
+	 * without a lock); NULL removes it when nobody else uses the file */
+	RK_ASSERT(!fn || !cf->read_hook);
 	cf->read_hook = fn;
 	cf->read_hook_arg = arg;
 }
@@ -266,7 +269,10 @@ int rk_cf_key_entry(struct rk_cf *cf, const struct rk_key *key)
 
 void rk_cf_set_writer(struct rk_cf *cf, const struct rk_cf_writer *w)
 {
+	/* given once, never swapped for another while the file is shared */
+	RK_ASSERT(!w || !cf->writer_set);
 	cf->writer = w ? *w : default_writer;
+	cf->writer_set = w != NULL;
 }
 
 static struct rk_cf *cf_alloc(int fd, const char *path, struct rk_keyring *kr, bool writable)

@@ -53,6 +53,7 @@ struct rk_cf {
 	bool copies_equal;               /* both header copies hold the current clean state */
 	struct keyslot ks[RK_CF_MAX_KEYS];
 	struct rk_cf_writer writer;
+	bool writer_set; /* a writer other than the default is installed (set once) */
 	rk_cf_read_hook read_hook;
 	void *read_hook_arg;
 	/* chunks of this file that did not compress in a row: past a few,
