@@ -97,8 +97,9 @@ int rk_journal_attach_file(struct rk_journal *j, struct rk_cf *cf, const char *r
 int rk_journal_detach_file(struct rk_journal_file *jf);
 /* Update the path recorded for a file (after rename). */
 void rk_journal_repath_file(struct rk_journal_file *jf, const char *rel);
-/* The same for callers that do not keep the handle: the file is found by
- * its rk_cf in the journal's list of attached files. */
+/* The same for callers that do not keep the handle (tests): the file is
+ * found by its rk_cf in the journal's list of attached files.  The daemon
+ * and the rekey engine keep the handle. */
 int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel);
 int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf);
 void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel);

@@ -77,6 +77,7 @@ struct rkd_file {
 	bool closing;         /* last handle gone; being flushed and detached */
 	bool chunk;           /* chunk file (else plain pass-through) */
 	struct rk_cf *cf;
+	struct rk_journal_file *jf; /* the journal's handle while attached (rw chunk files) */
 	/* rank RK_RANK_FILE_RW (30): shared for read/write; exclusive for
 	 * truncate, sync, extension, key-reference scans */
 	pthread_rwlock_t rw_lock;

@@ -37,7 +37,7 @@ int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, e
 		if (f->cf) {
 			rk_cf_set_path(f->cf, rel);
 			if (f->rw)
-				rk_journal_repath(fs->j, f->cf, rel);
+				rk_journal_repath_file(f->jf, rel);
 		}
 		rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 		const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
@@ -65,7 +65,7 @@ void rkd_file_repath(struct rkd_fs *fs, struct rkd_inode *in)
 	if (rel) {
 		rk_cf_set_path(in->of->cf, rel);
 		if (in->of->rw)
-			rk_journal_repath(fs->j, in->of->cf, rel);
+			rk_journal_repath_file(in->of->jf, rel);
 		free(rel);
 	}
 	rk_mutex_unlock(&in->lock);
@@ -177,7 +177,7 @@ int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
 			goto out;
 		}
 		if (f->rw) {
-			ret = rk_journal_attach(fs->j, f->cf, rel);
+			ret = rk_journal_attach_file(fs->j, f->cf, rel, &f->jf);
 			if (ret < 0)
 				goto out;
 			if (fs->o.lazy && fs->lazy_hook)
@@ -281,7 +281,9 @@ void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 			rk_err("%s: header write at close failed: %s", rk_cf_path(f->cf), strerror(-ret));
 		if (rk_cf_disk_dirty(f->cf))
 			remember_dirty(fs, f);
-		ret = rk_journal_detach(fs->j, f->cf);
+		ret = rk_journal_detach_file(f->jf);
+		if (ret == 0)
+			f->jf = NULL;
 		if (ret < 0) {
 			/* the journal still needs this file's fd to put chunks in place:
 			 * keep it open (the data is safe in the journal) */

@@ -334,7 +334,7 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 	f->in = in;
 	f->fs = fs;
 	f->target_idx = -1;
-	ret = rk_journal_attach(fs->j, cf, rel);
+	ret = rk_journal_attach_file(fs->j, cf, rel, &f->jf);
 	if (ret == 0) {
 		if (fs->o.lazy && fs->lazy_hook)
 			rk_cf_set_read_hook(cf, fs->lazy_hook, f);

@@ -112,17 +112,19 @@ static int rekey_whole(struct file_ctx *c, const struct rk_walk_ent *e, struct r
 struct own_file {
 	int fd;
 	struct rk_cf *cf;
+	struct rk_journal_file *jf; /* the journal's handle while attached */
 };
 
 static int own_open(const struct rk_rekey_engine *eng, const struct rk_walk_ent *e, struct own_file *o)
 {
 	o->cf = NULL;
+	o->jf = NULL;
 	o->fd = openat(e->dirfd, e->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 	if (o->fd < 0)
 		return errno == ENOENT ? 1 : -errno;
 	int ret = rk_cf_open(o->fd, e->rel, eng->kr, true, &o->cf);
 	if (ret == 0 && eng->j) {
-		ret = rk_journal_attach(eng->j, o->cf, e->rel);
+		ret = rk_journal_attach_file(eng->j, o->cf, e->rel, &o->jf);
 		if (ret < 0) {
 			rk_cf_close(o->cf);
 			o->cf = NULL;
@@ -137,7 +139,7 @@ static int own_open(const struct rk_rekey_engine *eng, const struct rk_walk_ent 
 
 static int own_close(const struct rk_rekey_engine *eng, struct own_file *o)
 {
-	int r3 = eng->j ? rk_journal_detach(eng->j, o->cf) : 0;
+	int r3 = rk_journal_detach_file(o->jf); /* NULL (no journal): nothing */
 	/* chunks in place: make them durable and the header counts exact and
 	 * clean, so the fast fsck path trusts them */
 	int r2 = r3 == 0 ? rk_cf_sync(o->cf) : rk_cf_flush(o->cf);
@@ -153,7 +155,7 @@ static int rekey_in_place(struct file_ctx *c, const struct rk_walk_ent *e, struc
                           struct rk_rekey_file_result *out)
 {
 	const struct rk_rekey_access *acc = c->eng->acc;
-	struct own_file own = {-1, NULL};
+	struct own_file own = {-1, NULL, NULL};
 	struct rk_cf *cf = NULL;
 	int ret = acc && acc->open ? acc->open(acc->arg, c->h, &cf) : own_open(c->eng, e, &own);
 	if (ret == 1 || ret == -ENOENT)
