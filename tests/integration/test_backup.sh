@@ -39,7 +39,6 @@ tree_sums() { (cd "$1" && find . -path ./.rekeyfs -prune -o -type f -print0 | LC
 checking "set up: DATADIR mounted over itself, two tables, files under key1"
 new_datadir "$DATA" 16 key1
 mount_fs "$DATA" "$DATA"
-DLOG=$LAST_LOG
 for t in ks/t1 ks/t2; do
 	mkdir -p "$DATA/$t"
 	run rekeyctl alter "$DATA/$t" --key key1
