@@ -453,10 +453,14 @@ is_chunk_file "$DATA/legacy.txt" && fail "legacy.txt became a chunk file; a plai
 assert_same "$DATA/legacy.txt" "$T_TMP/legacy.expected" "the stored plain legacy.txt"
 assert_eq "$(stat -c %s "$MNT/legacy.txt")" "$(stat -c %s "$DATA/legacy.txt")" "size of the plain file"
 
-checking "the real .rekeyfs is hidden; the virtual one shows status and control"
+checking "the real .rekeyfs is hidden; the virtual one is reachable by name only and shows status and control"
 ls -a "$MNT" >"$T_OUT"
-grep -qx '.rekeyfs' "$T_OUT" || fail "ls -a MNT does not show .rekeyfs"
-assert_eq "$(grep -c '^\.rekeyfs' "$T_OUT")" 1 "number of .rekeyfs* entries in the mount root"
+assert_eq "$(grep -c '^\.rekeyfs' "$T_OUT")" 0 "number of .rekeyfs* entries listed in the mount root (ls -a: $(tr '\n' ' ' <"$T_OUT"))"
+find "$MNT" -maxdepth 1 >"$T_OUT"
+grep -q '/\.rekeyfs' "$T_OUT" && fail "find MNT lists the control directory: $(tr '\n' ' ' <"$T_OUT")"
+tar -C "$MNT" -cf - . | tar -tf - >"$T_OUT"
+grep -q 'rekeyfs' "$T_OUT" && fail "tar of the mount root holds the control directory: $(grep rekeyfs "$T_OUT" | head -3)"
+[ "$(stat -c %F "$MNT/.rekeyfs")" = directory ] || fail "stat MNT/.rekeyfs by name fails"
 assert_eq "$(ls -a "$MNT/.rekeyfs" | LC_ALL=C sort | tr '\n' ' ')" ". .. control status " "ls -a MNT/.rekeyfs"
 for real in "$DATA"/.rekeyfs/*; do
 	n="$(basename "$real")"
