@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "ioerr.h"
 #include "rekeyfs/common.h"
 
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
@@ -46,6 +47,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	rk_rw_unlock(&fs->policy_lock);
 	rkd_jb_printf(&b, "\n  ],\n");
 	rkd_walker_json(fs, &b);
+	rkd_ioerr_json(fs, &b);
 	struct rk_journal_stats js;
 	rk_journal_get_stats(fs->j, &js);
 	rkd_jb_printf(&b,
