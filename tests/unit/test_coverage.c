@@ -98,15 +98,10 @@ static void mkdir_data(struct fx *f, const char *rel)
  */
 static int setup(void **state)
 {
-	static const struct tu_fx_key keys[] = {{"AES/GCM/NoPadding", 256, "ka"},
-	                                        {"ChaCha20/Poly1305/NoPadding", 256, "kb"},
-	                                        {"AES/GCM/NoPadding", 128, "kc"},
-	                                        {"AES/GCM/NoPadding", 256, "kd"}};
-	static const struct tu_fx_opts o = {.keys = keys, .nkeys = 4, .init_chunk = CS, .init_comp = RK_COMP_NONE};
-	struct fx *f = calloc(1, sizeof(*f));
+	static const struct tu_fx_opts o = {.keys = tu_fx_keys, .nkeys = 4, .init_chunk = CS, .init_comp = RK_COMP_NONE};
+	struct fx *f = tu_fx_new(sizeof(*f), &o);
 	if (!f)
 		return -1;
-	assert_int_equal(tu_fx_init(&f->t, &o), 0);
 	/* the fixture's keyring builds the tree; the scan gets a fresh one */
 	struct rk_keyring *kr = f->t.kr;
 	struct rk_key *k = NULL;
@@ -184,8 +179,7 @@ static int teardown(void **state)
 {
 	struct fx *f = *state;
 	rk_datadir_close(f->dd);
-	tu_fx_fini(&f->t);
-	free(f);
+	tu_fx_free(f);
 	return 0;
 }
 

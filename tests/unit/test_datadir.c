@@ -20,8 +20,7 @@
 
 static int setup(void **state)
 {
-	static const struct tu_fx_key keys[] = {{"AES/GCM/NoPadding", 256, "ka"}, {"ChaCha20/Poly1305/NoPadding", 256, "kb"}};
-	static const struct tu_fx_opts o = {.mkdata = true, .keys = keys, .nkeys = 2, .keyring = true};
+	static const struct tu_fx_opts o = {.mkdata = true, .keys = tu_fx_keys, .nkeys = 2, .keyring = true};
 	return tu_fx_setup(state, &o);
 }
 

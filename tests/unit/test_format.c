@@ -29,9 +29,7 @@
 /* the fixture: ka AES/GCM 256, kb ChaCha20/Poly1305 256, kc AES/GCM 128 */
 static int setup(void **state)
 {
-	static const struct tu_fx_key keys[] = {
-		{"AES/GCM/NoPadding", 256, "ka"}, {"ChaCha20/Poly1305/NoPadding", 256, "kb"}, {"AES/GCM/NoPadding", 128, "kc"}};
-	static const struct tu_fx_opts o = {.keys = keys, .nkeys = 3, .keyring = true};
+	static const struct tu_fx_opts o = {.keys = tu_fx_keys, .nkeys = 3, .keyring = true};
 	return tu_fx_setup(state, &o);
 }
 

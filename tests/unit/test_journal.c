@@ -174,12 +174,9 @@ static void make_chunk_file(struct fx *f, const char *path, uint8_t *id)
 
 static int setup(void **state)
 {
-	static const struct tu_fx_key keys[] = {{"AES/GCM/NoPadding", 256, "ka"}, {"AES/GCM/NoPadding", 256, "kb"}};
-	static const struct tu_fx_opts o = {.keys = keys, .nkeys = 2, .init_chunk = CS, .init_comp = RK_COMP_NONE};
-	struct fx *f = calloc(1, sizeof(*f));
+	static const struct tu_fx_opts o = {.keys = tu_fx_aes_keys, .nkeys = 2, .init_chunk = CS, .init_comp = RK_COMP_NONE};
+	struct fx *f = tu_fx_new(sizeof(*f), &o);
 	if (!f)
-		return -1;
-	if (tu_fx_init(&f->t, &o) < 0)
 		return -1;
 	tu_path(f->outside, "%s/outside", f->t.dir);
 	tu_path(f->victim, "%s/outside/victim", f->t.dir);
@@ -202,9 +199,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
-	tu_fx_fini(&f->t);
 	free(f->victim_before);
-	free(f);
+	tu_fx_free(f);
 	return 0;
 }
 

@@ -75,14 +75,10 @@ static void make_dirty_file(struct fx *f, const char *name)
 
 static int setup(void **state)
 {
-	static const struct tu_fx_key keys[] = {{"AES/GCM/NoPadding", 256, "ka"}, {"AES/GCM/NoPadding", 256, "kb"}};
-	static const struct tu_fx_opts o = {.keys = keys, .nkeys = 2, .init_chunk = CS, .init_comp = RK_COMP_NONE};
-	struct fx *f = calloc(1, sizeof(*f));
+	static const struct tu_fx_opts o = {.keys = tu_fx_aes_keys, .nkeys = 2, .init_chunk = CS, .init_comp = RK_COMP_NONE};
+	struct fx *f = tu_fx_new(sizeof(*f), &o);
 	char path[PATH_MAX];
 	if (!f)
-		return -1;
-	f->rootfd = -1;
-	if (tu_fx_init(&f->t, &o) < 0)
 		return -1;
 	make_file(f, "all_old", 4, 4);     /* every chunk moves: whole file */
 	make_file(f, "few_old", 8, 1);     /* one of eight moves: in place */
@@ -108,8 +104,7 @@ static int teardown(void **state)
 {
 	struct fx *f = *state;
 	close(f->rootfd);
-	tu_fx_fini(&f->t);
-	free(f);
+	tu_fx_free(f);
 	return 0;
 }
 

@@ -92,20 +92,37 @@ void tu_fx_fini(struct tu_fx *f)
 	tu_rmrf(f->dir);
 }
 
+const struct tu_fx_key tu_fx_keys[4] = {{"AES/GCM/NoPadding", 256, "ka"},
+                                        {"ChaCha20/Poly1305/NoPadding", 256, "kb"},
+                                        {"AES/GCM/NoPadding", 128, "kc"},
+                                        {"AES/GCM/NoPadding", 256, "kd"}};
+const struct tu_fx_key tu_fx_aes_keys[2] = {{"AES/GCM/NoPadding", 256, "ka"}, {"AES/GCM/NoPadding", 256, "kb"}};
+
+void *tu_fx_new(size_t size, const struct tu_fx_opts *o)
+{
+	struct tu_fx *f = size >= sizeof(*f) ? calloc(1, size) : NULL;
+	if (f && tu_fx_init(f, o) < 0) {
+		free(f);
+		f = NULL;
+	}
+	return f;
+}
+
+void tu_fx_free(void *fx)
+{
+	tu_fx_fini(fx);
+	free(fx);
+}
+
 int tu_fx_setup(void **state, const struct tu_fx_opts *o)
 {
-	struct tu_fx *f = calloc(1, sizeof(*f));
-	if (!f)
-		return -1;
-	*state = f;
-	return tu_fx_init(f, o);
+	*state = tu_fx_new(sizeof(struct tu_fx), o);
+	return *state ? 0 : -1;
 }
 
 int tu_fx_teardown(void **state)
 {
-	struct tu_fx *f = *state;
-	tu_fx_fini(f);
-	free(f);
+	tu_fx_free(*state);
 	return 0;
 }
 

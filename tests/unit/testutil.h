@@ -55,9 +55,18 @@ struct tu_fx_opts {
 	uint32_t init_chunk;         /* nonzero: rk_datadir_init(data, ka, init_chunk, init_comp) */
 	enum rk_comp init_comp;
 };
+/* The usual keys: ka AES/GCM 256, kb ChaCha20/Poly1305 256, kc AES/GCM 128,
+ * kd AES/GCM 256 (take the first n); and two AES/GCM 256 keys ka, kb. */
+extern const struct tu_fx_key tu_fx_keys[4];
+extern const struct tu_fx_key tu_fx_aes_keys[2];
 /* Set up f (zeroed): 0, or -1 (a cmocka setup then fails). */
 int tu_fx_init(struct tu_fx *f, const struct tu_fx_opts *o);
 void tu_fx_fini(struct tu_fx *f);
+/* A test's own fixture struct of size bytes whose FIRST member is a struct
+ * tu_fx: allocated zeroed and set up (NULL on failure); tu_fx_free runs
+ * tu_fx_fini and frees it. */
+void *tu_fx_new(size_t size, const struct tu_fx_opts *o);
+void tu_fx_free(void *fx);
 /* cmocka setup/teardown of a fixture that is a bare struct tu_fx */
 int tu_fx_setup(void **state, const struct tu_fx_opts *o);
 int tu_fx_teardown(void **state);
