@@ -9,7 +9,9 @@
 #  - -o log=FILE gets the daemon's lines (mount, the read error, unmount),
 #    mode 0600; a reader that scans the bad chunk again and again is counted
 #    every time but logged at most 3 times per file and minute;
-#  - -o log=SYMLINK and -o log=DIRECTORY are refused: the daemon does not start.
+#  - -o log=SYMLINK and -o log=DIRECTORY are refused: the daemon does not start;
+#  - -o log=stderr keeps the daemon's stderr after it detaches (no -f): a
+#    chunk lost to a cut-short file is logged there.
 set -u
 . "${TEST_SRCDIR:-$(dirname "$0")/..}/integration/integ.bash"
 need_fuse
@@ -30,8 +32,9 @@ assert_rc 0 "alter /t --key key2"
 make_random "$EXP/a.dat" $((4 * CS))
 make_random "$EXP/b.dat" $((2 * CS))
 make_random "$EXP/c.dat" $((2 * CS))
+make_random "$EXP/d.dat" $((3 * CS))
 mount_fs "$DATA" "$MNT"
-cp "$EXP/a.dat" "$EXP/c.dat" "$MNT/" || fail "writing through the mount"
+cp "$EXP/a.dat" "$EXP/c.dat" "$EXP/d.dat" "$MNT/" || fail "writing through the mount"
 cp "$EXP/b.dat" "$MNT/t/" || fail "writing through the mount"
 umount_fs "$MNT"
 for f in a.dat c.dat t/b.dat; do
@@ -48,6 +51,7 @@ mkdir -p "$T_TMP/keys.away"
 mv "$KEYS/key2" "$T_TMP/keys.away/key2" || fail "moving key2 away"
 flip_byte "$DATA/c.dat" 50
 flip_byte "$DATA/c.dat" $((4096 + 50))
+truncate -s $((8192 + SS)) "$DATA/d.dat" || fail "cutting d.dat short" # slots 1 and 2 lost
 
 # ---- -o log= refusals --------------------------------------------------------------------------------
 # refused WHAT OPTS: the daemon must not start
@@ -75,6 +79,7 @@ checking "-o log=FILE: the file is created with mode 0600 and gets the mount lin
 assert_exists "$LOG" "the log file"
 assert_eq "$(stat -c %a "$LOG")" 600 "mode of the log file"
 wait_until 10 "the log file does not get the mount line: $(cat "$LOG")" grep -q "mounted $DATA" "$LOG"
+echo "a line of the operator's" >>"$LOG"
 
 checking "no read error yet: read_errors.count 0, recent []"
 status "$MNT"
@@ -147,5 +152,25 @@ head -c $((2 * CS)) "$EXP/a.dat" >"$T_TMP/a.head"
 head -c $((2 * CS)) "$MNT/a.dat" | cmp -s - "$T_TMP/a.head" || fail "the good chunks of a.dat"
 umount_fs "$MNT"
 grep -q "unmounting $DATA" "$LOG" || fail "the log file lacks the unmount line: $(cat "$LOG")"
+grep -q "a line of the operator's" "$LOG" || fail "the log file was truncated, not appended to"
+
+# ---- -o log=stderr, detached -------------------------------------------------------------------------
+checking "-o log=stderr without -f: the detached daemon's lines reach the stderr it was started with"
+rekeyfs -o "keydir=$KEYS,log=stderr" "$DATA" "$MNT" 2>"$T_TMP/detached.err" ||
+	fail "rekeyfs (detached) failed: $(cat "$T_TMP/detached.err")"
+at_exit "fusermount3 -u '$MNT' 2>/dev/null"
+status "$MNT"
+dpid=$(sget 'd["pid"]')
+run dd if="$MNT/d.dat" of="$T_TMP/d1" bs=$CS skip=1 count=1 iflag=direct
+assert_err_has "Input/output error" "EIO for a chunk lost to the cut"
+status "$MNT"
+assert_eq "$(sget '[e["cause"][:8] for e in d["read_errors"]["recent"] if e["path"] == "/d.dat"][0]')" "missing:" \
+	"the cause of the /d.dat entry ($(sget 'd["read_errors"]'))"
+wait_until 10 "the detached daemon's stderr lacks the read error: $(cat "$T_TMP/detached.err")" \
+	grep -q "read error: /d\.dat: chunk 1: missing" "$T_TMP/detached.err"
+ok "$(grep 'd\.dat' "$T_TMP/detached.err" | head -1)"
+fusermount3 -u "$MNT" || fail "unmounting the detached daemon"
+wait_until 15 "the detached daemon (pid $dpid) did not exit" eval "! kill -0 $dpid 2>/dev/null"
+grep -q "unmounting $DATA" "$T_TMP/detached.err" || fail "the detached daemon's stderr lacks the unmount line"
 mv "$T_TMP/keys.away/key2" "$KEYS/key2"
 finish
