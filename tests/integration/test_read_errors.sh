@@ -172,5 +172,6 @@ ok "$(grep 'd\.dat' "$T_TMP/detached.err" | head -1)"
 fusermount3 -u "$MNT" || fail "unmounting the detached daemon"
 wait_until 15 "the detached daemon (pid $dpid) did not exit" eval "! kill -0 $dpid 2>/dev/null"
 grep -q "unmounting $DATA" "$T_TMP/detached.err" || fail "the detached daemon's stderr lacks the unmount line"
+grep -Eq "Sanitizer|runtime error" "$T_TMP/detached.err" && fail "sanitizer report: $(cat "$T_TMP/detached.err")"
 mv "$T_TMP/keys.away/key2" "$KEYS/key2"
 finish
