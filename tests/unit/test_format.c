@@ -784,7 +784,11 @@ static void expect_chunk_eio(struct rk_cf *cf, const char *path, uint64_t idx, c
 	uint32_t cs = rk_cf_chunk_size(cf);
 	uint8_t *buf = tu_malloc(cs);
 	char chunk[32];
+	uint64_t ridx = UINT64_MAX;
+	char rcause[RK_CF_CAUSE_MAX] = "";
 	tu_log_clear();
+	rk_cf_read_error_clear();
+	assert_int_equal(rk_cf_read_error(&ridx, rcause, sizeof(rcause)), -ENOENT);
 	ssize_t n = rk_cf_pread(cf, buf, cs, idx * cs);
 	if (n != -EIO) {
 		tu_log_dump();
@@ -795,6 +799,12 @@ static void expect_chunk_eio(struct rk_cf *cf, const char *path, uint64_t idx, c
 		tu_assert_logged(path, chunk, cause);
 	else
 		tu_assert_logged(path, chunk);
+	/* the thread's record (what the daemon lists in status) says the same */
+	assert_int_equal(rk_cf_read_error(&ridx, rcause, sizeof(rcause)), 0);
+	assert_int_equal(ridx, idx);
+	if (cause && !strstr(rcause, cause))
+		fail_msg("chunk %" PRIu64 " of %s: recorded cause '%s' lacks '%s'", idx, path, rcause, cause);
+	assert_true(tu_log_find(path, chunk, rcause, (const char *)NULL) >= 0);
 	/* also one byte in the middle of it */
 	assert_int_equal(rk_cf_pread(cf, buf, 1, idx * cs + cs / 2), -EIO);
 	int k;
