@@ -56,8 +56,7 @@ truncate -s $((8192 + SS)) "$DATA/d.dat" || fail "cutting d.dat short" # slots 1
 # ---- -o log= refusals --------------------------------------------------------------------------------
 # refused WHAT OPTS: the daemon must not start
 refused() {
-	RKFX_QUIET=1 RKFX_TIMEOUT=15 rkfx_mount "$DATA" "$MNT" "$KEYS" "$2" "$T_ERR"
-	if [ $? -eq 0 ]; then
+	if RKFX_QUIET=1 RKFX_TIMEOUT=15 rkfx_mount "$DATA" "$MNT" "$KEYS" "$2" "$T_ERR"; then
 		rkfx_umount "$MNT"
 		fail "$1: the mount succeeded; it must be refused"
 	fi
