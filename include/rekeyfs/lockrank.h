@@ -33,6 +33,7 @@ enum rk_rank {
 	RK_RANK_SIZE = 72,      /* daemon size-cache lock (szlock) */
 	RK_RANK_VHANDLE = 75,   /* daemon rkd_handle.vlock: a virtual file's snapshot/reply */
 	RK_RANK_WALKER = 78,    /* daemon walker lock: walker state, counters, error ring */
+	RK_RANK_ENCRYPT = 79,   /* daemon encrypt job lock: queue, progress, error ring (encrypt.c) */
 	RK_RANK_CF = 80,        /* library rk_cf.lock: in-memory header, key slots */
 	RK_RANK_CF_TIMES = 82,  /* library rk_cf.times_lock: user-visible times vs. format-only writes */
 	RK_RANK_JOURNAL = 85,   /* library rk_journal.lock */

@@ -296,10 +296,25 @@ static int enc_visit(const struct rk_walk_ent *e, void *arg)
 
 int rkc_cmd_encrypt(int argc, char **argv)
 {
-	static const char u[] = "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]";
+	static const char u[] = "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]  (online: rekeyctl encrypt [--wait] "
+	                        "MOUNT [PATH...])";
 	struct rkc_opts o = {0};
 	struct rk_keyring *kr = NULL;
 	struct enc_state s = {0};
+	/* a mount (the first operand) or --wait/--cancel: the daemon converts */
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--cancel") == 0)
+			return rkc_cmd_encrypt_online(argc, argv);
+		if (strcmp(argv[i], "-d") == 0 || strcmp(argv[i], "--keydir") == 0) {
+			i++;
+			continue;
+		}
+		if (argv[i][0] != '-') {
+			if (rkc_is_mount(argv[i]))
+				return rkc_cmd_encrypt_online(argc, argv);
+			break;
+		}
+	}
 	int ret = rkc_parse_common(argc, argv, &o, u);
 	if (ret < 0)
 		return ret;

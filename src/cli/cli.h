@@ -51,6 +51,8 @@ int rkc_cmd_alter(int argc, char **argv);
 int rkc_cmd_keys(int argc, char **argv);
 int rkc_cmd_encrypt(int argc, char **argv);
 int rkc_cmd_cat(int argc, char **argv);
+/* encrypt_online.c: rekeyctl encrypt MOUNT (the daemon converts) */
+int rkc_cmd_encrypt_online(int argc, char **argv);
 
 /* rekey_cmd.c: rekey and release-key, online and offline */
 int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int ntables, bool quiet);
