@@ -11,6 +11,7 @@
 
 #include "daemon.h"
 #include "encrypt.h"
+#include "ioerr.h"
 #include "rekeyfs/common.h"
 
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
@@ -47,6 +48,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	rk_rw_unlock(&fs->policy_lock);
 	rkd_jb_printf(&b, "\n  ],\n");
 	rkd_walker_json(fs, &b);
+	rkd_ioerr_json(fs, &b);
 	rkd_encrypt_json(fs, &b);
 	struct rk_journal_stats js;
 	rk_journal_get_stats(fs->j, &js);

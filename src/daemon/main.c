@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "ioerr.h"
 #include "rekeyfs/common.h"
 
 #define OPT(t, f, v) {t, offsetof(struct rkd_fs, o.f), v}
@@ -38,10 +39,12 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("whole_file=off", whole_file, 0),
 	FUSE_OPT_KEY("read_ahead_kb=", 'k'),
 	FUSE_OPT_KEY("max_open_per_user=", 'u'),
+	FUSE_OPT_KEY("log=", 'l'),
 	FUSE_OPT_END,
 };
 
 static int nonopts;
+static char *log_dest; /* -o log=DEST (ioerr.c) */
 
 /* a number of seconds: plain decimal with an optional fraction, 0 to a year */
 static int parse_secs(const char *v, double *out)
@@ -110,6 +113,11 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		fs->datadir = strdup(arg);
 		return 0; /* consumed: the next one is the mount point */
 	}
+	if (key == 'l') {
+		free(log_dest);
+		log_dest = strdup(arg + strlen("log="));
+		return log_dest ? 0 : -1;
+	}
 	if (key == 'e' || key == 'a' || key == 't' || key == 'r' || key == 'k' || key == 'u')
 		return opt_number(fs, key, arg);
 	return 1;
@@ -139,7 +147,9 @@ static void usage(const char *prog)
 	       "    -o read_ahead_kb=N     kernel read-ahead of the mount in KiB (default 4096;\n"
 	       "                           0 leaves the kernel's 128)\n"
 	       "    -o max_open_per_user=N open files and directories of one non-root user\n"
-	       "                           (default: a quarter of the fd limit)\n\n"
+	       "                           (default: a quarter of the fd limit)\n"
+	       "    -o log=FILE|stderr|syslog  where the log goes once mounted (default: syslog\n"
+	       "                           when detached, stderr with -f)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -219,6 +229,8 @@ int main(int argc, char *argv[])
 	}
 	if (copts.debug)
 		rk_log_set_level(RK_LOG_DEBUG);
+	if (rkd_log_prepare(log_dest) < 0)
+		return 2;
 	if (rkd_fs_init(fs) < 0)
 		goto out;
 
@@ -232,8 +244,7 @@ int main(int argc, char *argv[])
 	if (fuse_session_mount(fs->se, copts.mountpoint) != 0)
 		goto out_signals;
 	fuse_daemonize(copts.foreground);
-	if (!copts.foreground)
-		rk_log_to_syslog("rekeyfs");
+	rkd_log_start(copts.foreground);
 	/* the keys were loaded before the fork of fuse_daemonize, and mlock()
 	 * is not inherited: lock them in the process that holds them */
 	int lret = rk_secure_relock();
