@@ -259,7 +259,8 @@ int rkc_cmd_fsck(int argc, char **argv)
 	struct rk_fsck_opts fo = {0};
 	const char *keydir = NULL;
 	int c;
-	while ((c = getopt_long(argc, argv, "d:k:t:jvh", lo, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":d:k:t:Djvh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'd':
 			keydir = optarg;
@@ -280,13 +281,17 @@ int rkc_cmd_fsck(int argc, char **argv)
 			fo.verbose = true;
 			break;
 		case 'h':
-			printf("usage: %s\n", usage_line);
-			return 0;
+			return rkc_help("fsck") == 0 ? 0 : RK_FSCK_EXIT_USAGE;
+		case ':':
+			rk_err("fsck: option %s needs a value; usage: %s", argv[optind - 1], usage_line);
+			return RK_FSCK_EXIT_USAGE;
 		default:
-			rk_err("usage: %s", usage_line);
+			rkc_bad_option("fsck", argv[optind - 1]);
 			return RK_FSCK_EXIT_USAGE;
 		}
 	}
+	if (rkc_check_keydir("fsck", rk_keydir_resolve(keydir), keydir != NULL) < 0)
+		return RK_FSCK_EXIT_USAGE;
 	if (argc - optind != 1) {
 		rk_err("usage: %s", usage_line);
 		return RK_FSCK_EXIT_USAGE;

@@ -56,9 +56,11 @@ static const char *jfind(const char *json, const char *key, char *out, size_t le
 
 int rkc_cmd_status(int argc, char **argv)
 {
-	const char *keydir = NULL;
 	bool json = false;
-	if (rkc_parse_d(argc, argv, &keydir, NULL, &json) < 0 || argc - optind != 1) {
+	int pr = rkc_parse_d(argc, argv, "status", NULL, NULL, &json);
+	if (pr < 0)
+		return pr;
+	if (argc - optind != 1) {
 		rk_err("usage: rekeyctl status [--json] MOUNT");
 		return RKC_USAGE;
 	}

@@ -123,6 +123,7 @@ struct rkd_opts {
 	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
 	unsigned read_ahead_kb; /* kernel read-ahead of the mount (0: leave the kernel's) */
 	unsigned max_open_per_user; /* open handles of one non-root user (0: fd limit / 4) */
+	int nonempty;          /* mount over a non-empty directory (startup.c) */
 };
 #define RKD_UNCHARGED ((uid_t)-1)
 
@@ -264,5 +265,10 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b);
 
 /* fsck_ctl.c: the "fsck" and "fsck-progress" control commands */
 int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+
+/* startup.c: checks before the mount */
+int rkd_check_not_served(const char *datadir);
+int rkd_check_mountpoint(const char *datadir_real, const char *mountpoint, bool nonempty);
+void rkd_report_plain(int rootfd, const char *datadir);
 
 #endif

@@ -38,6 +38,7 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("whole_file=off", whole_file, 0),
 	FUSE_OPT_KEY("read_ahead_kb=", 'k'),
 	FUSE_OPT_KEY("max_open_per_user=", 'u'),
+	OPT("nonempty", nonempty, 1),
 	FUSE_OPT_END,
 };
 
@@ -139,7 +140,9 @@ static void usage(const char *prog)
 	       "    -o read_ahead_kb=N     kernel read-ahead of the mount in KiB (default 4096;\n"
 	       "                           0 leaves the kernel's 128)\n"
 	       "    -o max_open_per_user=N open files and directories of one non-root user\n"
-	       "                           (default: a quarter of the fd limit)\n\n"
+	       "                           (default: a quarter of the fd limit)\n"
+	       "    -o nonempty            mount over a non-empty directory other than DATADIR\n"
+	       "                           (refused without it: the mount would hide its files)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -173,6 +176,20 @@ static void add_mount_args(struct rkd_fs *fs, struct fuse_args *args)
 		fuse_opt_add_arg(args, fsname);
 	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
 	fuse_opt_add_arg(args, "-osubtype=rekeyfs");
+}
+
+/* before anything is opened or initialised (startup.c) */
+static int startup_checks(struct rkd_fs *fs, const char *mountpoint)
+{
+	char *dr = realpath(fs->datadir, NULL);
+	int ret = 0;
+	if (dr) {
+		ret = rkd_check_not_served(dr);
+		if (ret == 0)
+			ret = rkd_check_mountpoint(dr, mountpoint, fs->o.nonempty);
+	}
+	free(dr);
+	return ret;
 }
 
 static int run_loop(struct rkd_fs *fs, const struct fuse_cmdline_opts *copts, struct fuse_loop_config **lcfg)
@@ -219,6 +236,8 @@ int main(int argc, char *argv[])
 	}
 	if (copts.debug)
 		rk_log_set_level(RK_LOG_DEBUG);
+	if (startup_checks(fs, copts.mountpoint) < 0)
+		goto out;
 	if (rkd_fs_init(fs) < 0)
 		goto out;
 
@@ -241,6 +260,10 @@ int main(int argc, char *argv[])
 		rk_warn("cannot lock key memory (%s): keys may be swapped out (raise RLIMIT_MEMLOCK)", strerror(-lret));
 	/* threads start after the fork of fuse_daemonize */
 	fs->mountpoint = realpath(copts.mountpoint, NULL);
+	/* the lock names this process (after the fork) and the mount point:
+	 * rekeyctl and a second rekeyfs say where the data directory is mounted */
+	if (rk_datadir_lock_record(fs->dd, fs->mountpoint) < 0)
+		rk_warn("%s: cannot record the mount point in %s/lock", fs->datadir, RK_STATE_DIR);
 	if (rkd_fs_start(fs) < 0) {
 		start_failed = true;
 		goto out_unmount;
