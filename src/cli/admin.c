@@ -31,7 +31,7 @@ int rkc_cmd_createkey(int argc, char **argv)
 		if (c == 'd')
 			keydir = optarg;
 		else
-			return rkc_bad_option("createkey", argv[optind - 1]);
+			return rkc_opt_refused("createkey", c, argv, lo);
 	}
 	if (argc - optind != 3) {
 		rk_err("usage: rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME   (e.g. AES/GCM/NoPadding 256 new_key)");

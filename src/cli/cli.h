@@ -57,7 +57,7 @@ int rkc_cmd_encrypt(int argc, char **argv);
 int rkc_cmd_cat(int argc, char **argv);
 
 /* rekey_cmd.c: rekey and release-key, online and offline */
-int rkc_offline_release(const char *dir, const char *name);
+int rkc_offline_release(const char *dir, const char *name, FILE *out);
 int rkc_cmd_rekey(int argc, char **argv);
 int rkc_cmd_release(int argc, char **argv);
 
@@ -108,6 +108,8 @@ int rkc_cmd_help(int argc, char **argv);
 const char *rkc_usage_line(const char *cmd);
 /* "CMD does not take OPTION" / unknown option message; returns RKC_USAGE */
 int rkc_bad_option(const char *cmd, const char *opt);
+struct option;
+int rkc_opt_refused(const char *cmd, int c, char **argv, const struct option *lo);
 /* refuse a -d KEYDIR that does not exist (0 or RKC_USAGE) */
 int rkc_check_keydir(const char *cmd, const char *keydir, bool given);
 

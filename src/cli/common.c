@@ -29,15 +29,37 @@ int rkc_exit_code(int err)
 }
 
 /* ---- common option parsing for datadir commands ------------------------------- */
-/* getopt's '?' or ':' for an option: the message names it */
-static int opt_refused(const char *cmd, int c, char **argv)
+/* An option getopt_long returned that CMD refuses: c is '?' (unknown),
+ * ':' (missing value) or a known option CMD does not take; the message
+ * names it as typed ("-x", "--name") or as "-c (--long)". */
+int rkc_opt_refused(const char *cmd, int c, char **argv, const struct option *lo)
 {
-	const char *opt = argv[optind - 1];
-	if (c == ':') {
-		rk_err("%s: option %s needs a value; usage: %s", cmd, opt, rkc_usage_line(cmd));
-		return RKC_USAGE;
+	char buf[128];
+	const char *name = argv[optind - 1];
+	if (c == '?' || c == ':') {
+		if (optopt && optopt != '?') {
+			const char *ln = NULL;
+			for (const struct option *o = lo; o && o->name; o++)
+				if (o->val == optopt)
+					ln = o->name;
+			if (ln)
+				snprintf(buf, sizeof(buf), "-%c (--%s)", optopt, ln);
+			else
+				snprintf(buf, sizeof(buf), "-%c", optopt);
+			name = buf;
+		}
+		if (c == ':') {
+			rk_err("%s: option %s needs a value; usage: %s", cmd, name, rkc_usage_line(cmd));
+			return RKC_USAGE;
+		}
+		return rkc_bad_option(cmd, name);
 	}
-	return rkc_bad_option(cmd, opt);
+	for (const struct option *o = lo; o && o->name; o++)
+		if (o->val == c) {
+			snprintf(buf, sizeof(buf), "-%c (--%s)", c, o->name);
+			name = buf;
+		}
+	return rkc_bad_option(cmd, name);
 }
 
 /* allowed: the short names of the options CMD takes (d k c z j D v q t) */
@@ -61,7 +83,7 @@ int rkc_parse_common(int argc, char **argv, struct rkc_opts *o, const char *cmd,
 		if (c == 'h')
 			exit(rkc_help(cmd) == 0 ? 0 : RKC_EXIT_USAGE);
 		if (c == '?' || c == ':' || !strchr(allowed, c))
-			return opt_refused(cmd, c, argv);
+			return rkc_opt_refused(cmd, c, argv, lo);
 		switch (c) {
 		case 'd':
 			o->keydir = optarg;
@@ -133,7 +155,7 @@ int rkc_parse_d(int argc, char **argv, const char *cmd, const char **keydir, boo
 		else if (c == 'j' && json)
 			*json = true;
 		else
-			return opt_refused(cmd, c, argv);
+			return rkc_opt_refused(cmd, c, argv, lo);
 	}
 	if (keydir) {
 		bool given = *keydir != NULL;

@@ -282,11 +282,8 @@ int rkc_cmd_fsck(int argc, char **argv)
 			break;
 		case 'h':
 			return rkc_help("fsck") == 0 ? 0 : RK_FSCK_EXIT_USAGE;
-		case ':':
-			rk_err("fsck: option %s needs a value; usage: %s", argv[optind - 1], usage_line);
-			return RK_FSCK_EXIT_USAGE;
 		default:
-			rkc_bad_option("fsck", argv[optind - 1]);
+			rkc_opt_refused("fsck", c, argv, lo);
 			return RK_FSCK_EXIT_USAGE;
 		}
 	}

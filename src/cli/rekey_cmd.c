@@ -134,7 +134,7 @@ out:
 }
 
 /* ---- offline release ------------------------------------------------------------------------- */
-int rkc_offline_release(const char *dir, const char *name)
+int rkc_offline_release(const char *dir, const char *name, FILE *out)
 {
 	struct rk_datadir *dd = NULL;
 	int ret = rkc_open_offline(dir, RK_DD_EXCLUSIVE, NULL, &dd);
@@ -147,7 +147,7 @@ int rkc_offline_release(const char *dir, const char *name)
 		goto out;
 	}
 	if (re->state == RK_KS_RELEASED) {
-		printf("%s: key '%s' is already released\n", rk_esc(dir), rk_esc(name));
+		fprintf(out, "%s: key '%s' is already released\n", rk_esc(dir), rk_esc(name));
 		goto out;
 	}
 	const char *target_of = rk_release_targeted_by(dd, name);
@@ -173,7 +173,7 @@ int rkc_offline_release(const char *dir, const char *name)
 	re->state = RK_KS_RELEASED;
 	ret = rk_registry_save(dd);
 	if (ret == 0)
-		printf("%s: key '%s' released: 0 chunks under it (every chunk's key reference was read); the key file may "
+		fprintf(out, "%s: key '%s' released: 0 chunks under it (every chunk's key reference was read); the key file may "
 		       "now be moved away\n", rk_esc(dir), rk_esc(name));
 out:
 	rk_datadir_close(dd);
@@ -204,11 +204,8 @@ int rkc_cmd_rekey(int argc, char **argv)
 			w.json = true;
 		else if (c == 'h')
 			return rkc_help("rekey");
-		else if (c == ':') {
-			rk_err("rekey: option %s needs a value; usage: %s", argv[optind - 1], rkc_usage_line("rekey"));
-			return RKC_USAGE;
-		} else
-			return rkc_bad_option("rekey", argv[optind - 1]);
+		else
+			return rkc_opt_refused("rekey", c, argv, lo);
 	}
 	if (argc - optind < 1) {
 		rk_err("usage: %s", rkc_usage_line("rekey"));
@@ -255,7 +252,7 @@ int rkc_cmd_release(int argc, char **argv)
 			free(root);
 			free(rel);
 		} else {
-			r = rkc_offline_release(argv[i], name);
+			r = rkc_offline_release(argv[i], name, stdout);
 		}
 		if (r < 0 && ret == 0)
 			ret = r;

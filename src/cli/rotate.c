@@ -159,9 +159,15 @@ static int rotate_online(const char *target, struct rot *r)
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "release %s\n", r->from);
 	ret = rkc_control(root, cmd, &reply);
-	if (ret == 0)
-		fprintf(rot_out(r), "release: ");
-	ret = rkc_print_reply(ret, reply);
+	if (ret == 0) {
+		size_t n = strlen(reply);
+		while (n && reply[n - 1] == '\n')
+			reply[--n] = '\0';
+		fprintf(rot_out(r), "release: %s\n", rk_esc(strncmp(reply, "ok ", 3) == 0 ? reply + 3 : reply));
+		free(reply);
+	} else {
+		ret = rkc_print_reply(ret, reply);
+	}
 out:
 	rkc_json_free(st);
 	free(root);
@@ -268,8 +274,7 @@ static int rotate_offline(const char *dir, struct rot *r)
 	ret = offline_verify(dir, r);
 	if (ret == 0 && r->release) {
 		fprintf(rot_out(r), "release: ");
-		fflush(rot_out(r));
-		ret = rkc_offline_release(dir, r->from);
+		ret = rkc_offline_release(dir, r->from, rot_out(r));
 	}
 	return ret;
 }
@@ -300,11 +305,8 @@ int rkc_cmd_rotate(int argc, char **argv)
 		case 'j': r.w.json = true; break;
 		case 'q': r.w.quiet = true; break;
 		case 'h': return rkc_help("rotate");
-		case ':':
-			rk_err("rotate: option %s needs a value; usage: %s", argv[optind - 1], rkc_usage_line("rotate"));
-			return RKC_USAGE;
 		default:
-			return rkc_bad_option("rotate", argv[optind - 1]);
+			return rkc_opt_refused("rotate", c, argv, lo);
 		}
 	}
 	if (argc - optind != 1 || !r.to) {

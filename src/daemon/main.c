@@ -248,6 +248,14 @@ int main(int argc, char *argv[])
 		goto out;
 	if (fuse_set_signal_handlers(fs->se) != 0)
 		goto out_session;
+	{
+		/* recorded before the mount (and again after the fork below): a
+		 * rekeyctl that sees the mount also finds its mount point here */
+		char *mp = realpath(copts.mountpoint, NULL);
+		if (mp)
+			(void)rk_datadir_lock_record(fs->dd, mp);
+		free(mp);
+	}
 	if (fuse_session_mount(fs->se, copts.mountpoint) != 0)
 		goto out_signals;
 	fuse_daemonize(copts.foreground);
