@@ -46,21 +46,6 @@ int rk_fsck_check_opts(const struct rk_datadir *dd, struct rk_fsck_opts *fo, cha
 		snprintf(err, errlen, "--key %s: not a valid key name (1 to 63 of A-Z a-z 0-9 . _ -)", fo->key);
 		return -EINVAL;
 	}
-	if (fo->key) {
-		/* a typo would report "releasable": the key must be one the data directory knows */
-		bool known = false;
-		for (size_t i = 0; i < dd->nkeys && !known; i++)
-			known = strcmp(dd->keys[i].name, fo->key) == 0;
-		if (!known) {
-			size_t n = (size_t)snprintf(err, errlen, "--key %s: no key of that name in the key registry of %s (keys:",
-			                            fo->key, dd->path ? dd->path : "the data directory");
-			for (size_t i = 0; i < dd->nkeys && n < errlen; i++)
-				n += (size_t)snprintf(err + n, errlen - n, " %s", dd->keys[i].name);
-			if (n < errlen)
-				snprintf(err + n, errlen - n, ")");
-			return -ENOENT;
-		}
-	}
 	if (fo->key && fo->table) {
 		snprintf(err, errlen,
 		         "--key answers for the whole data directory (a key is released everywhere at once); it cannot be "
