@@ -389,13 +389,15 @@ struct walk_ctx {
 	uint64_t file_errors, unreadable_headers;
 };
 
-static void add_result(struct rkd_walker *w, struct rk_rekey_tstat *t, const struct rk_sweep_result *res)
+/* later passes meet the same unreadable chunks again: counted once, in pass 0 */
+static void add_result(struct rkd_walker *w, struct rk_rekey_tstat *t, const struct rk_sweep_result *res, int pass)
 {
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	t->chunks_checked += res->chunks_checked;
 	t->chunks_rewritten += res->chunks_rewritten;
 	t->bytes_rewritten += res->bytes_rewritten;
-	t->chunks_failed += res->chunks_failed;
+	if (pass == 0)
+		t->chunks_failed += res->chunks_failed;
 	rk_mutex_unlock(&w->lock);
 	atomic_fetch_add(&w->walker_rewritten, res->chunks_rewritten);
 }
@@ -411,10 +413,10 @@ static int rekey_one(struct walk_ctx *c, const struct rk_walk_ent *e, struct rk_
 	for (;;) {
 		ret = rk_rekey_file(&c->eng, e, key, need, &fr);
 		if (fr.replaced || fr.visited)
-			add_result(w, t, &fr.res);
+			add_result(w, t, &fr.res, c->pass);
 		if (fr.replaced)
 			atomic_fetch_add(&w->files_replaced, 1);
-		if (fr.visited && fr.res.chunks_failed)
+		if (fr.visited && fr.res.chunks_failed && c->pass == 0)
 			add_error(w, e->rel, fr.res.first_failed,
 			          "%" PRIu64 " chunk(s) could not be read (%s) and keep their key (see fsck --deep)",
 			          fr.res.chunks_failed, rk_strerror(fr.res.last_error ? fr.res.last_error : -EUCLEAN));
@@ -748,12 +750,20 @@ static void *walker_main(void *arg)
 	return NULL;
 }
 
-void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, uint64_t *id,
-                               char *how, size_t howlen)
+void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
+                               uint64_t *id, char *how, size_t howlen)
 {
 	bool busy = w->state != W_IDLE || w->resume_pending;
+	bool covered = w->nfilter == 0;
+	for (int i = 0; !covered && n > 0 && i < n && rk_rekey_filter_has(w->filter, w->nfilter, tables[i]); i++)
+		covered = i == n - 1;
 	*id = w->sweep_id + 1;
-	if (w->queued) {
+	if (busy && may_join && covered) {
+		/* the running sweep selects every table asked for and ends only
+		 * when a pass rewrites nothing: it serves the request */
+		*id = w->sweep_id;
+		snprintf(how, howlen, "joins running sweep %" PRIu64, *id);
+	} else if (w->queued) {
 		/* join it: merge the table lists; every table (0) absorbs the others */
 		if (w->nqfilter != 0 && n == 0)
 			w->nqfilter = 0;
@@ -890,7 +900,7 @@ int rkd_walker_init(struct rkd_fs *fs)
 	if (fs->o.rekey_on_mount && !w->resume_pending) {
 		uint64_t id;
 		char how[128];
-		rkd_walker_request_locked(w, w->filter, 0, &id, how, sizeof(how)); /* no thread yet: no lock needed */
+		rkd_walker_request_locked(w, w->filter, 0, false, &id, how, sizeof(how)); /* no thread yet: no lock needed */
 		rk_info("walker: rekey_on_mount: a full sweep (%s)", how);
 	}
 	fs->w = w;

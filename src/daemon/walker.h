@@ -105,11 +105,13 @@ int rkd_walker_save(struct rkd_walker *w);
 /* The release scan's per-file access (walker.c). */
 int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_refs *out);
 /* Queue a sweep of tables[n] (n == 0: every table) after the running one,
- * or start it when none runs; w->lock held.  *id is the serving sweep and
- * the reply text says how ("sweep N started", "queued as sweep N after
- * sweep M", "joins queued sweep N"). */
-void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, uint64_t *id,
-                               char *how, size_t howlen);
+ * or start it when none runs; w->lock held.  With may_join, a request the
+ * running sweep covers (it selects every table asked for) joins it.  *id
+ * is the serving sweep and the reply text says how ("sweep N started",
+ * "joins running sweep N", "queued as sweep N after sweep M", "joins
+ * queued sweep N"). */
+void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
+                               uint64_t *id, char *how, size_t howlen);
 /* the contract's state word: idle, running, paused, finished, incomplete */
 const char *rkd_walker_state_word(const struct rkd_walker *w);
 

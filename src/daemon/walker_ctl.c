@@ -128,7 +128,7 @@ void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t 
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	bool busy = w->state != W_IDLE || w->resume_pending || w->queued;
 	if (busy)
-		rkd_walker_request_locked(w, t, 1, &id, how, howlen);
+		rkd_walker_request_locked(w, t, 1, false, &id, how, howlen); /* the target changed: a new sweep */
 	rk_mutex_unlock(&w->lock);
 	if (busy)
 		rkd_walker_save(w);
@@ -155,7 +155,7 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 			uint64_t id;
 			char how[160];
 			rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-			rkd_walker_request_locked(w, tables, n, &id, how, sizeof(how));
+			rkd_walker_request_locked(w, tables, n, true, &id, how, sizeof(how));
 			rk_mutex_unlock(&w->lock);
 			rkd_walker_save(w);
 			r = rkd_reply(out, len, 0, "%s", how);
