@@ -518,8 +518,9 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	int ret = rk_keyring_get(fs->kr, kname, &key);
 	if (ret < 0) {
 		if (!c->key_error[0]) {
-			snprintf(c->key_error, sizeof(c->key_error), "table %s: target key '%s' cannot be used: %s", tpath,
-			         kname, rk_strerror(ret));
+			if (snprintf(c->key_error, sizeof(c->key_error), "table %s: target key '%s' cannot be used: %s", tpath,
+			             kname, rk_strerror(ret)) >= (int)sizeof(c->key_error))
+				c->key_error[sizeof(c->key_error) - 2] = '.'; /* cut short */
 			add_error(w, e->rel, UINT64_MAX, "%s", c->key_error);
 		}
 		return 0;

@@ -150,18 +150,18 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 		int n;
 		if (!tables)
 			return rkd_reply(out, len, -ENOMEM, "rekey: out of memory");
-		int r = parse_tables(fs, args, tables, &n, out, len);
-		if (r > 0) {
+		int pr = parse_tables(fs, args, tables, &n, out, len);
+		if (pr > 0) {
 			uint64_t id;
 			char how[160];
 			rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 			rkd_walker_request_locked(w, tables, n, true, &id, how, sizeof(how));
 			rk_mutex_unlock(&w->lock);
 			rkd_walker_save(w);
-			r = rkd_reply(out, len, 0, "%s", how);
+			pr = rkd_reply(out, len, 0, "%s", how);
 		}
 		free(tables);
-		return r;
+		return pr;
 	}
 	uint64_t r = 0;
 	if (strcmp(cmd, "rate") == 0) {

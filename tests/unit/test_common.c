@@ -67,8 +67,9 @@ static void test_rate_refused(void **state)
 	expect_refused("1099511627777", -ERANGE);
 	expect_refused("1025G", -ERANGE);
 	expect_refused("1100GB", -ERANGE);
-	expect_refused("18446744073709551616", -EINVAL); /* more digits than any rate has */
-	expect_refused("18446744073709551615K", -EINVAL);
+	expect_refused("18446744073709551616", -ERANGE); /* beyond 64 bits */
+	expect_refused("18446744073709551615K", -ERANGE);
+	expect_refused("123456789012345678901234567890", -EINVAL); /* more digits than any number has */
 	expect_refused("17179869184G", -ERANGE);
 }
 

@@ -443,7 +443,8 @@ static void test_checkpoint(void **state)
 	t->chunks_failed = 1;
 	assert_ptr_equal(rk_rekey_tstat_for(tables, &nt, "/ks/t1"), t);
 	assert_int_equal(nt, 1);
-	struct rk_rekey_ckpt c = {RK_RS_PAUSED, 5, 1000, 0, filter, 2, position, tables, nt, false};
+	struct rk_rekey_ckpt c = {.state = RK_RS_PAUSED, .sweep = 5, .started = 1000, .filter = filter, .nfilter = 2,
+	                          .position = position, .tables = tables, .ntables = nt};
 	char *text;
 	size_t len;
 	assert_int_equal(rk_rekey_ckpt_format(&c, &text, &len), 0);
