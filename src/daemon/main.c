@@ -78,9 +78,10 @@ static int opt_number(struct rkd_fs *fs, int key, const char *arg)
 		fs->o.max_threads = (int)n;
 		break;
 	case 'r':
-		/* bytes per second; at most 1 TiB/s (no overflow in the limiter) */
-		ret = rk_parse_u64(v, 1ULL << 40, &n);
+		/* bytes per second with units (rk_parse_rate); at most 1 TiB/s */
+		ret = rk_parse_rate(v, &n);
 		fs->o.walker_rate = n;
+		fs->o.walker_rate_set = 1;
 		break;
 	case 'u':
 		/* 0: a quarter of the descriptor limit */
@@ -97,7 +98,7 @@ static int opt_number(struct rkd_fs *fs, int key, const char *arg)
 		        "rekeyfs: option %s: %s\n", arg,
 		        key == 'e' || key == 'a' ? "use a number of seconds from 0 to 31536000"
 		        : key == 't'             ? "use a plain decimal number from 1 to 1024"
-		        : key == 'r'             ? "use a plain decimal number of bytes per second up to 1099511627776"
+		        : key == 'r'             ? "use N, NK/NM/NG or NKiB/NMiB/NGiB (x1024), NKB/NMB/NGB (x1000), 0 or unlimited (bytes/s, at most 1TiB)"
 		        : key == 'u'             ? "use a plain decimal number of open files up to 16777216 (0: automatic)"
 		                                 : "use a plain decimal number of KiB up to 1048576");
 	return ret < 0 ? -1 : 0;
@@ -130,7 +131,7 @@ static void usage(const char *prog)
 	       "    -o attr_timeout=SECS   attribute cache (default 1.0)\n"
 	       "    -o max_threads=N       worker threads (default 8)\n"
 	       "    -o walker=on|off       background walker (default on; sweeps run when asked)\n"
-	       "    -o walker_rate=BYTES   walker rate limit in bytes/s of rewritten chunks\n"
+	       "    -o walker_rate=RATE    walker rate limit of rewritten chunks per second: 100M, 64KiB, 1GB, 0 = unlimited\n"
 	       "                           (default 104857600; 0 = unlimited)\n"
 	       "    -o rekey_on_mount      start a full sweep at mount\n"
 	       "    -o lazy=on|off         rewrite chunks read under an old key (default on)\n"
