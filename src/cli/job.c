@@ -42,8 +42,10 @@ static int simple_ctl(int argc, char **argv, const char *cmd, int nargs)
 		return RKC_USAGE;
 	}
 	const char *arg = nargs > 1 ? argv[optind + 1] : NULL;
-	if (arg && (strlen(arg) > 64 || strpbrk(arg, " \t\n"))) {
-		rk_err("%s: rate '%s' is not a rate (N, NK, NMiB, NGB, 0 or unlimited)", cmd, arg);
+	uint64_t rate;
+	if (arg && (strlen(arg) > 64 || rk_parse_rate(arg, &rate) < 0)) {
+		rk_err("%s: '%s' is not a rate: use N, NK/NM/NG or NKiB/NMiB/NGiB (powers of 1024), NKB/NMB/NGB (powers "
+		       "of 1000), 0 or unlimited", cmd, arg);
 		return RKC_USAGE;
 	}
 	ret = need_mount(cmd, argv[optind], &root);
@@ -311,7 +313,10 @@ int rkc_online_rekey(const char *root, char **tables, int ntables, const struct 
 	uint64_t id = ret == 0 && reply ? reply_sweep(reply) : 0;
 	if (w->json && ret == 0) {
 		/* stdout carries JSON lines alone: the reply goes to stderr */
-		fprintf(stderr, "%s", rk_esc(reply + (strncmp(reply, "ok ", 3) == 0 ? 3 : 0)));
+		size_t rl = strlen(reply);
+		while (rl && reply[rl - 1] == '\n')
+			reply[--rl] = '\0';
+		fprintf(stderr, "%s\n", rk_esc(reply + (strncmp(reply, "ok ", 3) == 0 ? 3 : 0)));
 		free(reply);
 	} else {
 		ret = rkc_print_reply(ret, reply);

@@ -46,7 +46,7 @@ check_sums() {
 checking "online rotate --from key1 --to key2 --release --wait --progress-json: every step, exit 0"
 run rekeyctl rotate --from key1 --to key2 --release --wait --progress-json "$MNT"
 assert_rc 0 "rotate online (stderr: $(cat "$T_ERR"))"
-for step in "alter: table / " "alter: table /ks/t1" "alter: table /ks/t2" "^rekey: " "^verify: no chunk" "^release: "; do
+for step in "alter: table /: key1 -> key2" "alter: table /ks/t1" "alter: table /ks/t2" "^rekey: " "^verify: no chunk" "^release: "; do
 	assert_err_has "$step" "rotate prints the step /$step/"
 done
 assert_err_lacks "table /ks/t3" "the key3 table is not altered"
