@@ -556,12 +556,14 @@ struct orekey {
 	time_t last_save;
 	const struct rk_rekey_progress *prog;
 	struct rk_rekey_summary *sum;
+	struct rk_rekey_ckpt prev; /* the checkpoint found: its sweep id and run-time rate are kept */
 };
 
 static int save_offline_checkpoint(struct orekey *o, enum rk_rekey_state state)
 {
 	struct rk_rekey_ckpt c = {.state = state, .started = time(NULL), .filter = o->tables, .nfilter = o->ntables,
-	                          .position = o->position};
+	                          .position = o->position, .sweep = o->prev.sweep, .rate = o->prev.rate,
+	                          .rate_set = o->prev.rate_set};
 	char *text;
 	size_t len;
 	int ret = rk_rekey_ckpt_format(&c, &text, &len);
@@ -643,7 +645,13 @@ int rk_rekey_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*tables
 	o.eng.throttle = o_throttle;
 	o.eng.throttle_arg = &o;
 	/* resume an interrupted offline (or daemon) sweep */
-	if (rk_rekey_ckpt_load(dd->statefd, &ck) == 0 && ck.resume) {
+	int lr = rk_rekey_ckpt_load(dd->statefd, &ck);
+	if (lr == 0) {
+		o.prev.sweep = ck.sweep;
+		o.prev.rate = ck.rate;
+		o.prev.rate_set = ck.rate_set;
+	}
+	if (lr == 0 && ck.resume) {
 		if (prog && prog->resumed)
 			prog->resumed(prog->arg, o.position);
 	} else {

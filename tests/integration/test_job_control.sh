@@ -10,7 +10,9 @@
 #     stuck, `rate 0` lets it finish within seconds (the old throttle slept
 #     for the whole chunk: over an hour), unmount while throttled at 1 B/s
 #     is quick
-#   - the run-time rate survives a remount; an explicit -o walker_rate= wins
+#   - an alter of a table while a sweep runs queues a sweep of it
+#   - the run-time rate, a pause and a queued request survive a remount; an
+#     explicit -o walker_rate= wins
 #   - a corrupt chunk: result incomplete, remaining_chunks > 0, a reason,
 #     percent < 100, an errors entry naming the file and the chunk
 set -u
@@ -136,7 +138,7 @@ scan
 assert_eq "$(scget "d['keys'].get('key1',{}).get('chunks',0)")" 0 "chunks under key1 (independent scan)"
 ok "sweep 2: $(sget 'd["walker"]["tables"]' | head -c 200)"
 
-checking "unmount while throttled at 1 byte/s is quick"
+checking "an alter of /b while sweep 3 runs queues a sweep of /b; unmount while throttled at 1 byte/s is quick"
 run rekeyctl alter "$MNT/a" --key key1
 assert_rc 0 "alter /a back to key1"
 ctl "rate 1" >/dev/null
@@ -144,32 +146,38 @@ reply=$(ctl "rekey /a")
 case "$reply" in "ok sweep 3 started"*) ;; *) fail "rekey /a: $reply" ;; esac
 _stuck() { WAIT_WHY=$(w 'w'); [ "$(w 'w["current_file"] == "/a/big"')" = true ]; }
 wait_until 10 "sweep 3 does not reach /a/big" _stuck
+reply=$(ctl "alter /b key1")
+case "$reply" in "ok table /b key=key1 "*"a sweep is running: queued as sweep 4 after sweep 3"*) ;; *) fail "alter /b during sweep 3: $reply" ;; esac
 t0=$SECONDS
 RKFX_TIMEOUT=10 umount_fs "$MNT"
 [ $((SECONDS - t0)) -le 8 ] || fail "unmount took $((SECONDS - t0)) s"
 ok "unmounted in $((SECONDS - t0)) s while throttled"
 
-checking "the run-time rate survives a remount; an explicit walker_rate= wins"
+checking "the run-time rate, a pause and the queued request survive a remount; an explicit walker_rate= wins"
 grep -qx "rate 1" "$DATA/.rekeyfs/walker" || fail "checkpoint lacks the rate: $(cat "$DATA/.rekeyfs/walker")"
 mount_fs "$DATA" "$MNT"
 assert_eq "$(w 'w["rate_limit"]')" 1 "rate_limit after the remount (set at run time)"
-assert_eq "$(w '(w["state"], w["sweep"])')" '["running", 3]' "the interrupted sweep resumed"
+assert_eq "$(w '(w["state"], w["sweep"], w["queued"])')" '["running", 3, [{"sweep": 4, "tables": ["/b"]}]]' \
+	"the interrupted sweep resumed, the queued request kept"
+ctl pause >/dev/null
 umount_fs "$MNT"
 mount_fs "$DATA" "$MNT" "walker_rate=unlimited"
 assert_eq "$(w 'w["rate_limit"]')" 0 "rate_limit with walker_rate=unlimited at mount"
-wait_sweep 20 3 "resumed sweep 3"
-assert_eq "$(w 'w["result"]')" complete "result of sweep 3"
-ok "rate 1 came back after the remount; walker_rate=unlimited won"
+assert_eq "$(w 'w["state"]')" paused "state after a remount of a paused sweep"
+ctl resume >/dev/null
+wait_sweep 20 4 "resumed sweep 3, then the queued sweep 4"
+assert_eq "$(w '(w["result"], w["selected_tables"], w["state"])')" '["complete", ["/b"], "finished"]' "sweep 4"
+ok "rate 1, the pause and the queued sweep came back after the remount; walker_rate=unlimited won"
 
 checking "a corrupt chunk: result incomplete, remaining_chunks, reason, percent < 100, an error naming it"
 umount_fs "$MNT"
 # chunk 3 of /b/f2: flip a byte of its sealed payload
 flip_byte "$DATA/b/f2" $((8192 + 3 * (CS + 64) + 40))
-rekeyctl alter -d "$KEYS" "$DATA/b" --key key1 >/dev/null || fail "alter /b offline"
+rekeyctl alter -d "$KEYS" "$DATA/b" --key key2 >/dev/null || fail "alter /b offline"
 mount_fs "$DATA" "$MNT" "walker_rate=0"
 reply=$(ctl "rekey /b")
-case "$reply" in "ok sweep 4 started"*) ;; *) fail "rekey /b: $reply" ;; esac
-wait_sweep 20 4 "sweep 4"
+case "$reply" in "ok sweep 5 started"*) ;; *) fail "rekey /b: $reply" ;; esac
+wait_sweep 20 5 "sweep 5"
 status
 assert_eq "$(sget 'd["walker"]["result"]')" incomplete "result with a corrupt chunk"
 assert_eq "$(sget 'd["walker"]["state"]')" incomplete "state word"
@@ -179,7 +187,7 @@ assert_eq "$(sget 'd["walker"]["reason"] is not None')" true "a reason"
 assert_eq "$(sget 'd["walker"]["tables"][0]["percent"] < 100')" true "percent below 100"
 assert_eq "$(sget '[(e["path"], e["chunk"]) for e in d["walker"]["errors"] if e["path"] == "/b/f2"][:1]')" '[["/b/f2", 3]]' \
 	"an errors entry with the file and the chunk"
-grep -q "walker: sweep 4 incomplete: .* remaining" "$LAST_LOG" || fail "no 'sweep 4 incomplete' log line"
+grep -q "walker: sweep 5 incomplete: .* remaining" "$LAST_LOG" || fail "no 'sweep 5 incomplete' log line"
 ok "reason: $(sget 'd["walker"]["reason"]')"
 
 checking "the outcome survives a remount"
@@ -187,7 +195,7 @@ umount_fs "$MNT"
 mount_fs "$DATA" "$MNT" "walker_rate=0"
 status
 assert_eq "$(sget '(d["walker"]["finished_sweep"], d["walker"]["result"], d["walker"]["remaining_chunks"] > 0, d["walker"]["state"])')" \
-	'[4, "incomplete", true, "incomplete"]' "status after the remount"
+	'[5, "incomplete", true, "incomplete"]' "status after the remount"
 umount_fs "$MNT"
-ok "sweep 4 still incomplete after the remount"
+ok "sweep 5 still incomplete after the remount"
 finish
