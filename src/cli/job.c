@@ -224,6 +224,8 @@ static int poll_once(const char *root, uint64_t id, const struct rkc_wait *w, st
 		return -ENOTSUP;
 	}
 	double pct = ours ? view_percent(v, ended) : 0;
+	if (v->bytes_total <= 0 && v->chunks_total <= 0)
+		v->has_eta = false; /* the totals are not known yet */
 	if (w->json && !ended && time(NULL) != *last_json) {
 		struct rkc_pjson p = {.sweep = id, .state = ours ? v->state : "queued", .bytes_done = ours ? v->bytes_done : 0,
 		                      .bytes_total = ours ? v->bytes_total : 0, .has_chunks = true,

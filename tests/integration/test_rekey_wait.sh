@@ -101,9 +101,27 @@ last = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]
 assert last["result"] == "incomplete" and last["remaining_chunks"] > 0 and last["reason"], last
 PY
 
-checking "the daemon goes away while rekey --wait waits: exit 1 with a message"
+checking "rekey --wait on a terminal: a progress bar with percent, bytes, rate and ETA on stderr"
 run rekeyctl alter "$MNT/a" --key key1
 assert_rc 0 "alter /a back to key1"
+run rekeyctl throttle "$MNT" 512KiB
+assert_rc 0 "throttle 512KiB"
+python3 - "$T_TMP/tty.out" rekeyctl rekey --wait "$MNT" /a <<'PY' || fail "rekey --wait on a pty failed: $(tr '\r' '\n' <"$T_TMP/tty.out" | tail -5)"
+import os, pty, sys
+out = open(sys.argv[1], "wb")
+def rd(fd):
+    b = os.read(fd, 4096)
+    out.write(b)
+    return b
+st = pty.spawn(sys.argv[2:], rd)
+sys.exit(os.waitstatus_to_exitcode(st))
+PY
+tr '\r' '\n' <"$T_TMP/tty.out" | grep -Eq '^rekey \[[#.]{20}\] +[0-9.]+%  [0-9.]+/[0-9.]+ MiB  [0-9.]+ MiB/s  ETA ' ||
+	fail "no progress bar line: $(tr '\r' '\n' <"$T_TMP/tty.out" | head -5)"
+
+checking "the daemon goes away while rekey --wait waits: exit 1 with a message"
+run rekeyctl alter "$MNT/a" --key key2
+assert_rc 0 "alter /a to key2 again"
 run rekeyctl throttle "$MNT" 1
 assert_rc 0 "throttle 1"
 rekeyctl rekey --wait "$MNT" /a >"$T_TMP/gone.out" 2>"$T_TMP/gone.err" &
