@@ -113,6 +113,14 @@ int rk_unhex(uint8_t *out, size_t outlen, const char *in);
  * such a number, -ERANGE if it is larger than max (no wrap-around). */
 int rk_parse_u64(const char *s, uint64_t max, uint64_t *out);
 
+/* A rate in bytes per second: N, NK/NM/NG or NKiB/NMiB/NGiB (powers of
+ * 1024), NKB/NMB/NGB (powers of 1000), or 0 / "unlimited" (0: no limit).
+ * N is plain decimal (no sign, space, leading zero or fraction); suffixes
+ * and "unlimited" are case-insensitive ("k", "mib", "GB").  At most
+ * RK_RATE_MAX (1 TiB/s).  -EINVAL on anything else, -ERANGE beyond it. */
+#define RK_RATE_MAX (1ULL << 40)
+int rk_parse_rate(const char *s, uint64_t *bytes_per_s);
+
 /* ---- safe human-readable output ------------------------------------------
  * Every string that came from disk, the key directory or the daemon (file
  * and table names, key names, messages) is escaped before it is printed for

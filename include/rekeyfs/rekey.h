@@ -76,11 +76,14 @@ struct rk_rekey_access {
 	void *arg;
 };
 
-/* Rate limit, pause, progress: called after each chunk with the bytes just
- * rewritten; h is the file's handle (NULL offline), whole is true while a
- * whole-file copy is built.  A negative return stops the file with it
- * (-ECANCELED: stop the sweep; -EBUSY during a whole-file copy: go in place). */
-typedef int (*rk_rekey_throttle_fn)(void *arg, void *h, bool whole, uint64_t bytes);
+/* Rate limit, pause, progress: called after each chunk with its index idx
+ * (the file's chunk idx is done: the position inside the file is
+ * (idx + 1) * chunk size) and the bytes just rewritten (0 when the chunk
+ * was already on target); h is the file's handle (NULL offline), whole is
+ * true while a whole-file copy is built.  A negative return stops the file
+ * with it (-ECANCELED: stop the sweep; -EBUSY during a whole-file copy: go
+ * in place). */
+typedef int (*rk_rekey_throttle_fn)(void *arg, void *h, bool whole, uint64_t idx, uint64_t bytes);
 
 struct rk_rekey_engine {
 	struct rk_keyring *kr;
@@ -104,7 +107,7 @@ struct rk_rekey_file_result {
 int rk_rekey_file(const struct rk_rekey_engine *eng, const struct rk_walk_ent *e, struct rk_key *target,
                   const struct rk_rekey_need *need, struct rk_rekey_file_result *out);
 
-/* ---- the .rekeyfs/walker checkpoint (format in rekeyfs(5); unchanged) ------------------------- */
+/* ---- the .rekeyfs/walker checkpoint (format in rekeyfs(5); older files still load) ------------ */
 #define RK_REKEY_CKPT_FILE "walker"
 #define RK_REKEY_MAX_TABLES 256
 
@@ -117,7 +120,15 @@ struct rk_rekey_tstat {
 	uint64_t files_total, chunks_total, chunks_todo; /* pre-scan: chunks not on target (header counts) */
 	uint64_t files_done, chunks_checked, chunks_rewritten, bytes_rewritten, chunks_failed;
 	uint64_t chunks_done; /* chunks of the files visited so far (progress) */
+	uint64_t bytes_total, bytes_done; /* stored chunk bytes of those chunks (chunks x chunk size) */
+	uint64_t bytes_todo;  /* bytes of the chunks_todo */
+	uint64_t remaining;   /* chunks not on the target key when the sweep ended (if counted) */
+	bool counted;         /* remaining is known (checkpointed as remaining=N) */
 };
+
+/* how the last sweep that ended ended */
+enum rk_rekey_result { RK_RR_NONE = 0, RK_RR_COMPLETE = 1, RK_RR_INCOMPLETE = 2 };
+const char *rk_rekey_result_name(enum rk_rekey_result r); /* NULL for RK_RR_NONE */
 
 /* A view of a sweep's state (the arrays belong to the caller). */
 struct rk_rekey_ckpt {
@@ -130,6 +141,17 @@ struct rk_rekey_ckpt {
 	struct rk_rekey_tstat *tables;
 	int ntables;
 	bool resume; /* load: the checkpointed sweep was running or paused */
+	/* since format 2 of the file (older checkpoints: 0 / none / unknown) */
+	uint64_t finished_sweep;   /* the last sweep that ended (0: none) */
+	enum rk_rekey_result result; /* of finished_sweep */
+	uint64_t remaining;        /* its chunks off target, when remaining_known */
+	bool remaining_known;
+	char reason[256];          /* why it is incomplete ("" otherwise) */
+	uint64_t rate;             /* the walker rate set at run time, when rate_set */
+	bool rate_set;
+	bool has_queued;           /* a request waits for the next sweep: its tables */
+	char (*queued)[RK_TABLE_PATH_MAX]; /* RK_REKEY_MAX_TABLES entries, or NULL to ignore */
+	int nqueued;               /* 0: every table */
 };
 
 /* The checkpoint text of c (allocated, *len bytes). */

@@ -25,8 +25,8 @@ struct rk_sweep_cb {
 	void (*unlock)(void *arg, uint64_t idx);
 	/* called after each chunk with the bytes just processed: rate limit,
 	 * yield to foreground I/O; a negative return stops the sweep of this
-	 * file (pause, shutdown) with that error */
-	int (*throttle)(void *arg, uint64_t bytes);
+	 * file (pause, shutdown) with that error; idx is the chunk just done */
+	int (*throttle)(void *arg, uint64_t idx, uint64_t bytes);
 	void *arg;
 };
 
@@ -36,6 +36,7 @@ struct rk_sweep_result {
 	uint64_t bytes_rewritten;  /* plaintext bytes covered by rewritten chunks */
 	uint64_t chunks_failed;    /* corrupt or key missing: left as they are */
 	uint64_t next_chunk;       /* where a stopped sweep of this file resumes */
+	uint64_t first_failed;     /* the first failed chunk's index (when chunks_failed; UINT64_MAX: a lost tail) */
 	int last_error;
 };
 
@@ -70,7 +71,7 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
  *     otherwise remove the temporary.  Frees r. */
 struct rk_replace;
 struct rk_replace_cb {
-	int (*throttle)(void *arg, uint64_t bytes); /* as in rk_sweep_cb */
+	int (*throttle)(void *arg, uint64_t idx, uint64_t bytes); /* as in rk_sweep_cb */
 	void *arg;
 };
 int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_keyring *kr, struct rk_key *target,

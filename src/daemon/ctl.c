@@ -18,7 +18,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 {
 	struct rkd_jbuf b = {0};
 	char hex[2 * RK_FP_BYTES + 1];
-	rkd_jb_printf(&b, "{\n  \"version\": ");
+	rkd_jb_printf(&b, "{\n  \"schema\": \"rekeyfs-status/1\",\n  \"version\": ");
 	rkd_jb_str(&b, PACKAGE_VERSION);
 	rkd_jb_printf(&b, ",\n  \"format\": %d,\n  \"pid\": %ld,\n  \"datadir\": ", RK_FORMAT_VERSION, (long)getpid());
 	rkd_jb_str(&b, fs->datadir_real);
@@ -120,9 +120,10 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		r = rk_registry_save(fs->dd);
 	if (r == 0)
 		r = rk_policy_save(fs->dd);
-	char tpath[RK_TABLE_PATH_MAX + 128] = "";
+	char tpath[RK_TABLE_PATH_MAX + 128] = "", tname[RK_TABLE_PATH_MAX] = "";
 	if (r == 0) {
 		const struct rk_table *t = rk_policy_lookup(fs->dd, table);
+		snprintf(tname, sizeof(tname), "%s", t->path);
 		snprintf(tpath, sizeof(tpath), "%s key=%s chunk_kb=%u compression=%s", t->path, t->key, t->chunk_size / 1024,
 		         rk_comp_name(t->comp));
 	}
@@ -131,7 +132,11 @@ static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		return rkd_reply(out, len, r, "alter %s failed: %s", table, rk_strerror(r));
 	atomic_fetch_add(&fs->policy_gen, 1);
 	rk_info("table %s altered: %s", table, tpath);
-	return rkd_reply(out, len, 0, "table %s", tpath);
+	/* a new target key while a sweep runs: a sweep of the table is queued after it */
+	char how[160] = "";
+	if (setkey)
+		rkd_walker_altered(fs, tname, how, sizeof(how));
+	return rkd_reply(out, len, 0, "table %s%s%s", tpath, how[0] ? "; a sweep is running: " : "", how);
 }
 
 int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)

@@ -119,11 +119,13 @@ struct rkd_opts {
 	int max_threads;
 	int walker;            /* background walker on (default) or off */
 	unsigned long long walker_rate; /* bytes/s of rewritten chunks, 0 = unlimited */
+	int walker_rate_set;   /* -o walker_rate= was given (wins over a checkpointed rate) */
 	int rekey_on_mount;    /* start a full sweep at mount */
 	int lazy;              /* rewrite on read (default on) */
 	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
 	unsigned read_ahead_kb; /* kernel read-ahead of the mount (0: leave the kernel's) */
 	unsigned max_open_per_user; /* open handles of one non-root user (0: fd limit / 4) */
+	int nonempty;          /* mount over a non-empty directory (startup.c) */
 };
 #define RKD_UNCHARGED ((uid_t)-1)
 
@@ -266,8 +268,15 @@ void rkd_walker_shutdown(struct rkd_fs *fs);
 void rkd_lazy_hook(void *arg, struct rk_cf *cf, uint64_t idx, int key_idx);
 int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
 void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b);
+/* alter changed table's target key: queue a sweep of it if one runs (*how: the text, "" if not) */
+void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t howlen);
 
 /* fsck_ctl.c: the "fsck" and "fsck-progress" control commands */
 int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+
+/* startup.c: checks before the mount */
+int rkd_check_not_served(const char *datadir);
+int rkd_check_mountpoint(const char *datadir_real, const char *mountpoint, bool nonempty);
+void rkd_report_plain(int rootfd, const char *datadir);
 
 #endif

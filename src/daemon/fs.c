@@ -57,6 +57,7 @@ static int open_datadir(struct rkd_fs *fs)
 		if (ret < 0)
 			return ret;
 		rk_info("initialised %s as a rekeyfs data directory under key %s", fs->datadir, fs->o.key);
+		rkd_report_plain(fs->rootfd, fs->datadir);
 		ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
 	}
 	if (ret < 0)

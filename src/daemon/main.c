@@ -40,6 +40,7 @@ static const struct fuse_opt rkd_optspec[] = {
 	FUSE_OPT_KEY("read_ahead_kb=", 'k'),
 	FUSE_OPT_KEY("max_open_per_user=", 'u'),
 	FUSE_OPT_KEY("log=", 'l'),
+	OPT("nonempty", nonempty, 1),
 	FUSE_OPT_END,
 };
 
@@ -80,9 +81,10 @@ static int opt_number(struct rkd_fs *fs, int key, const char *arg)
 		fs->o.max_threads = (int)n;
 		break;
 	case 'r':
-		/* bytes per second; at most 1 TiB/s (no overflow in the limiter) */
-		ret = rk_parse_u64(v, 1ULL << 40, &n);
+		/* bytes per second with units (rk_parse_rate); at most 1 TiB/s */
+		ret = rk_parse_rate(v, &n);
 		fs->o.walker_rate = n;
+		fs->o.walker_rate_set = 1;
 		break;
 	case 'u':
 		/* 0: a quarter of the descriptor limit */
@@ -99,7 +101,7 @@ static int opt_number(struct rkd_fs *fs, int key, const char *arg)
 		        "rekeyfs: option %s: %s\n", arg,
 		        key == 'e' || key == 'a' ? "use a number of seconds from 0 to 31536000"
 		        : key == 't'             ? "use a plain decimal number from 1 to 1024"
-		        : key == 'r'             ? "use a plain decimal number of bytes per second up to 1099511627776"
+		        : key == 'r'             ? "use N, NK/NM/NG or NKiB/NMiB/NGiB (x1024), NKB/NMB/NGB (x1000), 0 or unlimited (bytes/s, at most 1TiB)"
 		        : key == 'u'             ? "use a plain decimal number of open files up to 16777216 (0: automatic)"
 		                                 : "use a plain decimal number of KiB up to 1048576");
 	return ret < 0 ? -1 : 0;
@@ -137,7 +139,7 @@ static void usage(const char *prog)
 	       "    -o attr_timeout=SECS   attribute cache (default 1.0)\n"
 	       "    -o max_threads=N       worker threads (default 8)\n"
 	       "    -o walker=on|off       background walker (default on; sweeps run when asked)\n"
-	       "    -o walker_rate=BYTES   walker rate limit in bytes/s of rewritten chunks\n"
+	       "    -o walker_rate=RATE    walker rate limit of rewritten chunks per second: 100M, 64KiB, 1GB, 0 = unlimited\n"
 	       "                           (default 104857600; 0 = unlimited)\n"
 	       "    -o rekey_on_mount      start a full sweep at mount\n"
 	       "    -o lazy=on|off         rewrite chunks read under an old key (default on)\n"
@@ -149,7 +151,9 @@ static void usage(const char *prog)
 	       "    -o max_open_per_user=N open files and directories of one non-root user\n"
 	       "                           (default: a quarter of the fd limit)\n"
 	       "    -o log=FILE|stderr|syslog  where the log goes once mounted (default: syslog\n"
-	       "                           when detached, stderr with -f)\n\n"
+	       "                           when detached, stderr with -f)\n"
+	       "    -o nonempty            mount over a non-empty directory other than DATADIR\n"
+	       "                           (refused without it: the mount would hide its files)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -183,6 +187,20 @@ static void add_mount_args(struct rkd_fs *fs, struct fuse_args *args)
 		fuse_opt_add_arg(args, fsname);
 	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
 	fuse_opt_add_arg(args, "-osubtype=rekeyfs");
+}
+
+/* before anything is opened or initialised (startup.c) */
+static int startup_checks(struct rkd_fs *fs, const char *mountpoint)
+{
+	char *dr = realpath(fs->datadir, NULL);
+	int ret = 0;
+	if (dr) {
+		ret = rkd_check_not_served(dr);
+		if (ret == 0)
+			ret = rkd_check_mountpoint(dr, mountpoint, fs->o.nonempty);
+	}
+	free(dr);
+	return ret;
 }
 
 static int run_loop(struct rkd_fs *fs, const struct fuse_cmdline_opts *copts, struct fuse_loop_config **lcfg)
@@ -231,6 +249,8 @@ int main(int argc, char *argv[])
 		rk_log_set_level(RK_LOG_DEBUG);
 	if (rkd_log_prepare(log_dest) < 0)
 		return 2;
+	if (startup_checks(fs, copts.mountpoint) < 0)
+		goto out;
 	if (rkd_fs_init(fs) < 0)
 		goto out;
 
@@ -241,6 +261,14 @@ int main(int argc, char *argv[])
 		goto out;
 	if (fuse_set_signal_handlers(fs->se) != 0)
 		goto out_session;
+	{
+		/* recorded before the mount (and again after the fork below): a
+		 * rekeyctl that sees the mount also finds its mount point here */
+		char *mp = realpath(copts.mountpoint, NULL);
+		if (mp)
+			(void)rk_datadir_lock_record(fs->dd, mp);
+		free(mp);
+	}
 	if (fuse_session_mount(fs->se, copts.mountpoint) != 0)
 		goto out_signals;
 	fuse_daemonize(copts.foreground);
@@ -252,6 +280,10 @@ int main(int argc, char *argv[])
 		rk_warn("cannot lock key memory (%s): keys may be swapped out (raise RLIMIT_MEMLOCK)", strerror(-lret));
 	/* threads start after the fork of fuse_daemonize */
 	fs->mountpoint = realpath(copts.mountpoint, NULL);
+	/* the lock names this process (after the fork) and the mount point:
+	 * rekeyctl and a second rekeyfs say where the data directory is mounted */
+	if (rk_datadir_lock_record(fs->dd, fs->mountpoint) < 0)
+		rk_warn("%s: cannot record the mount point in %s/lock", fs->datadir, RK_STATE_DIR);
 	if (rkd_fs_start(fs) < 0) {
 		start_failed = true;
 		goto out_unmount;

@@ -1,12 +1,13 @@
 /* rekeyfs daemon - online rekey: the background walker (one sweep at a
- * time, rate limited, yielding to foreground I/O, pausable, resumable from a
- * checkpoint in DATADIR/.rekeyfs/walker), the lazy rewrite-on-read worker and
- * the guarded key release. */
+ * time, requests queued behind it, rate limited, yielding to foreground
+ * I/O, pausable, resumable from a checkpoint in DATADIR/.rekeyfs/walker)
+ * and the lazy rewrite-on-read worker.  Control and status: walker_ctl.c. */
 #include "config.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -18,77 +19,52 @@
 #include "rekeyfs/rekey.h"
 #include "rekeyfs/sweep.h"
 #include "rekeyfs/walk.h"
+#include "walker.h"
 
-#define LAZY_QUEUE 4096
-#define MAX_ERRORS 16
-#define MAX_TABLES RK_REKEY_MAX_TABLES
-
-/* the walker's states are the checkpoint's (rekeyfs/rekey.h) */
-#define W_IDLE RK_RS_IDLE
-#define W_RUNNING RK_RS_RUNNING
-#define W_PAUSED RK_RS_PAUSED
-#define wstate_name(s) rk_rekey_state_name(s)
-
-struct lazy_ent {
-	struct rkd_inode *in;
-	struct rkd_file *f;
-	uint64_t idx;
-};
-
-struct rkd_walker {
-	struct rkd_fs *fs;
-	pthread_t thr, lazy_thr;
-	/* rank RK_RANK_CKPT_FILE (8): serializes checkpoint writes (file I/O);
-	 * taken with no other lock held, then w->lock briefly for the snapshot */
-	pthread_mutex_t ckpt_lock;
-	/* rank RK_RANK_WALKER (78): every field below up to the lazy queue
-	 * (state, request, filter, counters, tables, position, error ring,
-	 * waiting_space, rate, last_save); never held across file I/O, a
-	 * sweep or a wait on another lock's holder */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	enum rk_rekey_state state;
-	atomic_bool stop;         /* set once at shutdown (also under lock, for cond waits) */
-	bool request;             /* a sweep was asked for */
-	bool resume_checkpoint;   /* continue the checkpointed sweep */
-	char filter[MAX_TABLES][RK_TABLE_PATH_MAX];
-	int nfilter;
-	uint64_t sweep_id;
-	time_t started, finished;
-	char position[PATH_MAX];  /* last file finished (walk order) */
-	struct rk_rekey_tstat tables[MAX_TABLES];
-	int ntables;
-	uint64_t rate;            /* bytes/s, 0 unlimited */
-	double tokens;
-	struct timespec last_refill;
-	uint64_t sweep_bytes;
-	struct timespec sweep_t0;
-	char errors[MAX_ERRORS][512];
-	int nerrors, error_next;
-	uint64_t error_count;
-	bool waiting_space;
-	time_t last_save;
-	/* lazy queue: rank RK_RANK_LAZYQ (50), guards q, qhead, qlen; taken on
-	 * the read path under a file's rw_lock and stripe, before inode locks */
-	pthread_mutex_t qlock;
-	pthread_cond_t qcond;
-	struct lazy_ent q[LAZY_QUEUE];
-	int qhead, qlen;
-	atomic_uint_fast64_t lazy_rewritten, lazy_queued, lazy_dropped, walker_rewritten, files_replaced;
-};
-
-/* Record an error in the ring shown by status (takes w->lock: call without it). */
-static void add_error(struct rkd_walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add_error(struct rkd_walker *w, const char *fmt, ...)
+double rkd_walker_now(void)
 {
-	char msg[sizeof(w->errors[0])];
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait on w->cond (w->lock held) until woken or secs have passed. */
+static void wait_secs(struct rkd_walker *w, double secs)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if (secs > 3600)
+		secs = 3600;
+	double ns = (double)ts.tv_nsec + (secs - (double)(time_t)secs) * 1e9;
+	ts.tv_sec += (time_t)secs + (time_t)(ns / 1e9);
+	ts.tv_nsec = (long)(ns - (double)(time_t)(ns / 1e9) * 1e9);
+	pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+}
+
+/* Record an error in the ring shown by status (takes w->lock: call without
+ * it).  path: the file ("" or NULL: none); chunk: its chunk, or UINT64_MAX. */
+static void add_error(struct rkd_walker *w, const char *path, uint64_t chunk, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void add_error(struct rkd_walker *w, const char *path, uint64_t chunk, const char *fmt, ...)
+{
+	char msg[sizeof(w->errors[0].cause)];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	rk_err("walker: %s", msg);
+	if (path && path[0] && chunk != UINT64_MAX)
+		rk_err("walker: %s: chunk %" PRIu64 ": %s", path, chunk, msg);
+	else if (path && path[0])
+		rk_err("walker: %s: %s", path, msg);
+	else
+		rk_err("walker: %s", msg);
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	memcpy(w->errors[w->error_next], msg, sizeof(msg));
+	struct werr *e = &w->errors[w->error_next];
+	e->time = time(NULL);
+	snprintf(e->path, sizeof(e->path), "%s", path ? path : "");
+	e->has_chunk = chunk != UINT64_MAX;
+	e->chunk = e->has_chunk ? chunk : 0;
+	memcpy(e->cause, msg, sizeof(msg));
 	w->error_next = (w->error_next + 1) % MAX_ERRORS;
 	if (w->nerrors < MAX_ERRORS)
 		w->nerrors++;
@@ -96,11 +72,13 @@ static void add_error(struct rkd_walker *w, const char *fmt, ...)
 	rk_mutex_unlock(&w->lock);
 }
 
-/* ---- checkpoint (format: rekeyfs/rekey.h) ------------------------------------------------ */
-/* Write the walker's state as it is now.  Called with no lock held: the
- * text is built under w->lock, the file written outside it (ckpt_lock keeps
- * writers in order, so the newest snapshot is the one left on disk). */
-static int save_checkpoint(struct rkd_walker *w)
+/* ---- checkpoint (format: rekeyfs/rekey.h, rekeyfs(5)) -------------------------------------------
+ * Written at every state change and at least once a second while a sweep
+ * runs (from the throttle and after each file), so what status shows is at
+ * most a second ahead of what a restart resumes from: the counters as
+ * saved, from the file after `position` (the file being rekeyed is done
+ * again). */
+int rkd_walker_save(struct rkd_walker *w)
 {
 	struct rkd_fs *fs = w->fs;
 	char *buf = NULL;
@@ -108,10 +86,29 @@ static int save_checkpoint(struct rkd_walker *w)
 	int ret;
 	rk_mutex_lock(&w->ckpt_lock, RK_RANK_CKPT_FILE);
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	struct rk_rekey_ckpt c = {w->state,    w->sweep_id, w->started, w->finished, w->filter,
-	                          w->nfilter,  w->position, w->tables,  w->ntables,  false};
+	struct rk_rekey_ckpt c = {.state = w->state,
+	                          .sweep = w->sweep_id,
+	                          .started = w->started,
+	                          .finished = w->finished,
+	                          .filter = w->filter,
+	                          .nfilter = w->nfilter,
+	                          .position = w->position,
+	                          .tables = w->tables,
+	                          .ntables = w->ntables,
+	                          .finished_sweep = w->finished_sweep,
+	                          .result = w->result,
+	                          .remaining = w->remaining,
+	                          .remaining_known = w->remaining_known,
+	                          .rate = w->rate,
+	                          .rate_set = w->rate_set,
+	                          .queued = w->qfilter,
+	                          .nqueued = w->nqfilter,
+	                          .has_queued = w->queued};
+	snprintf(c.reason, sizeof(c.reason), "%s", w->reason);
+	if (w->resume_pending) /* not started yet: still the checkpointed state */
+		c.state = w->start_paused ? W_PAUSED : W_RUNNING;
 	ret = rk_rekey_ckpt_format(&c, &buf, &len);
-	w->last_save = time(NULL);
+	w->last_save = rkd_walker_now();
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		goto out;
@@ -127,7 +124,8 @@ out:
 
 static void load_checkpoint(struct rkd_walker *w)
 {
-	struct rk_rekey_ckpt c = {.filter = w->filter, .position = w->position, .tables = w->tables};
+	struct rk_rekey_ckpt c = {.filter = w->filter, .position = w->position, .tables = w->tables,
+	                          .queued = w->qfilter};
 	if (rk_rekey_ckpt_load(w->fs->dd->statefd, &c) < 0)
 		return;
 	w->sweep_id = c.sweep;
@@ -135,22 +133,27 @@ static void load_checkpoint(struct rkd_walker *w)
 	w->finished = c.finished;
 	w->nfilter = c.nfilter;
 	w->ntables = c.ntables;
-	if (c.resume) {
-		w->resume_checkpoint = true;
-		w->request = true;
-		rk_info("walker: resuming sweep %" PRIu64 " after %s", w->sweep_id,
-		        w->position[0] ? w->position : "the start");
+	w->finished_sweep = c.finished_sweep;
+	w->result = c.result;
+	w->remaining = c.remaining;
+	w->remaining_known = c.remaining_known;
+	snprintf(w->reason, sizeof(w->reason), "%s", c.reason);
+	w->queued = c.has_queued;
+	w->nqfilter = c.nqueued;
+	if (c.rate_set && !w->fs->o.walker_rate_set) {
+		w->rate = c.rate;
+		w->rate_set = true;
+		rk_info("walker: rate %" PRIu64 " bytes/s as set at run time before the restart", c.rate);
+	} else if (c.rate_set) {
+		rk_info("walker: -o walker_rate=%llu given at mount wins over the rate %" PRIu64 " set before the restart",
+		        w->fs->o.walker_rate, c.rate);
 	}
-}
-
-/* ---- path order -------------------------------------------------------------------------
- * The walk visits names sorted per directory, depth first: compare paths
- * component by component to know whether a file comes before the checkpoint. */
-/* ---- throttling ------------------------------------------------------------------------------ */
-static void sleep_ms(double ms)
-{
-	struct timespec ts = {(time_t)(ms / 1000), (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6)};
-	nanosleep(&ts, NULL);
+	if (c.resume) {
+		w->resume_pending = true;
+		w->start_paused = c.state == W_PAUSED;
+		rk_info("walker: resuming sweep %" PRIu64 " after %s%s", w->sweep_id,
+		        w->position[0] ? w->position : "the start", w->start_paused ? " (paused)" : "");
+	}
 }
 
 /* ---- the engine's access to the daemon's files -------------------------------------------------
@@ -250,7 +253,7 @@ static int wa_close(void *arg, void *h, struct rk_cf *cf)
 
 /* release scan: through the shared file state, so open files' pending
  * chunks count too */
-static int wa_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_refs *out)
+int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_refs *out)
 {
 	struct rkd_fs *fs = arg;
 	struct rkd_inode *in;
@@ -281,13 +284,54 @@ static int wa_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_ref
 	return 0;
 }
 
-/* Rate limit, yield to foreground I/O, pause; a whole-file copy stops when
- * the file is opened meanwhile (its writes go in place). */
-static int wa_throttle(void *arg, void *h, bool whole, uint64_t bytes)
+/* ---- progress and throttling (w->lock held) ------------------------------------------------------ */
+/* a rate sample at most once a second: the recent rate spans the ring */
+static void sample_locked(struct rkd_walker *w, double now)
+{
+	int last = (w->sample_next + RATE_SAMPLES - 1) % RATE_SAMPLES;
+	if (w->nsamples && now - w->samples[last].t < 1.0)
+		return;
+	w->samples[w->sample_next].t = now;
+	w->samples[w->sample_next].bytes = w->sweep_bytes;
+	w->sample_next = (w->sample_next + 1) % RATE_SAMPLES;
+	if (w->nsamples < RATE_SAMPLES)
+		w->nsamples++;
+}
+
+/* the position inside the current file: chunk idx is done */
+static void progress_locked(struct rkd_walker *w, uint64_t idx)
+{
+	uint64_t off = (idx + 1) * (uint64_t)w->cur_cs;
+	if (w->cur_size && off > w->cur_size)
+		off = w->cur_size;
+	if (off > w->cur_off)
+		w->cur_off = off;
+	if (w->cur_table < 0 || w->cur_table >= w->ntables)
+		return;
+	struct rk_rekey_tstat *t = &w->tables[w->cur_table];
+	uint64_t bd = w->cur_base_bytes + (idx + 1) * (uint64_t)w->cur_cs;
+	uint64_t cd = w->cur_base_chunks + idx + 1;
+	/* totals are extended (never exceeded) when a file grew since the pre-scan */
+	if (bd > t->bytes_done)
+		t->bytes_done = bd;
+	if (cd > t->chunks_done)
+		t->chunks_done = cd;
+	if (t->bytes_done > t->bytes_total)
+		t->bytes_total = t->bytes_done;
+	if (t->chunks_done > t->chunks_total)
+		t->chunks_total = t->chunks_done;
+}
+
+/* Rate limit, yield to foreground I/O, pause, progress; a whole-file copy
+ * stops when the file is opened meanwhile (its writes go in place).  Never
+ * sleeps blindly: it waits on w->cond with a deadline, and a new rate,
+ * pause, resume or stop wakes it to recompute. */
+static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t bytes)
 {
 	struct rkd_walker *w = arg;
 	struct rkd_fs *fs = w->fs;
 	struct wfile *wf = h;
+	int ret = 0;
 	if (whole && atomic_load(&wf->in->open_gen) != wf->gen)
 		return -EBUSY; /* opened meanwhile: its writes go in place */
 	/* yield to foreground I/O: a short pause while requests are being served */
@@ -297,46 +341,63 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t bytes)
 		uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 		if (atomic_load(&fs->st.inflight) == 0 && now - atomic_load(&fs->st.last_fg_ns) > 2000000ULL)
 			break;
-		sleep_ms(0.5);
+		struct timespec d = {0, 500000};
+		nanosleep(&d, NULL);
 	}
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	w->sweep_bytes += bytes;
-	uint64_t rate = w->rate;
-	while (w->state == W_PAUSED && !atomic_load(&w->stop))
-		pthread_cond_wait(&w->cond, &w->lock);
-	rk_mutex_unlock(&w->lock);
-	if (atomic_load(&w->stop))
-		return -ECANCELED;
-	if (rate && bytes) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		double el = (double)(ts.tv_sec - w->last_refill.tv_sec) + (double)(ts.tv_nsec - w->last_refill.tv_nsec) / 1e9;
-		w->last_refill = ts;
-		w->tokens = RK_MIN(w->tokens + el * (double)rate, (double)rate); /* at most one second of burst */
-		w->tokens -= (double)bytes;
-		if (w->tokens < 0)
-			sleep_ms(-w->tokens / (double)rate * 1000.0);
+	progress_locked(w, idx);
+	w->tokens -= (double)bytes;
+	for (;;) {
+		double now = rkd_walker_now();
+		sample_locked(w, now);
+		if (atomic_load(&w->stop)) {
+			ret = -ECANCELED;
+			break;
+		}
+		if (w->state == W_PAUSED) {
+			wait_secs(w, 1.0);
+			continue;
+		}
+		double el = now - ((double)w->last_refill.tv_sec + (double)w->last_refill.tv_nsec / 1e9);
+		clock_gettime(CLOCK_MONOTONIC, &w->last_refill);
+		if (!w->rate) {
+			w->tokens = 0;
+			break;
+		}
+		w->tokens = RK_MIN(w->tokens + el * (double)w->rate, (double)w->rate); /* at most one second of burst */
+		if (w->tokens >= 0)
+			break;
+		wait_secs(w, RK_MIN(-w->tokens / (double)w->rate, 1.0));
 	}
-	return 0;
+	bool save = ret == 0 && rkd_walker_now() - w->last_save >= 1.0;
+	rk_mutex_unlock(&w->lock);
+	if (save)
+		rkd_walker_save(w); /* no lock held here: the engine calls between chunks */
+	return ret;
 }
 
 /* ---- one sweep ------------------------------------------------------------------------------- */
+enum walk_mode { M_PRESCAN, M_REKEY, M_COUNT };
 struct walk_ctx {
 	struct rkd_walker *w;
 	struct rk_rekey_access acc;
 	struct rk_rekey_engine eng;
-	bool prescan;
+	enum walk_mode mode;
 	int pass; /* 0: the sweep; later passes catch files renamed behind the walker */
-	int err;
+	char key_error[256]; /* a target key that cannot be used ("" if none) */
+	uint64_t file_errors, unreadable_headers;
 };
 
-static void add_result(struct rkd_walker *w, struct rk_rekey_tstat *t, const struct rk_sweep_result *res)
+/* later passes meet the same unreadable chunks again: counted once, in pass 0 */
+static void add_result(struct rkd_walker *w, struct rk_rekey_tstat *t, const struct rk_sweep_result *res, int pass)
 {
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	t->chunks_checked += res->chunks_checked;
 	t->chunks_rewritten += res->chunks_rewritten;
 	t->bytes_rewritten += res->bytes_rewritten;
-	t->chunks_failed += res->chunks_failed;
+	if (pass == 0)
+		t->chunks_failed += res->chunks_failed;
 	rk_mutex_unlock(&w->lock);
 	atomic_fetch_add(&w->walker_rewritten, res->chunks_rewritten);
 }
@@ -352,12 +413,13 @@ static int rekey_one(struct walk_ctx *c, const struct rk_walk_ent *e, struct rk_
 	for (;;) {
 		ret = rk_rekey_file(&c->eng, e, key, need, &fr);
 		if (fr.replaced || fr.visited)
-			add_result(w, t, &fr.res);
+			add_result(w, t, &fr.res, c->pass);
 		if (fr.replaced)
 			atomic_fetch_add(&w->files_replaced, 1);
-		if (fr.visited && fr.res.chunks_failed)
-			add_error(w, "%s: %" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)", e->rel,
-			          fr.res.chunks_failed);
+		if (fr.visited && fr.res.chunks_failed && c->pass == 0)
+			add_error(w, e->rel, fr.res.first_failed,
+			          "%" PRIu64 " chunk(s) could not be read (%s) and keep their key (see fsck --deep)",
+			          fr.res.chunks_failed, rk_strerror(fr.res.last_error ? fr.res.last_error : -EUCLEAN));
 		if (fr.outcome != RK_RO_RETRY_NO_SPACE)
 			break;
 		/* the old chunks stay readable; retry this file once space is back */
@@ -366,16 +428,67 @@ static int rekey_one(struct walk_ctx *c, const struct rk_walk_ent *e, struct rk_
 		w->waiting_space = true;
 		rk_mutex_unlock(&w->lock);
 		if (first)
-			add_error(w, "%s: %s while rewriting; the old chunks stay in place, the sweep waits and retries", e->rel,
+			add_error(w, e->rel, UINT64_MAX,
+			          "%s while rewriting; the old chunks stay in place, the sweep waits and retries",
 			          strerror(-ret));
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+		if (!atomic_load(&w->stop))
+			wait_secs(w, 1.0); /* woken at once by stop */
+		rk_mutex_unlock(&w->lock);
 		if (atomic_load(&w->stop))
 			return -ECANCELED;
-		sleep_ms(1000);
 	}
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	w->waiting_space = false;
 	rk_mutex_unlock(&w->lock);
 	return ret;
+}
+
+/* the current file, for status (current_file / current_offset) */
+static void set_current(struct rkd_walker *w, const char *rel, const struct rk_rekey_need *need, int tidx)
+{
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	snprintf(w->cur_file, sizeof(w->cur_file), "%s", rel ? rel : "");
+	w->cur_valid = rel != NULL;
+	w->cur_off = 0;
+	w->cur_cs = need ? need->chunk_size : 0;
+	w->cur_size = need ? need->nchunks * (uint64_t)need->chunk_size : 0;
+	w->cur_table = tidx;
+	if (tidx >= 0) {
+		w->cur_base_bytes = w->tables[tidx].bytes_done;
+		w->cur_base_chunks = w->tables[tidx].chunks_done;
+	}
+	rk_mutex_unlock(&w->lock);
+}
+
+/* pre-scan and count: header counts of one file of a selected table */
+static int visit_count(struct walk_ctx *c, const struct rk_walk_ent *e, const char *tpath, int ret,
+                       const struct rk_rekey_need *need)
+{
+	struct rkd_walker *w = c->w;
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	struct rk_rekey_tstat *t = rk_rekey_tstat_for(w->tables, &w->ntables, tpath);
+	if (c->mode == M_COUNT) {
+		t->counted = true;
+		if (ret < 0 && need->chunk)
+			c->unreadable_headers++;
+		else if (need->chunk)
+			t->remaining += need->todo;
+	} else if (need->chunk) {
+		uint64_t bytes = need->nchunks * (uint64_t)need->chunk_size;
+		t->files_total++;
+		t->chunks_total += need->nchunks;
+		t->bytes_total += bytes;
+		t->chunks_todo += need->todo;
+		t->bytes_todo += need->todo * (uint64_t)need->chunk_size;
+		/* a resumed sweep: files before the checkpoint are done */
+		if (w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0) {
+			t->chunks_done += need->nchunks;
+			t->bytes_done += bytes;
+		}
+	}
+	rk_mutex_unlock(&w->lock);
+	return atomic_load(&w->stop) ? -ECANCELED : 0;
 }
 
 static int visit(const struct rk_walk_ent *e, void *arg)
@@ -387,11 +500,11 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		return 0;
 	if (rk_is_tmp_name(e->name)) {
 		/* an interrupted whole-file rekey's (or conversion's) temporary */
-		if (!c->prescan && rk_tmp_cleanup(e->dirfd, e->name) == 1)
+		if (c->mode == M_REKEY && rk_tmp_cleanup(e->dirfd, e->name) == 1)
 			rk_info("%s: removed an interrupted rekey's temporary file", e->rel);
 		return 0;
 	}
-	if (!c->prescan && w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
+	if (c->mode == M_REKEY && w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
 		return 0; /* done before the checkpoint */
 	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
 	const struct rk_table *tab = rk_policy_lookup(fs->dd, e->rel);
@@ -404,50 +517,179 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	struct rk_key *key;
 	int ret = rk_keyring_get(fs->kr, kname, &key);
 	if (ret < 0) {
-		add_error(w, "table %s: target key '%s' cannot be used: %s", tpath, kname, rk_strerror(ret));
+		if (!c->key_error[0]) {
+			if (snprintf(c->key_error, sizeof(c->key_error), "table %s: target key '%s' cannot be used: %s", tpath,
+			             kname, rk_strerror(ret)) >= (int)sizeof(c->key_error))
+				c->key_error[sizeof(c->key_error) - 2] = '.'; /* cut short */
+			add_error(w, e->rel, UINT64_MAX, "%s", c->key_error);
+		}
 		return 0;
 	}
 	struct rk_rekey_need need;
 	ret = rk_rekey_examine(e->dirfd, e->name, e->rel, key, fs->o.whole_file, &need);
+	if (c->mode != M_REKEY)
+		return visit_count(c, e, tpath, ret, &need);
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	struct rk_rekey_tstat *t = rk_rekey_tstat_for(w->tables, &w->ntables, tpath);
-	if (c->prescan) {
-		if (need.chunk) {
-			t->files_total++;
-			t->chunks_total += need.nchunks;
-			t->chunks_todo += need.todo;
-			/* a resumed sweep: files before the checkpoint are done */
-			if (w->position[0] && rk_walk_cmp(e->rel, w->position) <= 0)
-				t->chunks_done += need.nchunks;
-		}
-		rk_mutex_unlock(&w->lock);
-		return atomic_load(&w->stop) ? -ECANCELED : 0;
-	}
+	int tidx = (int)(t - w->tables);
 	rk_mutex_unlock(&w->lock);
+	set_current(w, e->rel, &need, c->pass == 0 && need.chunk ? tidx : -1);
 	if (ret < 0) {
-		add_error(w, "%s: cannot read the header: %s", e->rel, rk_strerror(ret));
+		c->file_errors++;
+		add_error(w, e->rel, UINT64_MAX, "cannot read the header: %s", rk_strerror(ret));
 	} else if (need.chunk && need.needs) {
 		ret = rekey_one(c, e, t, key, &need);
 		if (ret == -ECANCELED)
 			return ret;
-		if (ret < 0)
-			add_error(w, "%s: %s", e->rel, rk_strerror(ret));
+		if (ret < 0) {
+			c->file_errors++;
+			add_error(w, e->rel, UINT64_MAX, "%s", rk_strerror(ret));
+		}
 	}
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	if (need.chunk && c->pass == 0) {
+		/* the file is done: its chunks and bytes, the totals extended if it grew */
 		t->files_done++;
-		t->chunks_done += need.nchunks;
+		t->chunks_done = w->cur_base_chunks + need.nchunks;
+		t->bytes_done = w->cur_base_bytes + need.nchunks * (uint64_t)need.chunk_size;
+		t->files_total = RK_MAX(t->files_total, t->files_done);
+		t->chunks_total = RK_MAX(t->chunks_total, t->chunks_done);
+		t->bytes_total = RK_MAX(t->bytes_total, t->bytes_done);
 	}
+	w->cur_table = -1;
 	snprintf(w->position, sizeof(w->position), "%s", e->rel);
-	bool save = time(NULL) != w->last_save;
+	bool save = rkd_walker_now() - w->last_save >= 1.0;
 	rk_mutex_unlock(&w->lock);
 	if (save)
-		save_checkpoint(w);
+		rkd_walker_save(w);
 	rk_crashpoint("walker.file-done");
 	return atomic_load(&w->stop) ? -ECANCELED : 0;
 }
 
-static void run_sweep(struct rkd_walker *w)
+/* Set up the next sweep (w->lock held): the checkpointed one, or the queued request. */
+static void start_locked(struct rkd_walker *w, bool resumed)
+{
+	if (!resumed) {
+		w->sweep_id++;
+		if (w->nqfilter)
+			memcpy(w->filter, w->qfilter, sizeof(w->filter[0]) * (size_t)w->nqfilter);
+		w->nfilter = w->nqfilter;
+		w->queued = false;
+		w->nqfilter = 0;
+		w->started = time(NULL);
+		w->position[0] = '\0';
+		w->ntables = 0;
+		w->nerrors = 0;
+		w->error_next = 0;
+	}
+	/* totals are re-counted by the pre-scan; rewrite counters come from the checkpoint */
+	for (int i = 0; i < w->ntables; i++) {
+		struct rk_rekey_tstat *t = &w->tables[i];
+		t->files_total = t->chunks_total = t->chunks_todo = t->chunks_done = 0;
+		t->bytes_total = t->bytes_done = t->bytes_todo = t->remaining = 0;
+		t->counted = false;
+	}
+	w->resume_pending = false;
+	w->finished = 0;
+	w->state = resumed && w->start_paused ? W_PAUSED : W_RUNNING;
+	w->start_paused = false;
+	w->sweep_bytes = 0;
+	w->nsamples = w->sample_next = 0;
+	clock_gettime(CLOCK_MONOTONIC, &w->last_refill);
+	w->tokens = 0;
+	w->cur_valid = false;
+	w->cur_table = -1;
+}
+
+/* the walk's passes: until one rewrites nothing, or the cap */
+static int run_passes(struct rkd_walker *w, struct walk_ctx *c, uint64_t sweep_id, bool *capped)
+{
+	int ret = 0;
+	c->mode = M_REKEY;
+	*capped = false;
+	for (c->pass = 0;; c->pass++) {
+		uint64_t before = atomic_load(&w->walker_rewritten);
+		if (c->pass > 0) {
+			rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+			w->position[0] = '\0';
+			rk_mutex_unlock(&w->lock);
+		}
+		ret = rk_walk(w->fs->rootfd, "/", visit, c);
+		if (ret < 0 || atomic_load(&w->walker_rewritten) == before)
+			break;
+		if (c->pass > 0)
+			rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed or written during the sweep",
+			        sweep_id, c->pass + 1);
+		if (c->pass + 1 >= MAX_PASSES) {
+			*capped = true;
+			break;
+		}
+	}
+	set_current(w, NULL, NULL, -1);
+	return ret;
+}
+
+/* The sweep ended: count what is left, decide complete or incomplete. */
+static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t sweep_id, int ret, bool capped)
+{
+	struct rkd_fs *fs = w->fs;
+	c->mode = M_COUNT;
+	int rc = ret < 0 ? ret : rk_walk(fs->rootfd, "/", visit, c);
+	char reason[256] = "";
+	if (rc == -ECANCELED) {
+		/* shut down during the count: the next mount walks (headers only) again */
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+		w->position[0] = '\0';
+		rk_mutex_unlock(&w->lock);
+		rkd_walker_save(w);
+		rk_info("walker: sweep %" PRIu64 " interrupted while counting; it resumes at the next mount", sweep_id);
+		return;
+	}
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	uint64_t rew = 0, failed = 0, remaining = 0;
+	for (int i = 0; i < w->ntables; i++) {
+		rew += w->tables[i].chunks_rewritten;
+		failed += w->tables[i].chunks_failed;
+		remaining += w->tables[i].remaining;
+	}
+	if (ret < 0)
+		snprintf(reason, sizeof(reason), "the walk stopped: %s", rk_strerror(ret));
+	else if (rc < 0)
+		snprintf(reason, sizeof(reason), "the final count failed: %s", rk_strerror(rc));
+	else if (capped)
+		snprintf(reason, sizeof(reason), "gave up after %d passes that each still rewrote chunks", MAX_PASSES);
+	else if (c->key_error[0])
+		snprintf(reason, sizeof(reason), "%s", c->key_error);
+	else if (failed)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)",
+		         failed);
+	else if (c->unreadable_headers || c->file_errors)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) could not be rekeyed (see errors)",
+		         c->unreadable_headers + c->file_errors);
+	else if (remaining)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " chunk(s) are still off their target key", remaining);
+	bool complete = !reason[0];
+	w->state = W_IDLE;
+	w->finished = time(NULL);
+	w->finished_sweep = sweep_id;
+	w->result = complete ? RK_RR_COMPLETE : RK_RR_INCOMPLETE;
+	w->remaining = remaining;
+	w->remaining_known = ret == 0 && rc == 0;
+	snprintf(w->reason, sizeof(w->reason), "%s", reason);
+	w->position[0] = '\0';
+	rk_mutex_unlock(&w->lock);
+	/* the rewritten chunks are durable before the sweep counts as done */
+	rk_journal_checkpoint(fs->j);
+	rkd_walker_save(w);
+	if (complete)
+		rk_info("walker: sweep %" PRIu64 " complete: %" PRIu64 " chunks rewritten, 0 remaining", sweep_id, rew);
+	else
+		rk_warn("walker: sweep %" PRIu64 " incomplete: %" PRIu64 " chunks rewritten, %" PRIu64
+		        " remaining, %" PRIu64 " failed: %s",
+		        sweep_id, rew, remaining, failed, reason);
+}
+
+static void run_sweep(struct rkd_walker *w, uint64_t sweep_id, bool resumed)
 {
 	struct rkd_fs *fs = w->fs;
 	struct walk_ctx c = {.w = w};
@@ -455,86 +697,36 @@ static void run_sweep(struct rkd_walker *w)
 	                                 .replace_commit = wa_replace_commit, .open = wa_open, .lock = wa_lock,
 	                                 .unlock = wa_unlock, .close = wa_close, .arg = w};
 	c.eng = (struct rk_rekey_engine){.kr = fs->kr, .acc = &c.acc, .throttle = wa_throttle, .throttle_arg = w};
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	if (!w->resume_checkpoint) {
-		w->sweep_id++;
-		w->started = time(NULL);
-		w->position[0] = '\0';
-		w->ntables = 0;
-		w->nerrors = 0;
-		w->error_next = 0;
-	} else {
-		/* totals are re-counted below; progress counters come from the checkpoint */
-		for (int i = 0; i < w->ntables; i++) {
-			w->tables[i].files_total = w->tables[i].chunks_total = w->tables[i].chunks_todo = 0;
-			w->tables[i].chunks_done = 0;
-		}
-	}
-	w->finished = 0;
-	w->state = W_RUNNING;
-	w->sweep_bytes = 0;
-	clock_gettime(CLOCK_MONOTONIC, &w->sweep_t0);
-	clock_gettime(CLOCK_MONOTONIC, &w->last_refill);
-	w->tokens = 0;
-	uint64_t sweep_id = w->sweep_id;
-	bool resumed = w->resume_checkpoint;
-	rk_mutex_unlock(&w->lock);
-	save_checkpoint(w);
+	rkd_walker_save(w);
 	rk_info("walker: sweep %" PRIu64 " started%s", sweep_id, resumed ? " (resumed)" : "");
 
-	c.prescan = true;
+	c.mode = M_PRESCAN;
 	int ret = rk_walk(fs->rootfd, "/", visit, &c);
+	bool capped = false;
 	if (ret != -ECANCELED) {
 		/* chunks already rewritten before a restart count towards the total */
 		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-		for (int i = 0; i < w->ntables; i++)
+		for (int i = 0; i < w->ntables; i++) {
 			w->tables[i].chunks_todo += w->tables[i].chunks_rewritten;
-		rk_mutex_unlock(&w->lock);
-		c.prescan = false;
-		/* a file renamed behind the walker's position while it ran has not
-		 * been visited: walk again (headers only where nothing is left to
-		 * do) until a pass rewrites nothing */
-		for (c.pass = 0; ret != -ECANCELED && c.pass < 16; c.pass++) {
-			uint64_t before = atomic_load(&w->walker_rewritten);
-			if (c.pass > 0) {
-				rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-				w->position[0] = '\0';
-				rk_mutex_unlock(&w->lock);
-			}
-			ret = rk_walk(fs->rootfd, "/", visit, &c);
-			if (atomic_load(&w->walker_rewritten) == before)
-				break;
-			if (c.pass > 0)
-				rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed during the sweep", sweep_id,
-				        c.pass + 1);
+			w->tables[i].bytes_todo += w->tables[i].bytes_rewritten;
 		}
+		rk_mutex_unlock(&w->lock);
+		c.key_error[0] = '\0'; /* reported again by the passes if still so */
+		ret = run_passes(w, &c, sweep_id, &capped);
 	}
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	w->resume_checkpoint = false;
 	if (ret == -ECANCELED) {
 		/* shutting down: the checkpoint says where to go on */
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 		char pos[PATH_MAX];
 		snprintf(pos, sizeof(pos), "%s", w->position[0] ? w->position : "the start");
 		rk_mutex_unlock(&w->lock);
-		save_checkpoint(w);
+		rkd_walker_save(w);
 		rk_info("walker: sweep %" PRIu64 " interrupted at %s; it resumes at the next mount", sweep_id, pos);
 		return;
 	}
-	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
-		add_error(w, "sweep stopped: %s", rk_strerror(ret));
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	w->state = W_IDLE;
-	w->finished = time(NULL);
-	w->position[0] = '\0';
-	uint64_t rew = 0;
-	for (int i = 0; i < w->ntables; i++)
-		rew += w->tables[i].chunks_rewritten;
-	rk_mutex_unlock(&w->lock);
-	save_checkpoint(w);
-	rk_info("walker: sweep %" PRIu64 " finished: %" PRIu64 " chunks rewritten", sweep_id, rew);
-	/* the rewritten chunks are durable before the sweep counts as done */
-	rk_journal_checkpoint(fs->j);
+		add_error(w, NULL, UINT64_MAX, "sweep stopped: %s", rk_strerror(ret));
+	finish_sweep(w, &c, sweep_id, ret, capped);
 }
 
 static void *walker_main(void *arg)
@@ -542,18 +734,65 @@ static void *walker_main(void *arg)
 	struct rkd_walker *w = arg;
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	while (!atomic_load(&w->stop)) {
-		if (!w->request) {
+		if (!w->resume_pending && !w->queued) {
 			pthread_cond_wait(&w->cond, &w->lock);
 			continue;
 		}
-		w->request = false;
+		/* set up under the lock: a request arriving now sees the sweep running */
+		bool resumed = w->resume_pending;
+		start_locked(w, resumed);
+		uint64_t id = w->sweep_id;
 		rk_mutex_unlock(&w->lock);
-		run_sweep(w);
+		run_sweep(w, id, resumed);
 		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	}
 	rk_mutex_unlock(&w->lock);
 	rk_crypto_thread_cleanup();
 	return NULL;
+}
+
+void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
+                               uint64_t *id, char *how, size_t howlen)
+{
+	bool busy = w->state != W_IDLE || w->resume_pending;
+	bool covered = w->nfilter == 0;
+	for (int i = 0; !covered && n > 0 && i < n && rk_rekey_filter_has(w->filter, w->nfilter, tables[i]); i++)
+		covered = i == n - 1;
+	*id = w->sweep_id + 1;
+	if (busy && may_join && covered) {
+		/* the running sweep selects every table asked for and ends only
+		 * when a pass rewrites nothing: it serves the request */
+		*id = w->sweep_id;
+		snprintf(how, howlen, "joins running sweep %" PRIu64, *id);
+	} else if (w->queued) {
+		/* join it: merge the table lists; every table (0) absorbs the others */
+		if (w->nqfilter != 0 && n == 0)
+			w->nqfilter = 0;
+		else if (w->nqfilter != 0)
+			for (int i = 0; i < n; i++)
+				if (!rk_rekey_filter_has(w->qfilter, w->nqfilter, tables[i]) && w->nqfilter < MAX_TABLES)
+					snprintf(w->qfilter[w->nqfilter++], RK_TABLE_PATH_MAX, "%s", tables[i]);
+		snprintf(how, howlen, "joins queued sweep %" PRIu64, *id);
+	} else {
+		w->queued = true;
+		w->nqfilter = n;
+		if (n)
+			memcpy(w->qfilter, tables, sizeof(tables[0]) * (size_t)n);
+		if (busy)
+			snprintf(how, howlen, "queued as sweep %" PRIu64 " after sweep %" PRIu64, *id, w->sweep_id);
+		else
+			snprintf(how, howlen, "sweep %" PRIu64 " started", *id);
+	}
+	pthread_cond_broadcast(&w->cond);
+}
+
+const char *rkd_walker_state_word(const struct rkd_walker *w)
+{
+	if (w->state == W_RUNNING)
+		return "running";
+	if (w->state == W_PAUSED)
+		return "paused";
+	return w->result == RK_RR_COMPLETE ? "finished" : w->result == RK_RR_INCOMPLETE ? "incomplete" : "idle";
 }
 
 /* ---- lazy rewrite on read ------------------------------------------------------------------ */
@@ -640,192 +879,6 @@ static void *lazy_main(void *arg)
 	return NULL;
 }
 
-/* ---- key release ----------------------------------------------------------------------------- */
-static void forget_in(struct rkd_file *f, void *arg) { rk_cf_forget_key(f->cf, (const char *)arg); }
-
-static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *len)
-{
-	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
-	struct rk_regent *re = rk_registry_find(fs->dd, name);
-	enum rk_keystate st = re ? re->state : RK_KS_ACTIVE;
-	const char *target_of = rk_release_targeted_by(fs->dd, name);
-	char tbuf[RK_TABLE_PATH_MAX] = "";
-	if (target_of)
-		snprintf(tbuf, sizeof(tbuf), "%s", target_of);
-	rk_rw_unlock(&fs->policy_lock);
-	if (!re)
-		return rkd_reply(out, len, -ENOENT, "key '%s' is not in this data directory's registry", name);
-	if (st == RK_KS_RELEASED)
-		return rkd_reply(out, len, 0, "key '%s' is already released", name);
-	if (tbuf[0])
-		return rkd_reply(out, len, -EBUSY,
-		                 "release of '%s' refused: table %s still has it as target key; alter the table to the new "
-		                 "key and rekey first",
-		                 name, tbuf);
-	/* header counts can be stale after a crash: read every chunk's key reference */
-	rk_journal_commit(fs->j);
-	struct rk_rekey_access acc = {.key_refs = wa_key_refs, .arg = fs};
-	struct rk_release_verdict v;
-	int ret = rk_release_scan(fs->rootfd, name, &acc, &v);
-	if (ret < 0)
-		return rkd_reply(out, len, ret, "release of '%s' refused: the scan failed: %s", name, rk_strerror(ret));
-	if (v.chunks) {
-		char list[RK_RELEASE_FIRST * PATH_MAX + 16];
-		rk_release_list(&v, list, sizeof(list));
-		return rkd_reply(out, len, -EBUSY,
-		                 "release of '%s' refused: %" PRIu64 " chunk(s) in %" PRIu64
-		                 " file(s) are still under it (%s); run 'rekeyctl rekey' and wait for the sweep",
-		                 name, v.chunks, v.files, list);
-	}
-	/* the journal's records are authenticated under one key: not this one any more */
-	char rootkey[RK_KEY_NAME_MAX + 1];
-	struct rk_key *nk;
-	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
-	snprintf(rootkey, sizeof(rootkey), "%s", rk_policy_lookup(fs->dd, "/")->key);
-	rk_rw_unlock(&fs->policy_lock);
-	ret = rk_keyring_get(fs->kr, rootkey, &nk);
-	if (ret == 0)
-		ret = rk_journal_release_key(fs->j, name, nk);
-	if (ret < 0)
-		return rkd_reply(out, len, ret, "release of '%s' refused: the journal cannot move to key '%s': %s", name,
-		                 rootkey, rk_strerror(ret));
-	rk_rw_wrlock(&fs->policy_lock, RK_RANK_POLICY);
-	re = rk_registry_find(fs->dd, name);
-	if (re)
-		re->state = RK_KS_RELEASED;
-	ret = rk_registry_save(fs->dd);
-	rk_rw_unlock(&fs->policy_lock);
-	if (ret < 0)
-		return rkd_reply(out, len, ret, "release of '%s': cannot save the registry: %s", name, rk_strerror(ret));
-	rk_keyring_release(fs->kr, name);
-	rkd_for_each_open(fs, forget_in, (void *)name);
-	rk_info("key '%s' released: no chunk is under it; its material is wiped from memory", name);
-	return rkd_reply(out, len, 0,
-	                 "key '%s' released: 0 chunks under it; the daemon no longer holds it and the registry marks it "
-	                 "released (the key file may now be moved away)",
-	                 name);
-}
-
-/* ---- control and status ---------------------------------------------------------------------- */
-int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len)
-{
-	struct rkd_walker *w = fs->w;
-	if (strcmp(cmd, "release") == 0) {
-		char *save = NULL, *name = strtok_r(args, " \t", &save);
-		if (!name || rk_key_name_check(name) < 0)
-			return rkd_reply(out, len, -EINVAL, "usage: release KEY");
-		return release_key(fs, name, out, len);
-	}
-	if (!w)
-		return rkd_reply(out, len, -ENOTSUP, "the walker is off (mounted with -o walker=off)");
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	int ret = 0;
-	bool do_save = false;
-	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "scan") == 0) {
-		if (w->state != W_IDLE || w->request) {
-			char pos[PATH_MAX];
-			snprintf(pos, sizeof(pos), "%s", w->position[0] ? w->position : "the start");
-			uint64_t id = w->sweep_id;
-			const char *stn = wstate_name(w->state);
-			rk_mutex_unlock(&w->lock);
-			return rkd_reply(out, len, 0, "a sweep is already running (sweep %" PRIu64 ", %s, at %s); nothing to do",
-			                 id, stn, pos);
-		}
-		w->nfilter = 0;
-		char *save = NULL;
-		for (char *t = strtok_r(args, " \t", &save); t && w->nfilter < MAX_TABLES; t = strtok_r(NULL, " \t", &save)) {
-			char norm[RK_TABLE_PATH_MAX];
-			if (rk_table_path_norm(t, norm, sizeof(norm)) < 0) {
-				rk_mutex_unlock(&w->lock);
-				return rkd_reply(out, len, -EINVAL, "invalid table '%s'", t);
-			}
-			snprintf(w->filter[w->nfilter++], RK_TABLE_PATH_MAX, "%s", norm);
-		}
-		w->request = true;
-		w->resume_checkpoint = false;
-		pthread_cond_broadcast(&w->cond);
-		uint64_t id = w->sweep_id + 1;
-		rk_mutex_unlock(&w->lock);
-		return rkd_reply(out, len, 0, "sweep %" PRIu64 " started", id);
-	} else if (strcmp(cmd, "pause") == 0) {
-		if (w->state == W_RUNNING)
-			w->state = W_PAUSED;
-		do_save = true;
-	} else if (strcmp(cmd, "resume") == 0) {
-		if (w->state == W_PAUSED)
-			w->state = W_RUNNING;
-		pthread_cond_broadcast(&w->cond);
-		do_save = true;
-	} else if (strcmp(cmd, "rate") == 0) {
-		/* strict decimal, bounded: no sign, no wrap-around, no trailing junk */
-		uint64_t r;
-		if (rk_parse_u64(args ? args : "", 1ULL << 40, &r) < 0) {
-			rk_mutex_unlock(&w->lock);
-			return rkd_reply(out, len, -EINVAL,
-			                 "usage: rate BYTES_PER_SECOND (plain decimal up to 1099511627776; 0 = unlimited)");
-		}
-		w->rate = r;
-	}
-	const char *stn = wstate_name(w->state);
-	uint64_t rate = w->rate;
-	rk_mutex_unlock(&w->lock);
-	if (do_save)
-		save_checkpoint(w); /* outside the walker lock: file I/O */
-	return rkd_reply(out, len, ret, "walker %s, rate %" PRIu64 " bytes/s", stn, rate);
-}
-
-void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
-{
-	struct rkd_walker *w = fs->w;
-	if (!w) {
-		rkd_jb_printf(b, "  \"walker\": {\"state\": \"off\"},\n");
-		return;
-	}
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	double el = (double)(ts.tv_sec - w->sweep_t0.tv_sec) + (double)(ts.tv_nsec - w->sweep_t0.tv_nsec) / 1e9;
-	double bps = w->state != W_IDLE && el > 0 ? (double)w->sweep_bytes / el : 0;
-	rkd_jb_printf(b,
-	              "  \"walker\": {\"state\": \"%s\", \"sweep\": %" PRIu64 ", \"started\": %lld, \"finished\": %lld, "
-	              "\"rate_limit\": %" PRIu64 ", \"rate_bytes_per_s\": %.0f, \"waiting_for_space\": %s, \"position\": ",
-	              wstate_name(w->state), w->sweep_id, (long long)w->started, (long long)w->finished, w->rate, bps,
-	              w->waiting_space ? "true" : "false");
-	rkd_jb_str(b, w->position);
-	rkd_jb_printf(b, ",\n    \"chunks_rewritten_walker\": %" PRIu64 ", \"chunks_rewritten_lazy\": %" PRIu64
-	                 ", \"files_replaced\": %" PRIu64 ", \"lazy_queued\": %" PRIu64 ", \"lazy_dropped\": %" PRIu64
-	                 ", \"error_count\": %" PRIu64 ",\n    \"tables\": [",
-	              (uint64_t)atomic_load(&w->walker_rewritten), (uint64_t)atomic_load(&w->lazy_rewritten),
-	              (uint64_t)atomic_load(&w->files_replaced),
-	              (uint64_t)atomic_load(&w->lazy_queued), (uint64_t)atomic_load(&w->lazy_dropped), w->error_count);
-	for (int i = 0; i < w->ntables; i++) {
-		struct rk_rekey_tstat *t = &w->tables[i];
-		/* progress through the table's chunks (visited, whether rewritten or
-		 * already on target); a finished sweep is complete */
-		double pct = w->state == W_IDLE ? 100.0
-		             : t->chunks_total ? 100.0 * (double)t->chunks_done / (double)t->chunks_total
-		                               : (t->files_total ? 100.0 * (double)t->files_done / (double)t->files_total : 0.0);
-		if (pct > 100.0)
-			pct = 100.0;
-		rkd_jb_printf(b, "%s\n      {\"path\": ", i ? "," : "");
-		rkd_jb_str(b, t->path);
-		rkd_jb_printf(b,
-		              ", \"files_total\": %" PRIu64 ", \"files_done\": %" PRIu64 ", \"chunks_total\": %" PRIu64
-		              ", \"chunks_to_rewrite\": %" PRIu64 ", \"chunks_rewritten\": %" PRIu64
-		              ", \"bytes_rewritten\": %" PRIu64 ", \"chunks_failed\": %" PRIu64 ", \"percent\": %.1f}",
-		              t->files_total, t->files_done, t->chunks_total, t->chunks_todo, t->chunks_rewritten,
-		              t->bytes_rewritten, t->chunks_failed, pct);
-	}
-	rkd_jb_printf(b, "\n    ],\n    \"errors\": [");
-	for (int i = 0; i < w->nerrors; i++) {
-		int k = (w->error_next - w->nerrors + i + MAX_ERRORS) % MAX_ERRORS;
-		rkd_jb_printf(b, "%s", i ? ", " : "");
-		rkd_jb_str(b, w->errors[k]);
-	}
-	rkd_jb_printf(b, "]\n  },\n");
-	rk_mutex_unlock(&w->lock);
-}
-
 /* ---- lifecycle ----------------------------------------------------------------------------------- */
 int rkd_walker_init(struct rkd_fs *fs)
 {
@@ -834,15 +887,22 @@ int rkd_walker_init(struct rkd_fs *fs)
 		return -ENOMEM;
 	w->fs = fs;
 	w->rate = fs->o.walker_rate;
+	w->cur_table = -1;
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* deadlines immune to clock changes */
 	pthread_mutex_init(&w->ckpt_lock, NULL);
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_cond_init(&w->cond, NULL);
+	pthread_cond_init(&w->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&w->qlock, NULL);
 	pthread_cond_init(&w->qcond, NULL);
 	load_checkpoint(w);
-	if (fs->o.rekey_on_mount && !w->request) {
-		w->request = true;
-		rk_info("walker: rekey_on_mount: a full sweep starts now");
+	if (fs->o.rekey_on_mount && !w->resume_pending) {
+		uint64_t id;
+		char how[128];
+		rkd_walker_request_locked(w, w->filter, 0, false, &id, how, sizeof(how)); /* no thread yet: no lock needed */
+		rk_info("walker: rekey_on_mount: a full sweep (%s)", how);
 	}
 	fs->w = w;
 	fs->lazy_hook = rkd_lazy_hook; /* registered before any file opens: the read hook of writable chunk files */

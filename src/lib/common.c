@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -432,6 +433,48 @@ int rk_parse_u64(const char *s, uint64_t max, uint64_t *out)
 		return -ERANGE;
 	*out = v;
 	return 0;
+}
+
+int rk_parse_rate(const char *s, uint64_t *bytes_per_s)
+{
+	static const struct {
+		const char *sfx;
+		uint64_t mul;
+	} units[] = {{"", 1},          {"k", 1ULL << 10},    {"m", 1ULL << 20},    {"g", 1ULL << 30},
+	             {"kib", 1ULL << 10}, {"mib", 1ULL << 20}, {"gib", 1ULL << 30}, {"kb", 1000ULL},
+	             {"mb", 1000000ULL},  {"gb", 1000000000ULL}};
+	char num[24];
+	size_t n = 0;
+	uint64_t v, mul = 0;
+	int ret = -EINVAL;
+	if (!s)
+		goto out;
+	if (strcasecmp(s, "unlimited") == 0) {
+		*bytes_per_s = 0;
+		ret = 0;
+		goto out;
+	}
+	while (s[n] >= '0' && s[n] <= '9')
+		n++;
+	if (n == 0 || n >= sizeof(num))
+		goto out; /* no digits, or more than any rate has */
+	memcpy(num, s, n);
+	num[n] = '\0';
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (strcasecmp(s + n, units[i].sfx) == 0)
+			mul = units[i].mul;
+	if (mul == 0)
+		goto out; /* unknown suffix, trailing junk */
+	ret = rk_parse_u64(num, RK_RATE_MAX, &v);
+	if (ret < 0)
+		goto out;
+	if (v > RK_RATE_MAX / mul) {
+		ret = -ERANGE;
+		goto out;
+	}
+	*bytes_per_s = v * mul;
+out:
+	return ret;
 }
 
 int rk_utf8_len(const unsigned char *p)

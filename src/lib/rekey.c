@@ -78,16 +78,16 @@ static void fc_unlock(void *arg, uint64_t idx)
 		c->eng->acc->unlock(c->eng->acc->arg, c->h, idx);
 }
 
-static int fc_throttle_inplace(void *arg, uint64_t bytes)
+static int fc_throttle_inplace(void *arg, uint64_t idx, uint64_t bytes)
 {
 	struct file_ctx *c = arg;
-	return c->eng->throttle ? c->eng->throttle(c->eng->throttle_arg, c->h, false, bytes) : 0;
+	return c->eng->throttle ? c->eng->throttle(c->eng->throttle_arg, c->h, false, idx, bytes) : 0;
 }
 
-static int fc_throttle_whole(void *arg, uint64_t bytes)
+static int fc_throttle_whole(void *arg, uint64_t idx, uint64_t bytes)
 {
 	struct file_ctx *c = arg;
-	return c->eng->throttle ? c->eng->throttle(c->eng->throttle_arg, c->h, true, bytes) : 0;
+	return c->eng->throttle ? c->eng->throttle(c->eng->throttle_arg, c->h, true, idx, bytes) : 0;
 }
 
 /* Whole-file rekey.  0 done; -ECANCELED stop; any other error: the file is
@@ -216,6 +216,22 @@ const char *rk_rekey_state_name(enum rk_rekey_state s)
 	return (unsigned)s < sizeof(state_names) / sizeof(state_names[0]) ? state_names[s] : "idle";
 }
 
+const char *rk_rekey_result_name(enum rk_rekey_result r)
+{
+	return r == RK_RR_COMPLETE ? "complete" : r == RK_RR_INCOMPLETE ? "incomplete" : NULL;
+}
+
+/* the reason on one line, printable */
+static void ckpt_reason(FILE *m, const char *s)
+{
+	if (!s || !s[0]) {
+		fputc('-', m);
+		return;
+	}
+	for (; *s; s++)
+		fputc((unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s, m);
+}
+
 int rk_rekey_ckpt_format(const struct rk_rekey_ckpt *c, char **text, size_t *len)
 {
 	char *buf = NULL;
@@ -232,12 +248,33 @@ int rk_rekey_ckpt_format(const struct rk_rekey_ckpt *c, char **text, size_t *len
 	for (int i = 0; i < c->nfilter; i++)
 		fprintf(m, " %s", c->filter[i]);
 	fprintf(m, "\nposition %s\n", c->position && c->position[0] ? c->position : "-");
+	/* format 2: the last sweep's outcome and the rate set at run time */
+	const char *res = rk_rekey_result_name(c->result);
+	fprintf(m, "finished_sweep %" PRIu64 "\nresult %s\n", c->finished_sweep, res ? res : "-");
+	if (c->remaining_known)
+		fprintf(m, "remaining %" PRIu64 "\n", c->remaining);
+	else
+		fprintf(m, "remaining -\n");
+	fprintf(m, "reason ");
+	ckpt_reason(m, c->reason);
+	fputc('\n', m);
+	if (c->rate_set)
+		fprintf(m, "rate %" PRIu64 "\n", c->rate);
+	if (c->has_queued) {
+		fprintf(m, "queued");
+		for (int i = 0; i < c->nqueued; i++)
+			fprintf(m, " %s", c->queued[i]);
+		fputc('\n', m);
+	}
 	for (int i = 0; i < c->ntables; i++) {
 		const struct rk_rekey_tstat *t = &c->tables[i];
 		fprintf(m,
 		        "table %s files_done=%" PRIu64 " chunks_checked=%" PRIu64 " chunks_rewritten=%" PRIu64
-		        " bytes_rewritten=%" PRIu64 " chunks_failed=%" PRIu64 "\n",
+		        " bytes_rewritten=%" PRIu64 " chunks_failed=%" PRIu64,
 		        t->path, t->files_done, t->chunks_checked, t->chunks_rewritten, t->bytes_rewritten, t->chunks_failed);
+		if (t->counted)
+			fprintf(m, " remaining=%" PRIu64, t->remaining);
+		fputc('\n', m);
 	}
 	if (fclose(m) != 0 || !buf) {
 		free(buf);
@@ -293,6 +330,40 @@ static void ckpt_table_line(struct rk_rekey_ckpt *c, const char *rest)
 		t->chunks_rewritten = tmp.chunks_rewritten;
 		t->bytes_rewritten = tmp.bytes_rewritten;
 		t->chunks_failed = tmp.chunks_failed;
+		const char *r = strstr(rest, " remaining=");
+		uint64_t v;
+		char num[24];
+		if (r && sscanf(r, " remaining=%23[0-9]", num) == 1 && rk_parse_u64(num, UINT64_MAX, &v) == 0) {
+			t->remaining = v;
+			t->counted = true;
+		}
+	}
+}
+
+/* the lines format 2 added; a value that does not parse is ignored (unknown) */
+static void ckpt_line2(struct rk_rekey_ckpt *c, const char *word, char *rest)
+{
+	uint64_t v;
+	if (strcmp(word, "finished_sweep") == 0) {
+		if (rk_parse_u64(rest, UINT64_MAX, &v) == 0)
+			c->finished_sweep = v;
+	} else if (strcmp(word, "result") == 0) {
+		c->result = strcmp(rest, "complete") == 0     ? RK_RR_COMPLETE
+		            : strcmp(rest, "incomplete") == 0 ? RK_RR_INCOMPLETE
+		                                              : RK_RR_NONE;
+	} else if (strcmp(word, "remaining") == 0) {
+		c->remaining_known = rk_parse_u64(rest, UINT64_MAX, &v) == 0;
+		c->remaining = c->remaining_known ? v : 0;
+	} else if (strcmp(word, "reason") == 0) {
+		snprintf(c->reason, sizeof(c->reason), "%s", strcmp(rest, "-") ? rest : "");
+	} else if (strcmp(word, "queued") == 0 && c->queued) {
+		char *s2 = NULL;
+		c->has_queued = true;
+		for (char *t = strtok_r(rest, " ", &s2); t && c->nqueued < RK_REKEY_MAX_TABLES; t = strtok_r(NULL, " ", &s2))
+			snprintf(c->queued[c->nqueued++], RK_TABLE_PATH_MAX, "%s", t);
+	} else if (strcmp(word, "rate") == 0) {
+		c->rate_set = rk_parse_u64(rest, RK_RATE_MAX, &v) == 0;
+		c->rate = c->rate_set ? v : 0;
 	}
 }
 
@@ -325,6 +396,8 @@ static void ckpt_line(struct rk_rekey_ckpt *c, char *line)
 			snprintf(c->filter[c->nfilter++], RK_TABLE_PATH_MAX, "%s", t);
 	} else if (strcmp(word, "table") == 0) {
 		ckpt_table_line(c, rest);
+	} else {
+		ckpt_line2(c, word, rest);
 	}
 }
 
@@ -483,12 +556,14 @@ struct orekey {
 	time_t last_save;
 	const struct rk_rekey_progress *prog;
 	struct rk_rekey_summary *sum;
+	struct rk_rekey_ckpt prev; /* the checkpoint found: its sweep id and run-time rate are kept */
 };
 
 static int save_offline_checkpoint(struct orekey *o, enum rk_rekey_state state)
 {
 	struct rk_rekey_ckpt c = {.state = state, .started = time(NULL), .filter = o->tables, .nfilter = o->ntables,
-	                          .position = o->position};
+	                          .position = o->position, .sweep = o->prev.sweep, .rate = o->prev.rate,
+	                          .rate_set = o->prev.rate_set};
 	char *text;
 	size_t len;
 	int ret = rk_rekey_ckpt_format(&c, &text, &len);
@@ -499,11 +574,12 @@ static int save_offline_checkpoint(struct orekey *o, enum rk_rekey_state state)
 	return ret;
 }
 
-static int o_throttle(void *arg, void *h, bool whole, uint64_t bytes)
+static int o_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t bytes)
 {
 	struct orekey *o = arg;
 	(void)h;
 	(void)whole;
+	(void)idx;
 	if (o->prog && o->prog->add)
 		o->prog->add(o->prog->arg, bytes);
 	return 0;
@@ -569,7 +645,13 @@ int rk_rekey_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*tables
 	o.eng.throttle = o_throttle;
 	o.eng.throttle_arg = &o;
 	/* resume an interrupted offline (or daemon) sweep */
-	if (rk_rekey_ckpt_load(dd->statefd, &ck) == 0 && ck.resume) {
+	int lr = rk_rekey_ckpt_load(dd->statefd, &ck);
+	if (lr == 0) {
+		o.prev.sweep = ck.sweep;
+		o.prev.rate = ck.rate;
+		o.prev.rate_set = ck.rate_set;
+	}
+	if (lr == 0 && ck.resume) {
 		if (prog && prog->resumed)
 			prog->resumed(prog->arg, o.position);
 	} else {

@@ -53,6 +53,7 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 	uint64_t missing = rk_cf_missing(cf, NULL, NULL);
 	if (missing && start_chunk == 0) {
 		res->chunks_failed += missing;
+		res->first_failed = UINT64_MAX;
 		res->last_error = -EUCLEAN;
 	}
 	for (uint64_t i = rk_cf_next_slot(cf, start_chunk, rk_cf_nchunks(cf)); i < rk_cf_nchunks(cf);
@@ -77,7 +78,8 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 		res->chunks_checked++;
 		if (rk_rekey_classify(r) == RK_RO_SKIPPED_UNREADABLE) {
 			/* unreadable chunk: it keeps its key; fsck reports it */
-			res->chunks_failed++;
+			if (res->chunks_failed++ == 0)
+				res->first_failed = i;
 			res->last_error = r;
 			continue;
 		}
@@ -92,7 +94,7 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 			res->bytes_rewritten += cs;
 		}
 		if (cb->throttle) {
-			r = cb->throttle(cb->arg, changed ? cs : 0);
+			r = cb->throttle(cb->arg, i, changed ? cs : 0);
 			if (r < 0) {
 				res->next_chunk = i + 1;
 				return r;
@@ -224,7 +226,7 @@ int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_k
 		}
 		rk_crashpoint("replace.chunk-copied");
 		if (cb && cb->throttle) {
-			ret = cb->throttle(cb->arg, moved ? h.chunk_size : 0);
+			ret = cb->throttle(cb->arg, i, moved ? h.chunk_size : 0);
 			if (ret < 0)
 				goto out;
 		}

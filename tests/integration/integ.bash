@@ -18,7 +18,8 @@
 #   sget EXPR            json_get on $T_TMP/status.json
 #   scan [ARGS]          rkscan.py ARGS of $DATA to $T_TMP/scan.json
 #   scget EXPR           json_get on $T_TMP/scan.json
-#   wait_idle SECS [WHAT] poll status until the walker is idle (fail after SECS)
+#   wait_idle SECS [WHAT] poll status until no sweep runs or is queued (fail after SECS)
+#   wait_sweep SECS N [WHAT] poll status until sweep N ended (finished_sweep >= N)
 #   status_get EXPR      EXPR on the walker object w of $M/.rekeyfs/status
 #                        (under timeout -s KILL $STATUS_TIMEOUT when set)
 #   ctl CMD              one command on $M/.rekeyfs/control; prints the reply
@@ -141,14 +142,25 @@ status() {
 }
 sget() { json_get "$T_TMP/status.json" "$1"; }
 
-# wait_idle SECS [WHAT]: poll status until the walker is idle
+# wait_idle SECS [WHAT]: poll status until no sweep runs or waits (walker
+# state idle, finished or incomplete, nothing queued)
 _walker_idle() {
 	status
 	WAIT_WHY=$(cat "$T_TMP/status.json")
-	[ "$(sget 'd["walker"]["state"]')" = idle ]
+	[ "$(sget 'd["walker"]["state"] in ("idle", "finished", "incomplete") and d["walker"]["queued"] == []')" = true ]
 }
 wait_idle() {
 	wait_until "$1" "${2:+$2: }the sweep did not finish within $1 s" _walker_idle
+}
+# wait_sweep SECS N [WHAT]: poll status until sweep N ended (finished_sweep >= N)
+_walker_swept() {
+	status
+	WAIT_WHY=$(cat "$T_TMP/status.json")
+	[ "$(sget '(d["walker"]["finished_sweep"] or 0) >= '"$WAIT_SWEEP")" = true ]
+}
+wait_sweep() {
+	WAIT_SWEEP=$2
+	wait_until "$1" "${3:+$3: }sweep $2 did not end within $1 s" _walker_swept
 }
 
 # status_get EXPR: EXPR on the walker object (w) of the mount's status file

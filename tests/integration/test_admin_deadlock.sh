@@ -89,9 +89,9 @@ for round in $(seq "$ROUNDS"); do
 		fi
 		op "stat of a new name" stat "$M/d$((i % 10))/nosuch.$i"
 		op "stat of a file" stat "$M/d$((i % 10))/f$(printf %05d $(((i * 37) % NFILES)))"
-		st=$(status_get 'w["state"]')
+		st=$(status_get '"queued" if w["queued"] else w["state"]')
 		[ $? -eq 137 ] && hung "reading the walker status"
-		[ "$st" = idle ] && break
+		[ "$st" = finished ] && break
 		[ $SECONDS -lt $deadline ] || fail "sweep $round did not finish within 300 s (walker: $st)"
 	done
 	note "round $round ($old -> $key): $i fsck runs during the sweep"

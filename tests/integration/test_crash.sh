@@ -428,7 +428,7 @@ while read -r -u 3 round kind point delay cat_first replay_kill with_sweep subse
 				break # the work is over
 			fi
 			if [ $swept = 1 ] && [ -z "$DRIVER" ] &&
-				rekeyctl status --json "$MNT" 2>/dev/null | grep -q '"state": "idle"'; then
+				rekeyctl status --json "$MNT" 2>/dev/null | grep -Eq '"state": "(idle|finished|incomplete)"'; then
 				# the sweep is over; the point may still come at its end (journal checkpoint)
 				sleep 1
 				break

@@ -96,7 +96,7 @@ assert_rc 0 "rekey MOUNT ($(cat "$T_ERR"))"
 sweep_done() {
 	status
 	WAIT_WHY=$(cat "$T_TMP/status.json")
-	[ "$(sget 'd["walker"]["state"]')" = idle ] && [ "$(sget 'd["walker"]["sweep"]')" != 0 ]
+	[ "$(sget 'd["walker"]["state"]')" = finished ] && [ "$(sget 'd["walker"]["sweep"]')" != 0 ]
 }
 wait_until 60 "the sweep did not finish within 60 s" sweep_done
 errs=$(sget 'd["walker"]["error_count"]')

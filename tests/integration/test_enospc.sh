@@ -77,7 +77,7 @@ waiting_for_space() {
 	status
 	WAIT_WHY=$(sget 'd["walker"]')
 	[ "$(sget 'd["walker"]["waiting_for_space"]')" = true ] && return 0
-	if [ "$(sget 'd["walker"]["state"]')" = idle ]; then
+	if [ "$(sget 'd["walker"]["state"] in ("finished", "incomplete")')" = true ]; then
 		fail "the sweep finished although the file system is full: $WAIT_WHY"
 	fi
 	return 1

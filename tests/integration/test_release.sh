@@ -3,7 +3,7 @@
 #   - release-key is refused while a table targets the key, and while any
 #     chunk is under it: the refusal gives the counts that remain (they equal
 #     an independent deep scan), also during the sweep
-#   - a second `rekeyctl rekey` while a sweep runs is a no-op that says so
+#   - a second `rekeyctl rekey` while a sweep runs joins it and says so
 #   - release confirms by reading every chunk's key reference: a file whose
 #     header counts claim no chunk under the key (clean header, forged
 #     counts) still blocks the release
@@ -109,7 +109,7 @@ assert_rc_nonzero "release-key of a key the registry does not know"
 assert_err_has "not in this data directory's registry" "unknown key"
 run rekeyctl release-key -d "$KEYS" key1 "$DATA"
 assert_rc_nonzero "offline release-key on a data directory a daemon holds"
-assert_err_has "in use" "offline release says the data directory is in use"
+assert_err_has "is mounted at $MNT by pid [0-9]+; use rekeyctl release-key" "offline release names the mount and the pid"
 status
 assert_eq "$(sget '[k["state"] for k in d["keys"] if k["name"] == "key1"]')" '["active"]' "key1 state after refused releases"
 
@@ -130,13 +130,13 @@ want="$(scget 'd["keys"]["key1"]["chunks"]') chunk(s) in $(scget 'd["keys"]["key
 grep -qF "$want" "$T_ERR" || fail "the refusal does not say '$want': $(cat "$T_ERR")"
 ok "$(head -c 250 "$T_ERR")"
 
-checking "rekey starts a sweep; a second rekey while it runs is a no-op that says so"
+checking "rekey starts a sweep; a second rekey while it runs joins it and says so"
 run rekeyctl rekey "$MNT"
 assert_rc 0 "rekeyctl rekey"
 assert_out_has "sweep 1 started" "first rekey"
 run rekeyctl rekey "$MNT"
 assert_rc 0 "second rekeyctl rekey (a no-op is not an error)"
-assert_out_has "already running.*nothing to do" "the second rekey says a sweep is already running"
+assert_out_has "joins running sweep 1" "the second rekey says it joins the running sweep"
 assert_err_lacks "." "the second rekey prints no error"
 status
 assert_eq "$(sget 'd["walker"]["sweep"]')" 1 "sweep number after the second request"

@@ -58,8 +58,8 @@ echo "ok: pause holds the sweep at $n2 chunks"
 
 reply=$(ctl resume); echo "$reply" | grep -q "^ok walker running" || fail "resume: $reply"
 ctl "rate 0" >/dev/null
-for _ in $(seq 300); do read -r st n < <(walker); [ "$st" = idle ] && break; sleep 0.2; done
-[ "$st" = idle ] || fail "the resumed sweep did not finish (walker '$st', $n chunks)"
+for _ in $(seq 300); do read -r st n < <(walker); [ "$st" = finished ] && break; sleep 0.2; done
+[ "$st" = finished ] || fail "the resumed sweep did not finish (walker '$st', $n chunks)"
 [ "$n" -gt "$n2" ] || fail "resume did not rewrite anything ($n2 -> $n)"
 for i in $(seq 24); do cmp -s "$M/f$i" "$T/f$i.exp" || fail "f$i differs after the sweep"; done
 echo "ok: resume finished the sweep; data identical"
@@ -71,7 +71,7 @@ echo "ok: no chunk left under k1"
 
 if [ -n "${OURLOG:-}" ]; then
 	grep -a -q "rekeyfs\[[0-9]*\]: mounted" "$T/syslog.txt" || fail "no 'mounted' line in syslog: $(head -c 500 "$T/syslog.txt")"
-	grep -a -q "walker: sweep .* finished" "$T/syslog.txt" || fail "no sweep-finished line in syslog"
+	grep -a -q "walker: sweep .* complete" "$T/syslog.txt" || fail "no sweep-finished line in syslog"
 	echo "ok: the detached daemon logs to syslog"
 else
 	echo "note: /dev/log belongs to a syslog daemon here; the syslog check ran only where it is free"

@@ -170,7 +170,7 @@ names = sorted(os.listdir(sh))
 ops = 0
 deadline = time.time() + 25
 def idle():
-    return json.load(open(status))["walker"]["state"] == "idle"
+    return json.load(open(status))["walker"]["state"] in ("idle", "finished", "incomplete")
 while time.time() < deadline and not idle():
     if not names:
         break

@@ -2161,10 +2161,11 @@ static void test_replace_whole_file(void **state)
 	free(data);
 }
 
-static int cancel_after_two(void *arg, uint64_t bytes)
+static int cancel_after_two(void *arg, uint64_t idx, uint64_t bytes)
 {
 	int *n = arg;
 	(void)bytes;
+	assert_int_equal(idx, (uint64_t)*n); /* chunks in order, each reported once */
 	return ++*n > 2 ? -ECANCELED : 0;
 }
 

@@ -425,13 +425,15 @@ static void test_checkpoint(void **state)
 	t->chunks_failed = 1;
 	assert_ptr_equal(rk_rekey_tstat_for(tables, &nt, "/ks/t1"), t);
 	assert_int_equal(nt, 1);
-	struct rk_rekey_ckpt c = {RK_RS_PAUSED, 5, 1000, 0, filter, 2, position, tables, nt, false};
+	struct rk_rekey_ckpt c = {.state = RK_RS_PAUSED, .sweep = 5, .started = 1000, .filter = filter, .nfilter = 2,
+	                          .position = position, .tables = tables, .ntables = nt};
 	char *text;
 	size_t len;
 	assert_int_equal(rk_rekey_ckpt_format(&c, &text, &len), 0);
 	static const char want[] = "# rekeyfs walker checkpoint: where a sweep resumes after a restart\n"
 	                           "state paused\nsweep 5\nstarted 1000\nfinished 0\nfilter /ks/t1 /ks/t2\n"
 	                           "position /ks/t1/file\n"
+	                           "finished_sweep 0\nresult -\nremaining -\nreason -\n"
 	                           "table /ks/t1 files_done=3 chunks_checked=10 chunks_rewritten=7 "
 	                           "bytes_rewritten=458752 chunks_failed=1\n";
 	assert_string_equal(text, want);
@@ -470,6 +472,47 @@ static void test_checkpoint(void **state)
 	assert_false(d.resume);
 	assert_int_equal(d.nfilter, 0);
 	assert_string_equal(p2, "");
+	/* a format-1 file (no outcome lines): no result, no rate, nothing queued */
+	assert_int_equal(d.finished_sweep, 0);
+	assert_int_equal(d.result, RK_RR_NONE);
+	assert_false(d.remaining_known);
+	assert_false(d.rate_set);
+	assert_false(d.has_queued);
+	assert_string_equal(d.reason, "");
+
+	/* format 2: the last sweep's outcome, the run-time rate, a queued request */
+	char q[RK_REKEY_MAX_TABLES][RK_TABLE_PATH_MAX] = {{0}};
+	snprintf(q[0], RK_TABLE_PATH_MAX, "/ks/t2");
+	t->counted = true;
+	t->remaining = 4;
+	struct rk_rekey_ckpt c2 = {.state = RK_RS_IDLE, .sweep = 6, .filter = filter, .position = position,
+	                           .tables = tables, .ntables = nt, .finished_sweep = 6, .result = RK_RR_INCOMPLETE,
+	                           .remaining = 4, .remaining_known = true, .rate = 65536, .rate_set = true,
+	                           .has_queued = true, .queued = q, .nqueued = 1};
+	snprintf(c2.reason, sizeof(c2.reason), "1 chunk(s)\ncould not be read");
+	assert_int_equal(rk_rekey_ckpt_format(&c2, &text, &len), 0);
+	assert_non_null(strstr(text, "\nreason 1 chunk(s) could not be read\n")); /* one line, whatever the text */
+	assert_non_null(strstr(text, " chunks_failed=1 remaining=4\n"));
+	assert_int_equal(rk_rekey_ckpt_write(dd->statefd, text, len), 0);
+	free(text);
+	char q2[RK_REKEY_MAX_TABLES][RK_TABLE_PATH_MAX];
+	memset(t2, 0, RK_REKEY_MAX_TABLES * sizeof(*t2));
+	struct rk_rekey_ckpt e = {.filter = f2, .position = p2, .tables = t2, .queued = q2};
+	assert_int_equal(rk_rekey_ckpt_load(dd->statefd, &e), 0);
+	assert_false(e.resume);
+	assert_int_equal(e.finished_sweep, 6);
+	assert_int_equal(e.result, RK_RR_INCOMPLETE);
+	assert_string_equal(rk_rekey_result_name(e.result), "incomplete");
+	assert_true(e.remaining_known);
+	assert_int_equal(e.remaining, 4);
+	assert_string_equal(e.reason, "1 chunk(s) could not be read");
+	assert_true(e.rate_set);
+	assert_int_equal(e.rate, 65536);
+	assert_true(e.has_queued);
+	assert_int_equal(e.nqueued, 1);
+	assert_string_equal(q2[0], "/ks/t2");
+	assert_true(t2[0].counted);
+	assert_int_equal(t2[0].remaining, 4);
 	rk_datadir_close(dd);
 	free(tables);
 	free(t2);
