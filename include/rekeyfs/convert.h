@@ -43,7 +43,7 @@ int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, con
  * daemon, which swaps its inode over to the new file): build the chunk-file
  * copy of the plain file dirfd/name under key (chunk_size, comp) as a synced
  * temporary with the original's identity.  cb->throttle (may be NULL) gets
- * the plaintext bytes after each chunk; a negative return stops.  Returns 0
+ * the chunk index and its plaintext bytes after each chunk; a negative return stops.  Returns 0
  * prepared (commit with rk_replace_commit, which refuses if the original
  * changed since), 1 already a chunk file, 2 skipped (not a regular file,
  * hard links: logged) or a negative errno.  Whatever the result, call

@@ -141,8 +141,7 @@ int rkc_cmd_encrypt_online(int argc, char **argv)
 			quiet = true;
 			break;
 		case 'h':
-			printf("usage: %s\n", usage_line);
-			return 0;
+			return rkc_help("encrypt");
 		default:
 			rk_err("usage: %s", usage_line);
 			return RKC_USAGE;

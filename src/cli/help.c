@@ -37,9 +37,16 @@ static const struct help helps[] = {
 	            "  -z, --compression C  snappy or none, for new chunks\n" HELP_OPT},
 	{"keys", "rekeyctl keys [-d KEYDIR] [DATADIR]",
 	 "list the key directory, or DATADIR's keys with states and coverage", KEYDIR_OPT HELP_OPT},
-	{"encrypt", "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]",
-	 "turn plain files of an unmounted DATADIR into chunk files",
-	 KEYDIR_OPT "  -q, --quiet          print only the summary of failures\n" HELP_OPT},
+	{"encrypt",
+	 "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]\n"
+	 "       rekeyctl encrypt [--wait] [-q] MOUNT [PATH...]\n"
+	 "       rekeyctl encrypt --cancel MOUNT",
+	 "turn plain files into chunk files: offline (DATADIR unmounted) or online (the daemon of MOUNT converts "
+	 "closed files, retries open ones)",
+	 KEYDIR_OPT "  -q, --quiet          print only the summary of failures (online: no progress line)\n"
+	            "  --wait               online: wait for the job; exit 0 when every plain file was converted,\n"
+	            "                       1 when some stay plain\n"
+	            "  --cancel             online: stop the running job, drop queued requests\n" HELP_OPT},
 	{"cat", "rekeyctl cat [-d KEYDIR] FILE", "decrypt one stored file to stdout", KEYDIR_OPT HELP_OPT},
 	{"rekey", "rekeyctl rekey [-d KEYDIR] [-q] [--wait] [--progress-json] DATADIR_OR_MOUNT [TABLE...]",
 	 "rewrite chunks under their table's target key (every table, or the TABLEs)",

@@ -158,8 +158,9 @@ struct enc_file {
 
 /* After each chunk of the copy: give up when the file was opened meanwhile
  * (its writes go to the original), stop on cancel, yield to foreground I/O. */
-static int enc_throttle(void *arg, uint64_t bytes)
+static int enc_throttle(void *arg, uint64_t idx, uint64_t bytes)
 {
+	(void)idx;
 	struct enc_file *ef = arg;
 	struct rkd_encjob *j = ef->j;
 	struct rkd_fs *fs = j->fs;

@@ -265,7 +265,7 @@ int rk_convert_prepare(int dirfd, const char *name, const char *rel, struct rk_k
 			rk_crashpoint("convert.chunk-written");
 		}
 		if (cb && cb->throttle) {
-			ret = cb->throttle(cb->arg, (uint64_t)n);
+			ret = cb->throttle(cb->arg, off / chunk_size, (uint64_t)n);
 			if (ret < 0)
 				goto out;
 		}
