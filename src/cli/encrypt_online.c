@@ -120,17 +120,19 @@ static int wait_job(const char *root, uint64_t id, bool quiet)
 
 int rkc_cmd_encrypt_online(int argc, char **argv)
 {
-	static const struct option lo[] = {{"wait", no_argument, NULL, 'w'},   {"cancel", no_argument, NULL, 'C'},
-	                                   {"quiet", no_argument, NULL, 'q'},  {"help", no_argument, NULL, 'h'},
-	                                   {0, 0, 0, 0}};
+	static const struct option lo[] = {{"wait", no_argument, NULL, 'w'},       {"cancel", no_argument, NULL, 'C'},
+	                                   {"quiet", no_argument, NULL, 'q'},      {"help", no_argument, NULL, 'h'},
+	                                   {"keydir", required_argument, NULL, 'd'}, {0, 0, 0, 0}};
 	bool wait = false, cancel = false, quiet = false;
 	char *root = NULL, *rel = NULL, *reply = NULL;
 	size_t cap = 64, n;
 	char *cmd = NULL;
 	int c, ret = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "qh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "qhd:", lo, NULL)) != -1) {
 		switch (c) {
+		case 'd':
+			break; /* accepted as offline: online, the daemon's key directory is the one used */
 		case 'w':
 			wait = true;
 			break;

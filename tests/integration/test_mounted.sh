@@ -51,8 +51,10 @@ checking "mounted over itself: offline commands and a second mount name the moun
 mount_fs "$DATA" "$DATA"
 run rekeyctl keys -d "$KEYS" "$DATA"
 mounted_msg "keys DATADIR over itself" "$DATA"
+# the path is the mount: encrypt (like rekey) goes to the daemon, online
 run rekeyctl encrypt -d "$KEYS" "$DATA"
-mounted_msg "encrypt DATADIR over itself" "$DATA"
+assert_rc 0 "encrypt DATADIR over itself (online)"
+assert_out_has "encrypt job [0-9]+ started" "encrypt over itself runs online"
 run timeout 60 rekeyfs -f -o "keydir=$KEYS" "$DATA" "$MNT2"
 mounted_msg "second rekeyfs over itself" "$DATA"
 mountpoint -q "$MNT2" && fail "the second mount came up"
