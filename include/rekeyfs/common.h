@@ -106,6 +106,8 @@ int rk_fsync_dir(int dirfd);
 
 /* hex encoding of binary data into a NUL terminated string (2*len+1 bytes) */
 void rk_hex(char *out, const uint8_t *in, size_t len);
+/* the value of one hex digit (either case), -1 for anything else */
+int rk_hexval(char c);
 int rk_unhex(uint8_t *out, size_t outlen, const char *in);
 
 /* Strict unsigned decimal: one or more digits, no sign, space, suffix or

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "rekeyfs/common.h"
 
 #define JDEPTH_MAX 32
 
@@ -23,17 +24,6 @@ static void skip_ws(struct jp *j)
 {
 	while (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')
 		j->p++;
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* a string: escapes undone; \u outside ASCII becomes '?' (only names and
@@ -65,7 +55,7 @@ static int parse_str(struct jp *j, char **out)
 			case 'u': {
 				int v = 0;
 				for (int i = 0; i < 4; i++) {
-					int h = hexval(j->p[i]);
+					int h = rk_hexval(j->p[i]);
 					if (h < 0) {
 						free(s);
 						return -EINVAL;

@@ -390,7 +390,7 @@ void rk_hex(char *out, const uint8_t *in, size_t len)
 	out[2 * len] = '\0';
 }
 
-static int hexval(char c)
+int rk_hexval(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -406,7 +406,7 @@ int rk_unhex(uint8_t *out, size_t outlen, const char *in)
 	if (strlen(in) != 2 * outlen)
 		return -EINVAL;
 	for (size_t i = 0; i < outlen; i++) {
-		int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+		int hi = rk_hexval(in[2 * i]), lo = rk_hexval(in[2 * i + 1]);
 		if (hi < 0 || lo < 0)
 			return -EINVAL;
 		out[i] = (uint8_t)(hi << 4 | lo);
