@@ -305,6 +305,45 @@ static void lock_parse(int fd, long *pid, char *mnt, size_t mntlen)
 	}
 }
 
+/* Is path (as recorded in the lock) a mount point of a rekeyfs file system
+ * now?  (/proc/self/mountinfo; octal escapes of the mount point undone) */
+static bool rekeyfs_mounted_at(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+	if (!f)
+		return false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char *sep = strstr(line, " - "), *save = NULL, *point = NULL;
+		if (!sep)
+			continue;
+		*sep = '\0';
+		char *tok = strtok_r(line, " ", &save);
+		for (int i = 0; tok && i < 4; i++) /* id parent maj:min root point */
+			tok = strtok_r(NULL, " ", &save);
+		point = tok;
+		char *fstype = strtok_r(sep + 3, " ", &save);
+		if (!point || !fstype || strcmp(fstype, "fuse.rekeyfs") != 0)
+			continue;
+		char *o = point;
+		for (char *i = point; *i; i++) {
+			if (i[0] == '\\' && i[1] >= '0' && i[1] <= '3' && i[2] >= '0' && i[2] <= '7' && i[3] >= '0' && i[3] <= '7') {
+				*o++ = (char)((i[1] - '0') * 64 + (i[2] - '0') * 8 + (i[3] - '0'));
+				i += 3;
+			} else {
+				*o++ = *i;
+			}
+		}
+		*o = '\0';
+		found = strcmp(point, path) == 0;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
 int rk_datadir_lock_record(struct rk_datadir *dd, const char *mountpoint)
 {
 	char buf[PATH_MAX + 64];
@@ -370,6 +409,16 @@ static int take_lock(struct rk_datadir *dd, enum rk_dd_lock lock)
 		r = flock(dd->lockfd, (lock == RK_DD_EXCLUSIVE ? LOCK_EX : LOCK_SH) | LOCK_NB);
 		if (r == 0 || errno != EWOULDBLOCK || waited >= wait_ms)
 			break;
+		if (waited == 0) {
+			/* a daemon whose mount is still there is not finishing: no wait */
+			long hpid;
+			char hmnt[PATH_MAX];
+			lock_parse(dd->lockfd, &hpid, hmnt, sizeof(hmnt));
+			if (hmnt[0] && rekeyfs_mounted_at(hmnt)) {
+				errno = EWOULDBLOCK;
+				break;
+			}
+		}
 		if (waited == 1000)
 			rk_info("%s is held by another process; waiting up to %ld s for it to finish", dd->path,
 			        wait_ms / 1000);

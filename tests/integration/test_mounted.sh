@@ -12,7 +12,7 @@ set -u
 need_fuse
 need_cmd timeout
 integ_setup
-export REKEYFS_LOCK_WAIT=1
+# no REKEYFS_LOCK_WAIT: a holder whose mount is still there is refused at once
 
 DATA="$T_TMP/data"
 MNT="$T_TMP/mnt"
