@@ -81,6 +81,11 @@ wait_until 10 "the sweep does not show a position inside /a/big" _in_big
 o1=$(w 'w["current_offset"]')
 _moved() { o2=$(w 'w["current_offset"] or 0'); WAIT_WHY="offset $o1 -> $o2"; [ "$o2" -gt "$o1" ] && [ "$(w 'w["current_file"]')" = /a/big ]; }
 wait_until 5 "current_offset does not move inside /a/big" _moved
+# the checkpoint is written at least once a second while the sweep runs,
+# also in the middle of one large file
+c1=$(stat -c %.9Y "$DATA/.rekeyfs/walker")
+_ckpt() { c2=$(stat -c %.9Y "$DATA/.rekeyfs/walker"); WAIT_WHY="mtime $c1"; [ "$c2" != "$c1" ]; }
+wait_until 4 "the checkpoint was not rewritten during the whole-file rewrite" _ckpt
 status
 echo "status during the whole-file rewrite: $(sget 'dict((k, d["walker"][k]) for k in ("state","current_file","current_offset","bytes_done","bytes_total","rate_bytes_per_s","rate_limit","eta_s"))')"
 assert_eq "$(sget 'd["walker"]["bytes_total"]')" $((4 << 20)) "bytes_total of the sweep (fixed at the pre-scan)"
