@@ -21,8 +21,13 @@
 /* ---- logging ----------------------------------------------------------- */
 enum rk_log_level { RK_LOG_ERR = 3, RK_LOG_WARN = 4, RK_LOG_INFO = 6, RK_LOG_DEBUG = 7 };
 
-/* Where log lines go: stderr (default) or syslog (detached daemon). */
+/* Where log lines go: stderr (default), syslog (detached daemon), or a file
+ * descriptor (rk_log_to_fd: a log file opened O_APPEND, or a copy of the
+ * daemon's stderr kept across its detach; each line is one write(), with a
+ * UTC time and the pid in front when stamp is set; -1: back to stderr).
+ * The last call wins. */
 void rk_log_to_syslog(const char *ident);
+void rk_log_to_fd(int fd, bool stamp);
 void rk_log_set_level(int level);
 int rk_log_get_level(void);
 /* Silence the calling thread's messages (nested: every rk_log_mute(true)

@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 
 #include "datadir.h"
+#include "format.h"
 #include "keys.h"
+#include "sweep.h"
 
 /* Names starting with this prefix are reserved for temporaries. */
 #define RK_TMP_PREFIX ".rekeyfs-tmp."
@@ -36,4 +38,16 @@ bool rk_stat_unchanged(const struct stat *a, const struct stat *b);
  * 2 skipped for a reason that was logged (hard links, not a regular file),
  * or a negative errno. */
 int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel);
+
+/* The first half of a conversion, for a caller that commits it itself (the
+ * daemon, which swaps its inode over to the new file): build the chunk-file
+ * copy of the plain file dirfd/name under key (chunk_size, comp) as a synced
+ * temporary with the original's identity.  cb->throttle (may be NULL) gets
+ * the chunk index and its plaintext bytes after each chunk; a negative return stops.  Returns 0
+ * prepared (commit with rk_replace_commit, which refuses if the original
+ * changed since), 1 already a chunk file, 2 skipped (not a regular file,
+ * hard links: logged) or a negative errno.  Whatever the result, call
+ * rk_replace_end(*out). */
+int rk_convert_prepare(int dirfd, const char *name, const char *rel, struct rk_keyring *kr, struct rk_key *key,
+                       uint32_t chunk_size, enum rk_comp comp, const struct rk_replace_cb *cb, struct rk_replace **out);
 #endif

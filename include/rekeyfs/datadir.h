@@ -76,6 +76,15 @@ int rk_datadir_open(const char *path, enum rk_dd_lock lock, struct rk_datadir **
 /* Open with an already-open directory fd (the daemon, mounting over itself). */
 int rk_datadir_openat(int dirfd, const char *path, enum rk_dd_lock lock, struct rk_datadir **out);
 void rk_datadir_close(struct rk_datadir *dd);
+/* The lock file's content: "PID\n" (every version), then "mount PATH\n"
+ * once a daemon has mounted the directory.  rk_datadir_lock_record
+ * rewrites it with the calling process's pid (the daemon after it forked)
+ * and its mount point; dd must hold the lock exclusively. */
+int rk_datadir_lock_record(struct rk_datadir *dd, const char *mountpoint);
+/* Who holds the lock of data directory dir (not taking it): 1 with *pid
+ * (0: unknown) and mnt (the recorded mount point, "" when none) when a
+ * process holds it exclusively, 0 when nobody does, or a negative errno. */
+int rk_datadir_lock_holder(const char *dir, long *pid, char *mnt, size_t mntlen);
 /* Find the data directory that contains path: walk up to the nearest
  * directory holding .rekeyfs.  *root and *rel (table path, "/..." form) are
  * allocated. */

@@ -272,6 +272,16 @@ bool rk_cf_disk_dirty(struct rk_cf *cf);
  * entry, or -1 for a hole.  -EIO (logged, naming file, chunk and cause) when
  * the chunk is corrupt or its key is missing, released or changed. */
 int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx);
+/* The calling thread's last failed chunk read (corrupt or missing chunk,
+ * key missing, released or changed, read error): rk_cf_read_error_clear()
+ * before a read (rk_cf_pread ...), rk_cf_read_error() after it gives the
+ * chunk index and the cause (e.g. "corrupt: authentication failed under key
+ * 'k1' (...)", "sealed under key 'k1' which has been released"; names keys,
+ * never key material): 0, or -ENOENT when no chunk read failed since the
+ * clear.  Per thread, no lock; set whether or not the failure was logged. */
+#define RK_CF_CAUSE_MAX 256
+void rk_cf_read_error_clear(void);
+int rk_cf_read_error(uint64_t *idx, char *cause, size_t len);
 /* Seal plaintext pt[0..len) as chunk idx under key.  Adds key to the header
  * table when needed.  Does not change the file size. */
 int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_t len,

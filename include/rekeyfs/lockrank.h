@@ -33,6 +33,7 @@ enum rk_rank {
 	RK_RANK_SIZE = 72,      /* daemon size-cache lock (szlock) */
 	RK_RANK_VHANDLE = 75,   /* daemon rkd_handle.vlock: a virtual file's snapshot/reply */
 	RK_RANK_WALKER = 78,    /* daemon walker lock: walker state, counters, error ring */
+	RK_RANK_ENCRYPT = 79,   /* daemon encrypt job lock: queue, progress, error ring (encrypt.c) */
 	RK_RANK_CF = 80,        /* library rk_cf.lock: in-memory header, key slots */
 	RK_RANK_CF_TIMES = 82,  /* library rk_cf.times_lock: user-visible times vs. format-only writes */
 	RK_RANK_JOURNAL = 85,   /* library rk_journal.lock */
@@ -40,6 +41,7 @@ enum rk_rank {
 	RK_RANK_KEYRING = 90,   /* library rk_keyring.lock */
 	RK_RANK_DET = 94,       /* library crypto det_lock */
 	RK_RANK_UCOUNT = 96,    /* daemon fs->budget.lock: open handles per user (leaf) */
+	RK_RANK_IOERR = 97,     /* daemon ioerr ie_lock: recent read errors, log rate limit (leaf) */
 	RK_RANK_SLAB = 98,      /* library secure slab lock (leaf) */
 };
 

@@ -21,7 +21,13 @@ typedef int (*rk_walk_fn)(const struct rk_walk_ent *e, void *arg);
  * strcmp ("/a/b" comes before "/a.x"). */
 int rk_walk_cmp(const char *a, const char *b);
 
-/* Walk the subtree start ("/" or "/ks/t1") of the tree at rootfd. */
+/* Walk the subtree start ("/" or "/ks/t1") of the tree at rootfd.  No
+ * symlink is followed, on the way to start either. */
 int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg);
+/* Like rk_walk, but path may also name a single non-directory entry (fn is
+ * called for it alone).  -ENOENT when it does not exist, -ENOTDIR when a
+ * component on the way is not a directory (or is a symlink), -EPERM for the
+ * root's state directory. */
+int rk_walk_path(int rootfd, const char *path, rk_walk_fn fn, void *arg);
 
 #endif

@@ -26,11 +26,12 @@ int rkc_cmd_createkey(int argc, char **argv)
 	const char *keydir = NULL;
 	int c;
 	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'}, {0, 0, 0, 0}};
-	while ((c = getopt_long(argc, argv, "+d:", lo, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+:d:", lo, NULL)) != -1) {
 		if (c == 'd')
 			keydir = optarg;
 		else
-			return RKC_USAGE;
+			return rkc_opt_refused("createkey", c, argv, lo);
 	}
 	if (argc - optind != 3) {
 		rk_err("usage: rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME   (e.g. AES/GCM/NoPadding 256 new_key)");
@@ -63,7 +64,7 @@ int rkc_cmd_init(int argc, char **argv)
 	static const char u[] = "rekeyctl init [-d KEYDIR] --key NAME [--chunk-kb N] [--compression snappy|none] DATADIR";
 	struct rkc_opts o = {0};
 	struct rk_key *key = NULL;
-	int ret = rkc_parse_common(argc, argv, &o, u);
+	int ret = rkc_parse_common(argc, argv, &o, "init", "dkcz");
 	if (ret < 0)
 		return ret;
 	if (!o.key || argc - optind != 1) {
@@ -96,7 +97,7 @@ int rkc_cmd_alter(int argc, char **argv)
 	struct rk_datadir *dd = NULL;
 	struct rk_key *key = NULL;
 	char *root = NULL, *rel = NULL;
-	int ret = rkc_parse_common(argc, argv, &o, u);
+	int ret = rkc_parse_common(argc, argv, &o, "alter", "dkcz");
 	if (ret < 0)
 		return ret;
 	if (argc - optind != 1 || (!o.key && !o.chunk_kb && o.comp < 0)) {
@@ -173,7 +174,7 @@ int rkc_cmd_keys(int argc, char **argv)
 	struct rk_datadir *dd = NULL;
 	struct rk_cov *cov = NULL;
 	char hex[2 * RK_FP_BYTES + 1];
-	int ret = rkc_parse_common(argc, argv, &o, u);
+	int ret = rkc_parse_common(argc, argv, &o, "keys", "d");
 	if (ret < 0)
 		return ret;
 	if (argc - optind > 1) {
@@ -296,11 +297,26 @@ static int enc_visit(const struct rk_walk_ent *e, void *arg)
 
 int rkc_cmd_encrypt(int argc, char **argv)
 {
-	static const char u[] = "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]";
+	static const char u[] = "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]  (online: rekeyctl encrypt [--wait] "
+	                        "MOUNT [PATH...])";
 	struct rkc_opts o = {0};
 	struct rk_keyring *kr = NULL;
 	struct enc_state s = {0};
-	int ret = rkc_parse_common(argc, argv, &o, u);
+	/* a mount (the first operand) or --wait/--cancel: the daemon converts */
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--cancel") == 0)
+			return rkc_cmd_encrypt_online(argc, argv);
+		if (strcmp(argv[i], "-d") == 0 || strcmp(argv[i], "--keydir") == 0) {
+			i++;
+			continue;
+		}
+		if (argv[i][0] != '-') {
+			if (rkc_is_mount(argv[i]))
+				return rkc_cmd_encrypt_online(argc, argv);
+			break;
+		}
+	}
+	int ret = rkc_parse_common(argc, argv, &o, "encrypt", "dq");
 	if (ret < 0)
 		return ret;
 	if (argc - optind < 1) {
@@ -379,7 +395,7 @@ int rkc_cmd_cat(int argc, char **argv)
 	struct rk_cf *cf = NULL;
 	uint8_t *buf = NULL;
 	int fd = -1;
-	int ret = rkc_parse_common(argc, argv, &o, u);
+	int ret = rkc_parse_common(argc, argv, &o, "cat", "d");
 	if (ret < 0)
 		return ret;
 	if (argc - optind != 1) {

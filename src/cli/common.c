@@ -29,7 +29,41 @@ int rkc_exit_code(int err)
 }
 
 /* ---- common option parsing for datadir commands ------------------------------- */
-int rkc_parse_common(int argc, char **argv, struct rkc_opts *o, const char *usage_line)
+/* An option getopt_long returned that CMD refuses: c is '?' (unknown),
+ * ':' (missing value) or a known option CMD does not take; the message
+ * names it as typed ("-x", "--name") or as "-c (--long)". */
+int rkc_opt_refused(const char *cmd, int c, char **argv, const struct option *lo)
+{
+	char buf[128];
+	const char *name = argv[optind - 1];
+	if (c == '?' || c == ':') {
+		if (optopt && optopt != '?') {
+			const char *ln = NULL;
+			for (const struct option *o = lo; o && o->name; o++)
+				if (o->val == optopt)
+					ln = o->name;
+			if (ln)
+				snprintf(buf, sizeof(buf), "-%c (--%s)", optopt, ln);
+			else
+				snprintf(buf, sizeof(buf), "-%c", optopt);
+			name = buf;
+		}
+		if (c == ':') {
+			rk_err("%s: option %s needs a value; usage: %s", cmd, name, rkc_usage_line(cmd));
+			return RKC_USAGE;
+		}
+		return rkc_bad_option(cmd, name);
+	}
+	for (const struct option *o = lo; o && o->name; o++)
+		if (o->val == c) {
+			snprintf(buf, sizeof(buf), "-%c (--%s)", c, o->name);
+			name = buf;
+		}
+	return rkc_bad_option(cmd, name);
+}
+
+/* allowed: the short names of the options CMD takes (d k c z j D v q t) */
+int rkc_parse_common(int argc, char **argv, struct rkc_opts *o, const char *cmd, const char *allowed)
 {
 	int c;
 	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'},
@@ -44,7 +78,12 @@ int rkc_parse_common(int argc, char **argv, struct rkc_opts *o, const char *usag
 	                                   {"help", no_argument, NULL, 'h'},
 	                                   {0, 0, 0, 0}};
 	o->comp = -1;
-	while ((c = getopt_long(argc, argv, "d:k:c:z:jDvqt:h", lo, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":d:k:c:z:jDvqt:h", lo, NULL)) != -1) {
+		if (c == 'h')
+			exit(rkc_help(cmd) == 0 ? 0 : RKC_EXIT_USAGE);
+		if (c == '?' || c == ':' || !strchr(allowed, c))
+			return rkc_opt_refused(cmd, c, argv, lo);
 		switch (c) {
 		case 'd':
 			o->keydir = optarg;
@@ -82,47 +121,55 @@ int rkc_parse_common(int argc, char **argv, struct rkc_opts *o, const char *usag
 		case 'q':
 			o->quiet = true;
 			break;
-		case 't':
+		default: /* 't' */
 			o->table = optarg;
 			break;
-		case 'h':
-			printf("usage: %s\n", usage_line);
-			exit(0);
-		default:
-			rk_err("usage: %s", usage_line);
-			return RKC_USAGE;
 		}
 	}
+	bool given = o->keydir != NULL;
 	o->keydir = rk_keydir_resolve(o->keydir);
+	if (rkc_check_keydir(cmd, o->keydir, given) < 0)
+		return RKC_USAGE;
 	rkc_set_keydir(o->keydir);
 	return 0;
 }
 
-/* -d KEYDIR, -q, --json for rekey, release-key and status */
-int rkc_parse_d(int argc, char **argv, const char **keydir, bool *quiet, bool *json)
+/* -d KEYDIR, -q, --json for release-key and status (quiet and json NULL
+ * when CMD does not take them) */
+int rkc_parse_d(int argc, char **argv, const char *cmd, const char **keydir, bool *quiet, bool *json)
 {
 	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'},
 	                                   {"quiet", no_argument, NULL, 'q'},
 	                                   {"json", no_argument, NULL, 'j'},
+	                                   {"help", no_argument, NULL, 'h'},
 	                                   {0, 0, 0, 0}};
 	int c;
-	while ((c = getopt_long(argc, argv, "d:qj", lo, NULL)) != -1) {
-		if (c == 'd')
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":d:qjh", lo, NULL)) != -1) {
+		if (c == 'h')
+			exit(rkc_help(cmd) == 0 ? 0 : RKC_EXIT_USAGE);
+		if (c == 'd' && keydir)
 			*keydir = optarg;
 		else if (c == 'q' && quiet)
 			*quiet = true;
 		else if (c == 'j' && json)
 			*json = true;
 		else
+			return rkc_opt_refused(cmd, c, argv, lo);
+	}
+	if (keydir) {
+		bool given = *keydir != NULL;
+		*keydir = rk_keydir_resolve(*keydir);
+		if (rkc_check_keydir(cmd, *keydir, given) < 0)
 			return RKC_USAGE;
 	}
-	*keydir = rk_keydir_resolve(*keydir);
 	return 0;
 }
 
 /* the key directory of the running command (journal replay when the
  * caller has no keyring) */
 static const char *cli_keydir;
+const char *rkc_cmd_name = "rekeyctl";
 
 void rkc_set_keydir(const char *keydir) { cli_keydir = keydir; }
 
@@ -132,6 +179,9 @@ void rkc_set_keydir(const char *keydir) { cli_keydir = keydir; }
  * rk_open_offline does it. */
 int rkc_open_offline(const char *dir, enum rk_dd_lock lock, struct rk_keyring *kr, struct rk_datadir **out)
 {
+	int ret = rkc_refuse_mounted(dir, rkc_cmd_name);
+	if (ret < 0)
+		return ret;
 	return rk_open_offline(dir, lock, kr, cli_keydir, false, out);
 }
 

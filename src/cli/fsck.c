@@ -13,7 +13,9 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -23,6 +25,16 @@
 
 static const char usage_line[] =
 	"rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT";
+
+/* a typo in --key would answer "may be released": the key must be one the
+ * data directory registered or one of the key directory's files */
+static bool key_file_exists(const char *keydir, const char *name)
+{
+	char p[PATH_MAX];
+	struct stat st;
+	snprintf(p, sizeof(p), "%s/%s", keydir, name);
+	return stat(p, &st) == 0;
+}
 
 /* ---- offline ------------------------------------------------------------------------------- */
 static void offline_progress(uint64_t done, uint64_t total, void *arg)
@@ -70,6 +82,12 @@ static int fsck_offline(const char *target, const char *keydir, struct rk_fsck_o
 	}
 	if (rk_fsck_check_opts(dd, fo, tbuf, sizeof(tbuf), err, sizeof(err)) < 0) {
 		rk_err("%s", err);
+		code = RK_FSCK_EXIT_USAGE;
+		goto out;
+	}
+	if (fo->key && !rk_registry_find(dd, fo->key) && !key_file_exists(keydir, fo->key)) {
+		rk_err("--key %s: no key of that name in the key registry of %s nor in the key directory %s", fo->key, root,
+		       keydir);
 		code = RK_FSCK_EXIT_USAGE;
 		goto out;
 	}
@@ -183,6 +201,29 @@ static int fsck_online(const char *target, struct rk_fsck_opts *fo)
 		}
 		fo->table = rel;
 	}
+	if (fo->key) {
+		struct rkc_json *st = NULL;
+		bool known = false;
+		if (rkc_status_tree(root, &st) == 0) {
+			const struct rkc_json *kl = rkc_json_get(st, "keys");
+			for (size_t i = 0; kl && kl->type == RKC_J_ARR && i < kl->n && !known; i++) {
+				const char *n = rkc_json_str(kl->kids[i], "name");
+				known = n && strcmp(n, fo->key) == 0;
+			}
+			const char *kd = rkc_json_str(st, "keydir");
+			known = known || !kd || key_file_exists(kd, fo->key);
+			if (!known)
+				rk_err("--key %s: no key of that name in the key registry of %s nor in the daemon's key directory %s",
+				       fo->key, root, kd);
+		} else {
+			known = true; /* the daemon's own answer follows */
+		}
+		rkc_json_free(st);
+		if (!known) {
+			code = RK_FSCK_EXIT_USAGE;
+			goto out;
+		}
+	}
 	if (fo->table && strpbrk(fo->table, " \t\n")) {
 		rk_err("--table '%s': table paths with white space cannot be sent to the daemon", fo->table);
 		code = RK_FSCK_EXIT_USAGE;
@@ -259,7 +300,8 @@ int rkc_cmd_fsck(int argc, char **argv)
 	struct rk_fsck_opts fo = {0};
 	const char *keydir = NULL;
 	int c;
-	while ((c = getopt_long(argc, argv, "d:k:t:jvh", lo, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":d:k:t:Djvh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'd':
 			keydir = optarg;
@@ -280,13 +322,14 @@ int rkc_cmd_fsck(int argc, char **argv)
 			fo.verbose = true;
 			break;
 		case 'h':
-			printf("usage: %s\n", usage_line);
-			return 0;
+			return rkc_help("fsck") == 0 ? 0 : RK_FSCK_EXIT_USAGE;
 		default:
-			rk_err("usage: %s", usage_line);
+			rkc_opt_refused("fsck", c, argv, lo);
 			return RK_FSCK_EXIT_USAGE;
 		}
 	}
+	if (rkc_check_keydir("fsck", rk_keydir_resolve(keydir), keydir != NULL) < 0)
+		return RK_FSCK_EXIT_USAGE;
 	if (argc - optind != 1) {
 		rk_err("usage: %s", usage_line);
 		return RK_FSCK_EXIT_USAGE;

@@ -315,3 +315,53 @@ int rkc_online_alter(const char *target, const char *key, uint32_t chunk_kb, int
 	return ret;
 }
 
+
+int rkc_status_tree(const char *root, struct rkc_json **out)
+{
+	char *js = NULL;
+	*out = NULL;
+	int ret = rkc_read_status(root, &js);
+	if (ret < 0)
+		return ret;
+	ret = rkc_json_parse(js, out);
+	free(js);
+	return ret;
+}
+
+/* An offline command on a data directory a daemon serves: the path shows
+ * the mount (mounted over itself, or a path inside a mount), or the lock
+ * records the daemon's mount point. */
+int rkc_refuse_mounted(const char *dir, const char *cmd)
+{
+	char *root = NULL, *rel = NULL, mnt[PATH_MAX] = "";
+	long pid = 0;
+	int ret = 0;
+	if (rkc_mount_find(dir, &root, &rel) == 0) {
+		struct rkc_json *st = NULL;
+		double p = 0;
+		int lvl = rk_log_get_level();
+		rk_log_set_level(RK_LOG_ERR - 1);
+		if (rkc_status_tree(root, &st) == 0 && rkc_json_num(st, "pid", &p))
+			pid = (long)p;
+		rk_log_set_level(lvl);
+		rkc_json_free(st);
+		snprintf(mnt, sizeof(mnt), "%s", root);
+		ret = -EBUSY;
+	} else if (rk_datadir_lock_holder(dir, &pid, mnt, sizeof(mnt)) == 1 && mnt[0]) {
+		ret = -EBUSY;
+	}
+	if (ret < 0) {
+		char pidbuf[32] = "unknown";
+		if (pid > 0)
+			snprintf(pidbuf, sizeof(pidbuf), "%ld", pid);
+		bool online = strcmp(cmd, "keys") && strcmp(cmd, "encrypt") && strcmp(cmd, "init") && strcmp(cmd, "cat");
+		if (online)
+			rk_err("%s is mounted at %s by pid %s; use rekeyctl %s ... %s", dir, mnt, pidbuf, cmd, mnt);
+		else
+			rk_err("%s is mounted at %s by pid %s; use rekeyctl fsck %s or rekeyctl status %s (%s needs the data "
+			       "directory unmounted)", dir, mnt, pidbuf, mnt, mnt, cmd);
+	}
+	free(root);
+	free(rel);
+	return ret;
+}

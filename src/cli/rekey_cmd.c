@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "rekeyfs/common.h"
@@ -17,41 +18,70 @@
 /* ---- offline rekey ---------------------------------------------------------------------------- */
 struct oprog {
 	struct rkc_progress prog;
-	bool quiet;
+	bool quiet, json;
+	time_t last_json;
 };
 
 static void op_resumed(void *arg, const char *position)
 {
 	struct oprog *p = arg;
 	if (!p->quiet)
-		printf("resuming an interrupted sweep after %s\n", position[0] ? rk_esc(position) : "the start");
+		fprintf(p->json ? stderr : stdout, "resuming an interrupted sweep after %s\n",
+		        position[0] ? rk_esc(position) : "the start");
 }
 
 static void op_start(void *arg, uint64_t total)
 {
 	struct oprog *p = arg;
 	rkc_progress_init(&p->prog, "rekey", total);
-	if (p->quiet)
+	if (p->quiet || p->json)
 		p->prog.tty = false;
+}
+
+/* the JSON line of the offline engine: bytes only (it reports no chunk
+ * counts nor file names), null for what it does not know */
+static void op_json(struct oprog *p, bool final, const char *result, const char *reason, bool has_rem, uint64_t rem)
+{
+	double el = rkc_since(&p->prog.t0), rate = el > 0 ? (double)p->prog.done / el : 0;
+	double done = (double)p->prog.done, total = (double)p->prog.total;
+	double pct = total > 0 ? 100.0 * done / total : final ? 100.0 : 0;
+	if (pct > 100)
+		pct = 100;
+	if (!final && pct > 99.9)
+		pct = 99.9;
+	struct rkc_pjson j = {.state = final ? (result && strcmp(result, "complete") == 0 ? "finished" : "incomplete")
+	                                     : "running",
+	                      .bytes_done = done, .bytes_total = total, .percent = pct, .rate = rate,
+	                      .has_eta = !final && rate > 0 && total >= done, .eta = rate > 0 ? (total - done) / rate : 0,
+	                      .final = final, .result = result, .reason = reason, .has_remaining = has_rem,
+	                      .remaining = (double)rem};
+	rkc_progress_json(&j);
+	p->last_json = time(NULL);
 }
 
 static void op_add(void *arg, uint64_t bytes)
 {
 	struct oprog *p = arg;
 	rkc_progress_add(&p->prog, bytes);
+	if (p->json && time(NULL) != p->last_json)
+		op_json(p, false, NULL, NULL, false, 0);
 }
 
-int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int ntables, bool quiet)
+int rkc_offline_rekey_w(const char *dir, const char *keydir, char **tables, int ntables, const struct rkc_wait *w)
 {
 	struct rk_keyring *kr = NULL;
 	struct rk_datadir *dd = NULL;
-	struct oprog p = {.quiet = quiet};
+	struct oprog p = {.quiet = w->quiet, .json = w->json};
 	struct rk_rekey_progress prog = {op_resumed, op_start, op_add, &p};
-	struct rk_rekey_summary sum;
+	struct rk_rekey_summary sum = {0};
 	char(*norm)[RK_TABLE_PATH_MAX] = NULL;
+	FILE *out = w->json ? stderr : stdout;
 	rkc_progress_init(&p.prog, "rekey", 0);
 	p.prog.tty = false;
-	int ret = rk_keyring_new(keydir, &kr);
+	int ret = rkc_refuse_mounted(dir, "rekey");
+	if (ret < 0)
+		return ret;
+	ret = rk_keyring_new(keydir, &kr);
 	if (ret < 0)
 		return ret;
 	ret = rk_open_offline(dir, RK_DD_EXCLUSIVE, kr, keydir, true, &dd);
@@ -64,8 +94,18 @@ int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int nt
 	}
 	for (int i = 0; i < ntables; i++) {
 		if (rk_table_path_norm(tables[i], norm[i], sizeof(norm[i])) < 0) {
-			rk_err("invalid table '%s'", tables[i]);
-			ret = -EINVAL;
+			rk_err("rekey: invalid table '%s'", tables[i]);
+			ret = RKC_USAGE;
+			goto out;
+		}
+		const struct rk_table *tb = rk_policy_lookup(dd, norm[i]);
+		if (!tb || strcmp(tb->path, norm[i]) != 0) {
+			char list[2048] = "";
+			size_t n = 0;
+			for (size_t t = 0; t < dd->ntables && n < sizeof(list); t++)
+				n += (size_t)snprintf(list + n, sizeof(list) - n, " %s", dd->tables[t].path);
+			rk_err("rekey: %s is not a table of %s (tables:%s); create one with rekeyctl alter", norm[i], dir, list);
+			ret = -ENOENT;
 			goto out;
 		}
 	}
@@ -73,14 +113,19 @@ int rkc_offline_rekey(const char *dir, const char *keydir, char **tables, int nt
 	rkc_progress_done(&p.prog);
 	if (ret == 0) {
 		double el = rkc_since(&p.prog.t0);
-		printf("rekeyed %" PRIu64 " chunks in %" PRIu64 " files (%.1f MiB in %.1fs)\n", sum.rewritten, sum.files,
-		       (double)p.prog.done / 1048576.0, el);
+		if (!w->quiet)
+			fprintf(out, "rekeyed %" PRIu64 " chunks in %" PRIu64 " files (%.1f MiB in %.1fs)\n", sum.rewritten,
+			        sum.files, (double)p.prog.done / 1048576.0, el);
 		if (sum.failed) {
 			rk_err("%" PRIu64 " chunks could not be read and keep their old key; run 'rekeyctl fsck --deep %s'",
 			       sum.failed, dir);
 			ret = -EIO;
 		}
 	}
+	if (w->json)
+		op_json(&p, true, ret == 0 ? "complete" : "incomplete",
+		        ret == 0 ? NULL : sum.failed ? "chunks could not be read (rekeyctl fsck --deep)" : rk_strerror(ret),
+		        ret == 0 || sum.failed, sum.failed);
 out:
 	free(norm);
 	rk_datadir_close(dd);
@@ -89,7 +134,7 @@ out:
 }
 
 /* ---- offline release ------------------------------------------------------------------------- */
-static int offline_release(const char *dir, const char *name)
+int rkc_offline_release(const char *dir, const char *name, FILE *out)
 {
 	struct rk_datadir *dd = NULL;
 	int ret = rkc_open_offline(dir, RK_DD_EXCLUSIVE, NULL, &dd);
@@ -102,7 +147,7 @@ static int offline_release(const char *dir, const char *name)
 		goto out;
 	}
 	if (re->state == RK_KS_RELEASED) {
-		printf("%s: key '%s' is already released\n", rk_esc(dir), rk_esc(name));
+		fprintf(out, "%s: key '%s' is already released\n", rk_esc(dir), rk_esc(name));
 		goto out;
 	}
 	const char *target_of = rk_release_targeted_by(dd, name);
@@ -128,7 +173,7 @@ static int offline_release(const char *dir, const char *name)
 	re->state = RK_KS_RELEASED;
 	ret = rk_registry_save(dd);
 	if (ret == 0)
-		printf("%s: key '%s' released: 0 chunks under it (every chunk's key reference was read); the key file may "
+		fprintf(out, "%s: key '%s' released: 0 chunks under it (every chunk's key reference was read); the key file may "
 		       "now be moved away\n", rk_esc(dir), rk_esc(name));
 out:
 	rk_datadir_close(dd);
@@ -138,35 +183,59 @@ out:
 /* ---- commands ---------------------------------------------------------------------------------- */
 int rkc_cmd_rekey(int argc, char **argv)
 {
+	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'},
+	                                   {"quiet", no_argument, NULL, 'q'},
+	                                   {"wait", no_argument, NULL, 'w'},
+	                                   {"progress-json", no_argument, NULL, 'j'},
+	                                   {"help", no_argument, NULL, 'h'},
+	                                   {0, 0, 0, 0}};
 	const char *keydir = NULL;
-	bool quiet = false;
-	if (rkc_parse_d(argc, argv, &keydir, &quiet, NULL) < 0 || argc - optind < 1) {
-		rk_err("usage: rekeyctl rekey [-d KEYDIR] [-q] DATADIR_OR_MOUNT [TABLE...]");
+	struct rkc_wait w = {0};
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":d:qwjh", lo, NULL)) != -1) {
+		if (c == 'd')
+			keydir = optarg;
+		else if (c == 'q')
+			w.quiet = true;
+		else if (c == 'w')
+			w.wait = true;
+		else if (c == 'j')
+			w.json = true;
+		else if (c == 'h')
+			return rkc_help("rekey");
+		else
+			return rkc_opt_refused("rekey", c, argv, lo);
+	}
+	if (argc - optind < 1) {
+		rk_err("usage: %s", rkc_usage_line("rekey"));
 		return RKC_USAGE;
 	}
+	if (rkc_check_keydir("rekey", rk_keydir_resolve(keydir), keydir != NULL) < 0)
+		return RKC_USAGE;
+	keydir = rk_keydir_resolve(keydir);
+	rkc_set_keydir(keydir);
 	const char *target = argv[optind];
 	if (rkc_is_mount(target)) {
-		char *root = NULL, *rel = NULL, *reply = NULL, cmd[8192];
-		rkc_mount_find(target, &root, &rel);
-		size_t n = (size_t)snprintf(cmd, sizeof(cmd), "rekey");
-		for (int i = optind + 1; i < argc && n < sizeof(cmd) - 1; i++)
-			n += (size_t)snprintf(cmd + n, sizeof(cmd) - n, " %s", argv[i]);
-		snprintf(cmd + n, sizeof(cmd) - n, "\n");
-		int ret = rkc_control(root, cmd, &reply);
-		ret = rkc_print_reply(ret, reply);
+		char *root = NULL, *rel = NULL;
+		int ret = rkc_mount_find(target, &root, &rel);
 		if (ret == 0)
-			printf("watch it with: rekeyctl status %s\n", rk_esc(root));
+			ret = rkc_online_rekey(root, argv + optind + 1, argc - optind - 1, &w);
 		free(root);
 		free(rel);
 		return ret;
 	}
-	return rkc_offline_rekey(target, keydir, argv + optind + 1, argc - optind - 1, quiet);
+	return rkc_offline_rekey_w(target, keydir, argv + optind + 1, argc - optind - 1, &w);
 }
 
 int rkc_cmd_release(int argc, char **argv)
 {
 	const char *keydir = NULL;
-	if (rkc_parse_d(argc, argv, &keydir, NULL, NULL) < 0 || argc - optind < 2) {
+	int pr = rkc_parse_d(argc, argv, "release-key", &keydir, NULL, NULL);
+	if (pr < 0)
+		return pr;
+	rkc_set_keydir(keydir);
+	if (argc - optind < 2) {
 		rk_err("usage: rekeyctl release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...");
 		return RKC_USAGE;
 	}
@@ -183,7 +252,7 @@ int rkc_cmd_release(int argc, char **argv)
 			free(root);
 			free(rel);
 		} else {
-			r = offline_release(argv[i], name);
+			r = rkc_offline_release(argv[i], name, stdout);
 		}
 		if (r < 0 && ret == 0)
 			ret = r;

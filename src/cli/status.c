@@ -1,64 +1,106 @@
 /* rekeyctl status - the walker's state, progress and errors of a mount. */
 #include "config.h"
 
-#include <ctype.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "rekeyfs/common.h"
 
-/* A tiny extraction of "key": value pairs from the daemon's JSON, for the
- * human-readable status (the JSON itself is printed with --json). */
-static const char *jfind(const char *json, const char *key, char *out, size_t len)
+/* ---- the text form of the status (the JSON is printed as is with --json) ---- */
+/* a number field, or "-" when null or missing */
+static const char *num(const struct rkc_json *o, const char *key, char *buf, size_t len)
 {
-	char pat[128];
-	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	const char *p = strstr(json, pat);
-	if (!p) {
-		snprintf(out, len, "?");
-		return out;
+	double v;
+	if (!rkc_json_num(o, key, &v))
+		return "-";
+	snprintf(buf, len, "%.0f", v);
+	return buf;
+}
+
+static const char *mib(const struct rkc_json *o, const char *key, char *buf, size_t len)
+{
+	double v;
+	if (!rkc_json_num(o, key, &v))
+		return "-";
+	snprintf(buf, len, "%.1f MiB", v / 1048576.0);
+	return buf;
+}
+
+static const char *str(const struct rkc_json *o, const char *key)
+{
+	const char *s = rkc_json_str(o, key);
+	return s ? rk_esc(s) : "-";
+}
+
+static const char *when(const struct rkc_json *o, const char *key, char *buf, size_t len)
+{
+	double v;
+	if (!rkc_json_num(o, key, &v))
+		return "-";
+	time_t t = (time_t)v;
+	struct tm tm;
+	if (!localtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+		return "-";
+	return buf;
+}
+
+static void print_walker(const struct rkc_json *w)
+{
+	char bf[10][64];
+#define B(i) bf[i], sizeof(bf[i])
+	double rl = 0;
+	rkc_json_num(w, "rate_limit", &rl);
+	printf("walker: %s, sweep %s (last finished: %s), rate %s B/s, limit %s\n", str(w, "state"),
+	       num(w, "sweep", B(1)), num(w, "finished_sweep", B(2)),
+	       num(w, "rate_bytes_per_s", B(3)), rl > 0 ? num(w, "rate_limit", B(4)) : "unlimited");
+	printf("progress: %s of %s, %s/%s chunks (%s failed), %s/%s files, ETA %s s\n", mib(w, "bytes_done", B(5)),
+	       mib(w, "bytes_total", B(6)), num(w, "chunks_done", B(7)),
+	       num(w, "chunks_total", B(8)), num(w, "chunks_failed", B(9)), num(w, "files_done", B(0)),
+	       num(w, "files_total", B(1)), num(w, "eta_s", B(2)));
+	if (rkc_json_str(w, "current_file"))
+		printf("current file: %s at byte %s\n", str(w, "current_file"), num(w, "current_offset", B(3)));
+	printf("started %s, finished %s; result %s, remaining chunks %s%s%s\n", when(w, "started", B(4)),
+	       when(w, "finished", B(5)), str(w, "result"), num(w, "remaining_chunks", B(6)),
+	       rkc_json_str(w, "reason") ? ": " : "", rkc_json_str(w, "reason") ? str(w, "reason") : "");
+	const struct rkc_json *q = rkc_json_get(w, "queued");
+	for (size_t i = 0; q && q->type == RKC_J_ARR && i < q->n; i++)
+		printf("queued: sweep %s\n", num(q->kids[i], "sweep", B(7)));
+	printf("chunks rewritten: %s by the walker, %s lazily on read; files replaced whole: %s; errors: %s\n",
+	       num(w, "chunks_rewritten_walker", B(8)), num(w, "chunks_rewritten_lazy", B(9)),
+	       num(w, "files_replaced", B(0)), num(w, "error_count", B(1)));
+	const struct rkc_json *t = rkc_json_get(w, "tables");
+	for (size_t i = 0; t && t->type == RKC_J_ARR && i < t->n; i++) {
+		const struct rkc_json *x = t->kids[i];
+		double pct = 0;
+		rkc_json_num(x, "percent", &pct);
+		printf("  table %-24s %5.1f%%  %s/%s chunks rewritten, %s/%s files; %s, %s/%s chunks, %s failed, %s remaining\n",
+		       str(x, "path"), pct, num(x, "chunks_rewritten", B(2)), num(x, "chunks_to_rewrite", B(3)),
+		       num(x, "files_done", B(6)), num(x, "files_total", B(7)), str(x, "state"), num(x, "chunks_done", B(8)),
+		       num(x, "chunks_total", B(9)), num(x, "chunks_failed", B(4)), num(x, "remaining_chunks", B(5)));
 	}
-	p += strlen(pat);
-	size_t n = 0;
-	if (*p == '"') {
-		/* undo the JSON escapes (rk_esc below escapes for the terminal) */
-		p++;
-		while (*p && *p != '"' && n < len - 1) {
-			if (*p != '\\') {
-				out[n++] = *p++;
-				continue;
-			}
-			p++;
-			unsigned v;
-			if (*p == 'u' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) &&
-			    isxdigit((unsigned char)p[3]) && isxdigit((unsigned char)p[4]) && sscanf(p + 1, "%4x", &v) == 1 &&
-			    v >= 1 && v < 0x80) {
-				out[n++] = (char)v;
-				p += 5;
-			} else if (*p == 'n' || *p == 't' || *p == 'r') {
-				out[n++] = *p == 'n' ? '\n' : *p == 't' ? '\t' : '\r';
-				p++;
-			} else if (*p) {
-				out[n++] = *p++; /* \" \\ \/ */
-			}
-		}
-	} else {
-		while (*p && *p != ',' && *p != '}' && *p != '\n' && n < len - 1)
-			out[n++] = *p++;
+	/* one line, as before: "recent errors: TIME PATH chunk N: CAUSE; ..." */
+	const struct rkc_json *errs = rkc_json_get(w, "errors");
+	for (size_t i = 0; errs && errs->type == RKC_J_ARR && i < errs->n; i++) {
+		const struct rkc_json *x = errs->kids[i];
+		printf("%s%s %s chunk %s: %s", i ? "; " : "recent errors: ", when(x, "time", B(8)), str(x, "path"),
+		       num(x, "chunk", B(9)), str(x, "cause"));
 	}
-	out[n] = '\0';
-	/* a string from the daemon: printed for a human, so escaped */
-	return rk_esc(out);
+	if (errs && errs->type == RKC_J_ARR && errs->n)
+		putchar('\n');
+#undef B
 }
 
 int rkc_cmd_status(int argc, char **argv)
 {
-	const char *keydir = NULL;
 	bool json = false;
-	if (rkc_parse_d(argc, argv, &keydir, NULL, &json) < 0 || argc - optind != 1) {
+	int pr = rkc_parse_d(argc, argv, "status", NULL, NULL, &json);
+	if (pr < 0)
+		return pr;
+	if (argc - optind != 1) {
 		rk_err("usage: rekeyctl status [--json] MOUNT");
 		return RKC_USAGE;
 	}
@@ -79,34 +121,28 @@ int rkc_cmd_status(int argc, char **argv)
 		fputs(js, stdout);
 		goto out;
 	}
-	char a[256], b[256], c[256], d[256], e[256];
-	const char *w = strstr(js, "\"walker\"");
-	printf("mount %s (data directory %s, daemon pid %s)\n", rk_esc(root), jfind(js, "datadir", a, sizeof(a)),
-	       jfind(js, "pid", b, sizeof(b)));
-	if (w) {
-		printf("walker: %s, sweep %s, rate %s B/s (limit %s), position %s\n", jfind(w, "state", a, sizeof(a)),
-		       jfind(w, "sweep", b, sizeof(b)), jfind(w, "rate_bytes_per_s", c, sizeof(c)),
-		       jfind(w, "rate_limit", d, sizeof(d)), jfind(w, "position", e, sizeof(e)));
-		printf("chunks rewritten: %s by the walker, %s lazily on read; errors: %s\n",
-		       jfind(w, "chunks_rewritten_walker", a, sizeof(a)), jfind(w, "chunks_rewritten_lazy", b, sizeof(b)),
-		       jfind(w, "error_count", c, sizeof(c)));
-		const char *t = strstr(w, "\"tables\"");
-		while (t && (t = strstr(t, "{\"path\": "))) {
-			char f[64];
-			printf("  table %-24s %6s%%  %s/%s chunks rewritten, %s/%s files\n", jfind(t, "path", a, sizeof(a)),
-			       jfind(t, "percent", b, sizeof(b)), jfind(t, "chunks_rewritten", c, sizeof(c)),
-			       jfind(t, "chunks_to_rewrite", d, sizeof(d)), jfind(t, "files_done", e, sizeof(e)),
-			       jfind(t, "files_total", f, sizeof(f)));
-			t++;
-		}
-		const char *errs = strstr(w, "\"errors\": [");
-		if (errs && errs[11] != ']') {
-			const char *end = strchr(errs, ']');
-			char *list = strndup(errs + 11, end ? (size_t)(end - errs - 11) : 0);
-			printf("recent errors: %s\n", list ? rk_esc(list) : "?");
-			free(list);
-		}
+	struct rkc_json *st = NULL;
+	if (rkc_json_parse(js, &st) < 0) {
+		rk_err("%s/.rekeyfs/status is not valid JSON (a daemon of another version?); see rekeyctl status --json", root);
+		ret = -EPROTO;
+		goto out;
 	}
+	char pid[32];
+	printf("mount %s (data directory %s, daemon pid %s)\n", rk_esc(root), str(st, "datadir"),
+	       num(st, "pid", pid, sizeof(pid)));
+	const struct rkc_json *w = rkc_json_get(st, "walker");
+	if (w)
+		print_walker(w);
+	const struct rkc_json *re = rkc_json_get(st, "read_errors");
+	if (re) {
+		char n[32], c[32];
+		printf("read errors (EIO returned to readers since mount): %s\n", num(re, "count", n, sizeof(n)));
+		const struct rkc_json *l = rkc_json_get(re, "recent");
+		for (size_t i = 0; l && l->type == RKC_J_ARR && i < l->n; i++)
+			printf("  read error %s chunk %s: %s\n", str(l->kids[i], "path"), num(l->kids[i], "chunk", c, sizeof(c)),
+			       str(l->kids[i], "cause"));
+	}
+	rkc_json_free(st);
 out:
 	free(js);
 	free(root);

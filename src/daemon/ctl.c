@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "encrypt.h"
+#include "ioerr.h"
 #include "rekeyfs/common.h"
 
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
@@ -46,6 +48,8 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	rk_rw_unlock(&fs->policy_lock);
 	rkd_jb_printf(&b, "\n  ],\n");
 	rkd_walker_json(fs, &b);
+	rkd_ioerr_json(fs, &b);
+	rkd_encrypt_json(fs, &b);
 	struct rk_journal_stats js;
 	rk_journal_get_stats(fs->j, &js);
 	rkd_jb_printf(&b,
@@ -162,9 +166,11 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
 	    strcmp(cmd, "rate") == 0 || strcmp(cmd, "release") == 0 || strcmp(cmd, "scan") == 0)
 		return rkd_walker_control(fs, cmd, rest, out, len);
+	if (strcmp(cmd, "encrypt") == 0 || strcmp(cmd, "encrypt-cancel") == 0)
+		return rkd_encrypt_control(fs, cmd, rest, out, len);
 	if (strcmp(cmd, "fsck") == 0 || strcmp(cmd, "fsck-progress") == 0)
 		return rkd_fsck_control(fs, cmd, rest, out, len);
 	return rkd_reply(out, len, -EINVAL,
-	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, fsck, reload-keys, ping)",
+	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, encrypt, encrypt-cancel, fsck, reload-keys, ping)",
 	             cmd);
 }

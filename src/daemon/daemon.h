@@ -8,7 +8,8 @@
  *   readahead.c the kernel read-ahead tuner
  *   reply.c     control-file replies and JSON helpers (reply.h)
  *   ctl.c       the virtual .rekeyfs/ directory: status and the control dispatcher
- *   walker.c    sweeps, lazy rekey, key release;  fsck_ctl.c  the fsck command */
+ *   walker.c    sweeps, lazy rekey, key release;  fsck_ctl.c  the fsck command
+ *   encrypt.c   online encryption of plain files (the encrypt command) */
 #ifndef REKEYFS_DAEMON_H
 #define REKEYFS_DAEMON_H
 
@@ -124,6 +125,7 @@ struct rkd_opts {
 	int whole_file;        /* rekey closed files by whole-file replacement (default on) */
 	unsigned read_ahead_kb; /* kernel read-ahead of the mount (0: leave the kernel's) */
 	unsigned max_open_per_user; /* open handles of one non-root user (0: fd limit / 4) */
+	int nonempty;          /* mount over a non-empty directory (startup.c) */
 };
 #define RKD_UNCHARGED ((uid_t)-1)
 
@@ -191,6 +193,7 @@ struct rkd_fs {
 	struct rkd_inode vdir, vstatus, vcontrol;
 	struct rkd_stats st;
 	struct rkd_walker *w;
+	struct rkd_encjob *enc; /* online encrypt job (encrypt.c), NULL when not running */
 	/* the lazy-rekey read hook, registered by the walker (rkd_walker_init)
 	 * before any file opens, read-only after: installed on every writable
 	 * chunk file when o.lazy is on */
@@ -227,6 +230,9 @@ int rkd_fs_destroy(struct rkd_fs *fs);
 /* ctl.c: the virtual .rekeyfs directory */
 int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len);
 int rkd_control(struct rkd_fs *fs, const char *cmd, char **reply, size_t *rlen);
+/* Background work (sweep, encrypt) after each chunk: a short pause (at most
+ * 2 ms) while foreground requests are being served (fs.c). */
+void rkd_fg_yield(struct rkd_fs *fs);
 
 /* inode.c and file.c: used by the operations, the walker and fsck_ctl.c */
 int rkd_policy_for(struct rkd_fs *fs, struct rkd_file *f, struct rk_key **key, enum rk_comp *comp);
@@ -267,5 +273,10 @@ void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t 
 
 /* fsck_ctl.c: the "fsck" and "fsck-progress" control commands */
 int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+
+/* startup.c: checks before the mount */
+int rkd_check_not_served(const char *datadir);
+int rkd_check_mountpoint(const char *datadir_real, const char *mountpoint, bool nonempty);
+void rkd_report_plain(int rootfd, const char *datadir);
 
 #endif

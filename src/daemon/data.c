@@ -11,6 +11,7 @@
 
 #include "file.h"
 #include "inode.h"
+#include "ioerr.h"
 #include "ops.h"
 #include "rekeyfs/common.h"
 #include "rekeyfs/scratch.h"
@@ -63,6 +64,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	ret = rkd_file_get(fs, in, &f);
 	if (ret < 0) {
 		rkd_handle_refund(fs, uid, 1);
+		if (ferr(ret) == EIO) /* the header cannot be read (logged where it was found) */
+			rkd_ioerr_open(fs, in, ret);
 		fuse_reply_err(req, ferr(ret));
 		return;
 	}
@@ -195,12 +198,17 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	rk_rw_rdlock(&f->rw_lock, RK_RANK_FILE_RW);
 	uint64_t m = rkd_stripe_mask(f, (uint64_t)off, size);
 	rkd_stripes_lock(f, m, false);
+	/* a failed chunk is reported below (counted, listed in status, logged
+	 * with a per-file rate limit): the library's own line is muted */
+	rk_cf_read_error_clear();
+	rk_log_mute(true);
 	ssize_t n = rk_cf_pread(f->cf, buf, size, (uint64_t)off);
+	rk_log_mute(false);
 	rkd_stripes_unlock(f, m);
 	rk_rw_unlock(&f->rw_lock);
 	fg_end(fs);
 	if (n < 0) {
-		atomic_fetch_add(&fs->st.read_errors, 1);
+		rkd_ioerr_read(fs, h->in, (int)n);
 		fuse_reply_err(req, ferr((int)n));
 		return;
 	}

@@ -1,6 +1,7 @@
-/* rekeyfs daemon - the directory operations: opendir, readdir (the real
- * state directory never shows; the root's .rekeyfs is the virtual one),
- * releasedir, fsyncdir, and statfs. */
+/* rekeyfs daemon - the directory operations: opendir, readdir (no
+ * .rekeyfs is ever listed: the real state directory never shows and the
+ * root's virtual .rekeyfs is reachable by name only), releasedir, fsyncdir,
+ * and statfs. */
 #include "config.h"
 
 #include <dirent.h>
@@ -99,8 +100,12 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		free(buf);
 		return;
 	}
-	/* offsets: telldir cookies; in the root, the real state directory's
-	 * entry stands for the virtual .rekeyfs (below) */
+	/* offsets: telldir cookies.  No .rekeyfs is listed: the root's is the
+	 * virtual control directory, reachable by name (lookup) for rekeyctl
+	 * but never listed, so that a database's initdb sees an empty
+	 * directory and tools that walk the tree (tar, rsync, pg_basebackup)
+	 * neither copy the daemon's status nor trip over the root-only control
+	 * file; one below the root was planted and stays hidden. */
 	seekdir(d->dp, off);
 	for (;;) {
 		errno = 0;
@@ -118,14 +123,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		struct stat st = {0};
 		st.st_ino = de->d_ino;
 		st.st_mode = (mode_t)DTTOIF(de->d_type);
-		if (!d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
-			rkd_planted_state_dir(d->in);
+		if (strcmp(de->d_name, RK_STATE_DIR) == 0) {
+			if (!d->root)
+				rkd_planted_state_dir(d->in);
 			continue;
-		}
-		if (d->root && strcmp(de->d_name, RK_STATE_DIR) == 0) {
-			/* the real state directory never shows: this name is the virtual one */
-			st.st_ino = fs->vdir.ino;
-			st.st_mode = S_IFDIR;
 		}
 		size_t n = fuse_add_direntry(req, buf + pos, size - pos, de->d_name, &st, telldir(d->dp));
 		if (n > size - pos) {

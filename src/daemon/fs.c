@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "encrypt.h"
 #include "file.h"
 #include "inode.h"
 #include "ops.h"
@@ -56,6 +57,7 @@ static int open_datadir(struct rkd_fs *fs)
 		if (ret < 0)
 			return ret;
 		rk_info("initialised %s as a rekeyfs data directory under key %s", fs->datadir, fs->o.key);
+		rkd_report_plain(fs->rootfd, fs->datadir);
 		ret = rk_datadir_openat(fs->rootfd, fs->datadir_real, RK_DD_EXCLUSIVE, &fs->dd);
 	}
 	if (ret < 0)
@@ -187,7 +189,7 @@ int rkd_fs_start(struct rkd_fs *fs)
 	/* the fd budget before the walker: rkd_reclaim_start sets the bounds
 	 * that every inode lookup reads (the walker's first ones included) */
 	if (rk_journal_open(fs->dd, fs->kr, NULL, &fs->j) < 0 || rkd_reclaim_start(fs) < 0 ||
-	    (fs->o.walker && rkd_walker_init(fs) < 0)) {
+	    (fs->o.walker && rkd_walker_init(fs) < 0) || rkd_encrypt_init(fs) < 0) {
 		rk_err("%s: cannot start the journal or the walker; unmounting", fs->datadir);
 		ret = -EAGAIN;
 	} else {
@@ -200,6 +202,7 @@ void rkd_fs_stop(struct rkd_fs *fs)
 {
 	rkd_readahead_stop(fs);
 	rkd_reclaim_stop(fs);
+	rkd_encrypt_shutdown(fs);
 	rkd_walker_shutdown(fs);
 }
 

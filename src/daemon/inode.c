@@ -466,3 +466,17 @@ int rkd_inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const struc
 	rk_rw_unlock(&fs->ns_lock);
 	return ret;
 }
+
+/* ---- background work -------------------------------------------------------------------------- */
+void rkd_fg_yield(struct rkd_fs *fs)
+{
+	for (int i = 0; i < 4; i++) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+		if (atomic_load(&fs->st.inflight) == 0 && now - atomic_load(&fs->st.last_fg_ns) > 2000000ULL)
+			break;
+		struct timespec half = {0, 500000};
+		nanosleep(&half, NULL);
+	}
+}

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "ioerr.h"
 #include "rekeyfs/common.h"
 
 #define OPT(t, f, v) {t, offsetof(struct rkd_fs, o.f), v}
@@ -38,10 +39,13 @@ static const struct fuse_opt rkd_optspec[] = {
 	OPT("whole_file=off", whole_file, 0),
 	FUSE_OPT_KEY("read_ahead_kb=", 'k'),
 	FUSE_OPT_KEY("max_open_per_user=", 'u'),
+	FUSE_OPT_KEY("log=", 'l'),
+	OPT("nonempty", nonempty, 1),
 	FUSE_OPT_END,
 };
 
 static int nonopts;
+static char *log_dest; /* -o log=DEST (ioerr.c) */
 
 /* a number of seconds: plain decimal with an optional fraction, 0 to a year */
 static int parse_secs(const char *v, double *out)
@@ -111,6 +115,11 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		fs->datadir = strdup(arg);
 		return 0; /* consumed: the next one is the mount point */
 	}
+	if (key == 'l') {
+		free(log_dest);
+		log_dest = strdup(arg + strlen("log="));
+		return log_dest ? 0 : -1;
+	}
 	if (key == 'e' || key == 'a' || key == 't' || key == 'r' || key == 'k' || key == 'u')
 		return opt_number(fs, key, arg);
 	return 1;
@@ -140,7 +149,11 @@ static void usage(const char *prog)
 	       "    -o read_ahead_kb=N     kernel read-ahead of the mount in KiB (default 4096;\n"
 	       "                           0 leaves the kernel's 128)\n"
 	       "    -o max_open_per_user=N open files and directories of one non-root user\n"
-	       "                           (default: a quarter of the fd limit)\n\n"
+	       "                           (default: a quarter of the fd limit)\n"
+	       "    -o log=FILE|stderr|syslog  where the log goes once mounted (default: syslog\n"
+	       "                           when detached, stderr with -f)\n"
+	       "    -o nonempty            mount over a non-empty directory other than DATADIR\n"
+	       "                           (refused without it: the mount would hide its files)\n\n"
 	       "FUSE options:\n",
 	       prog, RK_DEFAULT_KEYDIR);
 	fuse_cmdline_help();
@@ -174,6 +187,20 @@ static void add_mount_args(struct rkd_fs *fs, struct fuse_args *args)
 		fuse_opt_add_arg(args, fsname);
 	/* always: rekeyctl talks only to mounts of type fuse.rekeyfs */
 	fuse_opt_add_arg(args, "-osubtype=rekeyfs");
+}
+
+/* before anything is opened or initialised (startup.c) */
+static int startup_checks(struct rkd_fs *fs, const char *mountpoint)
+{
+	char *dr = realpath(fs->datadir, NULL);
+	int ret = 0;
+	if (dr) {
+		ret = rkd_check_not_served(dr);
+		if (ret == 0)
+			ret = rkd_check_mountpoint(dr, mountpoint, fs->o.nonempty);
+	}
+	free(dr);
+	return ret;
 }
 
 static int run_loop(struct rkd_fs *fs, const struct fuse_cmdline_opts *copts, struct fuse_loop_config **lcfg)
@@ -220,6 +247,10 @@ int main(int argc, char *argv[])
 	}
 	if (copts.debug)
 		rk_log_set_level(RK_LOG_DEBUG);
+	if (rkd_log_prepare(log_dest) < 0)
+		return 2;
+	if (startup_checks(fs, copts.mountpoint) < 0)
+		goto out;
 	if (rkd_fs_init(fs) < 0)
 		goto out;
 
@@ -230,11 +261,18 @@ int main(int argc, char *argv[])
 		goto out;
 	if (fuse_set_signal_handlers(fs->se) != 0)
 		goto out_session;
+	{
+		/* recorded before the mount (and again after the fork below): a
+		 * rekeyctl that sees the mount also finds its mount point here */
+		char *mp = realpath(copts.mountpoint, NULL);
+		if (mp)
+			(void)rk_datadir_lock_record(fs->dd, mp);
+		free(mp);
+	}
 	if (fuse_session_mount(fs->se, copts.mountpoint) != 0)
 		goto out_signals;
 	fuse_daemonize(copts.foreground);
-	if (!copts.foreground)
-		rk_log_to_syslog("rekeyfs");
+	rkd_log_start(copts.foreground);
 	/* the keys were loaded before the fork of fuse_daemonize, and mlock()
 	 * is not inherited: lock them in the process that holds them */
 	int lret = rk_secure_relock();
@@ -242,6 +280,10 @@ int main(int argc, char *argv[])
 		rk_warn("cannot lock key memory (%s): keys may be swapped out (raise RLIMIT_MEMLOCK)", strerror(-lret));
 	/* threads start after the fork of fuse_daemonize */
 	fs->mountpoint = realpath(copts.mountpoint, NULL);
+	/* the lock names this process (after the fork) and the mount point:
+	 * rekeyctl and a second rekeyfs say where the data directory is mounted */
+	if (rk_datadir_lock_record(fs->dd, fs->mountpoint) < 0)
+		rk_warn("%s: cannot record the mount point in %s/lock", fs->datadir, RK_STATE_DIR);
 	if (rkd_fs_start(fs) < 0) {
 		start_failed = true;
 		goto out_unmount;

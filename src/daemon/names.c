@@ -110,29 +110,61 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, fs->o.attr_timeout);
 }
 /* ---- creating objects ---------------------------------------------------------------------- */
-/* Give a new object the caller's identity (and a setgid directory's group). */
-static void set_owner(struct rkd_inode *parent, int dirfd, const char *name, const struct fuse_ctx *ctx, bool isdir)
+/* Is gid the caller's group or one of its supplementary groups?  1 yes,
+ * 0 no, -ENOMEM, or -EIO when the kernel cannot tell its groups. */
+static int caller_in_group(fuse_req_t req, gid_t gid)
 {
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t small[64], *groups = small;
+	int ret = ctx->gid == gid;
+	int n = ret ? 0 : fuse_req_getgroups(req, 64, small);
+	if (n > 64) {
+		groups = calloc((size_t)n, sizeof(*groups));
+		n = groups ? fuse_req_getgroups(req, n, groups) : -ENOMEM;
+	}
+	if (n < 0)
+		ret = n == -ENOMEM ? n : -EIO;
+	for (int i = 0; i < n && ret == 0; i++)
+		ret = groups[i] == gid;
+	if (groups != small)
+		free(groups);
+	return ret;
+}
+
+/* Give a new object (type: its S_IFMT) the caller's identity and the mode
+ * the caller asked for, exactly as the host file system would: the kernel
+ * has applied the caller's umask to mode already, so the daemon's own umask
+ * must not apply a second time; the ownership change clears setuid/setgid,
+ * so the mode is set after it; in a setgid directory the group is the
+ * directory's, a new directory inherits the setgid bit, and a new file
+ * keeps setgid only if the caller is in that group (or is root). */
+static void set_owner(fuse_req_t req, struct rkd_inode *parent, int dirfd, const char *name, mode_t type, mode_t mode)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct stat pst;
 	gid_t gid = ctx->gid;
-	if (fstatat(parent->fd, "", &pst, AT_EMPTY_PATH) == 0 && (pst.st_mode & S_ISGID)) {
+	bool sgid_dir = fstatat(parent->fd, "", &pst, AT_EMPTY_PATH) == 0 && (pst.st_mode & S_ISGID);
+	if (sgid_dir)
 		gid = pst.st_gid;
-		if (isdir) {
-			struct stat st;
-			if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !(st.st_mode & S_ISGID)) {
-				char pp[64];
-				int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-				if (fd >= 0) {
-					PROCPATH(pp, fd);
-					chmod(pp, (st.st_mode & 07777) | S_ISGID);
-					close(fd);
-				}
-			}
-		}
-	}
 	/* name "": dirfd is the new object itself (not a name someone could swap) */
 	if (fchownat(dirfd, name, ctx->uid, gid, name[0] ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH) < 0)
 		rk_warn("cannot set owner %u:%u: %s", (unsigned)ctx->uid, (unsigned)gid, strerror(errno));
+	if (S_ISLNK(type))
+		return; /* a symlink has no mode of its own */
+	mode_t want = mode & 07777;
+	if (S_ISDIR(type) && sgid_dir)
+		want |= S_ISGID;
+	else if (!S_ISDIR(type) && (want & S_ISGID) && ctx->uid != 0 && caller_in_group(req, gid) != 1)
+		want &= ~(mode_t)S_ISGID;
+	int fd = name[0] ? openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : dirfd;
+	char pp[64];
+	if (fd >= 0) {
+		PROCPATH(pp, fd);
+		if (chmod(pp, want) < 0)
+			rk_warn("cannot set mode %04o: %s", (unsigned)want, strerror(errno));
+		if (fd != dirfd)
+			close(fd);
+	}
 }
 
 /* Errors that say the daemon or the system ran out of something: they reach
@@ -152,7 +184,6 @@ static bool resource_err(int neg)
 static int caller_may_open(fuse_req_t req, int pfd, const struct stat *st, int flags)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	gid_t small[64], *groups = small;
 	int ret = 0;
 	if (ctx->uid == 0)
 		return 0;
@@ -170,29 +201,13 @@ static int caller_may_open(fuse_req_t req, int pfd, const struct stat *st, int f
 	if (ctx->uid == st->st_uid) {
 		bits = (st->st_mode >> 6) & 7;
 	} else {
-		bool member = ctx->gid == st->st_gid;
-		int n = member ? 0 : fuse_req_getgroups(req, 64, small);
-		if (n > 64) {
-			groups = calloc((size_t)n, sizeof(*groups));
-			if (!groups) {
-				ret = -ENOMEM;
-				goto out;
-			}
-			n = fuse_req_getgroups(req, n, groups);
-		}
-		if (n < 0) {
-			ret = -EEXIST; /* groups unknown: let the kernel's lookup decide */
-			goto out;
-		}
-		for (int i = 0; i < n && !member; i++)
-			member = groups[i] == st->st_gid;
+		int member = caller_in_group(req, st->st_gid);
+		if (member < 0)
+			return member == -ENOMEM ? member : -EEXIST; /* groups unknown: the kernel's lookup decides */
 		bits = member ? (st->st_mode >> 3) & 7 : st->st_mode & 7;
 	}
 	if ((bits & need) != need)
 		ret = -EACCES;
-out:
-	if (groups != small)
-		free(groups);
 	return ret;
 }
 
@@ -235,7 +250,6 @@ out:
 static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode *parent, const char *name,
                              mode_t mode, bool excl, int flags, bool *created, struct rk_cf **cfout, char **relout)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	char *prel = NULL, *rel = NULL;
 	int ret;
 	*relout = NULL;
@@ -246,7 +260,7 @@ static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode
 			return -errno;
 		return open_existing(req, parent, name, flags);
 	}
-	set_owner(parent, fd, "", ctx, false);
+	set_owner(req, parent, fd, "", S_IFREG, mode);
 	prel = rkd_inode_rel(fs, parent);
 	if (!prel || asprintf(&rel, "%s/%s", strcmp(prel, "/") ? prel : "", name) < 0) {
 		free(prel);
@@ -484,7 +498,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 			fuse_reply_err(req, errno);
 			return;
 		}
-		set_owner(p, p->fd, name, fuse_req_ctx(req), false);
+		set_owner(req, p, p->fd, name, mode & S_IFMT, mode);
 	}
 	reply_new_entry(req, fs, p, name);
 }
@@ -501,7 +515,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		fuse_reply_err(req, errno);
 		return;
 	}
-	set_owner(p, p->fd, name, fuse_req_ctx(req), true);
+	set_owner(req, p, p->fd, name, S_IFDIR, mode);
 	reply_new_entry(req, fs, p, name);
 }
 
@@ -517,7 +531,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 		fuse_reply_err(req, errno);
 		return;
 	}
-	set_owner(p, p->fd, name, fuse_req_ctx(req), false);
+	set_owner(req, p, p->fd, name, S_IFLNK, 0);
 	reply_new_entry(req, fs, p, name);
 }
 
@@ -700,7 +714,11 @@ static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 		else if (valid & FUSE_SET_ATTR_MTIME)
 			ts[1] = attr->st_mtim;
 		if (S_ISLNK(in->type)) {
-			/* utimensat cannot take an O_PATH fd for a symlink: ignore like many FUSE fs */
+			/* the symlink itself, by its O_PATH fd (AT_EMPTY_PATH: Linux 5.8) */
+			if (utimensat(in->fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+				ret = -errno;
+				goto out;
+			}
 		} else {
 			/* an open chunk file's format-only writes keep the times: set them
 			 * under the same lock so that none of those writes undoes them */

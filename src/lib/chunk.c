@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,43 @@ static const char *key_err_text(int err)
 	}
 }
 
+/* The calling thread's last chunk read failure (rk_cf_read_error): set by
+ * chunk_fail, cleared by rk_cf_read_error_clear.  Per thread, no lock. */
+static __thread struct {
+	bool set;
+	uint64_t idx;
+	char cause[RK_CF_CAUSE_MAX];
+} last_fail;
+
+void rk_cf_read_error_clear(void) { last_fail.set = false; }
+
+int rk_cf_read_error(uint64_t *idx, char *cause, size_t len)
+{
+	if (!last_fail.set)
+		return -ENOENT;
+	*idx = last_fail.idx;
+	if (cause && len)
+		snprintf(cause, len, "%s", last_fail.cause);
+	return 0;
+}
+
+/* A read of chunk idx failed: note the cause for rk_cf_read_error and, when
+ * log, log "PATH: chunk N (offset X): CAUSE".  Called with no lock held. */
+static void chunk_fail(struct rk_cf *cf, uint64_t idx, bool log, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void chunk_fail(struct rk_cf *cf, uint64_t idx, bool log, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(last_fail.cause, sizeof(last_fail.cause), fmt, ap);
+	va_end(ap);
+	last_fail.idx = idx;
+	last_fail.set = true;
+	if (log)
+		rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): %s", cf->path, idx, idx * cf->hdr.chunk_size,
+		       last_fail.cause);
+}
+
 static void build_aad(uint8_t aad[RK_AAD_LEN], const uint8_t *file_id, uint64_t idx, const uint8_t *slothdr)
 {
 	memcpy(aad, file_id, RK_FILE_ID_BYTES);
@@ -95,7 +133,6 @@ static int slot_open_from(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, s
 	char kname[RK_KEY_NAME_MAX + 1] = "";
 	struct rk_key *key;
 	const uint8_t *subkey;
-	uint32_t cs = cf->hdr.chunk_size; /* chunk size and file id never change */
 	int ret;
 	if (!pay)
 		return -ENOMEM;
@@ -109,14 +146,11 @@ static int slot_open_from(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, s
 	if (ret == 1)
 		return 1;
 	if (ret == -EUCLEAN) {
-		if (log_errors)
-			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: %s", cf->path, idx, idx * cs, why);
+		chunk_fail(cf, idx, log_errors, "corrupt: %s", why);
 		return -EUCLEAN;
 	}
 	if (ret < 0) {
-		if (log_errors)
-			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 ") is sealed under key '%s' %s", cf->path, idx,
-			       idx * cs, kname, key_err_text(ret));
+		chunk_fail(cf, idx, log_errors, "sealed under key '%s' %s", kname, key_err_text(ret));
 		return ret;
 	}
 	uint8_t aad[RK_AAD_LEN];
@@ -125,10 +159,10 @@ static int slot_open_from(struct rk_cf *cf, uint64_t idx, const uint8_t *slot, s
 	ret = rk_aead_open(key->cipher, subkey, key->keylen, sh->nonce, aad, sizeof(aad), slot + RK_SLOT_HDR,
 	                   sh->stored_len, slot + RK_SLOT_HDR + sh->stored_len, dst);
 	if (ret < 0) {
-		if (log_errors)
-			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: authentication failed under key '%s' "
-			       "(the chunk was altered, moved from another file or offset, or damaged)",
-			       cf->path, idx, idx * cs, key->name);
+		chunk_fail(cf, idx, log_errors,
+		           "corrupt: authentication failed under key '%s' (the chunk was altered, moved from another "
+		           "file or offset, or damaged)",
+		           key->name);
 		return -EUCLEAN;
 	}
 	*payload = dst;
@@ -144,7 +178,7 @@ static int slot_read_open(struct rk_cf *cf, uint64_t idx, struct slothdr *sh, ui
 		return -ENOMEM;
 	ssize_t n = cf_slot_read_used(cf, idx, slot);
 	if (n < 0) {
-		rk_err("%s: chunk %" PRIu64 ": read error: %s", cf->path, idx, strerror((int)-n));
+		chunk_fail(cf, idx, true, "read error: %s", strerror((int)-n));
 		return (int)n;
 	}
 	return slot_open_from(cf, idx, slot, n, sh, payload, rawbuf, log_errors);
@@ -165,9 +199,8 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 	}
 	ret = slot_read_open(cf, idx, &sh, &payload, out, true);
 	if (ret == 1 && cf_slot_missing(cf, idx)) {
-		rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): missing: the stored file was cut short before "
-		       "its slot, but the header counts a chunk there",
-		       cf->path, idx, idx * cs);
+		chunk_fail(cf, idx, true,
+		           "missing: the stored file was cut short before its slot, but the header counts a chunk there");
 		return -EIO;
 	}
 	if (ret == 1) {
@@ -179,8 +212,7 @@ int rk_cf_read_chunk(struct rk_cf *cf, uint64_t idx, uint8_t *out, int *key_idx)
 	if (sh.comp == RK_COMP_SNAPPY) {
 		ret = rk_decomp_chunk(RK_COMP_SNAPPY, payload, sh.stored_len, out, cs, sh.plain_len);
 		if (ret < 0) {
-			rk_err("%s: chunk %" PRIu64 " (offset %" PRIu64 "): corrupt: payload does not decompress", cf->path,
-			       idx, idx * cs);
+			chunk_fail(cf, idx, true, "corrupt: payload does not decompress");
 			return -EIO;
 		}
 	}

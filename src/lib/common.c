@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -23,6 +24,8 @@
 
 static int log_level = RK_LOG_INFO;
 static int log_syslog;
+static int log_fd = -1; /* rk_log_to_fd: lines go to this descriptor */
+static bool log_stamp;
 static rk_log_fn log_handler;
 static void *log_handler_arg;
 
@@ -30,6 +33,41 @@ void rk_log_to_syslog(const char *ident)
 {
 	openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 	log_syslog = 1;
+	log_fd = -1;
+}
+
+void rk_log_to_fd(int fd, bool stamp)
+{
+	log_fd = fd;
+	log_stamp = stamp;
+	log_syslog = 0;
+}
+
+/* one line, one write(): lines of several threads never interleave in a
+ * file opened O_APPEND */
+static void log_write_fd(const char *tag, const char *msg)
+{
+	char line[1200], when[32] = "";
+	int n;
+	if (log_stamp) {
+		struct timespec ts;
+		struct tm tm;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		n = snprintf(line, sizeof(line), "%s %s[%ld]: %s%s\n", when, program_invocation_short_name,
+		             (long)getpid(), tag, msg);
+	} else {
+		n = snprintf(line, sizeof(line), "%s: %s%s\n", program_invocation_short_name, tag, msg);
+	}
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line)) {
+		n = (int)sizeof(line) - 1;
+		line[n - 1] = '\n';
+	}
+	while (write(log_fd, line, (size_t)n) < 0 && errno == EINTR)
+		;
 }
 
 void rk_log_set_level(int level) { log_level = level; }
@@ -69,6 +107,10 @@ void rk_log(int level, const char *fmt, ...)
 		return;
 	}
 	const char *tag = level <= RK_LOG_ERR ? "error: " : level == RK_LOG_WARN ? "warning: " : "";
+	if (log_fd >= 0) {
+		log_write_fd(tag, msg);
+		return;
+	}
 	fprintf(stderr, "%s: %s%s\n", program_invocation_short_name, tag, msg);
 }
 

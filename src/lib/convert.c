@@ -12,6 +12,8 @@
 #include "rekeyfs/common.h"
 #include "rekeyfs/convert.h"
 #include "rekeyfs/format.h"
+#include "rekeyfs/sweep.h"
+#include "replace_int.h"
 
 bool rk_is_tmp_name(const char *name) { return strncmp(name, RK_TMP_PREFIX, strlen(RK_TMP_PREFIX)) == 0; }
 
@@ -183,38 +185,6 @@ int rk_copy_identity(int src, int tmp, const struct stat *st, const char *rel)
 	return 0;
 }
 
-bool rk_stat_unchanged(const struct stat *a, const struct stat *b)
-{
-	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
-}
-
-/* Give tmp the identity of the original and rename it over name, unless the
- * original changed since st was taken. */
-static int finish_replace(int dirfd, const char *name, const char *tmpname, int src, int tmp, const struct stat *st,
-                          const char *rel)
-{
-	struct stat now;
-	int ret = rk_copy_identity(src, tmp, st, rel);
-	if (ret < 0)
-		return ret;
-	if (fsync(tmp) < 0)
-		return -errno;
-	if (fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	if (now.st_ino != st->st_ino || now.st_size != st->st_size || now.st_mtim.tv_sec != st->st_mtim.tv_sec ||
-	    now.st_mtim.tv_nsec != st->st_mtim.tv_nsec) {
-		rk_err("%s changed while it was being converted (is a database writing to it?); left as it was. Stop "
-		       "the writer, or let it write through a rekeyfs mount", rel);
-		return -EAGAIN;
-	}
-	rk_crashpoint("convert.before-rename");
-	if (renameat(dirfd, tmpname, dirfd, name) < 0)
-		return -errno;
-	rk_crashpoint("convert.after-rename");
-	return rk_fsync_dir(dirfd);
-}
 
 static int resolve_table_key(struct rk_datadir *dd, struct rk_keyring *kr, const char *rel,
                              const struct rk_table **tab, struct rk_key **key)
@@ -235,64 +205,47 @@ static int resolve_table_key(struct rk_datadir *dd, struct rk_keyring *kr, const
 	return 0;
 }
 
-int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel)
+int rk_convert_prepare(int dirfd, const char *name, const char *rel, struct rk_keyring *kr, struct rk_key *key,
+                       uint32_t chunk_size, enum rk_comp comp, const struct rk_replace_cb *cb, struct rk_replace **out)
 {
-	const struct rk_table *tab;
-	struct rk_key *key;
 	struct rk_cf *cf = NULL;
-	struct stat st;
-	char tmpname[64] = "";
 	uint8_t *buf = NULL;
-	int src = -1, tmp = -1, ret;
-
-	src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (src < 0) {
-		ret = -errno;
-		rk_err("%s: cannot open: %s", rel, strerror(errno));
+	int ret;
+	struct rk_replace *r;
+	ret = rk_replace_new(dirfd, name, rel, &r);
+	*out = r;
+	if (ret < 0) {
+		rk_err("%s: cannot open: %s", rel, rk_strerror(ret));
 		return ret;
 	}
-	if (fstat(src, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		ret = 2;
-		goto out;
-	}
-	ret = rk_cf_probe(src);
-	if (ret < 0)
-		goto out;
-	if (ret == 1) {
-		ret = 1;
-		goto out;
-	}
-	if (st.st_nlink > 1) {
+	if (!S_ISREG(r->st.st_mode))
+		return 2;
+	ret = rk_cf_probe(r->src);
+	if (ret != 0)
+		return ret; /* 1: already a chunk file; or the probe's error */
+	if (r->st.st_nlink > 1) {
 		rk_warn("%s has %ju hard links; not converted (replacing it would split the links). Copy it to a "
-		        "single-link file first, or write it anew through a rekeyfs mount", rel, (uintmax_t)st.st_nlink);
-		ret = 2;
-		goto out;
+		        "single-link file first, or write it anew through a rekeyfs mount", rel, (uintmax_t)r->st.st_nlink);
+		return 2;
 	}
-	ret = resolve_table_key(dd, kr, rel, &tab, &key);
-	if (ret < 0)
-		goto out;
-	tmp = rk_tmp_create(dirfd, tmpname, sizeof(tmpname));
-	if (tmp < 0) {
-		ret = tmp;
-		tmpname[0] = '\0';
+	r->tmp = rk_tmp_create(dirfd, r->tmpname, sizeof(r->tmpname));
+	if (r->tmp < 0) {
+		ret = r->tmp;
+		r->tmpname[0] = '\0';
 		rk_err("%s: cannot create temporary file: %s", rel, strerror(-ret));
-		goto out;
+		return ret;
 	}
 	rk_crashpoint("convert.tmp-created");
-	ret = rk_cf_create(tmp, rel, kr, tab->chunk_size, tab->comp, key, &cf);
+	ret = rk_cf_create(r->tmp, rel, kr, chunk_size, comp, key, &cf);
 	if (ret < 0)
 		goto out;
-	buf = malloc(tab->chunk_size);
+	buf = malloc(chunk_size);
 	if (!buf) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	for (uint64_t off = 0; off < (uint64_t)st.st_size; off += tab->chunk_size) {
-		ssize_t n = rk_pread_full(src, buf, tab->chunk_size, (off_t)off);
+	for (uint64_t off = 0; off < (uint64_t)r->st.st_size; off += chunk_size) {
+		ssize_t n = rk_pread_full(r->src, buf, chunk_size, (off_t)off);
 		if (n < 0) {
 			ret = (int)n;
 			rk_err("%s: read error at offset %" PRIu64 ": %s", rel, off, strerror(-ret));
@@ -303,34 +256,75 @@ int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, con
 		bool zero = true;
 		for (ssize_t i = 0; i < n && zero; i++)
 			zero = buf[i] == 0;
-		if (zero)
-			continue; /* keep holes as holes */
-		ssize_t w = rk_cf_pwrite(cf, buf, (size_t)n, off, key, tab->comp);
-		if (w < 0) {
-			ret = (int)w;
-			goto out;
+		if (!zero) { /* holes stay holes */
+			ssize_t w = rk_cf_pwrite(cf, buf, (size_t)n, off, key, comp);
+			if (w < 0) {
+				ret = (int)w;
+				goto out;
+			}
+			rk_crashpoint("convert.chunk-written");
 		}
-		rk_crashpoint("convert.chunk-written");
+		if (cb && cb->throttle) {
+			ret = cb->throttle(cb->arg, off / chunk_size, (uint64_t)n);
+			if (ret < 0)
+				goto out;
+		}
 	}
-	ret = rk_cf_truncate(cf, (uint64_t)st.st_size, key, tab->comp);
+	ret = rk_cf_truncate(cf, (uint64_t)r->st.st_size, key, comp);
 	if (ret == 0)
 		ret = rk_cf_sync(cf);
 	if (ret < 0)
 		goto out;
 	rk_crashpoint("convert.synced");
-	ret = finish_replace(dirfd, name, tmpname, src, tmp, &st, rel);
-	if (ret == 0)
-		tmpname[0] = '\0';
-	else if (ret != -EAGAIN)
-		rk_err("%s: cannot replace with the converted file: %s", rel, strerror(-ret));
+	ret = rk_copy_identity(r->src, r->tmp, &r->st, rel);
+	if (ret == 0 && fsync(r->tmp) < 0)
+		ret = -errno;
 out:
 	rk_cf_close(cf);
 	free(buf);
-	if (tmp >= 0)
-		close(tmp);
-	if (tmpname[0])
-		unlinkat(dirfd, tmpname, 0);
-	if (src >= 0)
-		close(src);
 	return ret;
+}
+
+int rk_convert_file(struct rk_datadir *dd, struct rk_keyring *kr, int dirfd, const char *name, const char *rel)
+{
+	const struct rk_table *tab;
+	struct rk_key *key;
+	struct rk_replace *r = NULL;
+	struct stat st;
+	/* what needs no key first: a file that is skipped needs none */
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		int e = errno;
+		rk_err("%s: cannot open: %s", rel, strerror(e));
+		return -e;
+	}
+	if (!S_ISREG(st.st_mode))
+		return 2;
+	/* already a chunk file (no key needed for that) */
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		rk_err("%s: cannot open: %s", rel, strerror(e));
+		return -e;
+	}
+	int ret = rk_cf_probe(fd);
+	close(fd);
+	if (ret != 0)
+		return ret;
+	ret = resolve_table_key(dd, kr, rel, &tab, &key);
+	if (ret < 0)
+		return ret;
+	ret = rk_convert_prepare(dirfd, name, rel, kr, key, tab->chunk_size, tab->comp, NULL, &r);
+	if (ret == 0) {
+		rk_crashpoint("convert.before-rename");
+		ret = rk_replace_commit(r, NULL, NULL);
+		if (ret == 0)
+			rk_crashpoint("convert.after-rename");
+		if (ret == -EAGAIN)
+			rk_err("%s changed while it was being converted (is a database writing to it?); left as it was. Stop "
+			       "the writer, or let it write through a rekeyfs mount", rel);
+		else if (ret < 0)
+			rk_err("%s: cannot replace with the converted file: %s", rel, strerror(-ret));
+	}
+	int r2 = rk_replace_end(r);
+	return ret == 0 ? r2 : ret;
 }

@@ -280,6 +280,69 @@ void rk_datadir_close(struct rk_datadir *dd)
 	free(dd);
 }
 
+/* The lock file's "PID\n[mount PATH\n]" (an old one has the pid alone). */
+static void lock_parse(int fd, long *pid, char *mnt, size_t mntlen)
+{
+	char buf[PATH_MAX + 64];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	*pid = 0;
+	if (mntlen)
+		mnt[0] = '\0';
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	char *end;
+	long p = strtol(buf, &end, 10);
+	if (end == buf || (*end != '\n' && *end != '\0') || p <= 0)
+		return;
+	*pid = p;
+	if (*end == '\n' && strncmp(end + 1, "mount /", 7) == 0) {
+		char *m = end + 7, *nl = strchr(m, '\n');
+		if (nl && (size_t)(nl - m) < mntlen) {
+			memcpy(mnt, m, (size_t)(nl - m));
+			mnt[nl - m] = '\0';
+		}
+	}
+}
+
+int rk_datadir_lock_record(struct rk_datadir *dd, const char *mountpoint)
+{
+	char buf[PATH_MAX + 64];
+	if (dd->lockfd < 0 || !dd->lock_exclusive)
+		return -EINVAL;
+	int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+	if (mountpoint && mountpoint[0] == '/' && !strchr(mountpoint, '\n') && strlen(mountpoint) < PATH_MAX)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, "mount %s\n", mountpoint);
+	if (ftruncate(dd->lockfd, 0) < 0)
+		return -errno;
+	ssize_t w = rk_pwrite_full(dd->lockfd, buf, (size_t)n, 0);
+	return w < 0 ? (int)w : 0;
+}
+
+int rk_datadir_lock_holder(const char *dir, long *pid, char *mnt, size_t mntlen)
+{
+	char p[PATH_MAX];
+	int ret;
+	*pid = 0;
+	if (mntlen)
+		mnt[0] = '\0';
+	snprintf(p, sizeof(p), "%s/%s/lock", dir, RK_STATE_DIR);
+	int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+		flock(fd, LOCK_UN);
+		ret = 0;
+	} else if (errno == EWOULDBLOCK) {
+		lock_parse(fd, pid, mnt, mntlen);
+		ret = 1;
+	} else {
+		ret = -errno;
+	}
+	close(fd);
+	return ret;
+}
+
 static int take_lock(struct rk_datadir *dd, enum rk_dd_lock lock)
 {
 	dd->lockfd = openat(dd->statefd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -316,15 +379,20 @@ static int take_lock(struct rk_datadir *dd, enum rk_dd_lock lock)
 	if (r < 0) {
 		int e = errno;
 		if (e == EWOULDBLOCK) {
-			char pidbuf[32] = "";
-			ssize_t n = pread(dd->lockfd, pidbuf, sizeof(pidbuf) - 1, 0);
-			if (n > 0)
-				pidbuf[n] = '\0';
-			while (n > 0 && (pidbuf[n - 1] == '\n'))
-				pidbuf[--n] = '\0';
-			rk_err("%s is in use by a rekeyfs daemon or another rekeyctl (pid %s): run the command against "
-			       "the mount point if it takes one (alter, rekey, status, release-key, fsck), or unmount first",
-			       dd->path, n > 0 ? pidbuf : "unknown");
+			long pid = 0;
+			char mnt[PATH_MAX] = "";
+			lock_parse(dd->lockfd, &pid, mnt, sizeof(mnt));
+			char pidbuf[32] = "unknown";
+			if (pid > 0)
+				snprintf(pidbuf, sizeof(pidbuf), "%ld", pid);
+			if (mnt[0])
+				rk_err("%s is mounted at %s by pid %s; use rekeyctl COMMAND ... %s (alter, rekey, status, "
+				       "release-key, fsck take the mount point), or unmount it first",
+				       dd->path, mnt, pidbuf, mnt);
+			else
+				rk_err("%s is in use by a rekeyfs daemon or another rekeyctl (pid %s): run the command against "
+				       "the mount point if it takes one (alter, rekey, status, release-key, fsck), or unmount "
+				       "first", dd->path, pidbuf);
 			return -EBUSY;
 		}
 		rk_err("%s: cannot lock %s/lock: %s", dd->path, RK_STATE_DIR, strerror(e));

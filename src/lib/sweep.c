@@ -13,6 +13,7 @@
 #include "rekeyfs/common.h"
 #include "rekeyfs/convert.h"
 #include "rekeyfs/sweep.h"
+#include "replace_int.h"
 
 enum rk_rekey_outcome rk_rekey_classify(int err)
 {
@@ -136,14 +137,6 @@ int rk_scan_key_refs(struct rk_cf *cf, uint64_t counts[RK_CF_MAX_KEYS], uint64_t
 /* ---- whole-file rekey ------------------------------------------------------------------------- */
 #define RK_STREAM_WINDOW (8ULL << 20)
 
-struct rk_replace {
-	int dirfd;
-	char *name, *rel;
-	char tmpname[64];
-	int src, tmp;
-	struct stat st;
-	bool committed;
-};
 
 static int tmp_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t *slot, size_t len, size_t old_end)
 {
@@ -160,23 +153,11 @@ int rk_replace_prepare(int dirfd, const char *name, const char *rel, struct rk_k
 	struct statvfs vfs;
 	int ret;
 	memset(res, 0, sizeof(*res));
-	struct rk_replace *r = calloc(1, sizeof(*r));
+	struct rk_replace *r;
+	ret = rk_replace_new(dirfd, name, rel, &r);
 	*out = r;
-	if (!r)
-		return -ENOMEM;
-	r->dirfd = dirfd;
-	r->src = r->tmp = -1;
-	r->name = strdup(name);
-	r->rel = strdup(rel);
-	if (!r->name || !r->rel)
-		return -ENOMEM;
-	r->src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
-	if (r->src < 0 && errno == EPERM)
-		r->src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (r->src < 0)
-		return -errno;
-	if (fstat(r->src, &r->st) < 0)
-		return -errno;
+	if (ret < 0)
+		return ret;
 	if (!S_ISREG(r->st.st_mode))
 		return -EINVAL;
 	if (r->st.st_nlink > 1)
@@ -268,64 +249,5 @@ out:
 		rk_err("%s: whole-file rekey failed: %s; the file stays as it was", rel, rk_strerror(ret));
 	rk_cf_close(outcf);
 	rk_cf_close(in);
-	return ret;
-}
-
-int rk_replace_commit(struct rk_replace *r, int *new_path_fd, struct stat *new_st)
-{
-	struct stat now;
-	int pfd = -1, ret;
-	if (new_path_fd)
-		*new_path_fd = -1;
-	if (fstatat(r->dirfd, r->name, &now, AT_SYMLINK_NOFOLLOW) < 0)
-		return errno == ENOENT ? -EAGAIN : -errno;
-	if (!rk_stat_unchanged(&now, &r->st))
-		return -EAGAIN; /* written, renamed, re-created or chmod-ed meanwhile */
-	if (new_path_fd || new_st) {
-		pfd = openat(r->dirfd, r->tmpname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (pfd < 0)
-			return -errno;
-		if (new_st && fstat(r->tmp, new_st) < 0) {
-			ret = -errno;
-			close(pfd);
-			return ret;
-		}
-	}
-	rk_crashpoint("replace.before-rename");
-	if (renameat(r->dirfd, r->tmpname, r->dirfd, r->name) < 0) {
-		ret = -errno;
-		if (pfd >= 0)
-			close(pfd);
-		return ret;
-	}
-	r->committed = true;
-	r->tmpname[0] = '\0';
-	rk_crashpoint("replace.after-rename");
-	if (new_path_fd)
-		*new_path_fd = pfd;
-	else if (pfd >= 0)
-		close(pfd);
-	return 0;
-}
-
-int rk_replace_end(struct rk_replace *r)
-{
-	int ret = 0;
-	if (!r)
-		return 0;
-	if (r->committed) {
-		ret = rk_fsync_dir(r->dirfd);
-		if (ret < 0)
-			rk_err("%s: cannot sync its directory after the rekey: %s", r->rel, strerror(-ret));
-	} else if (r->tmpname[0]) {
-		unlinkat(r->dirfd, r->tmpname, 0);
-	}
-	if (r->tmp >= 0)
-		close(r->tmp);
-	if (r->src >= 0)
-		close(r->src);
-	free(r->name);
-	free(r->rel);
-	free(r);
 	return ret;
 }

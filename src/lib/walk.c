@@ -104,6 +104,27 @@ out:
 	return ret;
 }
 
+/* Open the directory rel ("/a/b", normalised; "/" is rootfd itself) below
+ * rootfd without following any symlink on the way (a path given by a user
+ * or read from disk never leads outside the tree). */
+static int open_dir_beneath(int rootfd, const char *rel)
+{
+	char tmp[PATH_MAX], *save = NULL;
+	int dfd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	snprintf(tmp, sizeof(tmp), "%s", rel);
+	for (char *c = strtok_r(tmp, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		int nfd = openat(dfd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		int e = errno;
+		close(dfd);
+		if (nfd < 0)
+			return e == ELOOP ? -ENOTDIR : -e;
+		dfd = nfd;
+	}
+	return dfd;
+}
+
 int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg)
 {
 	char norm[PATH_MAX];
@@ -114,19 +135,45 @@ int rk_walk(int rootfd, const char *start, rk_walk_fn fn, void *arg)
 	rb.p = malloc(rb.cap);
 	if (!rb.p)
 		return -ENOMEM;
-	int dfd;
-	if (strcmp(norm, "/") == 0) {
-		dfd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int dfd = open_dir_beneath(rootfd, norm);
+	if (strcmp(norm, "/") == 0)
 		rb.p[0] = '\0';
-	} else {
-		dfd = openat(rootfd, norm + 1, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	else
 		snprintf(rb.p, rb.cap, "%s", norm);
-	}
 	if (dfd < 0)
-		ret = -errno;
+		ret = dfd;
 	else
 		ret = walk_dir(dfd, &rb, strlen(rb.p), fn, arg);
 	free(rb.p);
+	return ret;
+}
+
+int rk_walk_path(int rootfd, const char *path, rk_walk_fn fn, void *arg)
+{
+	char norm[PATH_MAX];
+	struct stat st;
+	int ret = rk_table_path_norm(path, norm, sizeof(norm));
+	if (ret < 0)
+		return ret;
+	if (strcmp(norm, "/") == 0)
+		return rk_walk(rootfd, "/", fn, arg);
+	char *slash = strrchr(norm, '/');
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%.*s", slash == norm ? 1 : (int)(slash - norm), norm);
+	int pfd = open_dir_beneath(rootfd, parent);
+	if (pfd < 0)
+		return pfd;
+	if (strcmp(parent, "/") == 0 && strcmp(slash + 1, RK_STATE_DIR) == 0)
+		ret = -EPERM; /* the state directory is never walked */
+	else if (fstatat(pfd, slash + 1, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		ret = -errno;
+	else if (S_ISDIR(st.st_mode))
+		ret = rk_walk(rootfd, norm, fn, arg);
+	else {
+		struct rk_walk_ent e = {.rel = norm, .dirfd = pfd, .name = slash + 1, .st = &st};
+		ret = fn(&e, arg);
+	}
+	close(pfd);
 	return ret;
 }
 

@@ -569,7 +569,7 @@ EOF
 	checking "online: the data directory is refused offline while the daemon holds it (exit 8)"
 	fsck -d "$K" "$H2"
 	assert_rc 8 "offline fsck of a mounted data directory"
-	assert_err_has "in use by a rekeyfs daemon" "message"
+	assert_err_has "is mounted at .* by pid [0-9]+; use rekeyctl fsck" "message names the mount and the pid"
 
 	checking "online: writes not yet on disk count (an overwrite and an append to /a.db, sealed under key2)"
 	# a.db (10000 B, 3 chunks under key1): chunk 0 overwritten; 8192 B appended

@@ -69,7 +69,7 @@ sqlite3 -batch db/app.db "SELECT count(*), hex(sha3_query('SELECT * FROM kv')) F
 cmp new.bin "$T_TMP/new.expected"
 cat ks1/t2/mixed.dat >/dev/null
 EOF
-run "$FIXTURE" run --keydir "$KEYS" --log "$T_TMP/run.log" "$DATA" "$DATA" -- bash "$T_TMP/phase1.sh"
+run "$FIXTURE" run --writable --keydir "$KEYS" --log "$T_TMP/run.log" "$DATA" "$DATA" -- bash "$T_TMP/phase1.sh"
 assert_rc 0 "rekeyfs-fixture run over DATADIR (log: $(tail -5 "$T_TMP/run.log" 2>/dev/null))"
 rkfx_is_mounted "$DATA" && fail "DATADIR is still mounted after rekeyfs-fixture run"
 

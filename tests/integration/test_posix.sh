@@ -215,6 +215,41 @@ elif cmd == "mtime_keep":   # DIR SRC: timestamps set explicitly, then close / f
 elif cmd == "mtime_ns":
     st = os.stat(a[0], follow_symlinks=False)
     print(st.st_mtime_ns)
+elif cmd == "create_modes":  # UMASK: files, directories, FIFOs created with modes under that umask
+    os.umask(int(a[0], 8))
+    for m in (0o620, 0o666, 0o4777, 0o2775, 0o6755, 0o1777):
+        n = "f%o" % m
+        os.close(os.open(n, os.O_CREAT | os.O_EXCL | os.O_WRONLY, m))
+        d = "d%o" % m
+        os.mkdir(d, m)
+        q = "q%o" % m
+        os.mkfifo(q, m & 0o777)
+        print(n, "%o" % (os.stat(n).st_mode & 0o7777), d, "%o" % (os.stat(d).st_mode & 0o7777),
+              q, "%o" % (os.stat(q).st_mode & 0o7777))
+elif cmd == "deep":          # DEPTH: nested 200-byte names; a file created, written, read, renamed at the bottom
+    top = os.getcwd()
+    n = 0
+    for i in range(int(a[0])):
+        name = ("%03d" % i) * 66 + "dd"
+        os.mkdir(name)
+        os.chdir(name)
+        n += len(name) + 1
+    for f in ("f1", "f2"):
+        with open(f, "w") as fh:
+            fh.write("deep %d\n" % n)
+    os.rename("f1", "f3")
+    with open("f3") as fh:
+        print(len(fh.read()), n + 3 >= 4096)
+    os.chdir(top)
+    # one relative path string just under PATH_MAX from the top
+    rel, k = "", 0
+    while len(rel) + 201 + 3 < 4095:
+        rel += ("%03d" % k) * 66 + "dd/"
+        k += 1
+    rel += "f4"
+    with open(rel, "w") as fh:
+        fh.write("x")
+    print(len(rel), os.stat(rel).st_size)
 else:
     sys.exit("unknown op " + cmd)
 EOF
@@ -371,6 +406,15 @@ posix_ops() {
 	both "chown to a test uid/gid" "chown 12345:23456 h2 && chown 12346 n2 && chgrp 23457 d1 && stat -c '%u:%g' h2 n2 d1 && chown -h 4242:4242 s1 && stat -c '%u:%g' s1"
 	checking "the stored file of a chowned file is owned by the test uid in DATADIR"
 	assert_eq "$(stat -c %u:%g "$(stored h2)")" "12345:23456" "owner of the stored h2"
+	both "create modes under umask 022 and 0: the caller's umask once, setuid/setgid kept" \
+		"mkdir um22 um0 && (cd um22 && python3 '$OPS' create_modes 022) && (cd um0 && python3 '$OPS' create_modes 0)"
+	both "setgid directory: a new directory inherits setgid and the group, a new file the group" \
+		"mkdir sgd && chgrp 23456 sgd && chmod 2775 sgd && mkdir sgd/sub && echo x >sgd/f && python3 '$OPS' create_modes 022 >/dev/null; \
+		 stat -c '%a %g' sgd/sub sgd/f"
+	both "timestamps of a symlink itself (touch -h)" \
+		"ln -s h2 ts1 && touch -h -d '2003-04-05 06:07:08' ts1 && stat -c '%y' ts1 && python3 '$OPS' mtime_ns ts1"
+	both "a file whose path below the data directory is longer than PATH_MAX" \
+		"mkdir deep && cd deep && python3 '$OPS' deep 21 && cd .. && rm -rf deep"
 	both "touch -d sets mtime and atime (utimens)" \
 		"touch -d '2001-02-03 04:05:06.123456789' h2 && stat -c '%y' h2 && touch -a -d '2002-03-04 05:06:07' h2 && stat -c '%x' h2 && \
 		 touch -d '1999-12-31 23:59:59' d1 && stat -c %y d1 && python3 '$OPS' mtime_ns h2"
@@ -453,10 +497,14 @@ is_chunk_file "$DATA/legacy.txt" && fail "legacy.txt became a chunk file; a plai
 assert_same "$DATA/legacy.txt" "$T_TMP/legacy.expected" "the stored plain legacy.txt"
 assert_eq "$(stat -c %s "$MNT/legacy.txt")" "$(stat -c %s "$DATA/legacy.txt")" "size of the plain file"
 
-checking "the real .rekeyfs is hidden; the virtual one shows status and control"
+checking "the real .rekeyfs is hidden; the virtual one is reachable by name only and shows status and control"
 ls -a "$MNT" >"$T_OUT"
-grep -qx '.rekeyfs' "$T_OUT" || fail "ls -a MNT does not show .rekeyfs"
-assert_eq "$(grep -c '^\.rekeyfs' "$T_OUT")" 1 "number of .rekeyfs* entries in the mount root"
+assert_eq "$(grep -c '^\.rekeyfs' "$T_OUT")" 0 "number of .rekeyfs* entries listed in the mount root (ls -a: $(tr '\n' ' ' <"$T_OUT"))"
+find "$MNT" -maxdepth 1 >"$T_OUT"
+grep -q '/\.rekeyfs' "$T_OUT" && fail "find MNT lists the control directory: $(tr '\n' ' ' <"$T_OUT")"
+tar -C "$MNT" -cf - . | tar -tf - >"$T_OUT"
+grep -q 'rekeyfs' "$T_OUT" && fail "tar of the mount root holds the control directory: $(grep rekeyfs "$T_OUT" | head -3)"
+[ "$(stat -c %F "$MNT/.rekeyfs")" = directory ] || fail "stat MNT/.rekeyfs by name fails"
 assert_eq "$(ls -a "$MNT/.rekeyfs" | LC_ALL=C sort | tr '\n' ' ')" ". .. control status " "ls -a MNT/.rekeyfs"
 for real in "$DATA"/.rekeyfs/*; do
 	n="$(basename "$real")"

@@ -109,7 +109,7 @@ assert_rc_nonzero "release-key of a key the registry does not know"
 assert_err_has "not in this data directory's registry" "unknown key"
 run rekeyctl release-key -d "$KEYS" key1 "$DATA"
 assert_rc_nonzero "offline release-key on a data directory a daemon holds"
-assert_err_has "in use" "offline release says the data directory is in use"
+assert_err_has "is mounted at $MNT by pid [0-9]+; use rekeyctl release-key" "offline release names the mount and the pid"
 status
 assert_eq "$(sget '[k["state"] for k in d["keys"] if k["name"] == "key1"]')" '["active"]' "key1 state after refused releases"
 

@@ -23,10 +23,7 @@
 #define SLOT (CS + RK_SLOT_OVERHEAD)
 
 struct fx {
-	char dir[PATH_MAX];
-	char keydir[PATH_MAX];
-	char data[PATH_MAX];
-	struct rk_keyring *kr;  /* the scan's keyring (kd's key file deleted) */
+	struct tu_fx t; /* t.kr: the scan's keyring (kd's key file deleted) */
 	struct rk_datadir *dd;
 };
 
@@ -38,7 +35,7 @@ static void mkchunks(struct fx *f, struct rk_keyring *kr, const char *rel, const
 	uint8_t buf[CS];
 	struct rk_cf *cf = NULL;
 	struct rk_key *k0 = NULL;
-	tu_path(path, "%s%s", f->data, rel);
+	tu_path(path, "%s%s", f->t.data, rel);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
 	assert_true(fd >= 0);
 	assert_int_equal(rk_keyring_get(kr, keys[0], &k0), 0);
@@ -61,7 +58,7 @@ static void make_dirty(struct fx *f, const char *rel, uint64_t count0)
 	char path[PATH_MAX];
 	uint8_t copy[RK_HDR_COPY_SIZE];
 	struct rk_cf_header h;
-	tu_path(path, "%s%s", f->data, rel);
+	tu_path(path, "%s%s", f->t.data, rel);
 	for (int c = 0; c < 2; c++) {
 		tu_pread_path(path, copy, sizeof(copy), c * RK_HDR_COPY_SIZE);
 		assert_int_equal(rk_hdr_decode(copy, &h), 0);
@@ -76,7 +73,7 @@ static void make_dirty(struct fx *f, const char *rel, uint64_t count0)
 static void mkdir_data(struct fx *f, const char *rel)
 {
 	char path[PATH_MAX];
-	tu_path(path, "%s%s", f->data, rel);
+	tu_path(path, "%s%s", f->t.data, rel);
 	assert_int_equal(mkdir(path, 0755), 0);
 }
 
@@ -101,26 +98,17 @@ static void mkdir_data(struct fx *f, const char *rel)
  */
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
+	static const struct tu_fx_opts o = {.keys = tu_fx_keys, .nkeys = 4, .init_chunk = CS, .init_comp = RK_COMP_NONE};
+	struct fx *f = tu_fx_new(sizeof(*f), &o);
 	if (!f)
 		return -1;
-	tu_mkdtemp(f->dir);
-	tu_path(f->keydir, "%s/keys", f->dir);
-	tu_path(f->data, "%s/data", f->dir);
-	if (mkdir(f->data, 0755) < 0)
-		return -1;
-	tu_log_start();
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "ka");
-	tu_key_create(f->keydir, "ChaCha20/Poly1305/NoPadding", 256, "kb");
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 128, "kc");
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "kd");
-	struct rk_keyring *kr = NULL;
+	/* the fixture's keyring builds the tree; the scan gets a fresh one */
+	struct rk_keyring *kr = f->t.kr;
 	struct rk_key *k = NULL;
-	assert_int_equal(rk_keyring_new(f->keydir, &kr), 0);
-	assert_int_equal(rk_keyring_get(kr, "ka", &k), 0);
-	assert_int_equal(rk_datadir_init(f->data, k, CS, RK_COMP_NONE), 0);
+	f->t.kr = NULL;
+	f->t.ka = f->t.kb = f->t.kc = f->t.kd = NULL;
 	struct rk_datadir *dd = NULL;
-	assert_int_equal(rk_datadir_open(f->data, RK_DD_EXCLUSIVE, &dd), 0);
+	assert_int_equal(rk_datadir_open(f->t.data, RK_DD_EXCLUSIVE, &dd), 0);
 	static const char *const regkeys[] = {"kb", "kc", "kd"};
 	for (size_t i = 0; i < RK_ARRAY_SIZE(regkeys); i++) {
 		assert_int_equal(rk_keyring_get(kr, regkeys[i], &k), 0);
@@ -143,7 +131,7 @@ static int setup(void **state)
 	mkchunks(f, kr, "/miss.dat", kd1, 1);
 	mkchunks(f, kr, "/mixed.dat", mixed, 3);
 	mkchunks(f, kr, "/rel.dat", kc1, 1);
-	tu_path(path, "%s/plain.txt", f->data);
+	tu_path(path, "%s/plain.txt", f->t.data);
 	tu_write_file(path, "just some plain text\n", 21, 0644);
 	mkdir_data(f, "/db");
 	mkdir_data(f, "/db/t1");
@@ -153,24 +141,24 @@ static int setup(void **state)
 	mkchunks(f, kr, "/db/t1/sub/z.dat", ka3, 1);
 
 	/* hard link: one file, two names */
-	tu_path(path, "%s/link1.dat", f->data);
-	tu_path(path2, "%s/link2.dat", f->data);
+	tu_path(path, "%s/link1.dat", f->t.data);
+	tu_path(path2, "%s/link2.dat", f->t.data);
 	assert_int_equal(link(path, path2), 0);
 	/* both header copies fail their checksum */
-	tu_path(path, "%s/bad.dat", f->data);
+	tu_path(path, "%s/bad.dat", f->t.data);
 	tu_flip_bit(path, 100, 3);
 	tu_flip_bit(path, RK_HDR_COPY_SIZE + 100, 3);
 	/* cut short: slots 2 and 3 are gone, the clean header still counts 4 */
-	tu_path(path, "%s/cut.dat", f->data);
+	tu_path(path, "%s/cut.dat", f->t.data);
 	assert_int_equal(truncate(path, (off_t)rk_slot_off(SLOT, 2)), 0);
 	/* copy A overwritten (no magic, not zero); copy B verifies */
 	uint8_t junk[RK_HDR_COPY_SIZE];
 	memset(junk, 0xa5, sizeof(junk));
-	tu_path(path, "%s/damaged.dat", f->data);
+	tu_path(path, "%s/damaged.dat", f->t.data);
 	tu_pwrite_path(path, junk, sizeof(junk), 0);
 	make_dirty(f, "/dirty.dat", 7);
 	/* x.dat chunk 1: one ciphertext bit (the slot header stays intact) */
-	tu_path(path, "%s/db/t1/x.dat", f->data);
+	tu_path(path, "%s/db/t1/x.dat", f->t.data);
 	tu_flip_bit(path, (off_t)rk_slot_off(SLOT, 1) + RK_SLOT_HDR + 10, 0);
 
 	/* kc released; kd's key file removed */
@@ -178,11 +166,11 @@ static int setup(void **state)
 	assert_int_equal(rk_registry_save(dd), 0);
 	rk_datadir_close(dd);
 	rk_keyring_free(kr);
-	tu_path(path, "%s/kd", f->keydir);
+	tu_path(path, "%s/kd", f->t.keydir);
 	assert_int_equal(unlink(path), 0);
 
-	assert_int_equal(rk_keyring_new(f->keydir, &f->kr), 0);
-	assert_int_equal(rk_datadir_open(f->data, RK_DD_SHARED, &f->dd), 0);
+	assert_int_equal(rk_keyring_new(f->t.keydir, &f->t.kr), 0);
+	assert_int_equal(rk_datadir_open(f->t.data, RK_DD_SHARED, &f->dd), 0);
 	*state = f;
 	return 0;
 }
@@ -190,12 +178,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
-	tu_log_assert_no_key_material(f->keydir);
-	tu_log_stop();
 	rk_datadir_close(f->dd);
-	rk_keyring_free(f->kr);
-	tu_rmrf(f->dir);
-	free(f);
+	tu_fx_free(f);
 	return 0;
 }
 
@@ -434,11 +418,11 @@ static void check_all(const struct rk_cov *c, bool exact, bool deep, bool kr)
 static void test_headers(void **state)
 {
 	struct fx *f = *state;
-	struct rk_cov_opts o = {.max_names = SIZE_MAX, .kr = f->kr};
+	struct rk_cov_opts o = {.max_names = SIZE_MAX, .kr = f->t.kr};
 	struct rk_cov *c = scan(f, &o);
 	check_all(c, false, false, true);
-	assert_string_equal(c->datadir, f->data);
-	assert_string_equal(c->keydir, f->keydir);
+	assert_string_equal(c->datadir, f->t.data);
+	assert_string_equal(c->keydir, f->t.keydir);
 	/* headers only: the cut-short file is trusted, x.dat's altered chunk unseen */
 	const struct xprob want[] = {
 		{RK_COVP_CORRUPT_HEADER, "/bad.dat", -1, -1, CORRUPT_HDR},
@@ -468,7 +452,7 @@ static void test_headers_no_keyring(void **state)
 static void test_exact(void **state)
 {
 	struct fx *f = *state;
-	struct rk_cov_opts o = {.max_names = SIZE_MAX, .kr = f->kr, .exact = true, .query_key = "kc"};
+	struct rk_cov_opts o = {.max_names = SIZE_MAX, .kr = f->t.kr, .exact = true, .query_key = "kc"};
 	struct rk_cov *c = scan(f, &o);
 	check_all(c, true, false, true);
 	const struct xprob want[] = {
@@ -500,7 +484,7 @@ static void progress(uint64_t done, uint64_t total, void *arg)
 static void test_deep(void **state)
 {
 	struct fx *f = *state;
-	struct rk_cov_opts o = {.max_names = SIZE_MAX, .kr = f->kr, .deep = true, .progress = progress};
+	struct rk_cov_opts o = {.max_names = SIZE_MAX, .kr = f->t.kr, .deep = true, .progress = progress};
 	last_done = last_total = ncalls = 0;
 	struct rk_cov *c = scan(f, &o);
 	check_all(c, true, true, true);
@@ -525,7 +509,7 @@ static void test_deep(void **state)
 static void test_table_filter(void **state)
 {
 	struct fx *f = *state;
-	struct rk_cov_opts o = {.max_names = 0, .kr = f->kr, .table = "/db/t1"};
+	struct rk_cov_opts o = {.max_names = 0, .kr = f->t.kr, .table = "/db/t1"};
 	struct rk_cov *c = scan(f, &o);
 	assert_string_equal(c->table_filter, "/db/t1");
 	assert_int_equal(c->tables[0].files, 0);

@@ -18,46 +18,15 @@
 #include "rekeyfs/format.h"
 #include "rekeyfs/keys.h"
 
-struct fx {
-	char dir[PATH_MAX];
-	char keydir[PATH_MAX];
-	char data[PATH_MAX];
-	struct rk_keyring *kr;
-	struct rk_key *ka, *kb;
-};
-
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
-	if (!f)
-		return -1;
-	tu_mkdtemp(f->dir);
-	tu_path(f->keydir, "%s/keys", f->dir);
-	tu_path(f->data, "%s/data", f->dir);
-	if (mkdir(f->data, 0755) < 0)
-		return -1;
-	tu_log_start();
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "ka");
-	tu_key_create(f->keydir, "ChaCha20/Poly1305/NoPadding", 256, "kb");
-	if (rk_keyring_new(f->keydir, &f->kr) || rk_keyring_get(f->kr, "ka", &f->ka) ||
-	    rk_keyring_get(f->kr, "kb", &f->kb))
-		return -1;
-	*state = f;
-	return 0;
+	static const struct tu_fx_opts o = {.mkdata = true, .keys = tu_fx_keys, .nkeys = 2, .keyring = true};
+	return tu_fx_setup(state, &o);
 }
 
-static int teardown(void **state)
-{
-	struct fx *f = *state;
-	tu_log_assert_no_key_material(f->keydir);
-	tu_log_stop();
-	rk_keyring_free(f->kr);
-	tu_rmrf(f->dir);
-	free(f);
-	return 0;
-}
+static int teardown(void **state) { return tu_fx_teardown(state); }
 
-static void init_dd(struct fx *f)
+static void init_dd(struct tu_fx *f)
 {
 	int ret = rk_datadir_init(f->data, f->ka, 64 * 1024, RK_COMP_SNAPPY);
 	if (ret) {
@@ -66,7 +35,7 @@ static void init_dd(struct fx *f)
 	}
 }
 
-static struct rk_datadir *open_dd(struct fx *f, enum rk_dd_lock lock)
+static struct rk_datadir *open_dd(struct tu_fx *f, enum rk_dd_lock lock)
 {
 	struct rk_datadir *dd = NULL;
 	int ret = rk_datadir_open(f->data, lock, &dd);
@@ -78,7 +47,7 @@ static struct rk_datadir *open_dd(struct fx *f, enum rk_dd_lock lock)
 	return dd;
 }
 
-static char *state_file(struct fx *f, const char *name)
+static char *state_file(struct tu_fx *f, const char *name)
 {
 	char path[PATH_MAX];
 	tu_path(path, "%s/.rekeyfs/%s", f->data, name);
@@ -90,7 +59,7 @@ static char *state_file(struct fx *f, const char *name)
 
 static void test_init(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct stat st;
 	char path[PATH_MAX], hex[2 * RK_FP_BYTES + 1], line[512];
 	init_dd(f);
@@ -161,7 +130,7 @@ static void test_init(void **state)
 
 static void test_open_not_datadir(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct rk_datadir *dd = NULL;
 	tu_log_clear();
 	assert_int_equal(rk_datadir_open(f->data, RK_DD_SHARED, &dd), -ENOTDIR);
@@ -185,7 +154,7 @@ static void test_open_not_datadir(void **state)
 
 static void test_policy(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	init_dd(f);
 	struct rk_datadir *dd = open_dd(f, RK_DD_EXCLUSIVE);
 	assert_int_equal(rk_policy_set(dd, "ks/t1/", "kb", 0, -1), 0);
@@ -256,7 +225,7 @@ static void test_policy(void **state)
 
 static void test_policy_malformed(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char path[PATH_MAX];
 	struct rk_datadir *dd = NULL;
 	init_dd(f);
@@ -315,7 +284,7 @@ static void test_table_path_norm(void **state)
 
 static void test_registry(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	init_dd(f);
 	struct rk_datadir *dd = open_dd(f, RK_DD_EXCLUSIVE);
 	assert_int_equal(rk_registry_add(dd, f->kb), 0);
@@ -389,7 +358,7 @@ static void test_registry(void **state)
 
 static void test_registry_verify_changed_key(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	init_dd(f);
 	struct rk_datadir *dd = open_dd(f, RK_DD_EXCLUSIVE);
 	assert_int_equal(rk_registry_add(dd, f->kb), 0);
@@ -425,7 +394,7 @@ static void test_registry_verify_changed_key(void **state)
 
 static void test_lock(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char pid[32];
 	init_dd(f);
 	snprintf(pid, sizeof(pid), "pid %ld", (long)getpid());
@@ -473,7 +442,7 @@ static void test_lock(void **state)
 
 static void test_find(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char nested[PATH_MAX], path[PATH_MAX], real[PATH_MAX];
 	char *root = NULL, *rel = NULL;
 	init_dd(f);
@@ -540,7 +509,7 @@ static int collect(const struct rk_walk_ent *e, void *arg)
 
 static void test_walk_order(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	assert_true(rk_walk_cmp("/a/b", "/a.x") < 0); /* strcmp says the opposite */
 	assert_true(rk_walk_cmp("/a", "/a/b") < 0);
 	assert_true(rk_walk_cmp("/a/b", "/a") > 0);
@@ -594,7 +563,7 @@ static int deep_visit(const struct rk_walk_ent *e, void *arg)
 
 static void test_walk_deep(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char name[201];
 	memset(name, 'd', 200);
 	name[200] = '\0';
@@ -645,7 +614,7 @@ static void test_walk_deep(void **state)
  * finding the data directory, and refused when opening it. */
 static void test_find_untrusted_state(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char path[PATH_MAX], sd[PATH_MAX], real[PATH_MAX];
 	char *root = NULL, *rel = NULL;
 	init_dd(f);

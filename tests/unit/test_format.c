@@ -26,45 +26,14 @@
 
 #define KIB 1024u
 
-struct fx {
-	char dir[PATH_MAX];
-	char keydir[PATH_MAX];
-	struct rk_keyring *kr;
-	struct rk_key *ka; /* AES/GCM 256 */
-	struct rk_key *kb; /* ChaCha20/Poly1305 256 */
-	struct rk_key *kc; /* AES/GCM 128 */
-};
-
+/* the fixture: ka AES/GCM 256, kb ChaCha20/Poly1305 256, kc AES/GCM 128 */
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
-	if (!f)
-		return -1;
-	tu_mkdtemp(f->dir);
-	tu_path(f->keydir, "%s/keys", f->dir);
-	tu_log_start();
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "ka");
-	tu_key_create(f->keydir, "ChaCha20/Poly1305/NoPadding", 256, "kb");
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 128, "kc");
-	if (rk_keyring_new(f->keydir, &f->kr) != 0)
-		return -1;
-	if (rk_keyring_get(f->kr, "ka", &f->ka) || rk_keyring_get(f->kr, "kb", &f->kb) ||
-	    rk_keyring_get(f->kr, "kc", &f->kc))
-		return -1;
-	*state = f;
-	return 0;
+	static const struct tu_fx_opts o = {.keys = tu_fx_keys, .nkeys = 3, .keyring = true};
+	return tu_fx_setup(state, &o);
 }
 
-static int teardown(void **state)
-{
-	struct fx *f = *state;
-	tu_log_assert_no_key_material(f->keydir);
-	tu_log_stop();
-	rk_keyring_free(f->kr);
-	tu_rmrf(f->dir);
-	free(f);
-	return 0;
-}
+static int teardown(void **state) { return tu_fx_teardown(state); }
 
 /* ---- helpers --------------------------------------------------------------------- */
 struct file {
@@ -73,7 +42,7 @@ struct file {
 	struct rk_cf *cf;
 };
 
-static void file_create(struct fx *f, struct file *fl, const char *name, uint32_t cs, enum rk_comp comp,
+static void file_create(struct tu_fx *f, struct file *fl, const char *name, uint32_t cs, enum rk_comp comp,
                         struct rk_key *key)
 {
 	tu_path(fl->path, "%s/%s", f->dir, name);
@@ -97,7 +66,7 @@ static int file_open_kr(struct rk_keyring *kr, struct file *fl, bool writable)
 	return ret;
 }
 
-static void file_open(struct fx *f, struct file *fl, bool writable)
+static void file_open(struct tu_fx *f, struct file *fl, bool writable)
 {
 	int ret = file_open_kr(f->kr, fl, writable);
 	if (ret != 0) {
@@ -122,7 +91,7 @@ static void file_sync_close(struct file *fl)
 	file_close(fl);
 }
 
-static void file_reopen(struct fx *f, struct file *fl, bool writable)
+static void file_reopen(struct tu_fx *f, struct file *fl, bool writable)
 {
 	file_sync_close(fl);
 	file_open(f, fl, writable);
@@ -254,7 +223,7 @@ static void write_newer_header(const char *path, const struct rk_cf_header *h0, 
 }
 
 /* ---- round trips ------------------------------------------------------------------ */
-static void roundtrip(struct fx *f, uint32_t cs, enum rk_comp comp)
+static void roundtrip(struct tu_fx *f, uint32_t cs, enum rk_comp comp)
 {
 	const size_t sizes[] = {0, 1, cs - 1, cs, cs + 1, 3 * (size_t)cs + 17};
 	for (int kind = 0; kind < 2; kind++) {
@@ -323,7 +292,7 @@ static void test_roundtrip_64k_none(void **state) { roundtrip(*state, 64 * KIB, 
 
 static void test_roundtrip_ciphers_and_sizes(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	/* every cipher, and the smallest, a middle and the largest chunk size */
 	struct rk_key *keys[] = {f->ka, f->kb, f->kc};
 	const uint32_t sizes[] = {RK_CHUNK_MIN, 128 * KIB, RK_CHUNK_MAX};
@@ -367,7 +336,7 @@ static void test_roundtrip_ciphers_and_sizes(void **state)
 /* Writing in small irregular pieces gives the same file as one write. */
 static void test_piecewise_writes(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	size_t len = 5 * cs + 1234;
 	uint8_t *data = tu_malloc(len);
@@ -392,7 +361,7 @@ static void test_piecewise_writes(void **state)
 /* ---- arbitrary offsets against a model --------------------------------------------- */
 static void test_random_ops_model(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const size_t maxlen = 12 * cs;
 	uint8_t *model = tu_malloc(maxlen + 16 * KIB), *src = tu_malloc(16 * KIB);
@@ -467,7 +436,7 @@ static void test_random_ops_model(void **state)
 
 static void test_overwrite_and_append(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	size_t len = 3 * cs;
 	uint8_t *data = tu_malloc(len + cs), patch[100];
@@ -499,7 +468,7 @@ static void test_overwrite_and_append(void **state)
 /* ---- sparse files ------------------------------------------------------------------- */
 static void test_sparse(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 64 * KIB;
 	uint8_t tail[100];
 	tu_fill_random(tail, sizeof(tail), 3);
@@ -538,7 +507,7 @@ static void test_sparse(void **state)
 /* ---- truncation ------------------------------------------------------------------------ */
 static void test_truncate(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	size_t len = 3 * cs + 17;
 	uint8_t *data = tu_malloc(len), *want = calloc(1, len + cs);
@@ -606,7 +575,7 @@ static void test_truncate(void **state)
 /* ---- compression saves disk ------------------------------------------------------------ */
 static void test_compression_saves_disk(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 64 * KIB;
 	const size_t len = 4 * KIB * KIB;
 	uint8_t *data = tu_malloc(len);
@@ -635,7 +604,7 @@ static void test_compression_saves_disk(void **state)
 /* ---- header counts ----------------------------------------------------------------------- */
 static void test_header_counts(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const int nch = 8;
 	size_t len = nch * (size_t)cs - 100;
@@ -732,7 +701,7 @@ static void test_header_counts(void **state)
 /* ---- rekey ---------------------------------------------------------------------------------- */
 static void test_rekey_keeps_payload(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	size_t len = 4 * (size_t)cs + 500;
 	uint8_t *data = tu_malloc(len);
@@ -781,7 +750,7 @@ static void test_rekey_keeps_payload(void **state)
 /* ---- tamper detection --------------------------------------------------------------------- */
 /* A file of n chunks of random data, stored raw, synced; both header copies
  * valid and equal but for seq. */
-static uint8_t *make_file(struct fx *f, struct file *fl, const char *name, uint32_t cs, int n, enum rk_comp comp,
+static uint8_t *make_file(struct tu_fx *f, struct file *fl, const char *name, uint32_t cs, int n, enum rk_comp comp,
                           int kind)
 {
 	size_t len = (size_t)n * cs;
@@ -815,7 +784,11 @@ static void expect_chunk_eio(struct rk_cf *cf, const char *path, uint64_t idx, c
 	uint32_t cs = rk_cf_chunk_size(cf);
 	uint8_t *buf = tu_malloc(cs);
 	char chunk[32];
+	uint64_t ridx = UINT64_MAX;
+	char rcause[RK_CF_CAUSE_MAX] = "";
 	tu_log_clear();
+	rk_cf_read_error_clear();
+	assert_int_equal(rk_cf_read_error(&ridx, rcause, sizeof(rcause)), -ENOENT);
 	ssize_t n = rk_cf_pread(cf, buf, cs, idx * cs);
 	if (n != -EIO) {
 		tu_log_dump();
@@ -826,6 +799,12 @@ static void expect_chunk_eio(struct rk_cf *cf, const char *path, uint64_t idx, c
 		tu_assert_logged(path, chunk, cause);
 	else
 		tu_assert_logged(path, chunk);
+	/* the thread's record (what the daemon lists in status) says the same */
+	assert_int_equal(rk_cf_read_error(&ridx, rcause, sizeof(rcause)), 0);
+	assert_int_equal(ridx, idx);
+	if (cause && !strstr(rcause, cause))
+		fail_msg("chunk %" PRIu64 " of %s: recorded cause '%s' lacks '%s'", idx, path, rcause, cause);
+	assert_true(tu_log_find(path, chunk, rcause, (const char *)NULL) >= 0);
 	/* also one byte in the middle of it */
 	assert_int_equal(rk_cf_pread(cf, buf, 1, idx * cs + cs / 2), -EIO);
 	int k;
@@ -835,7 +814,7 @@ static void expect_chunk_eio(struct rk_cf *cf, const char *path, uint64_t idx, c
 
 static void test_header_copy_corruption(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "hdr", cs, 3, RK_COMP_NONE, 1);
@@ -976,7 +955,7 @@ static void test_header_encode_decode(void **state)
 
 static void test_chunk_bitflips(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	struct file fl;
@@ -1025,7 +1004,7 @@ static void test_chunk_bitflips(void **state)
 
 static void test_snappy_chunk_bitflips(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	struct file fl;
@@ -1052,7 +1031,7 @@ static void test_snappy_chunk_bitflips(void **state)
 
 static void test_swapped_slots(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	struct file fl;
@@ -1082,7 +1061,7 @@ static void test_swapped_slots(void **state)
 
 static void test_slot_from_other_file(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	struct file x, y;
@@ -1107,7 +1086,7 @@ static void test_slot_from_other_file(void **state)
 
 static void test_slot_key_index(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	struct file fl;
@@ -1161,7 +1140,7 @@ static void test_slot_key_index(void **state)
 
 static void test_truncated_stored_file(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	const off_t cuts[] = {RK_SLOT_HDR + 100, RK_SLOT_HDR + cs + RK_TAG_BYTES - 1, RK_SLOT_HDR + cs, 20, 4};
@@ -1206,7 +1185,7 @@ static void test_truncated_stored_file(void **state)
 /* ---- keys ------------------------------------------------------------------------------- */
 static void test_wrong_key_content(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "kw");
@@ -1247,7 +1226,7 @@ static void test_wrong_key_content(void **state)
 
 static void test_missing_key(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "mk", cs, 2, RK_COMP_NONE, 1);
@@ -1274,7 +1253,7 @@ static void test_missing_key(void **state)
 
 static void test_released_key(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "rel", cs, 3, RK_COMP_NONE, 1);
@@ -1312,7 +1291,7 @@ static void test_released_key(void **state)
 /* ---- versions and probing ------------------------------------------------------------------ */
 static void test_unknown_version(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "v2", 4 * KIB, 2, RK_COMP_NONE, 1);
 	uint8_t v[2];
@@ -1345,7 +1324,7 @@ static void test_unknown_version(void **state)
 
 static void test_probe(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char path[PATH_MAX];
 	struct {
 		const char *name;
@@ -1437,7 +1416,7 @@ static void test_probe(void **state)
 /* ---- crash leftovers ---------------------------------------------------------------------- */
 static void test_dirty_counts_recounted(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "dirty", cs, 5, RK_COMP_NONE, 1);
@@ -1491,7 +1470,7 @@ static void test_dirty_counts_recounted(void **state)
 	free(data);
 }
 
-static void stale_case(struct fx *f, int variant)
+static void stale_case(struct tu_fx *f, int variant)
 {
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
@@ -1569,7 +1548,7 @@ static void test_stale_data_trimmed(void **state)
  * EOF; the writable open cuts it and it never reappears. */
 static void test_stale_slot_past_eof(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "stale-slot", cs, 2, RK_COMP_NONE, 1);
@@ -1599,7 +1578,7 @@ static void test_stale_slot_past_eof(void **state)
 /* ---- nonces and file ids ------------------------------------------------------------------ */
 static void test_nonces_and_file_ids(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file a, b;
 	uint8_t buf[100];
@@ -1630,7 +1609,7 @@ static void test_nonces_and_file_ids(void **state)
 /* ---- the header key table ------------------------------------------------------------------ */
 static void test_key_table_full(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const int nk = RK_CF_MAX_KEYS + 1;
 	struct rk_key *keys[RK_CF_MAX_KEYS + 1];
@@ -1678,7 +1657,7 @@ static void test_key_table_full(void **state)
 
 static void test_api_edges(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *buf = tu_malloc(cs + 1);
@@ -1728,7 +1707,7 @@ static void test_api_edges(void **state)
 /* ---- slot rewrites leave no stale ciphertext ------------------------------------------------ */
 static void test_rewrite_clears_stale_tail(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	uint8_t *rnd = tu_malloc(cs), *txt = tu_malloc(cs), *raw = tu_malloc(ss);
@@ -1839,7 +1818,7 @@ static int rec_trunc(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 
 static void test_writer_hooks(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const size_t full = RK_SLOT_HDR + cs + RK_TAG_BYTES;
 	struct rec_writer w;
@@ -1918,7 +1897,7 @@ static void test_writer_hooks(void **state)
 
 /* ---- threads: different chunks in parallel ------------------------------------------------- */
 struct thr {
-	struct fx *f;
+	struct tu_fx *f;
 	struct rk_cf *cf;
 	const uint8_t *data;
 	uint32_t cs;
@@ -1947,7 +1926,7 @@ static void *thr_main(void *arg)
  * back either way). */
 static void test_adaptive_compression(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const int nrand = 24, ntext = 64;
 	struct file fl;
@@ -1978,7 +1957,7 @@ static void test_adaptive_compression(void **state)
 
 static void test_parallel_chunks(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const int nthr = 4, per = 16;
 	size_t len = (size_t)nthr * per * cs;
@@ -2017,7 +1996,7 @@ static void test_parallel_chunks(void **state)
  * until written, cut by a truncation or past a reopen. */
 static void test_out_of_order_extension(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	size_t len = 8 * (size_t)cs;
 	uint8_t *model = tu_malloc(len), *chunk = tu_malloc(cs);
@@ -2073,7 +2052,7 @@ static int count_tmp(const char *dir)
 
 /* chunks 0,1 text under ka, 2 a hole, 3 random under kb, 4 text under kc
  * (the target), then a hole, then a partial chunk 6 under ka */
-static uint8_t *mixed_file(struct fx *f, struct file *fl, const char *name, uint32_t cs, size_t *lenp)
+static uint8_t *mixed_file(struct tu_fx *f, struct file *fl, const char *name, uint32_t cs, size_t *lenp)
 {
 	size_t len = 6 * (size_t)cs + 777;
 	uint8_t *data = tu_malloc(len);
@@ -2092,7 +2071,7 @@ static uint8_t *mixed_file(struct fx *f, struct file *fl, const char *name, uint
 	return data;
 }
 
-static int dir_fd(struct fx *f)
+static int dir_fd(struct tu_fx *f)
 {
 	int d = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	assert_true(d >= 0);
@@ -2101,7 +2080,7 @@ static int dir_fd(struct fx *f)
 
 static void test_replace_whole_file(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	size_t len;
@@ -2190,7 +2169,7 @@ static int cancel_after_two(void *arg, uint64_t idx, uint64_t bytes)
 	return ++*n > 2 ? -ECANCELED : 0;
 }
 
-static void expect_untouched(struct fx *f, struct file *fl, const struct stat *st0, const uint8_t *data, size_t len)
+static void expect_untouched(struct tu_fx *f, struct file *fl, const struct stat *st0, const uint8_t *data, size_t len)
 {
 	struct stat st;
 	assert_int_equal(stat(fl->path, &st), 0);
@@ -2203,7 +2182,7 @@ static void expect_untouched(struct fx *f, struct file *fl, const struct stat *s
 
 static void test_replace_refusals(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	size_t len;
@@ -2282,7 +2261,7 @@ static void expect_probe(const char *path, int want)
 
 static void test_damaged_first_block(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	uint8_t *data = make_file(f, &fl, "dmg", cs, 3, RK_COMP_NONE, 1);
@@ -2341,7 +2320,7 @@ static void test_damaged_first_block(void **state)
 
 static void test_cut_short(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	const uint32_t ss = cs + RK_SLOT_OVERHEAD;
 	/* where the stored file is cut, and the first chunk that is lost */
@@ -2418,7 +2397,7 @@ static void test_cut_short(void **state)
 
 static void test_huge_sparse(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	struct file fl;
 	const uint64_t sizes[] = {1ULL << 61 /* 2 EiB */, 1ULL << 50 /* 1 PiB */, RK_SIZE_MAX};
@@ -2473,7 +2452,7 @@ static void test_huge_sparse(void **state)
  * loops: below and above the stored end at open. */
 static void test_next_slot_pending(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	const uint32_t cs = 4 * KIB;
 	uint8_t chunk[4 * KIB];
 	tu_fill_random(chunk, sizeof(chunk), 9);

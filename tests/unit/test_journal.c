@@ -31,10 +31,9 @@
 #define SS (CS + RK_SLOT_OVERHEAD)
 
 struct fx {
-	char dir[PATH_MAX], keydir[PATH_MAX], data[PATH_MAX], outside[PATH_MAX], victim[PATH_MAX];
+	struct tu_fx t; /* data initialised under ka (chunk CS, no compression); kb */
+	char outside[PATH_MAX], victim[PATH_MAX];
 	char file[PATH_MAX], jpath[PATH_MAX];
-	struct rk_keyring *kr;
-	struct rk_key *ka, *kb;
 	uint8_t file_id[RK_FILE_ID_BYTES];
 	uint8_t *victim_before;
 	size_t victim_len;
@@ -160,10 +159,10 @@ static void make_chunk_file(struct fx *f, const char *path, uint8_t *id)
 	struct rk_cf *cf;
 	uint8_t *data = tu_malloc(CS);
 	assert_true(fd >= 0);
-	assert_int_equal(rk_cf_create(fd, path, f->kr, CS, RK_COMP_NONE, f->ka, &cf), 0);
+	assert_int_equal(rk_cf_create(fd, path, f->t.kr, CS, RK_COMP_NONE, f->t.ka, &cf), 0);
 	for (uint64_t i = 0; i < 4; i++) {
 		tu_fill_random(data, CS, i + 1);
-		assert_int_equal(rk_cf_pwrite(cf, data, CS, i * CS, f->ka, RK_COMP_NONE), CS);
+		assert_int_equal(rk_cf_pwrite(cf, data, CS, i * CS, f->t.ka, RK_COMP_NONE), CS);
 	}
 	assert_int_equal(rk_cf_sync(cf), 0);
 	if (id)
@@ -175,25 +174,15 @@ static void make_chunk_file(struct fx *f, const char *path, uint8_t *id)
 
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
+	static const struct tu_fx_opts o = {.keys = tu_fx_aes_keys, .nkeys = 2, .init_chunk = CS, .init_comp = RK_COMP_NONE};
+	struct fx *f = tu_fx_new(sizeof(*f), &o);
 	if (!f)
 		return -1;
-	tu_mkdtemp(f->dir);
-	tu_path(f->keydir, "%s/keys", f->dir);
-	tu_path(f->data, "%s/data", f->dir);
-	tu_path(f->outside, "%s/outside", f->dir);
-	tu_path(f->victim, "%s/outside/victim", f->dir);
-	tu_path(f->file, "%s/data/t1", f->dir);
-	tu_path(f->jpath, "%s/data/%s/%s", f->dir, RK_STATE_DIR, RK_JOURNAL_NAME);
-	if (mkdir(f->data, 0755) < 0 || mkdir(f->outside, 0755) < 0)
-		return -1;
-	tu_log_start();
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "ka");
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "kb");
-	if (rk_keyring_new(f->keydir, &f->kr) || rk_keyring_get(f->kr, "ka", &f->ka) ||
-	    rk_keyring_get(f->kr, "kb", &f->kb))
-		return -1;
-	if (rk_datadir_init(f->data, f->ka, CS, RK_COMP_NONE))
+	tu_path(f->outside, "%s/outside", f->t.dir);
+	tu_path(f->victim, "%s/outside/victim", f->t.dir);
+	tu_path(f->file, "%s/data/t1", f->t.dir);
+	tu_path(f->jpath, "%s/data/%s/%s", f->t.dir, RK_STATE_DIR, RK_JOURNAL_NAME);
+	if (mkdir(f->outside, 0755) < 0)
 		return -1;
 	make_chunk_file(f, f->file, f->file_id);
 	/* the victim: a chunk file outside the data directory with the same file
@@ -210,26 +199,22 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
-	tu_log_assert_no_key_material(f->keydir);
-	tu_log_stop();
-	rk_keyring_free(f->kr);
-	tu_rmrf(f->dir);
 	free(f->victim_before);
-	free(f);
+	tu_fx_free(f);
 	return 0;
 }
 
 static struct rk_datadir *open_dd(struct fx *f)
 {
 	struct rk_datadir *dd = NULL;
-	assert_int_equal(rk_datadir_open(f->data, RK_DD_EXCLUSIVE, &dd), 0);
+	assert_int_equal(rk_datadir_open(f->t.data, RK_DD_EXCLUSIVE, &dd), 0);
 	return dd;
 }
 
 static int replay(struct fx *f, uint64_t *n)
 {
 	struct rk_datadir *dd = open_dd(f);
-	int ret = rk_journal_replay(dd, f->kr, n);
+	int ret = rk_journal_replay(dd, f->t.kr, n);
 	rk_datadir_close(dd);
 	return ret;
 }
@@ -292,15 +277,15 @@ static void new_image(struct fx *f, uint64_t idx, uint64_t seed, uint8_t *img)
 	size_t n;
 	struct rk_cf *cf;
 	uint8_t *data = tu_malloc(CS);
-	tu_path(tmp, "%s/img", f->dir);
+	tu_path(tmp, "%s/img", f->t.dir);
 	char *c = tu_read_file(f->file, &n);
 	tu_write_file(tmp, c, n, 0600);
 	free(c);
 	int fd = open(tmp, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0);
-	assert_int_equal(rk_cf_open(fd, tmp, f->kr, true, &cf), 0);
+	assert_int_equal(rk_cf_open(fd, tmp, f->t.kr, true, &cf), 0);
 	tu_fill_random(data, CS, seed);
-	assert_int_equal(rk_cf_pwrite(cf, data, CS, idx * CS, f->ka, RK_COMP_NONE), CS);
+	assert_int_equal(rk_cf_pwrite(cf, data, CS, idx * CS, f->t.ka, RK_COMP_NONE), CS);
 	rk_cf_close(cf);
 	tu_pread_path(tmp, img, SS, (off_t)slot_off(idx));
 	close(fd);
@@ -319,7 +304,7 @@ static void test_applies_and_torn_tail(void **state)
 	struct fx *f = *state;
 	struct jw w;
 	uint8_t *img = tu_malloc(SS), *got = tu_malloc(SS), *before2 = tu_malloc(SS);
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	new_image(f, 1, 1001, img);
 	jw_rec(&w, 1, slot_off(1), SS, 0, f->file_id, -1, NULL, 0, "/t1", img, 0);
 	/* a torn last record: its tail never reached the disk */
@@ -349,7 +334,7 @@ static void test_truncation_record(void **state)
 	struct jw w;
 	uint8_t before[256], after[256];
 	read_slot(f->file, 3, before, sizeof(before));
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(3), 256, "/t1");
 	/* the file was then cut to 2 slots: the record of slot 3 is dead */
 	jw_rec(&w, 2, 2, 0, SS, f->file_id, -1, NULL, 0, "/t1", NULL, 1);
@@ -365,7 +350,7 @@ static void test_wrong_file_id(void **state)
 {
 	struct fx *f = *state;
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	f->file_id[0] ^= 1; /* another file that was deleted: t1 is not it */
 	jw_slot(&w, f, slot_off(1), 128, "/t1");
 	f->file_id[0] ^= 1;
@@ -388,10 +373,10 @@ static void test_handle_versus_path(void **state)
 		skip(); /* open_by_handle_at needs CAP_DAC_READ_SEARCH */
 	/* written as /t1, renamed to /t1.moved before the crash: the handle finds it */
 	new_image(f, 0, 2001, img);
-	tu_path(moved, "%s/data/t1.moved", f->dir);
+	tu_path(moved, "%s/data/t1.moved", f->t.dir);
 	assert_int_equal(rename(f->file, moved), 0);
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_rec(&w, 1, slot_off(0), SS, 0, f->file_id, h.fh.handle_type, h.fh.f_handle, (uint16_t)h.fh.handle_bytes,
 	       "/t1", img, 0);
 	jw_save(&w, f);
@@ -407,7 +392,7 @@ static void test_handle_versus_path(void **state)
 	tu_write_file(f->file, c, len, 0644);
 	free(c);
 	new_image(f, 0, 2002, img);
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_rec(&w, 1, slot_off(0), SS, 0, f->file_id, h.fh.handle_type, h.fh.f_handle, (uint16_t)h.fh.handle_bytes,
 	       "/t1", img, 0);
 	jw_save(&w, f);
@@ -432,9 +417,9 @@ static void test_attach_handle(void **state)
 	uint8_t *data = tu_malloc(CS), *got = tu_malloc(SS);
 	int fd = open(f->file, O_RDWR | O_CLOEXEC), fd2 = open(f->file, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0 && fd2 >= 0);
-	assert_int_equal(rk_journal_open(dd, f->kr, NULL, &j), 0);
-	assert_int_equal(rk_cf_open(fd, "/t1", f->kr, true, &cf), 0);
-	assert_int_equal(rk_cf_open(fd2, "/t1", f->kr, true, &cf2), 0);
+	assert_int_equal(rk_journal_open(dd, f->t.kr, NULL, &j), 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->t.kr, true, &cf), 0);
+	assert_int_equal(rk_cf_open(fd2, "/t1", f->t.kr, true, &cf2), 0);
 	assert_int_equal(rk_journal_attach_file(j, cf, "/t1", &jf), 0);
 	assert_non_null(jf);
 	assert_int_equal(rk_journal_attach_file(j, cf2, "/t1", &jf2), 0);
@@ -445,7 +430,7 @@ static void test_attach_handle(void **state)
 	rk_journal_repath_file(jf, "/t1-renamed");
 	rk_journal_repath(j, cf, "/t1"); /* by cf: the same file */
 	tu_fill_random(data, CS, 7);
-	assert_int_equal(rk_cf_write_chunk(cf, 0, data, CS, f->ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_cf_write_chunk(cf, 0, data, CS, f->t.ka, RK_COMP_NONE), 0);
 	/* a pending image is served to reads through the handle's writer */
 	uint8_t *pt = tu_malloc(CS);
 	int k;
@@ -484,11 +469,11 @@ static void test_writer_roundtrip(void **state)
 	uint8_t *data = tu_malloc(CS), *got = tu_malloc(SS);
 	int fd = open(f->file, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0);
-	assert_int_equal(rk_journal_open(dd, f->kr, NULL, &j), 0);
-	assert_int_equal(rk_cf_open(fd, "/t1", f->kr, true, &cf), 0);
+	assert_int_equal(rk_journal_open(dd, f->t.kr, NULL, &j), 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->t.kr, true, &cf), 0);
 	assert_int_equal(rk_journal_attach(j, cf, "/t1"), 0);
 	tu_fill_random(data, CS, 99);
-	assert_int_equal(rk_cf_write_chunk(cf, 1, data, CS, f->ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_cf_write_chunk(cf, 1, data, CS, f->t.ka, RK_COMP_NONE), 0);
 	assert_int_equal(rk_journal_commit(j), 0);
 	size_t jlen;
 	char *jcopy = tu_read_file(f->jpath, &jlen); /* as a crash would leave it */
@@ -517,7 +502,7 @@ static void test_writer_roundtrip(void **state)
 	tu_write_file(f->jpath, jcopy, jlen, 0600);
 	struct rk_keyring *empty;
 	char ek[PATH_MAX];
-	tu_path(ek, "%s/nokeys", f->dir);
+	tu_path(ek, "%s/nokeys", f->t.dir);
 	assert_int_equal(mkdir(ek, 0700), 0);
 	assert_int_equal(rk_keyring_new(ek, &empty), 0);
 	dd = open_dd(f);
@@ -543,19 +528,19 @@ static void test_release_key(void **state)
 	uint8_t *data = tu_malloc(CS);
 	int fd = open(f->file, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0);
-	assert_int_equal(rk_journal_open(dd, f->kr, NULL, &j), 0);
-	assert_int_equal(rk_cf_open(fd, "/t1", f->kr, true, &cf), 0);
+	assert_int_equal(rk_journal_open(dd, f->t.kr, NULL, &j), 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->t.kr, true, &cf), 0);
 	assert_int_equal(rk_journal_attach(j, cf, "/t1"), 0);
 	tu_fill_random(data, CS, 5);
-	assert_int_equal(rk_cf_write_chunk(cf, 1, data, CS, f->ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_cf_write_chunk(cf, 1, data, CS, f->t.ka, RK_COMP_NONE), 0);
 	assert_int_equal(rk_journal_commit(j), 0);
 	assert_true(tu_file_size(f->jpath) > 136);
-	assert_int_equal(rk_journal_release_key(j, "kb", f->ka), 0); /* not its key: nothing to do */
+	assert_int_equal(rk_journal_release_key(j, "kb", f->t.ka), 0); /* not its key: nothing to do */
 	assert_true(tu_file_size(f->jpath) > 136);
-	assert_int_equal(rk_journal_release_key(j, "ka", f->kb), 0);
+	assert_int_equal(rk_journal_release_key(j, "ka", f->t.kb), 0);
 	assert_int_equal(tu_file_size(f->jpath), 0);
 	tu_fill_random(data, CS, 6);
-	assert_int_equal(rk_cf_write_chunk(cf, 2, data, CS, f->ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_cf_write_chunk(cf, 2, data, CS, f->t.ka, RK_COMP_NONE), 0);
 	assert_int_equal(rk_journal_commit(j), 0);
 	size_t jlen;
 	char *jcopy = tu_read_file(f->jpath, &jlen);
@@ -568,7 +553,7 @@ static void test_release_key(void **state)
 	assert_int_equal(rk_journal_close(j), 0);
 	rk_datadir_close(dd);
 	/* ka released: the journal replays under kb alone */
-	assert_int_equal(rk_keyring_release(f->kr, "ka"), 0);
+	assert_int_equal(rk_keyring_release(f->t.kr, "ka"), 0);
 	tu_write_file(f->jpath, jcopy, jlen, 0600);
 	uint64_t n = 0;
 	assert_int_equal(replay(f, &n), 0);
@@ -582,7 +567,7 @@ static void test_dotdot_path(void **state)
 {
 	struct fx *f = *state;
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1), 128, "/../outside/victim");
 	jw_save(&w, f);
 	expect_refused(f, -EINVAL, "not a path strictly beneath");
@@ -594,14 +579,14 @@ static void test_absolute_paths(void **state)
 	const char *bad[] = {"outside/victim", "//outside/victim", "/./t1", "/t1/", "/.rekeyfs/journal"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct jw w;
-		jw_begin(&w, f->ka, f->ka);
+		jw_begin(&w, f->t.ka, f->t.ka);
 		jw_slot(&w, f, slot_off(1), 128, bad[i]);
 		jw_save(&w, f);
 		expect_refused(f, -EINVAL, "not a path strictly beneath");
 	}
 	/* and one good record before a bad one: nothing at all is written */
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1), 128, "/t1");
 	jw_slot(&w, f, slot_off(1), 128, "/../outside/victim");
 	jw_save(&w, f);
@@ -612,10 +597,10 @@ static void test_symlink_dir(void **state)
 {
 	struct fx *f = *state;
 	char l[PATH_MAX];
-	tu_path(l, "%s/data/lnk", f->dir);
+	tu_path(l, "%s/data/lnk", f->t.dir);
 	assert_int_equal(symlink(f->outside, l), 0);
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1), 128, "/lnk/victim");
 	jw_save(&w, f);
 	expect_refused(f, -ELOOP, "symlink");
@@ -625,17 +610,17 @@ static void test_symlink_file(void **state)
 {
 	struct fx *f = *state;
 	char l[PATH_MAX];
-	tu_path(l, "%s/data/vlink", f->dir);
+	tu_path(l, "%s/data/vlink", f->t.dir);
 	assert_int_equal(symlink(f->victim, l), 0);
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1), 128, "/vlink");
 	jw_save(&w, f);
 	expect_refused(f, -ELOOP, "symlink");
 	/* not a regular file: never opened for writing */
-	tu_path(l, "%s/data/fifo", f->dir);
+	tu_path(l, "%s/data/fifo", f->t.dir);
 	assert_int_equal(mkfifo(l, 0600), 0);
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1), 128, "/fifo");
 	jw_save(&w, f);
 	expect_refused(f, -ELOOP, "not a regular file");
@@ -654,7 +639,7 @@ static void test_foreign_handle(void **state)
 	if (name_to_handle_at(AT_FDCWD, f->victim, &h.fh, &mid, 0) < 0)
 		skip();
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	tu_fill_random(img, sizeof(img), 5);
 	jw_rec(&w, 1, slot_off(1), sizeof(img), 0, f->file_id, h.fh.handle_type, h.fh.f_handle,
 	       (uint16_t)h.fh.handle_bytes, "/gone", img, 0);
@@ -668,11 +653,11 @@ static void test_misaligned_offset(void **state)
 {
 	struct fx *f = *state;
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1) + 64, 128, "/t1");
 	jw_save(&w, f);
 	expect_refused(f, -EINVAL, "not one slot");
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, 0, 128, "/t1"); /* the header area */
 	jw_save(&w, f);
 	expect_refused(f, -EINVAL, "not one slot");
@@ -682,12 +667,12 @@ static void test_oversized_length(void **state)
 {
 	struct fx *f = *state;
 	struct jw w;
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_slot(&w, f, slot_off(1), SS + 1, "/t1");
 	jw_save(&w, f);
 	expect_refused(f, -EINVAL, "not one slot");
 	uint8_t img[64] = {0};
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	jw_rec(&w, 1, slot_off(1), sizeof(img), SS * 2, f->file_id, -1, NULL, 0, "/t1", img, 0);
 	jw_save(&w, f);
 	expect_refused(f, -EINVAL, "not one slot");
@@ -698,14 +683,14 @@ static void test_bad_mac(void **state)
 	struct fx *f = *state;
 	struct jw w;
 	/* a damaged record followed by one stating it was durable: refused */
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	size_t r1 = jw_slot(&w, f, slot_off(1), 128, "/t1");
 	jw_rec(&w, 2, 9, 0, SS, f->file_id, -1, NULL, 0, "/t1", NULL, 1);
 	w.b[r1 + 64 + 3 + 10] ^= 1; /* a byte of the image */
 	jw_save(&w, f);
 	expect_refused(f, -EBADMSG, "damaged or forged");
 	/* a damaged last record: the torn tail, ignored */
-	jw_begin(&w, f->ka, f->ka);
+	jw_begin(&w, f->t.ka, f->t.ka);
 	r1 = jw_slot(&w, f, slot_off(1), 128, "/t1");
 	w.b[r1 + 64 + 3 + 10] ^= 1;
 	jw_save(&w, f);
@@ -717,14 +702,14 @@ static void test_wrong_key(void **state)
 	struct fx *f = *state;
 	struct jw w;
 	/* names ka but MACed with kb: the header does not authenticate */
-	jw_begin(&w, f->ka, f->kb);
+	jw_begin(&w, f->t.ka, f->t.kb);
 	jw_slot(&w, f, slot_off(1), 128, "/t1");
 	jw_save(&w, f);
 	expect_refused(f, -EBADMSG, "does not authenticate");
 	/* names a key that is not in the key directory */
-	struct rk_key fake = *f->kb;
+	struct rk_key fake = *f->t.kb;
 	snprintf(fake.name, sizeof(fake.name), "nosuchkey");
-	jw_begin(&w, &fake, f->kb);
+	jw_begin(&w, &fake, f->t.kb);
 	jw_slot(&w, f, slot_off(1), 128, "/t1");
 	jw_save(&w, f);
 	expect_refused(f, -ENOKEY, "'nosuchkey'");

@@ -19,35 +19,17 @@
 #include "rekeyfs/crypto.h"
 #include "rekeyfs/keys.h"
 
-struct fx {
-	char dir[PATH_MAX];
-	char keydir[PATH_MAX];
-};
-
+/* the fixture: an empty temporary directory; keys go to its keys/ (teardown:
+ * whatever a test did, no key material may have reached a log message) */
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
-	if (!f)
-		return -1;
-	tu_mkdtemp(f->dir);
-	tu_path(f->keydir, "%s/keys", f->dir);
-	tu_log_start();
-	*state = f;
-	return 0;
+	static const struct tu_fx_opts o = {0};
+	return tu_fx_setup(state, &o);
 }
 
-static int teardown(void **state)
-{
-	struct fx *f = *state;
-	/* whatever a test did, no key material may have reached a log message */
-	tu_log_assert_no_key_material(f->keydir);
-	tu_log_stop();
-	tu_rmrf(f->dir);
-	free(f);
-	return 0;
-}
+static int teardown(void **state) { return tu_fx_teardown(state); }
 
-static void key_path(const struct fx *f, const char *name, char *out) { tu_path(out, "%s/%s", f->keydir, name); }
+static void key_path(const struct tu_fx *f, const char *name, char *out) { tu_path(out, "%s/%s", f->keydir, name); }
 
 /* Decode base64 with OpenSSL; returns the byte count (padding removed). */
 static int b64_decode(const char *b64, uint8_t *out)
@@ -63,7 +45,7 @@ static int b64_decode(const char *b64, uint8_t *out)
 	return dl;
 }
 
-static void check_created(struct fx *f, const char *cipher, enum rk_cipher c, unsigned bits, const char *name)
+static void check_created(struct tu_fx *f, const char *cipher, enum rk_cipher c, unsigned bits, const char *name)
 {
 	uint8_t fp[RK_FP_BYTES], fp2[RK_FP_BYTES], raw[64];
 	char path[PATH_MAX], prefix[64];
@@ -109,7 +91,7 @@ static void check_created(struct fx *f, const char *cipher, enum rk_cipher c, un
 
 static void test_create_formats(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct stat st;
 	check_created(f, "AES/GCM/NoPadding", RK_CIPHER_AES_GCM, 256, "system_key");
 	/* the key directory was created 0700 */
@@ -138,7 +120,7 @@ static void test_create_formats(void **state)
 
 static void test_create_refuses_overwrite(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char path[PATH_MAX];
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "k1");
 	key_path(f, "k1", path);
@@ -163,7 +145,7 @@ static void test_create_refuses_overwrite(void **state)
 
 static void test_create_refuses_bad_cipher(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char path[PATH_MAX];
 	struct stat st;
 	static const char *unauth[] = {"AES/ECB/PKCS5Padding", "AES/CBC/PKCS5Padding"};
@@ -197,7 +179,7 @@ static void test_create_refuses_bad_cipher(void **state)
 
 static void test_load_loose_permissions(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char path[PATH_MAX];
 	struct rk_key *k = (struct rk_key *)&k;
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "loose");
@@ -228,7 +210,7 @@ static void test_load_loose_permissions(void **state)
 	rk_keyring_free(kr);
 }
 
-static void write_key(struct fx *f, const char *name, const char *content)
+static void write_key(struct tu_fx *f, const char *name, const char *content)
 {
 	char path[PATH_MAX];
 	mkdir(f->keydir, 0700);
@@ -238,7 +220,7 @@ static void write_key(struct fx *f, const char *name, const char *content)
 
 static void test_load_malformed(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char good[64], b64_128[64], line[256];
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "good");
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 128, "short");
@@ -302,7 +284,7 @@ static void test_load_malformed(void **state)
  * '=' only as final padding, one line with at most one newline. */
 static void test_load_strict(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char good[64], g128[64];
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "good");
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 128, "g128");
@@ -459,7 +441,7 @@ static void test_escape_ctl(void **state)
  * file; a FIFO is never opened blocking. */
 static void test_keydir_trust(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct rk_key *k = NULL;
 	char **names = NULL;
 	size_t n = 0;
@@ -612,7 +594,7 @@ static void test_secure_relock_after_fork(void **state)
 
 static void test_load_missing(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct rk_key *k = (struct rk_key *)&k;
 	assert_int_equal(rk_key_load(f->keydir, "nope", &k), -ENOKEY);
 	assert_null(k);
@@ -633,7 +615,7 @@ static void test_load_missing(void **state)
 
 static void test_keyring(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	struct rk_keyring *kr;
 	struct rk_key *k1 = NULL, *k1b = NULL, *k2 = NULL, *kx = (struct rk_key *)&kx;
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "k1");
@@ -686,7 +668,7 @@ static void test_keyring(void **state)
 
 static void test_keydir_list(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char **names = NULL;
 	size_t n = 99;
 	char path[PATH_MAX];
@@ -748,7 +730,7 @@ static void test_name_check_and_resolve(void **state)
 /* Key material never reaches a message, even in the paths that log the most. */
 static void test_no_key_material_in_logs(void **state)
 {
-	struct fx *f = *state;
+	struct tu_fx *f = *state;
 	char b64[128], path[PATH_MAX], line[256];
 	struct rk_key *k;
 	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "secret");

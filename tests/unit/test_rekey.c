@@ -28,9 +28,7 @@
 #define SS (CS + RK_SLOT_OVERHEAD)
 
 struct fx {
-	char dir[PATH_MAX], keydir[PATH_MAX], data[PATH_MAX];
-	struct rk_keyring *kr;
-	struct rk_key *ka, *kb;
+	struct tu_fx t; /* data initialised under ka (chunk CS, no compression); kb */
 	int rootfd;
 };
 
@@ -40,13 +38,13 @@ static void make_file(struct fx *f, const char *name, uint64_t n, uint64_t nold)
 	char path[PATH_MAX];
 	struct rk_cf *cf;
 	uint8_t *data = tu_malloc(CS);
-	tu_path(path, "%s/%s", f->data, name);
+	tu_path(path, "%s/%s", f->t.data, name);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	assert_true(fd >= 0);
-	assert_int_equal(rk_cf_create(fd, path, f->kr, CS, RK_COMP_NONE, f->kb, &cf), 0);
+	assert_int_equal(rk_cf_create(fd, path, f->t.kr, CS, RK_COMP_NONE, f->t.kb, &cf), 0);
 	for (uint64_t i = 0; i < n; i++) {
 		tu_fill_random(data, CS, i + 7);
-		struct rk_key *k = i < nold ? f->ka : f->kb;
+		struct rk_key *k = i < nold ? f->t.ka : f->t.kb;
 		assert_int_equal(rk_cf_pwrite(cf, data, CS, i * CS, k, RK_COMP_NONE), CS);
 	}
 	assert_int_equal(rk_cf_sync(cf), 0);
@@ -63,12 +61,12 @@ static void make_dirty_file(struct fx *f, const char *name)
 	struct rk_cf *cf;
 	uint8_t *data = tu_malloc(CS);
 	make_file(f, name, 4, 0);
-	tu_path(path, "%s/%s", f->data, name);
+	tu_path(path, "%s/%s", f->t.data, name);
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0);
-	assert_int_equal(rk_cf_open(fd, path, f->kr, true, &cf), 0);
+	assert_int_equal(rk_cf_open(fd, path, f->t.kr, true, &cf), 0);
 	tu_fill_random(data, CS, 99);
-	assert_int_equal(rk_cf_pwrite(cf, data, CS, 0, f->ka, RK_COMP_NONE), CS);
+	assert_int_equal(rk_cf_pwrite(cf, data, CS, 0, f->t.ka, RK_COMP_NONE), CS);
 	assert_true(rk_cf_disk_dirty(cf));
 	rk_cf_close(cf);
 	close(fd);
@@ -77,22 +75,10 @@ static void make_dirty_file(struct fx *f, const char *name)
 
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
+	static const struct tu_fx_opts o = {.keys = tu_fx_aes_keys, .nkeys = 2, .init_chunk = CS, .init_comp = RK_COMP_NONE};
+	struct fx *f = tu_fx_new(sizeof(*f), &o);
 	char path[PATH_MAX];
 	if (!f)
-		return -1;
-	tu_mkdtemp(f->dir);
-	tu_path(f->keydir, "%s/keys", f->dir);
-	tu_path(f->data, "%s/data", f->dir);
-	if (mkdir(f->data, 0755) < 0)
-		return -1;
-	tu_log_start();
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "ka");
-	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "kb");
-	if (rk_keyring_new(f->keydir, &f->kr) || rk_keyring_get(f->kr, "ka", &f->ka) ||
-	    rk_keyring_get(f->kr, "kb", &f->kb))
-		return -1;
-	if (rk_datadir_init(f->data, f->ka, CS, RK_COMP_NONE))
 		return -1;
 	make_file(f, "all_old", 4, 4);     /* every chunk moves: whole file */
 	make_file(f, "few_old", 8, 1);     /* one of eight moves: in place */
@@ -100,14 +86,14 @@ static int setup(void **state)
 	make_file(f, "on_target", 4, 0);   /* nothing to do */
 	make_dirty_file(f, "dirty");       /* counts say nothing, but dirty */
 	make_file(f, "cut", 4, 4);         /* cut short after two slots */
-	tu_path(path, "%s/cut", f->data);
+	tu_path(path, "%s/cut", f->t.data);
 	assert_int_equal(truncate(path, (off_t)rk_slot_off(SS, 2)), 0);
 	make_file(f, "corrupt", 4, 4);     /* chunk 1 does not authenticate */
-	tu_path(path, "%s/corrupt", f->data);
+	tu_path(path, "%s/corrupt", f->t.data);
 	tu_flip_bit(path, (off_t)rk_slot_off(SS, 1) + RK_SLOT_OVERHEAD + 100, 3);
-	tu_path(path, "%s/plain", f->data);
+	tu_path(path, "%s/plain", f->t.data);
 	tu_write_file(path, "just text\n", 10, 0644);
-	f->rootfd = open(f->data, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	f->rootfd = open(f->t.data, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (f->rootfd < 0)
 		return -1;
 	*state = f;
@@ -117,12 +103,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
-	tu_log_assert_no_key_material(f->keydir);
-	tu_log_stop();
 	close(f->rootfd);
-	rk_keyring_free(f->kr);
-	tu_rmrf(f->dir);
-	free(f);
+	tu_fx_free(f);
 	return 0;
 }
 
@@ -131,7 +113,7 @@ static struct rk_rekey_need examine(struct fx *f, const char *name, bool whole_o
 	struct rk_rekey_need n;
 	char rel[PATH_MAX];
 	tu_path(rel, "/%s", name);
-	assert_int_equal(rk_rekey_examine(f->rootfd, name, rel, f->kb, whole_ok, &n), 0);
+	assert_int_equal(rk_rekey_examine(f->rootfd, name, rel, f->t.kb, whole_ok, &n), 0);
 	return n;
 }
 
@@ -241,7 +223,7 @@ static int c_open(void *arg, void *h, struct rk_cf **cf)
 	struct handle *hd = h;
 	hd->fd = openat(hd->e->dirfd, hd->e->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 	assert_true(hd->fd >= 0);
-	int ret = rk_cf_open(hd->fd, hd->e->rel, c->f->kr, true, &hd->cf);
+	int ret = rk_cf_open(hd->fd, hd->e->rel, c->f->t.kr, true, &hd->cf);
 	if (ret < 0) {
 		close(hd->fd);
 		hd->fd = -1;
@@ -293,7 +275,7 @@ static int rekey_counted(struct fx *f, struct counted *c, const char *name, bool
 {
 	struct rk_rekey_access acc = {.get = c_get, .put = c_put, .replace_begin = c_begin, .replace_commit = c_commit,
 	                              .open = c_open, .lock = c_lock, .unlock = c_unlock, .close = c_close, .arg = c};
-	struct rk_rekey_engine eng = {.kr = f->kr, .acc = &acc};
+	struct rk_rekey_engine eng = {.kr = f->t.kr, .acc = &acc};
 	char rel[PATH_MAX];
 	struct stat st;
 	tu_path(rel, "/%s", name);
@@ -301,7 +283,7 @@ static int rekey_counted(struct fx *f, struct counted *c, const char *name, bool
 	struct rk_walk_ent e = {rel, f->rootfd, name, &st};
 	struct rk_rekey_need need = examine(f, name, whole_ok);
 	c->f = f;
-	int ret = rk_rekey_file(&eng, &e, f->kb, &need, out);
+	int ret = rk_rekey_file(&eng, &e, f->t.kb, &need, out);
 	/* every chunk lock taken is released, every file let go */
 	assert_int_equal(c->locks, c->unlocks);
 	assert_int_equal(c->nheld, 0);
@@ -456,7 +438,7 @@ static void test_checkpoint(void **state)
 	                           "bytes_rewritten=458752 chunks_failed=1\n";
 	assert_string_equal(text, want);
 	assert_int_equal(len, strlen(want));
-	assert_int_equal(rk_datadir_open(f->data, RK_DD_EXCLUSIVE, &dd), 0);
+	assert_int_equal(rk_datadir_open(f->t.data, RK_DD_EXCLUSIVE, &dd), 0);
 	assert_int_equal(rk_rekey_ckpt_write(dd->statefd, text, len), 0);
 	free(text);
 
@@ -554,13 +536,13 @@ static void test_release_and_offline(void **state)
 
 	/* the offline rekey of the root table to kb */
 	struct rk_datadir *dd;
-	assert_int_equal(rk_open_offline(f->data, RK_DD_EXCLUSIVE, f->kr, f->keydir, true, &dd), 0);
-	assert_int_equal(rk_registry_add(dd, f->kb), 0);
+	assert_int_equal(rk_open_offline(f->t.data, RK_DD_EXCLUSIVE, f->t.kr, f->t.keydir, true, &dd), 0);
+	assert_int_equal(rk_registry_add(dd, f->t.kb), 0);
 	assert_int_equal(rk_policy_set(dd, "/", "kb", 0, -1), 0);
 	assert_int_equal(rk_registry_save(dd), 0);
 	assert_int_equal(rk_policy_save(dd), 0);
 	struct rk_rekey_summary sum;
-	assert_int_equal(rk_rekey_offline(dd, f->kr, NULL, 0, NULL, &sum), 0);
+	assert_int_equal(rk_rekey_offline(dd, f->t.kr, NULL, 0, NULL, &sum), 0);
 	/* all_old 4, few_old 1, half_old 2, dirty 1, cut 0 (4 fail), corrupt 3 (1 fails) */
 	assert_int_equal(sum.rewritten, 4 + 1 + 2 + 1 + 0 + 3);
 	assert_int_equal(sum.failed, 4 + 1);

@@ -15,6 +15,7 @@
 #include "testutil.h"
 
 #include "rekeyfs/common.h"
+#include "rekeyfs/datadir.h"
 #include "rekeyfs/keys.h"
 
 /* ---- temporary directories ------------------------------------------------------ */
@@ -54,6 +55,75 @@ void tu_path(char *out, const char *fmt, ...)
 	va_end(ap);
 	if (n < 0 || n >= PATH_MAX)
 		fail_msg("path too long");
+}
+
+/* ---- the common fixture ------------------------------------------------------------- */
+int tu_fx_init(struct tu_fx *f, const struct tu_fx_opts *o)
+{
+	struct rk_key **slot[] = {&f->ka, &f->kb, &f->kc, &f->kd};
+	if (o->nkeys > RK_ARRAY_SIZE(slot))
+		fail_msg("tu_fx_init: at most %zu keys", RK_ARRAY_SIZE(slot));
+	tu_mkdtemp(f->dir);
+	tu_path(f->keydir, "%s/keys", f->dir);
+	tu_path(f->data, "%s/data", f->dir);
+	if ((o->mkdata || o->init_chunk) && mkdir(f->data, 0755) < 0)
+		return -1;
+	tu_log_start();
+	for (size_t i = 0; i < o->nkeys; i++)
+		tu_key_create(f->keydir, o->keys[i].cipher, o->keys[i].bits, o->keys[i].name);
+	if (o->keyring || o->init_chunk) {
+		if (rk_keyring_new(f->keydir, &f->kr))
+			return -1;
+		for (size_t i = 0; i < o->nkeys; i++)
+			if (rk_keyring_get(f->kr, o->keys[i].name, slot[i]))
+				return -1;
+	}
+	if (o->init_chunk && (!f->ka || rk_datadir_init(f->data, f->ka, o->init_chunk, o->init_comp)))
+		return -1;
+	return 0;
+}
+
+void tu_fx_fini(struct tu_fx *f)
+{
+	tu_log_assert_no_key_material(f->keydir);
+	tu_log_stop();
+	rk_keyring_free(f->kr);
+	f->kr = NULL;
+	tu_rmrf(f->dir);
+}
+
+const struct tu_fx_key tu_fx_keys[4] = {{"AES/GCM/NoPadding", 256, "ka"},
+                                        {"ChaCha20/Poly1305/NoPadding", 256, "kb"},
+                                        {"AES/GCM/NoPadding", 128, "kc"},
+                                        {"AES/GCM/NoPadding", 256, "kd"}};
+const struct tu_fx_key tu_fx_aes_keys[2] = {{"AES/GCM/NoPadding", 256, "ka"}, {"AES/GCM/NoPadding", 256, "kb"}};
+
+void *tu_fx_new(size_t size, const struct tu_fx_opts *o)
+{
+	struct tu_fx *f = size >= sizeof(*f) ? calloc(1, size) : NULL;
+	if (f && tu_fx_init(f, o) < 0) {
+		free(f);
+		f = NULL;
+	}
+	return f;
+}
+
+void tu_fx_free(void *fx)
+{
+	tu_fx_fini(fx);
+	free(fx);
+}
+
+int tu_fx_setup(void **state, const struct tu_fx_opts *o)
+{
+	*state = tu_fx_new(sizeof(struct tu_fx), o);
+	return *state ? 0 : -1;
+}
+
+int tu_fx_teardown(void **state)
+{
+	tu_fx_free(*state);
+	return 0;
 }
 
 /* ---- keys --------------------------------------------------------------------------- */

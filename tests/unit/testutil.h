@@ -13,6 +13,11 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "rekeyfs/compress.h"
+
+struct rk_keyring;
+struct rk_key;
+
 /* ---- temporary directories ---------------------------------------------- */
 /* Create a fresh directory /tmp/rekeyfs-test-XXXXXX; the path goes to out
  * (PATH_MAX bytes).  Fails the test on error. */
@@ -22,6 +27,49 @@ void tu_mkdtemp(char *out);
 int tu_rmrf(const char *path);
 /* snprintf into a PATH_MAX buffer, failing the test on truncation. */
 void tu_path(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- the common fixture ------------------------------------------------------
+ * A fresh temporary directory dir with the key directory dir/keys, and,
+ * as asked: the data directory dir/data (created, and initialised under the
+ * first key), keys created in the key directory, a keyring on it with the
+ * keys looked up (ka, kb, kc, kd in the order given), and the log captured
+ * (tu_log_start).  Teardown fails the test if key material reached the log,
+ * stops the capture, frees the keyring and removes dir. */
+struct tu_fx {
+	char dir[PATH_MAX];
+	char keydir[PATH_MAX]; /* dir/keys */
+	char data[PATH_MAX];   /* dir/data (exists only with mkdata or init_chunk) */
+	struct rk_keyring *kr; /* NULL without keyring (a test may set its own: freed at teardown) */
+	struct rk_key *ka, *kb, *kc, *kd;
+};
+struct tu_fx_key {
+	const char *cipher;
+	unsigned bits;
+	const char *name;
+};
+struct tu_fx_opts {
+	bool mkdata;                 /* mkdir dir/data */
+	const struct tu_fx_key *keys; /* created in keydir, in this order (at most 4) */
+	size_t nkeys;
+	bool keyring;                /* open kr and look up the keys into ka.. */
+	uint32_t init_chunk;         /* nonzero: rk_datadir_init(data, ka, init_chunk, init_comp) */
+	enum rk_comp init_comp;
+};
+/* The usual keys: ka AES/GCM 256, kb ChaCha20/Poly1305 256, kc AES/GCM 128,
+ * kd AES/GCM 256 (take the first n); and two AES/GCM 256 keys ka, kb. */
+extern const struct tu_fx_key tu_fx_keys[4];
+extern const struct tu_fx_key tu_fx_aes_keys[2];
+/* Set up f (zeroed): 0, or -1 (a cmocka setup then fails). */
+int tu_fx_init(struct tu_fx *f, const struct tu_fx_opts *o);
+void tu_fx_fini(struct tu_fx *f);
+/* A test's own fixture struct of size bytes whose FIRST member is a struct
+ * tu_fx: allocated zeroed and set up (NULL on failure); tu_fx_free runs
+ * tu_fx_fini and frees it. */
+void *tu_fx_new(size_t size, const struct tu_fx_opts *o);
+void tu_fx_free(void *fx);
+/* cmocka setup/teardown of a fixture that is a bare struct tu_fx */
+int tu_fx_setup(void **state, const struct tu_fx_opts *o);
+int tu_fx_teardown(void **state);
 
 /* ---- keys ------------------------------------------------------------------ */
 /* rk_key_create and assert success. */
