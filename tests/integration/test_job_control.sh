@@ -81,6 +81,11 @@ wait_until 10 "the sweep does not show a position inside /a/big" _in_big
 o1=$(w 'w["current_offset"]')
 _moved() { o2=$(w 'w["current_offset"] or 0'); WAIT_WHY="offset $o1 -> $o2"; [ "$o2" -gt "$o1" ] && [ "$(w 'w["current_file"]')" = /a/big ]; }
 wait_until 5 "current_offset does not move inside /a/big" _moved
+# the checkpoint is written at least once a second while the sweep runs,
+# also in the middle of one large file
+c1=$(stat -c %.9Y "$DATA/.rekeyfs/walker")
+_ckpt() { c2=$(stat -c %.9Y "$DATA/.rekeyfs/walker"); WAIT_WHY="mtime $c1"; [ "$c2" != "$c1" ]; }
+wait_until 4 "the checkpoint was not rewritten during the whole-file rewrite" _ckpt
 status
 echo "status during the whole-file rewrite: $(sget 'dict((k, d["walker"][k]) for k in ("state","current_file","current_offset","bytes_done","bytes_total","rate_bytes_per_s","rate_limit","eta_s"))')"
 assert_eq "$(sget 'd["walker"]["bytes_total"]')" $((4 << 20)) "bytes_total of the sweep (fixed at the pre-scan)"
@@ -102,7 +107,7 @@ reply=$(ctl pause)
 case "$reply" in "ok walker paused"*) ;; *) fail "pause: $reply" ;; esac
 sleep 0.3 # a chunk being copied when pause arrived ends
 b1=$(w 'w["bytes_done"]')
-sleep 2
+sleep 1.5
 assert_eq "$(w 'w["state"]')" paused "state after pause"
 assert_eq "$(w 'w["bytes_done"]')" "$b1" "bytes_done while paused"
 ctl resume >/dev/null
@@ -114,7 +119,7 @@ checking "at 1 byte/s the sweep is stuck; rate 0 lets it finish within seconds"
 ctl "rate 1" >/dev/null
 sleep 0.5
 b1=$(w 'w["bytes_done"]')
-sleep 2
+sleep 1.5
 b2=$(w 'w["bytes_done"]')
 [ "$b2" -le $((b1 + CS)) ] || fail "at 1 byte/s bytes_done moved from $b1 to $b2"
 t0=$SECONDS
@@ -196,6 +201,15 @@ mount_fs "$DATA" "$MNT" "walker_rate=0"
 status
 assert_eq "$(sget '(d["walker"]["finished_sweep"], d["walker"]["result"], d["walker"]["remaining_chunks"] > 0, d["walker"]["state"])')" \
 	'[5, "incomplete", true, "incomplete"]' "status after the remount"
+cp "$T_TMP/status.json" "$T_TMP/status.json.on"
 umount_fs "$MNT"
 ok "sweep 5 still incomplete after the remount"
+
+checking "walker=off: state off, every field still there"
+mount_fs "$DATA" "$MNT" "walker=off"
+status
+assert_eq "$(sget 'd["walker"]["state"]')" off "state with walker=off"
+assert_eq "$(sget 'sorted(d["walker"])')" "$(json_get "$T_TMP/status.json.on" 'sorted(d["walker"])')" "walker fields with walker=off"
+umount_fs "$MNT"
+ok "$(sget 'len(d["walker"])') fields"
 finish
