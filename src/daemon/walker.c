@@ -334,16 +334,7 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t by
 	int ret = 0;
 	if (whole && atomic_load(&wf->in->open_gen) != wf->gen)
 		return -EBUSY; /* opened meanwhile: its writes go in place */
-	/* yield to foreground I/O: a short pause while requests are being served */
-	for (int i = 0; i < 4; i++) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-		if (atomic_load(&fs->st.inflight) == 0 && now - atomic_load(&fs->st.last_fg_ns) > 2000000ULL)
-			break;
-		struct timespec d = {0, 500000};
-		nanosleep(&d, NULL);
-	}
+	rkd_fg_yield(fs); /* a short pause while foreground requests are being served */
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	w->sweep_bytes += bytes;
 	progress_locked(w, idx);
