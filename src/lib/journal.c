@@ -77,6 +77,8 @@ struct rk_journal {
 	uint64_t commit_want;    /* a caller waits for this seq to be durable */
 	int error;               /* commit error not yet reported to a committing caller (reported once) */
 	int commit_error;        /* the last commit failed (cleared by a success: the committer retries) */
+	int sync_error;          /* a data file's fdatasync failed at a checkpoint: the records are
+	                          * the only durable copy, the journal is not emptied in this mount */
 	int apply_error;         /* last in-place write failed (cleared by a success) */
 	uint8_t *arena;
 	size_t asize, ahead, atail, aused;
@@ -356,14 +358,23 @@ static int checkpoint_locked(struct rk_journal *j)
 	for (size_t i = 0; i < n; i++) {
 		if (fdatasync(fds[i]) < 0 && ret == 0) {
 			ret = -errno;
-			rk_err("journal checkpoint: fdatasync of a data file failed: %s", strerror(-ret));
+			rk_err("journal checkpoint: fdatasync of a data file failed: %s; the journal keeps its records "
+			       "(replayed at the next mount)", strerror(-ret));
 		}
 		close(fds[i]);
 	}
 	free(fds);
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	/* a failed fdatasync may have dropped the pages it could not write
+	 * (a retry then succeeds without them): the chunks put in place
+	 * before it are durable only in the journal, which must not be
+	 * emptied before a replay has redone them */
+	if (ret < 0 && !j->sync_error)
+		j->sync_error = ret;
 	if (ret < 0)
 		return ret;
+	if (j->sync_error)
+		return j->sync_error;
 	if (j->tail == tail && !j->qhead && tail > 0) {
 		rk_crashpoint("journal.before-truncate");
 		if (ftruncate(j->fd, 0) < 0 || fsync(j->fd) < 0) {

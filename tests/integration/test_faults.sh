@@ -154,6 +154,27 @@ inject "a new file's creation fails (openat EIO)" 1 new.dat 0 1000 "openat /new.
 [ "$(wr fg.dat $((11 * CS)) 777 ext)" = ok ] || fail "extending fg.dat after the faults"
 same_all "after the foreground faults"
 
+checking "a data file's fdatasync fails at a journal checkpoint (online fsck): the journal keeps its records until a replay"
+[ "$(wr fg.dat $((6 * CS + 5)) 5000 ckpt)" = ok ] || fail "writing fg.dat before the checkpoint fault"
+before=$(fired)
+fault "fdatasync /fg.dat 1 EIO once"
+run rekeyctl fsck "$M"
+fault
+[ "$(fired)" -gt "$before" ] || fail "checkpoint fault: it did not fire"
+grep -q "journal checkpoint: fdatasync of a data file failed" "$LAST_LOG" ||
+	fail "checkpoint fault: the fault did not hit the checkpoint: $(tail -3 "$LAST_LOG")"
+run rekeyctl fsck "$M" # a second checkpoint, the fault gone
+serving "after the checkpoint fault"
+jsize=$(stat -c %s "$D/.rekeyfs/journal")
+# the pages the failed fdatasync could not write may be gone (a later
+# fdatasync succeeds without them): only the journal has those chunks now
+[ "$jsize" -gt 0 ] || check_failed "the journal was emptied by the next checkpoint although a data file's fdatasync failed"
+rkfx_umount "$M"
+rc=$?
+ok "the journal keeps $jsize bytes; daemon exit status $rc at unmount ($(tail -1 "$LAST_LOG"))"
+mount_fs "$D" "$M" "walker_rate=0"
+same_all "after the replay of the kept journal"
+
 # ---- lazy rewrite ------------------------------------------------------------------------------
 checking "lazy rewrite under a fault: the table moves to key2, reads of key1 chunks rewrite them; the journal fails"
 run rekeyctl alter "$M/t" --key key2
@@ -188,6 +209,11 @@ sweep_fault() {
 	echo "$r" | grep -q '^ok' || fail "$what: rekey: $r"
 	wait_until 60 "$what: the fault did not fire" eval '[ "$(fired)" -gt "$before" ]'
 	serving "$what"
+	if [ "${HOLD:-0}" -gt 0 ]; then
+		# an "always" fault: held until it failed HOLD calls, then lifted
+		wait_until 60 "$what: the fault did not fire $HOLD times" eval '[ "$(fired)" -ge $((before + HOLD)) ]'
+		fault
+	fi
 	wait_idle 60 "$what"
 	errs=$(sget 'd["walker"]["errors"]')
 	[ "$WANT_ERR" = 0 ] || [ "$(sget 'd["walker"]["error_count"]')" -ge 1 ] || check_failed "$what: status lists no error after the sweep hit the fault: $(sget 'd["walker"]')"
@@ -220,6 +246,12 @@ sweep_fault "in-place sweep: journal commit fails (EIO)" "whole_file=off" "fdata
 # the chunks and retries (logged, not a walker error: WANT_ERR=0)
 NEXT=key1 WANT_ERR=0
 sweep_fault "in-place sweep: the files' slot and header writes fail (ENOSPC)" "whole_file=off" "pwrite /t/w 3 ENOSPC once" "pwrite /t/w5 1 ENOSPC once"
+# held: files stay open in the daemon for their pending chunks while the
+# walker lets go of their inodes (regression: the inode's fd, which the
+# journal writes through, was closed and reused by another file)
+NEXT=key2 WANT_ERR=0 HOLD=40
+sweep_fault "in-place sweep: every write to /t's files fails for a while (EIO)" "whole_file=off" "pwrite /t/w 2 EIO always"
+HOLD=0
 
 # ---- the end: remount, offline checks ------------------------------------------------------------
 checking "remount: everything acknowledged reads back; offline every file authenticates; fsck --deep is clean"
