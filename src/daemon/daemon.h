@@ -76,6 +76,7 @@ struct rkd_file {
 	bool rw;
 	int refs;             /* open handles */
 	bool closing;         /* last handle gone; being flushed and detached */
+	bool pins_inode;      /* kept open for the journal: holds one lookup of its inode */
 	bool chunk;           /* chunk file (else plain pass-through) */
 	struct rk_cf *cf;
 	struct rk_journal_file *jf; /* the journal's handle while attached (rw chunk files) */

@@ -292,11 +292,18 @@ void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 			keep = true;
 		}
 	}
+	bool pin = false, unpin = false;
 	rk_mutex_lock(&in->lock, RK_RANK_INODE);
 	if (keep) {
-		/* back to an open file without handles: reused by the next open */
+		/* back to an open file without handles: reused by the next open.
+		 * It pins its inode: the inode's fd number is the file's fd (and
+		 * the journal's), which a forget must not close while chunks are
+		 * pending for it */
 		f->closing = false;
+		pin = !f->pins_inode;
+		f->pins_inode = true;
 	} else {
+		unpin = f->pins_inode;
 		/* remember the closed file's plaintext size with the stored file's
 		 * attributes as they are now: a later stat needs no header read */
 		struct stat cst;
@@ -310,6 +317,10 @@ void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f)
 	rk_mutex_unlock(&in->lock);
 	if (!keep)
 		rkd_file_free(f);
+	if (pin)
+		rkd_inode_ref(fs, in);
+	if (unpin)
+		rkd_inode_unref(fs, in, 1);
 }
 /* ---- chunk stripe locks ----------------------------------------------------------------------- */
 uint64_t rkd_stripe_mask(struct rkd_file *f, uint64_t off, size_t len)

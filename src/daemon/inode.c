@@ -174,6 +174,16 @@ struct rkd_inode *rkd_inode_get_at(struct rkd_fs *fs, int fd, const struct stat 
 	return in;
 }
 
+void rkd_inode_ref(struct rkd_fs *fs, struct rkd_inode *in)
+{
+	if (in->virt != RKD_REAL || in == &fs->root)
+		return;
+	rk_mutex_lock(&fs->itab_lock, RK_RANK_ITAB);
+	RK_ASSERT(in->nlookup > 0);
+	in->nlookup++;
+	rk_mutex_unlock(&fs->itab_lock);
+}
+
 void rkd_inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n)
 {
 	if (in->virt != RKD_REAL || in == &fs->root)

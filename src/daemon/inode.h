@@ -59,6 +59,8 @@ struct rkd_inode *rkd_inode_get_ex(struct rkd_fs *fs, int fd, const struct stat 
 struct rkd_inode *rkd_inode_get_at(struct rkd_fs *fs, int fd, const struct stat *st, const struct rkd_inode *parent,
                                    const char *name);
 void rkd_inode_unref(struct rkd_fs *fs, struct rkd_inode *in, uint64_t n);
+/* one more lookup of in (the caller holds one) */
+void rkd_inode_ref(struct rkd_fs *fs, struct rkd_inode *in);
 int rkd_inode_lookup(struct rkd_fs *fs, int dirfd, const char *name, const struct rkd_inode *parent,
                      struct stat *st, struct rkd_inode **out);
 /* open handles per non-root user: 0, or -EMFILE / -ENFILE / -ENOMEM */

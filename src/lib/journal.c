@@ -75,7 +75,10 @@ struct rk_journal {
 	uint64_t seq;            /* last sequence number handed out */
 	uint64_t committed;      /* records with seq <= committed are durable */
 	uint64_t commit_want;    /* a caller waits for this seq to be durable */
-	int error;               /* sticky commit error */
+	int error;               /* commit error not yet reported to a committing caller (reported once) */
+	int commit_error;        /* the last commit failed (cleared by a success: the committer retries) */
+	int sync_error;          /* a data file's fdatasync failed at a checkpoint: the records are
+	                          * the only durable copy, the journal is not emptied in this mount */
 	int apply_error;         /* last in-place write failed (cleared by a success) */
 	uint8_t *arena;
 	size_t asize, ahead, atail, aused;
@@ -316,8 +319,10 @@ static int commit_locked(struct rk_journal *j)
 	if (ret < 0) {
 		rk_err("journal: fdatasync failed: %s", strerror(-ret));
 		j->error = ret;
+		j->commit_error = ret;
 		j->st.last_error = ret;
 	} else {
+		j->commit_error = 0;
 		if (target > j->committed)
 			j->committed = target;
 		j->st.commits++;
@@ -353,14 +358,23 @@ static int checkpoint_locked(struct rk_journal *j)
 	for (size_t i = 0; i < n; i++) {
 		if (fdatasync(fds[i]) < 0 && ret == 0) {
 			ret = -errno;
-			rk_err("journal checkpoint: fdatasync of a data file failed: %s", strerror(-ret));
+			rk_err("journal checkpoint: fdatasync of a data file failed: %s; the journal keeps its records "
+			       "(replayed at the next mount)", strerror(-ret));
 		}
 		close(fds[i]);
 	}
 	free(fds);
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	/* a failed fdatasync may have dropped the pages it could not write
+	 * (a retry then succeeds without them): the chunks put in place
+	 * before it are durable only in the journal, which must not be
+	 * emptied before a replay has redone them */
+	if (ret < 0 && !j->sync_error)
+		j->sync_error = ret;
 	if (ret < 0)
 		return ret;
+	if (j->sync_error)
+		return j->sync_error;
 	if (j->tail == tail && !j->qhead && tail > 0) {
 		rk_crashpoint("journal.before-truncate");
 		if (ftruncate(j->fd, 0) < 0 || fsync(j->fd) < 0) {
@@ -594,7 +608,9 @@ int rk_journal_detach_file(struct rk_journal_file *jf)
 	struct rk_cf *cf = jf->cf;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	/* this file's entries must be in place before its fd goes away */
-	while (jf->npending > 0 && !j->error && !j->apply_error) {
+	/* j->error is kept for the next committing caller (fsync): only a commit
+	 * failing now, or an in-place write, stops the wait */
+	while (jf->npending > 0 && !j->commit_error && !j->apply_error) {
 		if (j->commit_want < j->seq)
 			j->commit_want = j->seq;
 		pthread_cond_signal(&j->work);
@@ -603,7 +619,7 @@ int rk_journal_detach_file(struct rk_journal_file *jf)
 	if (jf->npending > 0) {
 		/* cannot make them durable: keep the file attached (the caller keeps
 		 * the fd open) and report */
-		ret = j->error ? j->error : j->apply_error ? j->apply_error : -EIO;
+		ret = j->commit_error ? j->commit_error : j->apply_error ? j->apply_error : -EIO;
 		rk_mutex_unlock(&j->lock);
 		return ret;
 	}
