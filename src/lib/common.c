@@ -401,6 +401,54 @@ int rk_hexval(char c)
 	return -1;
 }
 
+int rk_pct_encode(const char *in, char *out, size_t len)
+{
+	static const char hx[] = "0123456789ABCDEF";
+	size_t o = 0;
+	int ret = 0;
+	if (len == 0)
+		return -ENAMETOOLONG;
+	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+		bool enc = *p <= 0x20 || *p == '%' || *p == 0x7f;
+		if (o + (enc ? 3 : 1) + 1 > len) {
+			ret = -ENAMETOOLONG;
+			break;
+		}
+		if (enc) {
+			out[o++] = '%';
+			out[o++] = hx[*p >> 4];
+			out[o++] = hx[*p & 15];
+		} else {
+			out[o++] = (char)*p;
+		}
+	}
+	out[o] = '\0';
+	return ret;
+}
+
+int rk_pct_decode(char *s)
+{
+	char *o = s;
+	int ret = 0;
+	for (const char *i = s; *i; i++) {
+		if (*i != '%') {
+			*o++ = *i;
+			continue;
+		}
+		/* exactly two hex digits: no sign, space or "0x" (sscanf's %2x
+		 * took "%-1", "% 1" and "%1g" and skipped a byte) */
+		int hi = rk_hexval(i[1]), lo = hi < 0 ? -1 : rk_hexval(i[2]);
+		if (hi < 0 || lo < 0 || (hi | lo) == 0) {
+			ret = -EINVAL;
+			break;
+		}
+		*o++ = (char)(hi << 4 | lo);
+		i += 2;
+	}
+	*o = '\0';
+	return ret;
+}
+
 int rk_unhex(uint8_t *out, size_t outlen, const char *in)
 {
 	if (strlen(in) != 2 * outlen)
