@@ -136,8 +136,9 @@ void fz_box_datadir(struct fz_box *b)
 	for (unsigned i = 0; i < FZ_T1_CHUNKS; i++) {
 		for (unsigned k = 0; k < FZ_CHUNK; k++)
 			chunk[k] = (uint8_t)(i * 31 + k * 7);
-		if ((r = rk_cf_write_chunk(cf, i, chunk, FZ_CHUNK, b->key, RK_COMP_NONE)) < 0)
-			die("rk_cf_write_chunk", r);
+		ssize_t w = rk_cf_pwrite(cf, chunk, FZ_CHUNK, (uint64_t)i * FZ_CHUNK, b->key, RK_COMP_NONE);
+		if (w != (ssize_t)FZ_CHUNK)
+			die("rk_cf_pwrite", w < 0 ? (int)w : EIO);
 	}
 	if ((r = rk_cf_sync(cf)) < 0)
 		die("rk_cf_sync", r);

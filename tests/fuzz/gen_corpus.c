@@ -68,8 +68,9 @@ static uint8_t *make_cf(const char *name, unsigned mask, unsigned nchunks, enum 
 			continue;
 		for (unsigned k = 0; k < FZ_CHUNK; k++)
 			chunk[k] = comp == RK_COMP_SNAPPY ? (uint8_t)("rekeyfs "[k % 8]) : (uint8_t)(k * 13 + i);
-		if ((r = rk_cf_write_chunk(cf, i, chunk, i + 1 == nchunks ? FZ_CHUNK / 2 : FZ_CHUNK, box.key, comp)) < 0)
-			fail("rk_cf_write_chunk", r);
+		size_t len = i + 1 == nchunks ? FZ_CHUNK / 2 : FZ_CHUNK;
+		if (rk_cf_pwrite(cf, chunk, len, (uint64_t)i * FZ_CHUNK, box.key, comp) != (ssize_t)len)
+			fail("rk_cf_pwrite", EIO);
 	}
 	if ((r = rk_cf_truncate(cf, (uint64_t)(nchunks - 1) * FZ_CHUNK + FZ_CHUNK / 2, box.key, comp)) < 0)
 		fail("rk_cf_truncate", r);
