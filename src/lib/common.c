@@ -469,9 +469,13 @@ int rk_parse_u64(const char *s, uint64_t max, uint64_t *out)
 		return -EINVAL;
 	if (s[0] == '0' && s[1] != '\0')
 		return -EINVAL; /* no leading zeros: "010" is not ten (nor eight) */
-	for (const char *p = s; *p; p++) {
+	/* the whole string is checked before its value: "99999999999999999999x"
+	 * is not a number (-EINVAL), not a number too large (found by
+	 * tests/fuzz/fuzz_control.c) */
+	for (const char *p = s; *p; p++)
 		if (*p < '0' || *p > '9')
 			return -EINVAL; /* no sign, no space, no suffix */
+	for (const char *p = s; *p; p++) {
 		unsigned d = (unsigned)(*p - '0');
 		if (v > (UINT64_MAX - d) / 10)
 			return -ERANGE;
