@@ -576,9 +576,12 @@ char *rk_escape_ctl(char *out, size_t outlen, const char *in)
 		if (o + n + 1 > outlen) {
 			/* truncated: mark it, never cut an escape or a character in two */
 			const char *mark = "...";
+			size_t written = o;
 			while (o > 0 && o + 4 > outlen)
 				o--;
-			while (o > 0 && ((unsigned char)out[o] & 0xc0) == 0x80)
+			/* out[o] is looked at only when it was written: past that it
+			 * is the caller's uninitialised buffer (valgrind, scripts/valgrind) */
+			while (o > 0 && o < written && ((unsigned char)out[o] & 0xc0) == 0x80)
 				o--;
 			if (o + 4 <= outlen) {
 				memcpy(out + o, mark, 3);
