@@ -109,6 +109,15 @@ void rk_hex(char *out, const uint8_t *in, size_t len);
 /* the value of one hex digit (either case), -1 for anything else */
 int rk_hexval(char c);
 int rk_unhex(uint8_t *out, size_t outlen, const char *in);
+/* The control-file encoding of a path (rekeyctl encrypt -> the daemon):
+ * bytes a command line cannot carry (space, tab, newline and every other
+ * byte <= 0x20, '%', DEL) as %XX (upper-case hex).  rk_pct_encode writes
+ * out (len bytes, NUL terminated): 0 or -ENAMETOOLONG.  rk_pct_decode
+ * undoes it in place, strictly: '%' must be followed by exactly two hex
+ * digits and must not encode NUL; -EINVAL otherwise (s is then undefined).
+ * tests/fuzz/fuzz_control.c checks decode(encode(x)) == x. */
+int rk_pct_encode(const char *in, char *out, size_t len);
+int rk_pct_decode(char *s);
 
 /* Strict unsigned decimal: one or more digits, no sign, space, suffix or
  * leading zero ("0" itself is fine), value <= max.  -EINVAL if s is not

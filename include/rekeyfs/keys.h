@@ -27,7 +27,8 @@ struct rk_key {
 	bool released;        /* wiped after release-key */
 };
 
-/* 0 if name is a valid key name (1..63 chars of [A-Za-z0-9._-], not . or ..). */
+/* 0 if name is a valid key name: 1..63 chars of [A-Za-z0-9._-], not starting
+ * with a dot (hidden names are skipped when a key directory is listed). */
 int rk_key_name_check(const char *name);
 
 /* Resolve the key directory: explicit arg, else $REKEYFS_KEYDIR, else default. */

@@ -17,24 +17,6 @@
 
 static const char usage_line[] = "rekeyctl encrypt [--wait] [-q] MOUNT [PATH...]   (or: rekeyctl encrypt --cancel MOUNT)";
 
-/* Encode a path for the control file: bytes a command line cannot carry
- * (space, tab, newline, '%', other control characters, DEL) as %XX. */
-static int pct_encode(const char *in, char *out, size_t len)
-{
-	size_t o = 0;
-	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
-		bool enc = *p <= 0x20 || *p == '%' || *p == 0x7f;
-		if (o + (enc ? 3 : 1) + 1 > len)
-			return -ENAMETOOLONG;
-		if (enc)
-			o += (size_t)snprintf(out + o, len - o, "%%%02X", *p);
-		else
-			out[o++] = (char)*p;
-	}
-	out[o] = '\0';
-	return 0;
-}
-
 /* The value of "key" inside the status JSON's "encrypt" object, as a number
  * (-1 when absent) or a string. */
 static long long enc_num(const char *json, const char *key)
@@ -177,7 +159,7 @@ int rkc_cmd_encrypt_online(int argc, char **argv)
 		if (ret == 0 && strcmp(proot, root) != 0)
 			ret = -EXDEV;
 		if (ret == 0)
-			ret = pct_encode(prel[0] ? prel : "/", enc, sizeof(enc));
+			ret = rk_pct_encode(prel[0] ? prel : "/", enc, sizeof(enc));
 		free(proot);
 		free(prel);
 		if (ret < 0) {

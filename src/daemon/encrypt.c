@@ -391,26 +391,6 @@ static void *enc_main(void *arg)
 }
 
 /* ---- control and status --------------------------------------------------------------------------- */
-/* Undo the control-file encoding of a path (%XX for bytes a command line
- * cannot carry: space, tab, newline, '%', control characters). */
-static int pct_decode(char *s)
-{
-	char *o = s;
-	for (char *i = s; *i; i++) {
-		if (*i != '%') {
-			*o++ = *i;
-			continue;
-		}
-		unsigned v;
-		if (!i[1] || !i[2] || sscanf(i + 1, "%2x", &v) != 1 || v == 0)
-			return -EINVAL;
-		*o++ = (char)v;
-		i += 2;
-	}
-	*o = '\0';
-	return 0;
-}
-
 static bool queue_has(struct rkd_encjob *j, const char *p)
 {
 	for (int i = 0; i < j->nqueue; i++)
@@ -447,7 +427,7 @@ int rkd_encrypt_control(struct rkd_fs *fs, const char *cmd, char *args, char **o
 			ret = rkd_reply(out, len, -E2BIG, "at most %d paths per request", ENC_MAX_PATHS);
 			goto out;
 		}
-		if (pct_decode(t) < 0 || rk_table_path_norm(t, buf, sizeof(buf)) < 0) {
+		if (rk_pct_decode(t) < 0 || rk_table_path_norm(t, buf, sizeof(buf)) < 0) {
 			ret = rkd_reply(out, len, -EINVAL, "invalid path '%s' (relative to the mount, no '..', not .rekeyfs)",
 			                rk_esc(t));
 			goto out;

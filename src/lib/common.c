@@ -401,6 +401,54 @@ int rk_hexval(char c)
 	return -1;
 }
 
+int rk_pct_encode(const char *in, char *out, size_t len)
+{
+	static const char hx[] = "0123456789ABCDEF";
+	size_t o = 0;
+	int ret = 0;
+	if (len == 0)
+		return -ENAMETOOLONG;
+	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+		bool enc = *p <= 0x20 || *p == '%' || *p == 0x7f;
+		if (o + (enc ? 3 : 1) + 1 > len) {
+			ret = -ENAMETOOLONG;
+			break;
+		}
+		if (enc) {
+			out[o++] = '%';
+			out[o++] = hx[*p >> 4];
+			out[o++] = hx[*p & 15];
+		} else {
+			out[o++] = (char)*p;
+		}
+	}
+	out[o] = '\0';
+	return ret;
+}
+
+int rk_pct_decode(char *s)
+{
+	char *o = s;
+	int ret = 0;
+	for (const char *i = s; *i; i++) {
+		if (*i != '%') {
+			*o++ = *i;
+			continue;
+		}
+		/* exactly two hex digits: no sign, space or "0x" (sscanf's %2x
+		 * took "%-1", "% 1" and "%1g" and skipped a byte) */
+		int hi = rk_hexval(i[1]), lo = hi < 0 ? -1 : rk_hexval(i[2]);
+		if (hi < 0 || lo < 0 || (hi | lo) == 0) {
+			ret = -EINVAL;
+			break;
+		}
+		*o++ = (char)(hi << 4 | lo);
+		i += 2;
+	}
+	*o = '\0';
+	return ret;
+}
+
 int rk_unhex(uint8_t *out, size_t outlen, const char *in)
 {
 	if (strlen(in) != 2 * outlen)
@@ -421,9 +469,13 @@ int rk_parse_u64(const char *s, uint64_t max, uint64_t *out)
 		return -EINVAL;
 	if (s[0] == '0' && s[1] != '\0')
 		return -EINVAL; /* no leading zeros: "010" is not ten (nor eight) */
-	for (const char *p = s; *p; p++) {
+	/* the whole string is checked before its value: "99999999999999999999x"
+	 * is not a number (-EINVAL), not a number too large (found by
+	 * tests/fuzz/fuzz_control.c) */
+	for (const char *p = s; *p; p++)
 		if (*p < '0' || *p > '9')
 			return -EINVAL; /* no sign, no space, no suffix */
+	for (const char *p = s; *p; p++) {
 		unsigned d = (unsigned)(*p - '0');
 		if (v > (UINT64_MAX - d) / 10)
 			return -ERANGE;
@@ -524,9 +576,12 @@ char *rk_escape_ctl(char *out, size_t outlen, const char *in)
 		if (o + n + 1 > outlen) {
 			/* truncated: mark it, never cut an escape or a character in two */
 			const char *mark = "...";
+			size_t written = o;
 			while (o > 0 && o + 4 > outlen)
 				o--;
-			while (o > 0 && ((unsigned char)out[o] & 0xc0) == 0x80)
+			/* out[o] is looked at only when it was written: past that it
+			 * is the caller's uninitialised buffer (valgrind, scripts/valgrind) */
+			while (o > 0 && o < written && ((unsigned char)out[o] & 0xc0) == 0x80)
 				o--;
 			if (o + 4 <= outlen) {
 				memcpy(out + o, mark, 3);

@@ -222,14 +222,31 @@ const char *rk_rekey_result_name(enum rk_rekey_result r)
 }
 
 /* the reason on one line, printable */
+/* A checkpointed reason is one line of text: control characters become
+ * spaces, leading and trailing spaces go (the line parser skips them: a
+ * reason must read back as it was written; "  \x01" was written as "   "
+ * and read back as none, found by tests/fuzz/fuzz_ckpt.c).  Used on load
+ * and on format. */
+static void ckpt_reason_clean(char *out, size_t len, const char *s)
+{
+	size_t o = 0;
+	if (len == 0)
+		return;
+	for (; s && *s && o + 1 < len; s++)
+		out[o++] = (unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s;
+	out[o] = '\0';
+	while (o > 0 && out[o - 1] == ' ')
+		out[--o] = '\0';
+	size_t lead = strspn(out, " ");
+	if (lead)
+		memmove(out, out + lead, o - lead + 1);
+}
+
 static void ckpt_reason(FILE *m, const char *s)
 {
-	if (!s || !s[0]) {
-		fputc('-', m);
-		return;
-	}
-	for (; *s; s++)
-		fputc((unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s, m);
+	char r[sizeof(((struct rk_rekey_ckpt *)0)->reason)];
+	ckpt_reason_clean(r, sizeof(r), s);
+	fputs(r[0] ? r : "-", m);
 }
 
 int rk_rekey_ckpt_format(const struct rk_rekey_ckpt *c, char **text, size_t *len)
@@ -355,7 +372,7 @@ static void ckpt_line2(struct rk_rekey_ckpt *c, const char *word, char *rest)
 		c->remaining_known = rk_parse_u64(rest, UINT64_MAX, &v) == 0;
 		c->remaining = c->remaining_known ? v : 0;
 	} else if (strcmp(word, "reason") == 0) {
-		snprintf(c->reason, sizeof(c->reason), "%s", strcmp(rest, "-") ? rest : "");
+		ckpt_reason_clean(c->reason, sizeof(c->reason), strcmp(rest, "-") ? rest : "");
 	} else if (strcmp(word, "queued") == 0 && c->queued) {
 		char *s2 = NULL;
 		c->has_queued = true;

@@ -426,6 +426,10 @@ static void test_escape_ctl(void **state)
 	assert_true(strlen(small) < sizeof(small));
 	assert_non_null(strstr(small, "..."));
 	assert_null(strchr(small, 033));
+	/* the cut looks only at bytes it wrote: a buffer full of UTF-8
+	 * continuation bytes (what was there before) loses nothing that fits */
+	memset(small, 0x80, sizeof(small));
+	assert_string_equal(rk_escape_ctl(small, sizeof(small), "abcd\033"), "abcd...");
 	/* rk_esc: several at once, and rk_log escapes every message */
 	const char *a = rk_esc("\033a"), *b = rk_esc("\033b");
 	assert_string_equal(a, "\\x1ba");
