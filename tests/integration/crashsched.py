@@ -96,6 +96,8 @@ class Daemon:
         deadline = time.time() + 30
         while fuse_mounts() <= before:
             if self.p.poll() is not None:
+                if fuse_mounts() > before:   # it died right after mounting
+                    subprocess.run(["fusermount3", "-u", "-z", MNT], stderr=subprocess.DEVNULL)
                 raise DaemonGone("rekeyfs exited with %s before mounting: %s" % (self.p.returncode, self.tail()),
                                  self.p.returncode)
             if time.time() > deadline:
@@ -113,6 +115,13 @@ class Daemon:
 
     def alive(self):
         return self.p.poll() is None
+
+    def dying(self, secs=3):
+        """True when the daemon is dead or dies within secs (an I/O error came from its death)"""
+        t_end = time.time() + secs
+        while self.alive() and time.time() < t_end:
+            time.sleep(0.01)
+        return not self.alive()
 
     def kill9(self):
         if self.alive():
@@ -151,6 +160,8 @@ def ctl(cmd):
     finally:
         os.close(fd)
     out = out.decode(errors="replace")
+    if not out:
+        raise OSError(errno.ENOTCONN, "no reply from the control file")
     if not out.startswith("ok"):
         raise Loss("control %r: %s" % (cmd, out.strip()))
     return out
@@ -164,6 +175,8 @@ def walker_state():
         if e.errno in GONE:
             return "gone", []
         raise
+    except ValueError:
+        return "gone", []
     return w["state"], w.get("queued", [])
 
 
@@ -347,7 +360,11 @@ def verify(full):
                 ACKED[rel] = got
         else:
             _, src, dst, before = st
-            s_ok = os.path.exists(os.path.join(MNT, src))
+            try:
+                os.stat(os.path.join(MNT, src))
+                s_ok = True
+            except FileNotFoundError:
+                s_ok = False
             if s_ok:   # not renamed: both as before
                 ACKED[src] = before[src]
                 if before[dst] is None:
@@ -450,11 +467,13 @@ def main():
             stats["during"] += 1
             log("round %d (%s, %s): killed during the mount (journal replay)" % (i + 1, kind, how))
             continue
+        stop_ev = None
+        th_ref = [None]
         try:
             verify(False)
             other = "key2" if key[0] == "key1" else "key1"
             # ---- the work ----
-            stop = threading.Event()
+            stop = stop_ev = threading.Event()
             busy = [False]
             err = []
 
@@ -489,13 +508,9 @@ def main():
                             n += 1
                         busy[0] = False
                 except OSError as e:
-                    if e.errno not in GONE:
-                        # an error is fine only when the daemon was killed
-                        t_end = time.time() + 3
-                        while d.alive() and time.time() < t_end:
-                            time.sleep(0.01)
-                        if d.alive():
-                            err.append("%s: %s" % (kind, e))
+                    # an error is fine only when the daemon was killed
+                    if not d.dying():
+                        err.append("%s: %s" % (kind, e))
                 except Loss as e:
                     err.append(str(e))
 
@@ -509,7 +524,7 @@ def main():
                 swept = True
             th = None
             if kind not in ("wholefile", "sweep"):
-                th = threading.Thread(target=worker)
+                th = th_ref[0] = threading.Thread(target=worker)
                 th.start()
             t_start = time.time()
             deadline = t_start + (delay if point is None else 15)
@@ -546,10 +561,16 @@ def main():
             if err:
                 raise Loss("while the daemon ran: %s" % err[0])
         except OSError as e:
-            if e.errno not in GONE or d.alive():
+            if not d.dying():
+                log("round %d (%s, %s): error while the daemon runs: %s" % (i + 1, kind, how, e))
+                stats["losses"] += 1
                 d.kill9()
                 d.reap_dead()
-                raise
+                break
+            if stop_ev is not None:
+                stop_ev.set()
+            if th_ref[0] is not None:
+                th_ref[0].join(30)
             # the crash point came during the verification (a lazy rewrite or the resumed sweep)
             stats["crashpoints"] += 1
             during = True
@@ -572,7 +593,7 @@ def main():
             # remount, check every file and listing, unmount cleanly, rekeyctl fsck --deep offline
             try:
                 for _ in range(5):
-                    d = Daemon("lazy=off,walker=on")
+                    d = Daemon("lazy=off")
                     try:
                         verify(True)
                         break
