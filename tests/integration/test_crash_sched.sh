@@ -1,6 +1,6 @@
 #!/bin/bash
 # The kill -9 schedule (issue 13, item 3), short form: tests/integration/
-# crashsched.py runs CRASHSCHED_ROUNDS (default 30) daemon lifetimes, each
+# crashsched.py runs CRASHSCHED_ROUNDS (default 60) daemon lifetimes, each
 # ended by a crash point (REKEYFS_CRASHPOINT=name:N) or kill -9 after a random
 # delay, across writes, appends, truncates, renames, creates, lazy rewrites,
 # whole-file rekeys, in-place sweeps and a mix; after every kill the next
@@ -14,7 +14,7 @@ set -u
 need_fuse
 integ_setup
 SEED="${CRASH_SEED:-$(( ($(date +%s) ^ $$) % 1000000 ))}"
-ROUNDS="${CRASHSCHED_ROUNDS:-30}"
+ROUNDS="${CRASHSCHED_ROUNDS:-60}"
 FULL="${CRASHSCHED_FULL:-10}"
 echo "crash schedule seed: $SEED (CRASH_SEED=$SEED repeats it), $ROUNDS rounds"
 DATA="$T_TMP/data"
