@@ -276,7 +276,8 @@ def sweeper():
 def admin():
     try:
         while not STOP.is_set():
-            p = subprocess.run(["rekeyctl", "fsck", MNT], capture_output=True, text=True, timeout=120)
+            p = subprocess.run(["rekeyctl", "fsck", MNT] if not os.environ.get("SOAK_NO_FSCK") else ["true"],
+                               capture_output=True, text=True, timeout=120)
             if p.returncode not in (0, 1):
                 raise RuntimeError("rekeyctl fsck %s: status %d: %s %s" % (MNT, p.returncode, p.stdout[-500:], p.stderr[-500:]))
             count("admin fsck")
@@ -319,7 +320,29 @@ def settle_fds(target, secs):
         time.sleep(0.2)
 
 
+def give_up():
+    """the daemon stopped answering: a stack dump when gdb is there, then SIGKILL (its requests
+    fail, blocked threads return) and exit"""
+    try:
+        with open(os.environ.get("SOAK_STACKS", "/dev/null"), "w") as f:
+            subprocess.run(["gdb", "-p", str(PID), "-batch", "-ex", "thread apply all bt 16"], stdout=f,
+                           stderr=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    os.kill(PID, 9)
+    os._exit(1)
+
+
+def watchdog():
+    print("soak: FAILED: the soak did not end %d s after its time (daemon deadlock?); operations: %s; errors: %s" %
+          (240, OPS, FAIL), flush=True)
+    give_up()
+
+
 def main():
+    wd = threading.Timer(SECS + 240, watchdog)
+    wd.daemon = True
+    wd.start()
     r = random.Random(SEED)
     for t in ("t1", "t2", "t3"):
         os.mkdir(os.path.join(MNT, t))
@@ -352,16 +375,16 @@ def main():
     while not STOP.is_set() and time.time() - t0 < SECS:
         time.sleep(0.1)
     STOP.set()
-    deadline = time.time() + 60
+    deadline = time.time() + 30
     for th in threads:
         th.join(max(0.1, deadline - time.time()))
     stuck = [th.name for th in threads if th.is_alive()]
     if stuck:
         # a thread blocked in a request the daemon never answers cannot be
         # joined: report and leave (the test unmounts and kills the daemon)
-        print("soak: FAILED: %d of %d workers still blocked in the mount 60 s after the end (daemon deadlock?); "
+        print("soak: FAILED: %d of %d workers still blocked in the mount 30 s after the end (daemon deadlock?); "
               "operations: %s; errors: %s" % (len(stuck), len(threads), OPS, FAIL), flush=True)
-        os._exit(1)
+        give_up()
     elapsed = time.time() - t0
     try:
         if FAIL:
