@@ -64,7 +64,11 @@ void rkd_file_repath(struct rkd_fs *fs, struct rkd_inode *in)
 	char *rel = in->of && in->of->cf ? rkd_inode_rel(fs, in) : NULL;
 	if (rel) {
 		rk_cf_set_path(in->of->cf, rel);
-		if (in->of->rw)
+		/* a closing file's journal handle is detached and freed by
+		 * rkd_file_put without in->lock: hands off once closing is set
+		 * (under in->lock).  It takes no new records, and its pending
+		 * ones carry the file handle for replay. */
+		if (in->of->rw && !in->of->closing)
 			rk_journal_repath_file(in->of->jf, rel);
 		free(rel);
 	}
