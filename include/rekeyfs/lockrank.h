@@ -40,6 +40,7 @@ enum rk_rank {
 	RK_RANK_COVERAGE = 88,  /* library coverage scan work queue */
 	RK_RANK_KEYRING = 90,   /* library rk_keyring.lock */
 	RK_RANK_DET = 94,       /* library crypto det_lock */
+	RK_RANK_DIRS = 95,      /* daemon fs->dirs_lock: the list of open directory handles (leaf) */
 	RK_RANK_UCOUNT = 96,    /* daemon fs->budget.lock: open handles per user (leaf) */
 	RK_RANK_IOERR = 97,     /* daemon ioerr ie_lock: recent read errors, log rate limit (leaf) */
 	RK_RANK_SLAB = 98,      /* library secure slab lock (leaf) */

@@ -138,6 +138,7 @@ struct rkd_stats {
 };
 
 struct rkd_walker;
+struct rkd_dir;
 
 #define RKD_DIRTY_MAX 16384u /* files remembered for cleaning at unmount (2.5 MiB) */
 struct rkd_dirty {
@@ -195,6 +196,11 @@ struct rkd_fs {
 	struct rkd_stats st;
 	struct rkd_walker *w;
 	struct rkd_encjob *enc; /* online encrypt job (encrypt.c), NULL when not running */
+	/* open directory handles (dir.c): a RELEASEDIR that races the unmount's
+	 * DESTROY never arrives, so rkd_dirs_free closes what is left.
+	 * dirs_lock: rank RK_RANK_DIRS (95, a leaf), guards the list links */
+	pthread_mutex_t dirs_lock;
+	struct rkd_dir *dirs;
 	/* the lazy-rekey read hook, registered by the walker (rkd_walker_init)
 	 * before any file opens, read-only after: installed on every writable
 	 * chunk file when o.lazy is on */

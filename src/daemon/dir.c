@@ -34,7 +34,46 @@ struct rkd_dir {
 	bool root;
 	struct rkd_inode *in; /* the directory (held by the kernel while open) */
 	uid_t uid;            /* opener, charged 2 (its DIR fd and its inode's) */
+	struct rkd_dir *prev, *next; /* fs->dirs, under fs->dirs_lock */
 };
+
+static void dirs_link(struct rkd_fs *fs, struct rkd_dir *d)
+{
+	rk_mutex_lock(&fs->dirs_lock, RK_RANK_DIRS);
+	d->prev = NULL;
+	d->next = fs->dirs;
+	if (fs->dirs)
+		fs->dirs->prev = d;
+	fs->dirs = d;
+	rk_mutex_unlock(&fs->dirs_lock);
+}
+
+static void dirs_unlink(struct rkd_fs *fs, struct rkd_dir *d)
+{
+	rk_mutex_lock(&fs->dirs_lock, RK_RANK_DIRS);
+	if (d->prev)
+		d->prev->next = d->next;
+	else
+		fs->dirs = d->next;
+	if (d->next)
+		d->next->prev = d->prev;
+	rk_mutex_unlock(&fs->dirs_lock);
+}
+
+void rkd_dirs_free(struct rkd_fs *fs)
+{
+	rk_mutex_lock(&fs->dirs_lock, RK_RANK_DIRS);
+	struct rkd_dir *d = fs->dirs;
+	fs->dirs = NULL;
+	rk_mutex_unlock(&fs->dirs_lock);
+	while (d) {
+		struct rkd_dir *next = d->next;
+		if (d->dp)
+			closedir(d->dp);
+		free(d);
+		d = next;
+	}
+}
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -70,7 +109,16 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	fi->fh = (uint64_t)(uintptr_t)d;
 	fi->cache_readdir = 0;
-	fuse_reply_open(req, fi);
+	dirs_link(fs, d);
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		/* the opener was interrupted: no RELEASEDIR will come */
+		dirs_unlink(fs, d);
+		if (d->dp) {
+			closedir(d->dp);
+			rkd_handle_refund(fs, d->uid, 2);
+		}
+		free(d);
+	}
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -144,6 +192,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
 	struct rkd_dir *d = (struct rkd_dir *)(uintptr_t)fi->fh;
 	(void)ino;
+	dirs_unlink(FS(req), d);
 	if (d->dp) {
 		closedir(d->dp);
 		rkd_handle_refund(FS(req), d->uid, 2);

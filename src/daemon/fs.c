@@ -141,6 +141,7 @@ static void init_locks(struct rkd_fs *fs)
 	}
 	pthread_mutex_init(&fs->dirty_lock, NULL);
 	pthread_mutex_init(&fs->szlock, NULL);
+	pthread_mutex_init(&fs->dirs_lock, NULL);
 	rkd_budget_init(&fs->budget);
 	pthread_rwlock_init(&fs->policy_lock, NULL);
 	atomic_store(&fs->policy_gen, 1);
@@ -237,6 +238,7 @@ int rkd_fs_destroy(struct rkd_fs *fs)
 		rkd_clean_dirty_headers(fs);
 	}
 	free(fs->dirty);
+	rkd_dirs_free(fs);
 	inodes_free(fs);
 	rkd_budget_destroy(&fs->budget);
 	rkd_size_cache_free(fs);
