@@ -330,6 +330,27 @@ int rk_cf_flush(struct rk_cf *cf);
  * (exact counts, COUNTS_DIRTY clear) and fdatasync again. */
 int rk_cf_sync(struct rk_cf *cf);
 
+/* The durable point of the journal's fsync (rk_journal_sync_file): write the
+ * header if it changed (keeping COUNTS_DIRTY if the disk header has it) and
+ * fdatasync once: the data and the header with the current size are then
+ * durable.  Unlike rk_cf_sync it does not clean the header (one flush, not
+ * two). */
+int rk_cf_sync_data(struct rk_cf *cf);
+/* true when a durable point (rk_cf_sync_data, rk_cf_sync) was reached since
+ * the open; *size gets the plaintext size now, *dur_size the size that is
+ * durable (in place or in the journal). */
+bool rk_cf_dur_state(struct rk_cf *cf, uint64_t *size, uint64_t *dur_size);
+/* The journal made size durable (a size record was committed). */
+void rk_cf_set_dur_size(struct rk_cf *cf, uint64_t size);
+/* The sealed image of slot idx as the stored file holds it (buf: room for
+ * a slot): *len its length, 0 when the slot holds no image (a hole, cut
+ * off, or malformed).  No lock: the caller keeps writers of the slot out. */
+int rk_cf_slot_image(struct rk_cf *cf, uint64_t idx, uint8_t *buf, uint32_t *len);
+/* Journal replay: set the plaintext size recorded in the header of the
+ * stored file fd (which must carry file id `id`) to size, in the older
+ * copy with seq + 1 and COUNTS_DIRTY set (the caller recounts and syncs). */
+int rk_cf_replay_set_size(int fd, const char *path, const uint8_t id[RK_FILE_ID_BYTES], uint64_t size);
+
 /* rk_cf_sync for a file nobody else can see yet (a temporary that is renamed
  * into place afterwards): both header copies clean with the exact counts,
  * then one fdatasync. */

@@ -103,8 +103,19 @@ void rk_journal_repath_file(struct rk_journal_file *jf, const char *rel);
 int rk_journal_attach(struct rk_journal *j, struct rk_cf *cf, const char *rel);
 int rk_journal_detach(struct rk_journal *j, struct rk_cf *cf);
 void rk_journal_repath(struct rk_journal *j, struct rk_cf *cf, const char *rel);
-/* Make every record appended so far durable (fsync path). */
+/* Make every record appended so far durable. */
 int rk_journal_commit(struct rk_journal *j);
+/* fsync/fdatasync of an attached file: make every write acknowledged so far
+ * durable with one group commit of the journal in the common case: the
+ * slots it wrote directly (holes it filled) are appended to the journal as
+ * records, and so is its plaintext size when that changed (a size record,
+ * applied by writing the header in place after the commit); the journal's
+ * fdatasync then covers the file.  The data file itself is fdatasync'ed
+ * (with its header) instead when that was never done since the open (the
+ * replay finds files by their header's file id), when more than 64 slots or
+ * 1 MiB were written directly, or when the journal refuses the records.
+ * The caller keeps every writer of the file out meanwhile. */
+int rk_journal_sync_file(struct rk_journal_file *jf);
 /* Commit, apply everything pending, sync data files, empty the journal. */
 int rk_journal_checkpoint(struct rk_journal *j);
 /* Before key name is released: when the journal's records are authenticated

@@ -126,11 +126,16 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 		return;
 	}
 	if (f->chunk && f->rw) {
-		/* the journal holds rewritten chunks not yet in place: durable first */
+		/* one group commit of the journal covers the file's writes in the
+		 * common case (rk_journal_sync_file); no writer of it meanwhile */
 		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
-		ret = rk_journal_commit(fs->j);
-		if (ret == 0)
-			ret = rk_cf_sync(f->cf);
+		if (f->jf) {
+			ret = rk_journal_sync_file(f->jf);
+		} else {
+			ret = rk_journal_commit(fs->j);
+			if (ret == 0)
+				ret = rk_cf_sync(f->cf);
+		}
 		rk_rw_unlock(&f->rw_lock);
 	} else if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0) {
 		ret = -errno;

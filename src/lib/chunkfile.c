@@ -791,6 +791,49 @@ int rk_cf_sync_new(struct rk_cf *cf)
 	return ret;
 }
 
+int rk_cf_sync_data(struct rk_cf *cf)
+{
+	int ret = 0;
+	uint64_t size;
+	if (!cf->writable)
+		return 0;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	size = cf->hdr.size;
+	/* the header keeps COUNTS_DIRTY when it has it: cleaning it would need a
+	 * second flush (rk_cf_sync); readers recount a dirty header */
+	if (cf->hdr_changed)
+		ret = cf_hdr_write_locked(cf, cf->disk_dirty || cf->counts_changed);
+	rk_mutex_unlock(&cf->lock);
+	if (ret == 0 && fdatasync(cf->fd) < 0) {
+		ret = -errno;
+		rk_err("%s: fdatasync failed: %s", cf->path, strerror(errno));
+	}
+	if (ret == 0) {
+		rk_mutex_lock(&cf->lock, RK_RANK_CF);
+		cf->dur_known = true;
+		cf->dur_size = size;
+		rk_mutex_unlock(&cf->lock);
+	}
+	return ret;
+}
+
+bool rk_cf_dur_state(struct rk_cf *cf, uint64_t *size, uint64_t *dur_size)
+{
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	bool known = cf->dur_known;
+	*size = cf->hdr.size;
+	*dur_size = cf->dur_size;
+	rk_mutex_unlock(&cf->lock);
+	return known;
+}
+
+void rk_cf_set_dur_size(struct rk_cf *cf, uint64_t size)
+{
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	cf->dur_size = size;
+	rk_mutex_unlock(&cf->lock);
+}
+
 int rk_cf_sync(struct rk_cf *cf)
 {
 	int ret = 0;
@@ -817,6 +860,56 @@ int rk_cf_sync(struct rk_cf *cf)
 				cf->copies_equal = true;
 		}
 	}
+	if (ret == 0) {
+		cf->dur_known = true;
+		cf->dur_size = cf->hdr.size;
+	}
 	rk_mutex_unlock(&cf->lock);
 	return ret;
+}
+
+int rk_cf_replay_set_size(int fd, const char *path, const uint8_t id[RK_FILE_ID_BYTES], uint64_t size)
+{
+	uint8_t buf[RK_HDR_COPY_SIZE] __attribute__((aligned(64)));
+	struct rk_cf_header h;
+	int which, ret;
+	if (size > RK_SIZE_MAX)
+		return -EFBIG;
+	ret = rk_cf_read_header(fd, path, &h, &which);
+	if (ret < 0)
+		return ret;
+	if (memcmp(h.file_id, id, RK_FILE_ID_BYTES) != 0)
+		return -ESTALE;
+	if (h.size == size)
+		return 0;
+	h.size = size;
+	h.seq++;
+	h.flags |= RK_HF_COUNTS_DIRTY; /* the caller recounts from the slots */
+	rk_hdr_encode(&h, buf);
+	ret = rk_pwrite_full(fd, buf, sizeof(buf), (off_t)(1 - which) * RK_HDR_COPY_SIZE);
+	if (ret < 0)
+		rk_err("%s: cannot write header: %s", path, strerror(-ret));
+	return ret;
+}
+
+int rk_cf_slot_image(struct rk_cf *cf, uint64_t idx, uint8_t *buf, uint32_t *len)
+{
+	uint32_t ss = cf->hdr.slot_size, cs = cf->hdr.chunk_size;
+	off_t off = (off_t)rk_slot_off(ss, idx);
+	*len = 0;
+	ssize_t n = rk_pread_full(cf->fd, buf, RK_SLOT_HDR, off);
+	if (n < 0)
+		return (int)n;
+	if (n < RK_SLOT_HDR || memcmp(buf, rk_slot_magic, 4) != 0)
+		return 0;
+	uint32_t stored = rk_get32(buf + 12);
+	if (stored > cs)
+		return 0;
+	uint32_t want = RK_SLOT_HDR + stored + RK_TAG_BYTES;
+	n = rk_pread_full(cf->fd, buf, want, off);
+	if (n < 0)
+		return (int)n;
+	if ((uint32_t)n == want)
+		*len = want;
+	return 0;
 }

@@ -87,6 +87,13 @@ struct rk_cf {
 	 * more chunks than were present (protected by lock) */
 	uint64_t miss_from, miss_end, miss_count;
 	uint64_t miss_per_key[RK_CF_MAX_KEYS];
+	/* writable files: what an fsync must still make durable (protected by
+	 * lock).  dur_known: the data and a header were made durable together
+	 * (fdatasync) since the open, and dur_size is the plaintext size that
+	 * is durable since then, in place or in the journal (rk_cf_sync_data,
+	 * rk_cf_set_dur_size; the journal's fsync, rk_journal_sync_file). */
+	bool dur_known;
+	uint64_t dur_size;
 };
 
 #define RK_FRESH_MAX_WORDS (1u << 17) /* 1 MiB of bits: 8M slots */

@@ -30,6 +30,11 @@
 #include "rekeyfs/lockrank.h"
 #include "journal_int.h"
 
+/* An fsync journals at most this many directly written slots, and at most
+ * JSYNC_MAX_BYTES of them; beyond, it fdatasyncs the data file instead. */
+#define JDIRECT_MAX 64
+#define JSYNC_MAX_BYTES (1u << 20)
+
 struct rk_journal_file {
 	struct rk_journal *j;
 	struct rk_cf *cf;
@@ -41,6 +46,13 @@ struct rk_journal_file {
 	unsigned npending;     /* queued entries of this file */
 	bool dirty;            /* applied since the last checkpoint: its dup is in the dirty list */
 	uint64_t gen;          /* journal generation of its last slot record */
+	uint64_t size_gen;     /* journal generation of its last size record (UINT64_MAX: none) */
+	/* slots written directly (holes filled, see j_write_slot) since the
+	 * last fsync: an fsync journals them instead of syncing the data file
+	 * (rk_journal_sync_file); past JDIRECT_MAX, direct_over */
+	uint64_t direct[JDIRECT_MAX];
+	unsigned ndirect;
+	bool direct_over;
 	struct rk_journal_file *prev, *next; /* live (attached) files */
 	UT_hash_handle cfh;    /* in j->by_cf, keyed by the cf pointer (old by-cf API) */
 };
@@ -59,6 +71,7 @@ struct jent {
 	size_t charge;        /* arena bytes this entry accounts for (with wrap waste) */
 	uint64_t seq;
 	bool dead;            /* superseded or truncated away: not applied */
+	bool hdr;             /* a size record: applying it writes the file's header in place (no image) */
 	bool hashed;
 	UT_hash_handle hh;
 	struct jent *next;
@@ -126,6 +139,7 @@ static int rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t 
 	uint64_t seq = j->seq + 1;
 	int ret;
 	rec_header(hdr, type, seq, a, type == REC_SLOT ? len : 0, old_end, jf, pathlen, j->committed);
+	RK_ASSERT(type == REC_SLOT || img == NULL);
 	/* a fresh (empty) journal starts with its header */
 	size_t hl = j->tail == 0 ? JHDR_SIZE : 0;
 	struct iovec iov[6] = {
@@ -204,6 +218,8 @@ static int arena_alloc(struct rk_journal *j, size_t len, size_t *off, size_t *ch
 
 static void arena_free(struct rk_journal *j, struct jent *e)
 {
+	if (e->hdr)
+		return; /* holds no image */
 	j->aused -= e->charge;
 	j->atail = e->aoff + e->len;
 	if (j->aused == 0)
@@ -266,12 +282,18 @@ static int apply_one(struct rk_journal *j)
 		j->applying = e;
 		rk_mutex_unlock(&j->lock);
 		int fd = rk_cf_fd(jf->cf);
-		struct rk_times t;
-		rk_cf_times_save(jf->cf, &t); /* putting chunks in place is not a user write */
-		ret = rk_pwrite_full(fd, j->arena + e->aoff, e->len, (off_t)e->off);
-		if (ret == 0 && e->old_end > e->len)
-			ret = rk_zero_range(fd, e->off + e->len, e->old_end - e->len);
-		rk_cf_times_restore(jf->cf, &t);
+		if (e->hdr) {
+			/* a size record: the header in place gets (at least) that size
+			 * before a checkpoint syncs the file and empties the journal */
+			ret = rk_cf_flush(jf->cf);
+		} else {
+			struct rk_times t;
+			rk_cf_times_save(jf->cf, &t); /* putting chunks in place is not a user write */
+			ret = rk_pwrite_full(fd, j->arena + e->aoff, e->len, (off_t)e->off);
+			if (ret == 0 && e->old_end > e->len)
+				ret = rk_zero_range(fd, e->off + e->len, e->old_end - e->len);
+			rk_cf_times_restore(jf->cf, &t);
+		}
 		rk_crashpoint("journal.applied");
 		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 		j->applying = NULL;
@@ -450,8 +472,21 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	uint64_t off = rk_slot_off(rk_cf_slot_size(cf), idx);
 	int ret;
 	if (old_end == 0) {
-		/* a hole holds no data: write directly, header last */
-		return rk_cf_write_hole(cf, idx, slot, len);
+		/* a hole holds no data: write directly, header last; an fsync
+		 * journals it or syncs the data file (rk_journal_sync_file) */
+		ret = rk_cf_write_hole(cf, idx, slot, len);
+		if (ret == 0) {
+			rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+			bool known = false;
+			for (unsigned i = 0; i < jf->ndirect && !known; i++)
+				known = jf->direct[i] == idx;
+			if (!known && jf->ndirect < JDIRECT_MAX)
+				jf->direct[jf->ndirect++] = idx;
+			else if (!known)
+				jf->direct_over = true;
+			rk_mutex_unlock(&j->lock);
+		}
+		return ret;
 	}
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	size_t aoff = 0, charge = 0;
@@ -541,22 +576,40 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 {
 	struct rk_journal_file *jf = ctx;
 	struct rk_journal *j = jf->j;
-	uint64_t seq;
+	uint64_t seq, size = rk_cf_size(cf); /* the new size (set before the cut) */
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	/* an entry being written in place right now must land before the cut */
 	while (j->applying && j->applying->key.jf == jf && j->applying->key.idx >= first_dead)
 		pthread_cond_wait(&j->changed, &j->lock);
 	for (struct jent *e = j->qhead; e; e = e->next) {
-		if (e->key.jf == jf && e->key.idx >= first_dead && !e->dead) {
+		if (e->key.jf == jf && !e->hdr && e->key.idx >= first_dead && !e->dead) {
 			e->dead = true;
 			ent_unhash(j, e);
 		}
 	}
+	unsigned keep = 0;
+	for (unsigned i = 0; i < jf->ndirect; i++)
+		if (jf->direct[i] < first_dead)
+			jf->direct[keep++] = jf->direct[i];
+	jf->ndirect = keep;
 	/* records of this generation may hold the dead slots: replay must skip them */
 	int ret = 0;
 	if (jf->gen == j->generation && j->tail > 0)
 		ret = rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
+	/* a size record of this generation would give the file its old size
+	 * back at replay, over chunks that are about to be cut off: the new size
+	 * is recorded and durable before the stored file is cut */
+	bool wait = false;
+	if (ret == 0 && jf->size_gen == j->generation && j->tail > 0) {
+		ret = rec_append(j, REC_SIZE, size, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
+		wait = ret == 0;
+	}
 	rk_mutex_unlock(&j->lock);
+	if (wait) {
+		ret = rk_journal_commit(j);
+		if (ret == 0)
+			rk_cf_set_dur_size(cf, size);
+	}
 	return ret;
 }
 
@@ -586,6 +639,7 @@ int rk_journal_attach_file(struct rk_journal *j, struct rk_cf *cf, const char *r
 		jf->handle_len = 0;
 	}
 	jf->gen = UINT64_MAX;
+	jf->size_gen = UINT64_MAX;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	jf->next = j->files;
 	if (j->files)
@@ -878,5 +932,119 @@ int rk_journal_close(struct rk_journal *j)
 	pthread_cond_destroy(&j->changed);
 	pthread_mutex_destroy(&j->lock);
 	free(j);
+	return ret;
+}
+
+/* ---- fsync of one attached file -------------------------------------------------------- */
+/* The slow durable point: the journal's records first, then the data file
+ * and its header (one fdatasync); the direct slots are then durable. */
+static int sync_file_slow(struct rk_journal_file *jf)
+{
+	struct rk_journal *j = jf->j;
+	int ret = rk_journal_commit(j);
+	if (ret == 0)
+		ret = rk_cf_sync_data(jf->cf);
+	if (ret == 0) {
+		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+		jf->ndirect = 0;
+		jf->direct_over = false;
+		rk_mutex_unlock(&j->lock);
+	}
+	return ret;
+}
+
+int rk_journal_sync_file(struct rk_journal_file *jf)
+{
+	struct rk_journal *j = jf->j;
+	struct rk_cf *cf = jf->cf;
+	uint64_t idx[JDIRECT_MAX], size, dur_size, seq;
+	uint32_t lens[JDIRECT_MAX];
+	unsigned n = 0, nimg = 0;
+	size_t bytes = 0;
+	int ret = 0;
+	uint32_t ss = rk_cf_slot_size(cf);
+	bool known = rk_cf_dur_state(cf, &size, &dur_size);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	bool over = jf->direct_over;
+	/* a slot with a pending image is covered by its own record: skip it */
+	for (unsigned i = 0; i < jf->ndirect; i++) {
+		struct jkey k = {jf, jf->direct[i]};
+		struct jent *e;
+		HASH_FIND(hh, j->hash, &k, sizeof(k), e);
+		if (!e && jf->direct[i] < rk_chunk_count(size, ss - RK_SLOT_OVERHEAD))
+			idx[n++] = jf->direct[i];
+	}
+	rk_mutex_unlock(&j->lock);
+	/* A file whose header was never made durable with its data since the
+	 * open cannot be found by replay (it looks files up by the file id of
+	 * their header), and a large batch is cheaper to sync in place */
+	if (!known || over || (size_t)n * ss > JSYNC_MAX_BYTES)
+		return sync_file_slow(jf);
+	if (n == 0 && size == dur_size)
+		return rk_journal_commit(j); /* everything is in the journal already */
+	uint8_t *buf = rk_scratch(RK_SCR_JSYNC, (size_t)n * ss + 1);
+	if (!buf)
+		return -ENOMEM;
+	/* no write to this file can run meanwhile (the caller excludes them):
+	 * the slots read here are the ones the user's writes left */
+	for (unsigned i = 0; i < n && ret == 0; i++) {
+		ret = rk_cf_slot_image(cf, idx[i], buf + bytes, &lens[i]);
+		bytes += lens[i];
+	}
+	if (ret < 0)
+		return sync_file_slow(jf);
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	bytes = 0;
+	for (unsigned i = 0; i < n && ret == 0; i++) {
+		if (lens[i] == 0)
+			continue;
+		/* the record only: the image is in place already (replay redoes it) */
+		ret = rec_append(j, REC_SLOT, rk_slot_off(ss, idx[i]), buf + bytes, lens[i], 0, jf, &seq);
+		bytes += lens[i];
+		nimg++;
+	}
+	struct jent *e = NULL;
+	if (ret == 0 && size != dur_size) {
+		e = ent_new(j);
+		ret = e ? rec_append(j, REC_SIZE, size, NULL, 0, ss, jf, &e->seq) : -ENOMEM;
+		if (ret == 0) {
+			/* applied after the commit: the header in place gets the size */
+			e->hdr = true;
+			e->key.jf = jf;
+			e->key.idx = UINT64_MAX;
+			if (j->qtail)
+				j->qtail->next = e;
+			else
+				j->qhead = e;
+			j->qtail = e;
+			jf->npending++;
+			jf->size_gen = j->generation;
+		} else if (e) {
+			e->next = j->freelist;
+			j->freelist = e;
+		}
+	}
+	if (nimg > 0) {
+		jf->gen = j->generation;
+		/* the images were written in place directly: a checkpoint must sync
+		 * the file before it empties the journal */
+		if (ret == 0)
+			ret = add_dirty(j, jf);
+	}
+	rk_mutex_unlock(&j->lock);
+	if (ret < 0) {
+		/* no room in the journal (ENOSPC...): the records appended so far
+		 * are harmless (replay redoes what is in place); sync in place */
+		rk_warn("%s: cannot journal an fsync (%s); syncing the file in place", jf->path, strerror(-ret));
+		return sync_file_slow(jf);
+	}
+	rk_crashpoint("journal.fsync-appended");
+	ret = rk_journal_commit(j);
+	if (ret == 0) {
+		rk_cf_set_dur_size(cf, size);
+		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+		jf->ndirect = 0;
+		rk_mutex_unlock(&j->lock);
+	}
 	return ret;
 }

@@ -17,12 +17,14 @@
 #define JHDR_SIZE 136
 #define JHDR_MACOFF 104
 #define JID_BYTES 16
-#define JVERSION 2
+#define JVERSION 3     /* written; replay also reads version 2 (no size records) */
+#define JVERSION_MIN 2
 /* records */
 #define REC_HDR 64
 #define REC_SUM 32
 #define REC_SLOT 1
 #define REC_TRUNC 2
+#define REC_SIZE 3     /* version 3: the plaintext size an fsync made durable */
 #define HANDLE_MAX 128
 #define REC_V1_HDR 56
 extern const uint8_t rk_jhdr_magic[4];

@@ -44,6 +44,8 @@ struct rrec {
 struct rfile {
 	uint8_t file_id[RK_FILE_ID_BYTES];
 	int fd;               /* -1: not found (deleted after the write) */
+	bool has_size;        /* a size record names it: size is the last one */
+	uint64_t size;
 	uint32_t slot_size;   /* from the file's chunk header */
 	char path[PATH_MAX];
 	UT_hash_handle hh;
@@ -54,6 +56,7 @@ struct rctx {
 	int fd;               /* the journal */
 	uint64_t size;
 	struct jmac mac;
+	unsigned version;     /* the journal's format version (2 or 3) */
 	dev_t dev;            /* the data directory's filesystem */
 	char root[PATH_MAX];  /* its real path ("" for /) */
 	size_t rootlen;
@@ -73,7 +76,7 @@ static size_t rec_total(const struct rrec *r)
 }
 
 /* Decode a record header; false when its fields are impossible. */
-static bool rec_decode(const uint8_t *h, struct rrec *r)
+static bool rec_decode(const uint8_t *h, struct rrec *r, unsigned version)
 {
 	memset(r, 0, sizeof(*r));
 	if (memcmp(h, rk_jrec_magic, 4) != 0 || h[5] || h[6] || h[7])
@@ -95,6 +98,9 @@ static bool rec_decode(const uint8_t *h, struct rrec *r)
 	if (r->type == REC_TRUNC)
 		return r->len == 0 && r->old_end > RK_SLOT_OVERHEAD && r->old_end <= RK_CHUNK_MAX + RK_SLOT_OVERHEAD &&
 		       r->a <= (UINT64_MAX - RK_HDR_AREA) / r->old_end;
+	if (r->type == REC_SIZE)
+		return version >= 3 && r->len == 0 && r->old_end > RK_SLOT_OVERHEAD &&
+		       r->old_end <= RK_CHUNK_MAX + RK_SLOT_OVERHEAD && r->a <= RK_SIZE_MAX;
 	return false;
 }
 
@@ -108,7 +114,7 @@ static int rec_read(struct rctx *c, uint64_t pos, struct rrec *r, uint8_t **buf,
 		return 1;
 	if (rk_pread_full(c->fd, h, REC_HDR, (off_t)pos) != REC_HDR)
 		return -EIO;
-	if (!rec_decode(h, r))
+	if (!rec_decode(h, r, c->version))
 		return -EBADMSG;
 	r->joff = pos;
 	size_t total = rec_total(r);
@@ -149,7 +155,7 @@ static int torn_tail(struct rctx *c, uint64_t pos, uint64_t last_seq)
 			break;
 		off = (uint64_t)(p - b);
 		struct rrec r;
-		if (off + REC_HDR > rest || !rec_decode(p, &r))
+		if (off + REC_HDR > rest || !rec_decode(p, &r, c->version))
 			continue;
 		size_t total = rec_total(&r);
 		if (off + total > rest)
@@ -389,9 +395,10 @@ static int header_check(struct rctx *c, struct rk_keyring *kr)
 		       c->jname);
 		return -EUCLEAN;
 	}
-	if (rk_get16(h + 4) != JVERSION) {
-		rk_err("%s: journal format version %u is not supported (this rekeyfs writes version %u); nothing is "
-		       "replayed", c->jname, rk_get16(h + 4), JVERSION);
+	c->version = rk_get16(h + 4);
+	if (c->version < JVERSION_MIN || c->version > JVERSION) {
+		rk_err("%s: journal format version %u is not supported (this rekeyfs reads versions %u to %u); nothing "
+		       "is replayed", c->jname, c->version, JVERSION_MIN, JVERSION);
 		return -EPROTONOSUPPORT;
 	}
 	size_t nl = h[6];
@@ -591,6 +598,20 @@ static int redo_record(struct rctx *c, struct rrec *r, int pass)
 		return ret;
 	if (f->fd < 0)
 		return 0;
+	if (r->type == REC_SIZE) {
+		if (pass == 2 && r->old_end != f->slot_size) {
+			rk_err("%s: the size record at offset %" PRIu64 " names a %" PRIu32 "-byte slot layout for %s, which "
+			       "has %" PRIu32 "-byte slots; nothing is replayed", c->jname, r->joff, r->old_end, path,
+			       f->slot_size);
+			return -EINVAL;
+		}
+		if (pass == 3) {
+			/* the last one wins: the size the file's last fsync made durable */
+			f->has_size = true;
+			f->size = r->a;
+		}
+		return 0;
+	}
 	if (pass == 2)
 		return slot_check(c, r, path, f->slot_size);
 	const uint8_t *img = c->buf + REC_HDR + r->handle_len + r->path_len;
@@ -613,7 +634,7 @@ static int redo_records(struct rctx *c)
 	int ret = 0;
 	for (int pass = 2; pass <= 3 && ret == 0; pass++)
 		for (size_t i = 0; i < c->nrecs && ret == 0; i++)
-			if (c->recs[i].type == REC_SLOT && !c->recs[i].dead)
+			if ((c->recs[i].type == REC_SLOT || c->recs[i].type == REC_SIZE) && !c->recs[i].dead)
 				ret = redo_record(c, &c->recs[i], pass);
 	return ret;
 }
@@ -626,6 +647,16 @@ static int sync_files(struct rctx *c)
 	{
 		if (f->fd < 0)
 			continue;
+		/* the size before the writable open below, which would cut the
+		 * chunks past the header's (older) size */
+		if (f->has_size) {
+			int r = rk_cf_replay_set_size(f->fd, f->path, f->file_id, f->size);
+			if (r < 0) {
+				rk_err("journal replay: %s: cannot record its size: %s; the journal is kept", f->path,
+				       rk_strerror(r));
+				return r;
+			}
+		}
 		if (fdatasync(f->fd) < 0) {
 			int ret = -errno;
 			rk_err("journal replay: fdatasync %s: %s", f->path, strerror(errno));
