@@ -125,6 +125,9 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 
 struct rk_journal_stats {
 	uint64_t records, commits, applied, checkpoints, pending_bytes, journal_bytes, waits;
+	/* rk_journal_sync_file calls, and those that synced the data file
+	 * instead of journaling (first fsync after an open, large batches) */
+	uint64_t fsyncs, fsyncs_in_place;
 	int last_error;
 };
 void rk_journal_get_stats(struct rk_journal *j, struct rk_journal_stats *st);

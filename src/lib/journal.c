@@ -285,6 +285,7 @@ static int apply_one(struct rk_journal *j)
 		if (e->hdr) {
 			/* a size record: the header in place gets (at least) that size
 			 * before a checkpoint syncs the file and empties the journal */
+			rk_crashpoint("journal.size-apply");
 			ret = rk_cf_flush(jf->cf);
 		} else {
 			struct rk_times t;
@@ -941,6 +942,9 @@ int rk_journal_close(struct rk_journal *j)
 static int sync_file_slow(struct rk_journal_file *jf)
 {
 	struct rk_journal *j = jf->j;
+	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	j->st.fsyncs_in_place++;
+	rk_mutex_unlock(&j->lock);
 	int ret = rk_journal_commit(j);
 	if (ret == 0)
 		ret = rk_cf_sync_data(jf->cf);
@@ -965,6 +969,7 @@ int rk_journal_sync_file(struct rk_journal_file *jf)
 	uint32_t ss = rk_cf_slot_size(cf);
 	bool known = rk_cf_dur_state(cf, &size, &dur_size);
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	j->st.fsyncs++;
 	bool over = jf->direct_over;
 	/* a slot with a pending image is covered by its own record: skip it */
 	for (unsigned i = 0; i < jf->ndirect; i++) {
