@@ -426,7 +426,11 @@ int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk
 		e->bits = (uint16_t)key->bits;
 	}
 	cf->tail_ok = true;
-	ret = cf_hdr_write_locked(cf, true);
+	/* a new file: its times are the creation's, nothing to keep (the
+	 * callers that build temporaries set them afterwards); no lock, the
+	 * rk_cf is not shared yet.  Not fsynced either: until the first fsync
+	 * the file may come back empty after a crash (rekeyfs(5), CRASHES). */
+	ret = hdr_write_times_kept(cf, true);
 	if (ret < 0)
 		goto fail;
 	*out = cf;
