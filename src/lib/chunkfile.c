@@ -433,6 +433,7 @@ int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk
 	ret = hdr_write_times_kept(cf, true);
 	if (ret < 0)
 		goto fail;
+	rk_crashpoint("create.header-written");
 	*out = cf;
 	return 0;
 fail:
