@@ -39,6 +39,16 @@ for i in range(n):
     if sync:
         print("f%02d" % i, flush=True)
 EOF
+daemon_dead() { ! kill -0 "$1" 2>/dev/null || [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" = Z ]; }
+# crashed_umount: the daemon is dead (status 137 expected); remove its mount
+crashed_umount() {
+	RKFX_QUIET=1 rkfx_umount "$MNT" >/dev/null 2>&1
+	[ "$RKFX_WAIT_RC" = 137 ] || fail "the daemon's exit status is $RKFX_WAIT_RC, expected 137 (SIGKILL)"
+	if rkfx_is_mounted "$MNT"; then
+		fusermount3 -u -z "$MNT" 2>/dev/null
+		rkfx_is_mounted "$MNT" && fail "the mount of the killed daemon cannot be removed"
+	fi
+}
 # check_unsynced FILE N: absent, empty or a prefix of the first N payload bytes; then writable
 check_unsynced() {
 	local f="$1" n="$2"
@@ -60,8 +70,7 @@ mount_fs "$DATA" "$MNT"
 DPID=$LAST_PID
 python3 "$T_TMP/mk.py" "$MNT" "$PAYLOAD" "$N" >"$T_TMP/synced" || fail "creating the files failed"
 kill -9 "$DPID"
-wait_until 10 "the daemon did not die" eval '! kill -0 '"$DPID"' 2>/dev/null'
-fusermount3 -u -z "$MNT" 2>/dev/null
+crashed_umount
 mount_fs "$DATA" "$MNT"
 [ "$(wc -l <"$T_TMP/synced")" = $((N / 2)) ] || fail "expected $((N / 2)) fsynced files"
 for ((i = 0; i < N; i++)); do
@@ -85,10 +94,13 @@ mkdir -p "$MNT/d" || fail "mkdir"
 for i in 1 2 3; do
 	printf 'x%.0s' $(seq 100) >"$MNT/d/new$i" 2>/dev/null || break
 done
-wait_until 10 "the daemon did not reach the crash point" eval '! kill -0 '"$DPID"' 2>/dev/null'
-fusermount3 -u -z "$MNT" 2>/dev/null
+# the third create killed the daemon (the loop above ended on its error;
+# the process may still be exiting)
+wait_until 10 "the daemon did not reach the crash point" daemon_dead "$DPID"
+crashed_umount
 [ -e "$DATA/d/new3" ] || fail "the crash point left no file behind (it is after the header write)"
 is_chunk_file "$DATA/d/new3" || fail "new3 is not a chunk file after the crash point"
+cp "$DATA/d/new3" "$T_TMP/created" # the file as created: copy A only (part 3)
 mount_fs "$DATA" "$MNT"
 [ "$(stat -c %s "$MNT/d/new3")" = 0 ] || check_failed "new3 (header only) is not empty"
 check_unsynced "$MNT/d/new3" 0
@@ -105,8 +117,6 @@ head -c 9000 "$PAYLOAD" >"$MNT/orig" || fail "write"
 umount_fs "$MNT"
 HDR=4096
 cp "$DATA/orig" "$T_TMP/orig.full"
-# the state right after the create: copy A only (the file as created)
-cp "$DATA/d/new3" "$T_TMP/created"
 cp "$T_TMP/orig.full" "$DATA/s_full"                   # copy A and the slots, copy B never written
 dd if=/dev/zero of="$DATA/s_full" bs=$HDR seek=1 count=1 conv=notrunc status=none
 : >"$DATA/s_none"                                       # the create's header never reached the disk
