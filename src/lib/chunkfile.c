@@ -426,11 +426,13 @@ int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk
 		e->bits = (uint16_t)key->bits;
 	}
 	cf->tail_ok = true;
-	/* a new file: its times are the creation's, nothing to keep (the
-	 * callers that build temporaries set them afterwards); no lock, the
-	 * rk_cf is not shared yet.  Not fsynced either: until the first fsync
-	 * the file may come back empty after a crash (rekeyfs(5), CRASHES). */
-	ret = hdr_write_times_kept(cf, true);
+	/* the times stay the creation's: the kernel (write-back cache) owns
+	 * mtime and flushes its own only when a write changes it, so the new
+	 * file must not show a newer one than the create gave (not locked: the
+	 * rk_cf is not shared yet).  Not fsynced: until the first fsync the
+	 * file may come back absent or empty after a crash (rekeyfs(5),
+	 * WRITING). */
+	ret = cf_hdr_write_locked(cf, true);
 	if (ret < 0)
 		goto fail;
 	rk_crashpoint("create.header-written");
