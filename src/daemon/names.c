@@ -312,24 +312,17 @@ static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode
 	 * did not already give the file the caller's (a caller with the
 	 * daemon's ids, the common case, costs no chown, chmod or parent stat) */
 	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
+	ret = fstat(fd, &st) < 0 ? -errno : 0;
+	if (ret == 0 && !owner_is_callers(req, &st, mode)) {
+		set_owner(req, parent, fd, "", S_IFREG, mode);
+		ret = fstat(fd, &st) < 0 ? -errno : 0;
+	}
+	if (ret < 0) {
 		rk_cf_close(cf);
 		unlinkat(parent->fd, name, 0);
 		close(fd);
 		free(rel);
 		return ret;
-	}
-	if (!owner_is_callers(req, &st, mode)) {
-		set_owner(req, parent, fd, "", S_IFREG, mode);
-		if (fstat(fd, &st) < 0) {
-			ret = -errno;
-			rk_cf_close(cf);
-			unlinkat(parent->fd, name, 0);
-			close(fd);
-			free(rel);
-			return ret;
-		}
 	}
 	if (stout)
 		*stout = st;
