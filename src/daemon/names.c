@@ -75,9 +75,18 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	struct rkd_fs *fs = FS(req);
 	struct fuse_entry_param e;
-	int ret = do_lookup(FS(req), parent, name, &e);
-	if (ret < 0)
+	int ret = do_lookup(fs, parent, name, &e);
+	if (ret == -ENOENT && INO(fs, parent)->virt == RKD_REAL) {
+		/* a negative entry the kernel may cache for entry_timeout: the
+		 * mount is the only writer of its data directory, and what it
+		 * creates the kernel learns from the creating request (the names
+		 * the daemon keeps hidden are never found) */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = fs->o.entry_timeout;
+		fuse_reply_entry(req, &e);
+	} else if (ret < 0)
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_entry(req, &e);
@@ -167,6 +176,16 @@ static void set_owner(fuse_req_t req, struct rkd_inode *parent, int dirfd, const
 	}
 }
 
+/* Does the regular file st, just created by the daemon, already have what
+ * set_owner would give it?  Its uid and gid are the caller's (then the
+ * directory's setgid group, if any, is the caller's group too, and the
+ * caller is in it, so setgid stays) and its permission bits are mode. */
+static bool owner_is_callers(fuse_req_t req, const struct stat *st, mode_t mode)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	return st->st_uid == ctx->uid && st->st_gid == ctx->gid && (st->st_mode & 07777) == (mode & 07777);
+}
+
 /* Errors that say the daemon or the system ran out of something: they reach
  * the caller as they are (never EIO, which says the data is bad). */
 static bool resource_err(int neg)
@@ -248,7 +267,8 @@ out:
  * the open backing fd (O_RDWR) and its path in *relout (allocated).  Without
  * excl an existing file is opened if the caller may (flags: its open flags). */
 static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode *parent, const char *name,
-                             mode_t mode, bool excl, int flags, bool *created, struct rk_cf **cfout, char **relout)
+                             mode_t mode, bool excl, int flags, bool *created, struct rk_cf **cfout, char **relout,
+                             struct stat *stout)
 {
 	char *prel = NULL, *rel = NULL;
 	int ret;
@@ -260,7 +280,6 @@ static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode
 			return -errno;
 		return open_existing(req, parent, name, flags);
 	}
-	set_owner(req, parent, fd, "", S_IFREG, mode);
 	prel = rkd_inode_rel(fs, parent);
 	if (!prel || asprintf(&rel, "%s/%s", strcmp(prel, "/") ? prel : "", name) < 0) {
 		free(prel);
@@ -288,6 +307,25 @@ static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode
 		free(rel);
 		return resource_err(ret) ? ret : -EIO;
 	}
+	/* after the header write: st is the new file as it stays (size, times)
+	 * and serves the reply; owner and mode are changed only when the host
+	 * did not already give the file the caller's (a caller with the
+	 * daemon's ids, the common case, costs no chown, chmod or parent stat) */
+	struct stat st;
+	ret = fstat(fd, &st) < 0 ? -errno : 0;
+	if (ret == 0 && !owner_is_callers(req, &st, mode)) {
+		set_owner(req, parent, fd, "", S_IFREG, mode);
+		ret = fstat(fd, &st) < 0 ? -errno : 0;
+	}
+	if (ret < 0) {
+		rk_cf_close(cf);
+		unlinkat(parent->fd, name, 0);
+		close(fd);
+		free(rel);
+		return ret;
+	}
+	if (stout)
+		*stout = st;
 	if (cfout)
 		*cfout = cf; /* the caller keeps it: the new file's open state */
 	else
@@ -306,12 +344,9 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 	struct rkd_file *f = NULL;
 	int ret;
 	bool adopted;
-	/* the inode of the fd we created, not whatever the name holds by now;
-	 * a new inode takes fd as its fd: one descriptor for the open file */
-	if (fstat(fd, st) < 0) {
-		ret = -errno;
-		goto fail;
-	}
+	/* the inode of the fd we created (st: its fstat after the header
+	 * write), not whatever the name holds by now; a new inode takes fd as
+	 * its fd: one descriptor for the open file */
 	struct rkd_inode *in = rkd_inode_get_ex(fs, fd, st, p, name, true, &adopted);
 	if (!in) {
 		ret = -ENOMEM;
@@ -397,7 +432,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		goto out;
 	charged = true;
 	memset(&e, 0, sizeof(e));
-	fd = create_chunk_file(fs, req, p, name, mode & 07777, fi->flags & O_EXCL, fi->flags, &created, &ncf, &rel);
+	fd = create_chunk_file(fs, req, p, name, mode & 07777, fi->flags & O_EXCL, fi->flags, &created, &ncf, &rel,
+	                       &e.attr);
 	if (fd < 0) {
 		ret = fd;
 		fd = -1;
@@ -486,7 +522,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	if (S_ISREG(mode)) {
 		bool created;
 		char *rel = NULL;
-		int fd = create_chunk_file(fs, req, p, name, mode & 07777, true, 0, &created, NULL, &rel);
+		int fd = create_chunk_file(fs, req, p, name, mode & 07777, true, 0, &created, NULL, &rel, NULL);
 		if (fd < 0) {
 			fuse_reply_err(req, ferr(fd));
 			return;

@@ -426,9 +426,16 @@ int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk
 		e->bits = (uint16_t)key->bits;
 	}
 	cf->tail_ok = true;
+	/* the times stay the creation's: the kernel (write-back cache) owns
+	 * mtime and flushes its own only when a write changes it, so the new
+	 * file must not show a newer one than the create gave (not locked: the
+	 * rk_cf is not shared yet).  Not fsynced: until the first fsync the
+	 * file may come back absent or empty after a crash (rekeyfs(5),
+	 * WRITING). */
 	ret = cf_hdr_write_locked(cf, true);
 	if (ret < 0)
 		goto fail;
+	rk_crashpoint("create.header-written");
 	*out = cf;
 	return 0;
 fail:
