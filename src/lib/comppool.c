@@ -142,8 +142,9 @@ int rk_cjob_start(struct rk_cjob *j)
 {
 	size_t cap = rk_comp_bound(j->cs);
 	unsigned win = (unsigned)RK_MIN((uint64_t)RK_CJOB_WIN, j->n);
-	/* at most about 1 MiB of ring per writing thread */
-	while (win > 2 && (size_t)win * cap > 1024 * 1024)
+	/* at most about 512 KiB of ring per writing thread (8 slots of 16 KiB
+	 * chunks, 6 of 64 KiB, 2 of 1 MiB) */
+	while (win > 2 && (size_t)win * cap > 512 * 1024)
 		win--;
 	j->ring = rk_scratch(RK_SCR_BATCH, (size_t)win * cap);
 	if (!j->ring)
