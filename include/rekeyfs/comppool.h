@@ -31,6 +31,8 @@ struct rk_cjob {
 	uint64_t n;
 	rk_cjob_fn fn;
 	void *arg;
+	bool solo; /* compress on the calling thread only (nothing to gain from
+	            * helpers: e.g. the data is being stored raw) */
 	/* private (pool lock while attached) */
 	uint8_t *ring;
 	size_t cap;

@@ -450,7 +450,10 @@ int64_t cf_write_chunks(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint6
 {
 	uint32_t cs = cf->hdr.chunk_size;
 	struct cjob_arg a = {cf, comp};
-	struct rk_cjob j = {.in = pt, .cs = cs, .n = n, .fn = cjob_compress, .arg = &a};
+	/* helpers only for data being compressed: a chunk stored raw costs a
+	 * copy, less than handing it to another thread */
+	bool solo = comp != RK_COMP_SNAPPY || atomic_load(&cf->incompressible) >= 8;
+	struct rk_cjob j = {.in = pt, .cs = cs, .n = n, .fn = cjob_compress, .arg = &a, .solo = solo};
 	uint64_t i = 0;
 	int ret = n ? rk_cjob_start(&j) : 0;
 	for (; ret == 0 && i < n; i++) {

@@ -156,7 +156,7 @@ int rk_cjob_start(struct rk_cjob *j)
 	j->next = j->consumed = 0;
 	j->limit = j->n;
 	memset(j->ready, 0, sizeof(j->ready));
-	if (j->n < 2)
+	if (j->n < 2 || j->solo)
 		return 0;
 	rk_mutex_lock(&pool.lock, RK_RANK_COMPPOOL);
 	pool_grow_locked();

@@ -132,6 +132,20 @@ static void test_no_helpers(void **state)
 	run_job(in, fn_plain, &c, N);
 	assert_int_equal(rk_comp_pool_helped(), h0);
 	assert_int_equal(atomic_load(&c.calls), N);
+	/* a solo job (data stored raw) never gets helpers */
+	assert_int_equal(rk_comp_pool_set_threads(2), 0);
+	struct rk_cjob j = {.in = in, .cs = CS, .n = N, .fn = fn_plain, .arg = &c, .solo = true};
+	assert_int_equal(rk_cjob_start(&j), 0);
+	for (uint64_t i = 0; i < N; i++) {
+		size_t clen;
+		enum rk_comp used;
+		(void)rk_cjob_get(&j, i, &clen, &used);
+		rk_cjob_done(&j, i);
+	}
+	rk_cjob_finish(&j);
+	assert_int_equal(rk_comp_pool_helped(), h0);
+	assert_int_equal(atomic_load(&c.calls), 2 * N);
+	rk_comp_pool_shutdown();
 	assert_int_equal(rk_comp_pool_set_threads(-1), 0);
 }
 
