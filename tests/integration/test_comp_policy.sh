@@ -21,14 +21,14 @@ EXP="$T_TMP/exp"
 mkdir -p "$MNT" "$EXP"
 new_datadir "$DATA" 16
 MB=1048576
-make_text "$EXP/t1" $((6 * MB)) 1
-make_random "$EXP/r1" $((6 * MB))
-make_text "$EXP/t2" $((6 * MB)) 2
+make_text "$EXP/t1" $((2 * MB)) 1
+make_random "$EXP/r1" $((2 * MB))
+make_text "$EXP/t2" $((2 * MB)) 2
 cat "$EXP/t1" "$EXP/r1" "$EXP/t2" >"$EXP/a"
 python3 - "$EXP/a" "$EXP/b" <<'PY'
 import sys
 a = open(sys.argv[1], "rb").read()
-open(sys.argv[2], "wb").write(a[6 << 20:] + a[:6 << 20])  # random, text, text
+open(sys.argv[2], "wb").write(a[2 << 20:] + a[:2 << 20])  # random, text, text
 PY
 
 mount_fs "$DATA" "$MNT"
@@ -44,14 +44,14 @@ assert_same "$EXP/a" "$MNT/a"
 assert_same "$EXP/b" "$MNT/b"
 
 checking "overwrites: random over text and text over random, aligned and unaligned"
-# a: 2 MiB of random over the first text range at an unaligned offset (partial
-# chunks at both ends, a run of whole chunks between); 3 MiB of text over the
+# a: 1 MiB of random over the first text range at an unaligned offset (partial
+# chunks at both ends, a run of whole chunks between); 1 MiB of text into the
 # random range, chunk aligned
-head -c $((2 * MB)) "$EXP/r1" >"$EXP/rr"
-make_text "$EXP/tt" $((3 * MB)) 3
+head -c $((1 * MB)) "$EXP/r1" >"$EXP/rr"
+make_text "$EXP/tt" $((1 * MB)) 3
 for f in "$EXP/a" "$MNT/a"; do
-	dd if="$EXP/rr" of="$f" bs=1M seek=$((MB + 1000)) oflag=seek_bytes conv=notrunc status=none || fail "dd rr $f"
-	dd if="$EXP/tt" of="$f" bs=1M seek=$((7 * MB)) oflag=seek_bytes conv=notrunc,fsync status=none || fail "dd tt $f"
+	dd if="$EXP/rr" of="$f" bs=1M seek=$((MB / 2 + 1000)) oflag=seek_bytes conv=notrunc status=none || fail "dd rr $f"
+	dd if="$EXP/tt" of="$f" bs=1M seek=$((5 * MB / 2)) oflag=seek_bytes conv=notrunc,fsync status=none || fail "dd tt $f"
 done
 evict
 assert_same "$EXP/a" "$MNT/a"
@@ -85,12 +85,14 @@ def slots(path):
             plain, stored = struct.unpack_from("<II", sh, 8)
             out.append((comp, plain, stored))
         return cs, out
-# final content of a: text [0, 1M+1000), random [1M+1000, 3M+1000), text
-# [3M+1000, 6M), random [6M, 7M), text [7M, 10M), random [10M, 12M), text [12M, 18M)
-ranges = {"a": [(0, MB + 1000, "text"), (MB + 1000, 3 * MB + 1000, "random"), (3 * MB + 1000, 6 * MB, "text"),
-                (6 * MB, 7 * MB, "random"), (7 * MB, 10 * MB, "text"), (10 * MB, 12 * MB, "random"),
-                (12 * MB, 18 * MB, "text")],
-          "b": [(0, 6 * MB, "random"), (6 * MB, 18 * MB, "text")]}
+# final content of a (K = 1024): text [0, 512K+1000), random [512K+1000,
+# 1536K+1000), text [1536K+1000, 2M), random [2M, 2560K), text [2560K, 3584K),
+# random [3584K, 4M), text [4M, 6M); b: random [0, 2M), text [2M, 6M)
+K = 1024
+ranges = {"a": [(0, 512 * K + 1000, "text"), (512 * K + 1000, 1536 * K + 1000, "random"),
+                (1536 * K + 1000, 2 * MB, "text"), (2 * MB, 2560 * K, "random"), (2560 * K, 3584 * K, "text"),
+                (3584 * K, 4 * MB, "random"), (4 * MB, 6 * MB, "text")],
+          "b": [(0, 2 * MB, "random"), (2 * MB, 6 * MB, "text")]}
 bad = 0
 for name, rs in ranges.items():
     cs, sl = slots(os.path.join(data, name))
