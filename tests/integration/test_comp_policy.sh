@@ -40,8 +40,8 @@ rb=$?
 wait $pa
 assert_eq "$?:$rb" "0:0" "dd status"
 evict
-assert_same "$EXP/a" "$MNT/a"
-assert_same "$EXP/b" "$MNT/b"
+assert_same "$EXP/a" "$MNT/a" "read-back of a"
+assert_same "$EXP/b" "$MNT/b" "read-back of b"
 
 checking "overwrites: random over text and text over random, aligned and unaligned"
 # a: 1 MiB of random over the first text range at an unaligned offset (partial
@@ -54,13 +54,13 @@ for f in "$EXP/a" "$MNT/a"; do
 	dd if="$EXP/tt" of="$f" bs=1M seek=$((5 * MB / 2)) oflag=seek_bytes conv=notrunc,fsync status=none || fail "dd tt $f"
 done
 evict
-assert_same "$EXP/a" "$MNT/a"
+assert_same "$EXP/a" "$MNT/a" "read-back of a"
 umount_fs "$MNT"
 
 checking "after a remount every byte reads back"
 mount_fs "$DATA" "$MNT"
-assert_same "$EXP/a" "$MNT/a"
-assert_same "$EXP/b" "$MNT/b"
+assert_same "$EXP/a" "$MNT/a" "read-back of a"
+assert_same "$EXP/b" "$MNT/b" "read-back of b"
 umount_fs "$MNT"
 
 checking "text ranges are stored compressed, random ranges raw (slot headers)"
