@@ -147,6 +147,7 @@ static void test_no_helpers(void **state)
 	assert_int_equal(atomic_load(&c.calls), 2 * N);
 	rk_comp_pool_shutdown();
 	assert_int_equal(rk_comp_pool_set_threads(-1), 0);
+	free(in);
 }
 
 static void test_early_finish(void **state)
