@@ -44,6 +44,7 @@ enum rk_rank {
 	RK_RANK_UCOUNT = 96,    /* daemon fs->budget.lock: open handles per user (leaf) */
 	RK_RANK_IOERR = 97,     /* daemon ioerr ie_lock: recent read errors, log rate limit (leaf) */
 	RK_RANK_SLAB = 98,      /* library secure slab lock (leaf) */
+	RK_RANK_COMPPOOL = 99,  /* library compression helper pool lock (leaf; comppool.c) */
 };
 
 /* The checker (always compiled: the unit test drives it directly). */

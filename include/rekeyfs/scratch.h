@@ -19,7 +19,8 @@ enum rk_scratch_slot {
 	RK_SCR_CHUNK = 4,    /* one chunk of plaintext (byte-level read-modify-write) */
 	RK_SCR_HDR = 5,      /* the 8 KiB header area (probe, header read) */
 	RK_SCR_REPLY = 6,    /* a program's reply buffer (the daemon's read replies) */
-	RK_SCR_JSYNC = 7,   /* slot images an fsync journals (rk_journal_sync_file) */
+	RK_SCR_JSYNC = 7,    /* slot images an fsync journals (rk_journal_sync_file) */
+	RK_SCR_BATCH = 8,    /* the ring of compressed payloads of a multi-chunk write (comppool.h) */
 	RK_SCR_COUNT
 };
 

@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 
 #include "rekeyfs/common.h"
+#include "rekeyfs/comppool.h"
 #include "rekeyfs/format.h"
 #include "rekeyfs/lockrank.h"
 
@@ -395,6 +396,26 @@ int cf_current_slot(struct rk_cf *cf, uint64_t idx, int *k, size_t *old_end)
 	return 0;
 }
 
+/* Compress one chunk for cf under the table's method, with the file's
+ * incompressible-run estimator: after 8 chunks in a row that did not save
+ * 1/8, only every 16th chunk is tried.  Any thread (atomics only). */
+static enum rk_comp cf_compress(struct rk_cf *cf, enum rk_comp comp, const uint8_t *pt, size_t len, uint8_t *out,
+                                size_t *outlen)
+{
+	enum rk_comp want = comp;
+	if (want == RK_COMP_SNAPPY && atomic_load(&cf->incompressible) >= 8 &&
+	    atomic_fetch_add(&cf->comp_skips, 1) % 16 != 15)
+		want = RK_COMP_NONE; /* retried every 16th chunk */
+	enum rk_comp used = rk_comp_chunk(want, pt, len, out, outlen);
+	if (want == RK_COMP_SNAPPY) {
+		if (used == RK_COMP_SNAPPY)
+			atomic_store(&cf->incompressible, 0);
+		else
+			atomic_fetch_add(&cf->incompressible, 1);
+	}
+	return used;
+}
+
 int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_t len, struct rk_key *key,
                       enum rk_comp comp)
 {
@@ -409,18 +430,56 @@ int rk_cf_write_chunk(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint32_
 	ret = cf_current_slot(cf, idx, &old, &old_end);
 	if (ret < 0)
 		return ret;
-	enum rk_comp want = comp;
-	if (want == RK_COMP_SNAPPY && atomic_load(&cf->incompressible) >= 8 &&
-	    atomic_fetch_add(&cf->comp_skips, 1) % 16 != 15)
-		want = RK_COMP_NONE; /* retried every 16th chunk */
-	enum rk_comp used = rk_comp_chunk(want, pt, len, cbuf, &clen);
-	if (want == RK_COMP_SNAPPY) {
-		if (used == RK_COMP_SNAPPY)
-			atomic_store(&cf->incompressible, 0);
-		else
-			atomic_fetch_add(&cf->incompressible, 1);
-	}
+	enum rk_comp used = cf_compress(cf, comp, pt, len, cbuf, &clen);
 	return seal_and_write(cf, idx, cbuf, (uint32_t)clen, len, used, key, old, old_end);
+}
+
+struct cjob_arg {
+	struct rk_cf *cf;
+	enum rk_comp comp;
+};
+
+static enum rk_comp cjob_compress(void *arg, const uint8_t *in, size_t len, uint8_t *out, size_t *outlen)
+{
+	struct cjob_arg *a = arg;
+	return cf_compress(a->cf, a->comp, in, len, out, outlen);
+}
+
+int64_t cf_write_chunks(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint64_t n, struct rk_key *key,
+                        enum rk_comp comp, int *err)
+{
+	uint32_t cs = cf->hdr.chunk_size;
+	struct cjob_arg a = {cf, comp};
+	/* helpers only for data being compressed: a chunk stored raw costs a
+	 * copy, less than handing it to another thread */
+	bool solo = comp != RK_COMP_SNAPPY || atomic_load(&cf->incompressible) >= 8;
+	struct rk_cjob j = {.in = pt, .cs = cs, .n = n, .fn = cjob_compress, .arg = &a, .solo = solo};
+	uint64_t i = 0;
+	int ret = n ? rk_cjob_start(&j) : 0;
+	for (; ret == 0 && i < n; i++) {
+		int old;
+		size_t old_end, clen;
+		enum rk_comp used;
+		/* the slot's current state first, as the single-chunk write does */
+		ret = cf_current_slot(cf, idx + i, &old, &old_end);
+		if (ret < 0)
+			break;
+		const uint8_t *payload = rk_cjob_get(&j, i, &clen, &used);
+		ret = seal_and_write(cf, idx + i, payload, (uint32_t)clen, cs, used, key, old, old_end);
+		rk_cjob_done(&j, i);
+		if (ret < 0)
+			break;
+		rk_mutex_lock(&cf->lock, RK_RANK_CF);
+		if ((idx + i + 1) * cs > cf->hdr.size) {
+			cf->hdr.size = (idx + i + 1) * cs;
+			cf->hdr_changed = true;
+		}
+		rk_mutex_unlock(&cf->lock);
+	}
+	if (n)
+		rk_cjob_finish(&j);
+	*err = ret;
+	return (int64_t)i;
 }
 
 int rk_cf_rekey_chunk(struct rk_cf *cf, uint64_t idx, struct rk_key *key, bool *changed)

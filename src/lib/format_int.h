@@ -132,5 +132,11 @@ bool cf_slot_missing(struct rk_cf *cf, uint64_t idx);
 /* Key entry the slot of idx holds now (-1: hole or past EOF) and how many
  * bytes of it are in use. */
 int cf_current_slot(struct rk_cf *cf, uint64_t idx, int *k, size_t *old_end);
+/* Write n whole chunks pt[0..n*cs) as chunks idx.. in order, growing the
+ * size after each one; their compression runs ahead on the helper pool
+ * (comppool.h).  Returns how many were written; *err 0 or the error that
+ * stopped it. */
+int64_t cf_write_chunks(struct rk_cf *cf, uint64_t idx, const uint8_t *pt, uint64_t n, struct rk_key *key,
+                        enum rk_comp comp, int *err);
 
 #endif

@@ -111,7 +111,15 @@ ssize_t rk_cf_pwrite(struct rk_cf *cf, const void *buf, size_t len, uint64_t off
 		size_t n = RK_MIN((size_t)(cs - in), len - done);
 		size = rk_cf_size(cf);
 		uint64_t valid = rk_chunk_plain_len(size, cs, idx);
-		if (in == 0 && n == cs) {
+		if (in == 0 && len - done >= 2 * (size_t)cs) {
+			/* a run of whole chunks: compressed ahead on the helper pool */
+			uint64_t nfull = (len - done) / cs;
+			int64_t w = cf_write_chunks(cf, idx, (const uint8_t *)buf + done, nfull, key, comp, &ret);
+			done += (size_t)w * cs;
+			if (ret < 0)
+				break;
+			continue;
+		} else if (in == 0 && n == cs) {
 			ret = rk_cf_write_chunk(cf, idx, (const uint8_t *)buf + done, cs, key, comp);
 		} else {
 			if (valid > 0)
