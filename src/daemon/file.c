@@ -131,6 +131,24 @@ void rkd_fd_unshare(struct rkd_inode *in, struct rkd_file *f)
 	f->fd_shared = false;
 }
 
+int rkd_cf_create_policy(struct rkd_fs *fs, int fd, const char *rel, struct rk_cf **out)
+{
+	char keyname[RK_KEY_NAME_MAX + 1];
+	struct rk_key *key;
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
+	const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
+	snprintf(keyname, sizeof(keyname), "%s", t->key);
+	uint32_t cs = t->chunk_size;
+	enum rk_comp comp = t->comp;
+	rk_rw_unlock(&fs->policy_lock);
+	int ret = rk_keyring_get(fs->kr, keyname, &key);
+	if (ret == 0)
+		ret = rk_cf_create(fd, rel, fs->kr, cs, comp, key, out);
+	if (ret < 0)
+		rk_err("%s: cannot create chunk file under key '%s': %s", rel, keyname, rk_strerror(ret));
+	return ret;
+}
+
 /* Open (or share) the inode's file state (refs+1). */
 int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
 {
@@ -169,17 +187,28 @@ int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
 		goto out;
 	f->chunk = ret == 1;
 	ret = 0;
-	if (f->chunk) {
+	/* An empty stored file is an empty chunk file to the mount: it gets a
+	 * header before anything is written through it, so writes are sealed.
+	 * (A file created through the mount whose header a power loss took
+	 * away comes back empty: without this it would take plain writes.) */
+	struct stat est;
+	bool adopt = !f->chunk && f->rw && fstat(f->fd, &est) == 0 && S_ISREG(est.st_mode) && est.st_size == 0;
+	if (f->chunk || adopt) {
 		rel = rkd_inode_rel(fs, in);
 		if (!rel) {
 			ret = -ENOMEM;
 			goto out;
 		}
-		ret = rk_cf_open(f->fd, rel, fs->kr, f->rw, &f->cf);
-		if (ret < 0) {
-			rk_err("%s: cannot open chunk file: %s", rel, rk_strerror(ret));
-			goto out;
+		if (adopt) {
+			ret = rkd_cf_create_policy(fs, f->fd, rel, &f->cf);
+			f->chunk = ret == 0;
+		} else {
+			ret = rk_cf_open(f->fd, rel, fs->kr, f->rw, &f->cf);
+			if (ret < 0)
+				rk_err("%s: cannot open chunk file: %s", rel, rk_strerror(ret));
 		}
+		if (ret < 0)
+			goto out;
 		if (f->rw) {
 			ret = rk_journal_attach_file(fs->j, f->cf, rel, &f->jf);
 			if (ret < 0)

@@ -15,6 +15,10 @@ void rkd_fd_unshare(struct rkd_inode *in, struct rkd_file *f);
 /* Refresh the file's path (for policy and messages) after a rename. */
 void rkd_file_repath(struct rkd_fs *fs, struct rkd_inode *in);
 int rkd_truncate_file(struct rkd_fs *fs, struct rkd_file *f, uint64_t size);
+/* Make the empty stored file fd (path rel) a chunk file under its table's
+ * policy (chunk size, compression, target key): rk_cf_create, error logged
+ * naming the file and the key. */
+int rkd_cf_create_policy(struct rkd_fs *fs, int fd, const char *rel, struct rk_cf **out);
 uint64_t rkd_stripe_mask(struct rkd_file *f, uint64_t off, size_t len);
 void rkd_stripes_lock(struct rkd_file *f, uint64_t m, bool excl);
 void rkd_stripes_unlock(struct rkd_file *f, uint64_t m);

@@ -288,20 +288,9 @@ static int create_chunk_file(struct rkd_fs *fs, fuse_req_t req, struct rkd_inode
 		return -ENOMEM;
 	}
 	free(prel);
-	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
-	const struct rk_table *t = rk_policy_lookup(fs->dd, rel);
-	char keyname[RK_KEY_NAME_MAX + 1];
-	snprintf(keyname, sizeof(keyname), "%s", t->key);
-	uint32_t cs = t->chunk_size;
-	enum rk_comp comp = t->comp;
-	rk_rw_unlock(&fs->policy_lock);
-	struct rk_key *key;
 	struct rk_cf *cf;
-	ret = rk_keyring_get(fs->kr, keyname, &key);
-	if (ret == 0)
-		ret = rk_cf_create(fd, rel, fs->kr, cs, comp, key, &cf);
+	ret = rkd_cf_create_policy(fs, fd, rel, &cf);
 	if (ret < 0) {
-		rk_err("%s: cannot create chunk file under key '%s': %s", rel, keyname, rk_strerror(ret));
 		unlinkat(parent->fd, name, 0);
 		close(fd);
 		free(rel);
