@@ -35,7 +35,7 @@ mkdir -p "$MNT"
 new_datadir "$DATA" 16 key1
 at_exit 'fusermount3 -u -z "$MNT" 2>/dev/null'
 checking "$ROUNDS power losses, nothing acknowledged lost"
-python3 "$T_INTEG_DIR/powerloss.py" "$DATA" "$(cd "$MNT" && pwd)" "$KEYS" "$ROUNDS" "$SEED" "$T_TMP" 5 \
+python3 "$T_INTEG_DIR/powerloss.py" "$DATA" "$(cd "$MNT" && pwd)" "$KEYS" "$ROUNDS" "$SEED" "$T_TMP" 5 "${POWER_MODES:-lost,prefix}" \
 	>"$T_TMP/power.out" 2>&1
 rc=$?
 cat "$T_TMP/power.out"
