@@ -47,6 +47,8 @@ Prints one line per round and a summary "rounds: N, kills: K, losses: L";
 exit 1 on any loss.
 """
 import errno
+import importlib.machinery
+import importlib.util
 import os
 import random
 import signal
@@ -64,6 +66,9 @@ SHIM = os.environ["RKPOWER_SHIM"]
 RESTORE = os.environ["RKPOWER_RESTORE"]
 ASAN = os.environ.get("RKPOWER_ASAN", "")
 UNDO = os.environ["RKPOWER_UNDO"]
+RESTORE_MOD = importlib.util.module_from_spec(
+    importlib.util.spec_from_loader("rkpower_restore", importlib.machinery.SourceFileLoader("rkpower_restore", RESTORE)))
+RESTORE_MOD.__spec__.loader.exec_module(RESTORE_MOD)
 CS = 16384
 WAL_SIZE = 16 << 20
 PAGE = 4096
@@ -450,10 +455,11 @@ def restore(rnd):
     cmd = [RESTORE] + MODE_ARGS[mode]
     if MODE_ARGS[mode]:
         cmd.append(str(SEED * 1000 + rnd))
-    res = subprocess.run(cmd + [UNDO, DATA], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise Loss("rkpower-restore failed: %s %s" % (res.stdout, res.stderr))
-    return res.stdout.strip().replace("rkpower-restore: ", "")
+    try:   # in this process (no interpreter start per round)
+        line = RESTORE_MOD.main(cmd[1:] + [UNDO, DATA])
+    except SystemExit as e:
+        raise Loss("rkpower-restore %s failed: %s" % (" ".join(cmd[1:]), e))
+    return line.replace("rkpower-restore: ", "")
 
 
 def fsck():
