@@ -217,14 +217,16 @@ static uint64_t cur_off(int fd, const struct stat *st)
 }
 
 /* BEGIN/END bracket a recorded call: lock, record when the fd is tracked */
+/* Only recorded files take the lock: a write to /dev/fuse (a reply, or a
+ * notification that may wait for the kernel) never waits for it. */
 #define BEGIN(fd, kind, OFF, LEN)                                                        \
 	int saved = errno;                                                               \
 	int locked = 0;                                                                  \
-	if (on()) {                                                                      \
-		struct stat st_;                                                         \
+	struct stat st_;                                                                 \
+	if (on() && tracked(fd, &st_)) {                                                 \
 		pthread_mutex_lock(&mu);                                                 \
 		locked = 1;                                                              \
-		if (tracked(fd, &st_)) {                                                 \
+		if (fstat(fd, &st_) == 0) { /* the size, now that writes are ordered */ \
 			struct stat *st = &st_;                                          \
 			(void)st;                                                        \
 			record(fd, &st_, kind, (OFF), (LEN));                            \
