@@ -27,13 +27,14 @@ SHIM="${TOP_BUILDDIR:-$(cd "$T_INTEG_DIR/../.." && pwd)}/tests/fault/rkpower.so"
 REAL=$(command -v rekeyfs)
 export RKPOWER_SHIM="$SHIM"
 export RKPOWER_RESTORE="$TEST_SRCDIR/fault/rkpower-restore"
-export RKPOWER_ASAN="$(ldd "$REAL" | awk '/libasan/ {print $3; exit}')"
+RKPOWER_ASAN="$(ldd "$REAL" | awk '/libasan/ {print $3; exit}')"
+export RKPOWER_ASAN
 export RKPOWER_UNDO="$T_TMP/undo"
 DATA="$T_TMP/data"
 MNT="$T_TMP/mnt"
 mkdir -p "$MNT"
 new_datadir "$DATA" 16 key1
-at_exit 'fusermount3 -u -z "$MNT" 2>/dev/null'
+at_exit "fusermount3 -u -z '$MNT' 2>/dev/null"
 checking "$ROUNDS power losses, nothing acknowledged lost"
 python3 "$T_INTEG_DIR/powerloss.py" "$DATA" "$(cd "$MNT" && pwd)" "$KEYS" "$ROUNDS" "$SEED" "$T_TMP" 5 "${POWER_MODES:-lost,prefix}" \
 	>"$T_TMP/power.out" 2>&1
