@@ -47,7 +47,9 @@
  *
  * One mutex serializes every recorded call together with its record, so the
  * order of the records of one inode is the order of its writes.  errno is
- * preserved.  Non-regular files (/dev/fuse, pipes, sockets) pass straight
+ * preserved.  A record that cannot be written (undo directory missing, disk
+ * full) aborts the process: the test must never pass on a missing record.
+ * Non-regular files (/dev/fuse, pipes, sockets) pass straight
  * through.  Built without sanitizers; to preload into an ASan binary put the
  * ASan runtime first: LD_PRELOAD="$(libasan path) rkpower.so".
  */

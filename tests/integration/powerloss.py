@@ -470,7 +470,7 @@ def fsck():
 
 def main():
     t0 = time.time()
-    stats = {"kills": 0, "acks": 0, "losses": 0, "fsck": 0}
+    stats = {"kills": 0, "acks": 0, "losses": 0, "fsck": 0, "undone": 0}
     os.makedirs(UNDO, exist_ok=True)
     d = Daemon()
     setup()
@@ -512,6 +512,7 @@ def main():
             raise Loss("driver error in %s: %r" % bad[0])
         t4 = time.time()
         how = restore(rnd)
+        stats["undone"] += int(how.split(" records undone")[0].split()[-1])
         t5 = time.time()
         extra = ""
         if rnd % FULL_EVERY == 0 or rnd == ROUNDS:
@@ -532,8 +533,8 @@ def main():
     if losses:
         d.kill9()
     stats["losses"] = len(losses)
-    log("rounds: %d, kills: %d, fsyncs acknowledged: %d, fsck --deep: %d, losses: %d; %.0f s" %
-        (ROUNDS, stats["kills"], stats["acks"], stats["fsck"], stats["losses"], time.time() - t0))
+    log("rounds: %d, kills: %d, fsyncs acknowledged: %d, writes undone: %d, fsck --deep: %d, losses: %d; %.0f s" %
+        (ROUNDS, stats["kills"], stats["acks"], stats["undone"], stats["fsck"], stats["losses"], time.time() - t0))
     return 1 if losses else 0
 
 

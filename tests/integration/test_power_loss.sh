@@ -47,5 +47,9 @@ acks=$(echo "$summary" | sed -n 's/.*fsyncs acknowledged: \([0-9]*\),.*/\1/p')
 [ "$kills" = "$ROUNDS" ] || fail "expected $ROUNDS kills: $summary"
 # the rounds must acknowledge fsyncs, or the check does not test much
 [ "${acks:-0}" -ge "$ROUNDS" ] || fail "only ${acks:-0} fsyncs acknowledged in $ROUNDS rounds: $summary"
+# and the shim must have recorded unsynced writes to take back (a shim that
+# records nothing would let every round pass)
+undone=$(echo "$summary" | sed -n 's/.*writes undone: \([0-9]*\),.*/\1/p')
+[ "${undone:-0}" -ge 1 ] || fail "no unsynced write was taken back in $ROUNDS rounds: $summary"
 ok "$summary"
 finish
