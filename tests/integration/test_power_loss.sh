@@ -11,7 +11,8 @@
 # rounds keep a random subset of them page by page.  The next mount (journal
 # replay) must return every acknowledged byte and nothing no version had; the
 # mount must keep working; every 5 rounds and at the end rekeyctl fsck --deep
-# of the data directory must be clean.
+# of the data directory must be clean.  Files that became plain (a create
+# whose header page was lost) are reported; POWER_PLAIN=loss fails on them.
 # Long runs: scripts/power-loss [ROUNDS] [SEED].  Reproduce: POWER_SEED=<seed>.
 set -u
 . "${TEST_SRCDIR:-$(dirname "$0")/..}/integration/integ.bash"
@@ -51,5 +52,10 @@ acks=$(echo "$summary" | sed -n 's/.*fsyncs acknowledged: \([0-9]*\),.*/\1/p')
 # records nothing would let every round pass)
 undone=$(echo "$summary" | sed -n 's/.*writes undone: \([0-9]*\),.*/\1/p')
 [ "${undone:-0}" -ge 1 ] || fail "no unsynced write was taken back in $ROUNDS rounds: $summary"
+# a created file that lost its header page (killed before its first fsync)
+# becomes a plain file (doc/architecture.md, Power loss): reported, not failed
+# on (POWER_PLAIN=loss fails on it)
+plain=$(echo "$summary" | sed -n 's/.*plain files: \([0-9]*\),.*/\1/p')
+[ "${plain:-0}" = 0 ] || echo "NOTE: $plain created files became plain files after a power loss: $(grep '^NOTE' "$T_TMP/power.out" | tail -1)"
 ok "$summary"
 finish
