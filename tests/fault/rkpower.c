@@ -36,7 +36,8 @@
  * Durability model:
  *   - fsync/fdatasync of an fd makes every write of its inode recorded
  *     before the call started durable: those records are dropped when the
- *     call returns 0 (records appended meanwhile by other threads stay);
+ *     call returns 0 (records appended meanwhile by other threads stay,
+ *     also when concurrent syncs of the inode end in any order);
  *     syncfs and sync drop every record.
  *   - Names are durable at once: creates, renames, unlinks and links are
  *     never undone (a real power loss can also lose a name whose directory
@@ -359,15 +360,54 @@ ssize_t copy_file_range(int in, off_t *in_off, int out, off_t *out_off, size_t n
 
 /* ---- durability --------------------------------------------------------------------- */
 
-/* drop the first `upto` bytes of records of an undo file (under mu): the
- * records appended after the sync started stay */
-static void drop_prefix(const char *p, off_t upto)
+/* Concurrent syncs of one inode: a sync drops the records made before it
+ * started, by their offset in the undo file, but an earlier sync may have
+ * cut a prefix off the file meanwhile.  So offsets are logical: the bytes
+ * ever dropped from the inode's undo file (dropped[], per inode, under mu)
+ * plus the offset in the file as it is now. */
+#define NDROP 16384
+static struct drop {
+	dev_t dev;
+	ino_t ino;
+	off_t dropped;
+	int used;
+} drops[NDROP];
+
+static off_t *dropped_of(dev_t dev, ino_t ino)
+{
+	size_t h = ((size_t)ino * 2654435761u + (size_t)dev) % NDROP;
+	for (size_t i = 0; i < NDROP; i++, h = (h + 1) % NDROP) {
+		struct drop *d = &drops[h];
+		if (d->used && d->dev == dev && d->ino == ino)
+			return &d->dropped;
+		if (!d->used) {
+			d->used = 1;
+			d->dev = dev;
+			d->ino = ino;
+			d->dropped = 0;
+			return &d->dropped;
+		}
+	}
+	abort(); /* more inodes than a test makes */
+}
+
+static off_t undo_size(const char *p)
 {
 	struct stat us;
-	if (stat(p, &us) < 0 || upto <= 0)
+	return stat(p, &us) == 0 ? us.st_size : 0;
+}
+
+/* the records of the inode up to logical offset upto are durable (under mu):
+ * drop them, keep the records appended after the sync started */
+static void drop_prefix(const char *p, dev_t dev, ino_t ino, off_t upto)
+{
+	off_t *dropped = dropped_of(dev, ino);
+	off_t cut = upto - *dropped, size = undo_size(p);
+	if (cut <= 0 || size == 0)
 		return;
-	if (us.st_size <= upto) {
+	if (size <= cut) {
 		RESOLVE(unlink)(p);
+		*dropped += size;
 		return;
 	}
 	char tmp[PATH_MAX + 8];
@@ -376,12 +416,12 @@ static void drop_prefix(const char *p, off_t upto)
 	int out = RESOLVE(open)(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (in < 0 || out < 0)
 		abort();
-	size_t rest = (size_t)(us.st_size - upto);
+	size_t rest = (size_t)(size - cut);
 	if (grow(rest) < 0)
 		abort();
 	size_t got = 0;
 	while (got < rest) {
-		ssize_t n = RESOLVE(pread)(in, buf + got, rest - got, upto + (off_t)got);
+		ssize_t n = RESOLVE(pread)(in, buf + got, rest - got, cut + (off_t)got);
 		if (n <= 0)
 			abort();
 		got += (size_t)n;
@@ -392,6 +432,7 @@ static void drop_prefix(const char *p, off_t upto)
 	RESOLVE(close)(out);
 	if (RESOLVE(rename)(tmp, p) < 0)
 		abort();
+	*dropped += cut;
 }
 
 static int do_sync(int (*f)(int), int fd)
@@ -399,13 +440,11 @@ static int do_sync(int (*f)(int), int fd)
 	int saved = errno;
 	char p[PATH_MAX];
 	off_t upto = -1;
-	if (on()) {
-		struct stat st, us;
+	struct stat st;
+	if (on() && tracked(fd, &st)) {
 		pthread_mutex_lock(&mu);
-		if (tracked(fd, &st)) {
-			undo_path(p, sizeof(p), st.st_dev, st.st_ino);
-			upto = stat(p, &us) == 0 ? us.st_size : 0;
-		}
+		undo_path(p, sizeof(p), st.st_dev, st.st_ino);
+		upto = *dropped_of(st.st_dev, st.st_ino) + undo_size(p);
 		pthread_mutex_unlock(&mu);
 	}
 	errno = saved;
@@ -413,7 +452,7 @@ static int do_sync(int (*f)(int), int fd)
 	if (r == 0 && upto > 0) {
 		int e = errno;
 		pthread_mutex_lock(&mu);
-		drop_prefix(p, upto);
+		drop_prefix(p, st.st_dev, st.st_ino, upto);
 		pthread_mutex_unlock(&mu);
 		errno = e;
 	}
@@ -444,6 +483,10 @@ static void drop_all(void)
 		n = strlen(e->d_name);
 		if (n > 5 && strcmp(e->d_name + n - 5, ".undo") == 0) {
 			snprintf(p, sizeof(p), "%s/%s", undo_dir, e->d_name);
+			unsigned long long dev, ino;
+			off_t size = undo_size(p);
+			if (sscanf(e->d_name, "%llu-%llu.undo", &dev, &ino) == 2 && size)
+				*dropped_of((dev_t)dev, (ino_t)ino) += size;
 			RESOLVE(unlink)(p);
 		}
 	}
@@ -482,7 +525,11 @@ static void forget(int dirfd, const char *name)
 	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) {
 		char p[PATH_MAX];
 		undo_path(p, sizeof(p), st.st_dev, st.st_ino);
-		RESOLVE(unlink)(p);
+		off_t size = undo_size(p);
+		if (size) {
+			RESOLVE(unlink)(p);
+			*dropped_of(st.st_dev, st.st_ino) += size; /* offsets stay monotonic */
+		}
 	}
 }
 
