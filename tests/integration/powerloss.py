@@ -451,6 +451,25 @@ def setup():
     os.close(fd)
 
 
+def stuck():
+    """where this process's threads wait (kernel stacks), and who holds /dev/fuse"""
+    out = []
+    for tid in sorted(os.listdir("/proc/self/task")):
+        try:
+            with open("/proc/self/task/%s/wchan" % tid) as f:
+                w = f.read()
+            with open("/proc/self/task/%s/syscall" % tid) as f:
+                sc = f.read().split()[0]
+            with open("/proc/self/task/%s/stack" % tid) as f:
+                st = " < ".join(x.split()[-1] for x in f.read().splitlines()[:6])
+        except OSError:
+            continue
+        out.append("thread %s: syscall %s, wchan %s, stack %s" % (tid, sc, w, st))
+    holders = subprocess.run(["sh", "-c", "ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c /dev/fuse"],
+                             capture_output=True, text=True).stdout.strip()
+    return "; ".join(out) + "; fds open on /dev/fuse: " + holders
+
+
 def restore(rnd):
     if os.environ.get("RKPOWER_KEEP"):   # debugging: the state before the restore
         keep = os.path.join(LOGDIR, "before-restore")
@@ -540,7 +559,7 @@ def main():
         for t in ts:
             t.join(60)
             if t.is_alive():
-                raise Loss("a worker hangs after the kill")
+                raise Loss("a worker hangs after the kill: %s" % stuck())
         stats["kills"] += 1
         bad = [(k, e) for k, e in errs if not isinstance(e, Gone)]
         if bad:
