@@ -15,7 +15,10 @@ daemon always runs under the shim (RKPOWER_ROOT=DATA).  Every round:
   verify the files the last round touched against the shadow (below), and
     that the mount works
   run two workloads at once (kinds below), SIGKILL the daemon after a
-    random delay (seeded), fusermount3 -uz
+    random delay (seeded), fusermount3 -uz (the workers stop at their next
+    call; a file a worker created in the bare directory under the mount
+    after the lazy unmount is not counted and is removed before the next
+    mount)
   rkpower-restore in the round's mode (MODES, comma-separated, taken in
     turn; default lost,prefix): lost = every write not fsynced is lost;
     prefix = of each file's unsynced writes a random prefix survives;
@@ -110,6 +113,9 @@ class Daemon:
         env["RKPOWER_DIR"] = UNDO
         env["RKPOWER_ROOT"] = DATA
         before = fuse_mounts()
+        if not before:   # what a worker created in the bare directory after the lazy unmount
+            for n in os.listdir(MNT):
+                subprocess.run(["rm", "-rf", os.path.join(MNT, n)])
         with open(self.log, "w") as lf:
             self.p = subprocess.Popen(["rekeyfs", "-f", "-o", "keydir=%s,lazy=off,walker=off" % KEYS, DATA, MNT],
                                       stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, env=env)
@@ -123,6 +129,9 @@ class Daemon:
                 self.p.wait()
                 raise Loss("mount timeout: %s" % self.tail())
             time.sleep(0.005)
+        global MNT_DEV
+        MNT_DEV = os.stat(MNT).st_dev
+        STOP.clear()
 
     def tail(self):
         try:
@@ -132,6 +141,7 @@ class Daemon:
             return ""
 
     def kill9(self):
+        STOP.set()   # the workers stop at their next call
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGKILL)
         rc = self.p.wait(timeout=60)
@@ -306,7 +316,13 @@ class Gone(Exception):
     pass
 
 
+STOP = threading.Event()   # the daemon is being killed
+MNT_DEV = None             # st_dev of the FUSE mount
+
+
 def guard(fn, *a):
+    if STOP.is_set():
+        raise Gone("stopped")
     try:
         return fn(*a)
     except OSError as e:
@@ -325,6 +341,10 @@ def create(rel):
     sh = shadow(rel, maybe_absent=True)
     guard(os.makedirs, os.path.dirname(os.path.join(MNT, rel)), 0o755, True)
     fd = guard(os.open, os.path.join(MNT, rel), os.O_RDWR | os.O_CREAT, 0o644)
+    if os.fstat(fd).st_dev != MNT_DEV:
+        # the lazy unmount came first: this is the bare directory under the mount
+        os.close(fd)
+        raise Gone("the mount is gone")
     sh.maybe_absent = False
     return fd, sh
 
@@ -409,7 +429,7 @@ def w_pair(r, rnd, stats):
                 stats["acks"] += 1
         except Gone as e:
             errs.append(e)
-    t = threading.Thread(target=one, args=(1,))
+    t = threading.Thread(target=one, args=(1,), daemon=True)
     t.start()
     one(0)
     t.join()
@@ -551,7 +571,7 @@ def main():
             except Exception as e:   # a bug of the driver
                 errs.append((kind, e))
                 raise
-        ts = [threading.Thread(target=run, args=(k, R.random())) for k in kinds]
+        ts = [threading.Thread(target=run, args=(k, R.random()), daemon=True) for k in kinds]
         for t in ts:
             t.start()
         time.sleep(delay)
