@@ -53,8 +53,15 @@ struct rk_journal_file {
 	uint64_t direct[JDIRECT_MAX];
 	unsigned ndirect;
 	bool direct_over;
+	bool cut_pending;      /* a truncation cut the stored file since the last fsync */
 	struct rk_journal_file *prev, *next; /* live (attached) files */
 	UT_hash_handle cfh;    /* in j->by_cf, keyed by the cf pointer (old by-cf API) */
+};
+
+/* A file id with a size record in the journal's current generation. */
+struct jsized {
+	uint8_t id[RK_FILE_ID_BYTES];
+	UT_hash_handle hh;
 };
 
 struct jkey {
@@ -104,6 +111,10 @@ struct rk_journal {
 	uint64_t generation;     /* bumped each time the journal is emptied */
 	struct rk_journal_file *files;     /* attached files */
 	struct rk_journal_file *by_cf;     /* the same, by their rk_cf (hash) */
+	/* file ids with a size record in this generation (whatever open wrote
+	 * it): a later durable header of the file must be recorded too, or
+	 * replay would give it the older size back; emptied with the journal */
+	struct jsized *sized;
 	bool stop;
 	pthread_t thr;
 	struct rk_journal_stats st;
@@ -267,6 +278,37 @@ static int add_dirty(struct rk_journal *j, struct rk_journal_file *jf)
 	return 0;
 }
 
+static void sized_clear(struct rk_journal *j)
+{
+	struct jsized *z, *tmp;
+	HASH_ITER(hh, j->sized, z, tmp)
+	{
+		HASH_DEL(j->sized, z);
+		free(z);
+	}
+}
+
+static bool sized_has(struct rk_journal *j, const struct rk_journal_file *jf)
+{
+	struct jsized *z;
+	HASH_FIND(hh, j->sized, jf->file_id, RK_FILE_ID_BYTES, z);
+	return z != NULL;
+}
+
+/* Append a size record for jf (caller holds the lock) and remember its file id. */
+static int size_append(struct rk_journal *j, struct rk_journal_file *jf, uint64_t size, uint64_t *seq)
+{
+	if (!sized_has(j, jf)) {
+		struct jsized *z = calloc(1, sizeof(*z));
+		if (!z)
+			return -ENOMEM;
+		memcpy(z->id, jf->file_id, RK_FILE_ID_BYTES);
+		HASH_ADD(hh, j->sized, id, RK_FILE_ID_BYTES, z);
+	}
+	jf->size_gen = j->generation;
+	return rec_append(j, REC_SIZE, size, NULL, 0, rk_cf_slot_size(jf->cf), jf, seq);
+}
+
 /* Write the oldest committed entry in place; caller holds the lock (dropped
  * while writing).  Returns 1 if an entry was handled, 0 if none is ready. */
 static int apply_one(struct rk_journal *j)
@@ -407,6 +449,7 @@ static int checkpoint_locked(struct rk_journal *j)
 		}
 		j->tail = 0;
 		j->generation++;
+		sized_clear(j);
 		j->st.checkpoints++;
 		j->st.journal_bytes = 0;
 	}
@@ -593,20 +636,28 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 		if (jf->direct[i] < first_dead)
 			jf->direct[keep++] = jf->direct[i];
 	jf->ndirect = keep;
-	/* records of this generation may hold the dead slots: replay must skip them */
-	int ret = 0;
-	if (jf->gen == j->generation && j->tail > 0)
-		ret = rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
-	/* a size record of this generation would give the file its old size
-	 * back at replay, over chunks that are about to be cut off: the new size
-	 * is recorded and durable before the stored file is cut */
-	bool wait = false;
-	if (ret == 0 && jf->size_gen == j->generation && j->tail > 0) {
-		ret = rec_append(j, REC_SIZE, size, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
-		wait = ret == 0;
+	/* The new size is recorded and durable before the stored file is cut
+	 * (the caller cuts after this returns): a cut that reaches the disk
+	 * without it would leave an older size (in place, or in an earlier size
+	 * record) over chunks that are gone.  The size record goes first: a
+	 * durable truncation record then always has its size before it.
+	 * Records of this generation may hold the dead slots: the truncation
+	 * record makes replay skip them. */
+	bool recs = jf->gen == j->generation && j->tail > 0;
+	int ret = size_append(j, jf, size, &seq);
+	if (ret == 0) {
+		if (recs)
+			ret = rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
 	}
+	/* the cut itself is not in the journal: the next fsync syncs the file
+	 * (a later size record over the cut slots needs them gone on disk), and
+	 * a checkpoint syncs it (the header in place has the new size) before
+	 * the journal is emptied */
+	jf->cut_pending = true;
+	if (ret == 0)
+		ret = add_dirty(j, jf);
 	rk_mutex_unlock(&j->lock);
-	if (wait) {
+	if (ret == 0) {
 		ret = rk_journal_commit(j);
 		if (ret == 0)
 			rk_cf_set_dur_size(cf, size);
@@ -881,7 +932,8 @@ int rk_journal_open(struct rk_datadir *dd, struct rk_keyring *kr, const struct r
 	return 0;
 fail:
 	if (j->fd >= 0)
-		close(j->fd);
+		sized_clear(j);
+	close(j->fd);
 	jmac_free(&j->mac);
 	free(j->arena);
 	free(j);
@@ -942,16 +994,25 @@ int rk_journal_close(struct rk_journal *j)
 static int sync_file_slow(struct rk_journal_file *jf)
 {
 	struct rk_journal *j = jf->j;
+	uint64_t seq, size = rk_cf_size(jf->cf);
+	int ret = 0;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	j->st.fsyncs_in_place++;
+	/* the header made durable below must not lose to an older size record
+	 * of the file at replay: the journal gets its size as well (the commit
+	 * below covers it; no flush of its own) */
+	if (j->tail > 0 && sized_has(j, jf))
+		ret = size_append(j, jf, size, &seq);
 	rk_mutex_unlock(&j->lock);
-	int ret = rk_journal_commit(j);
+	if (ret == 0)
+		ret = rk_journal_commit(j);
 	if (ret == 0)
 		ret = rk_cf_sync_data(jf->cf);
 	if (ret == 0) {
 		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 		jf->ndirect = 0;
 		jf->direct_over = false;
+		jf->cut_pending = false;
 		rk_mutex_unlock(&j->lock);
 	}
 	return ret;
@@ -970,7 +1031,7 @@ int rk_journal_sync_file(struct rk_journal_file *jf)
 	bool known = rk_cf_dur_state(cf, &size, &dur_size);
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	j->st.fsyncs++;
-	bool over = jf->direct_over;
+	bool over = jf->direct_over || jf->cut_pending;
 	/* a slot with a pending image is covered by its own record: skip it */
 	for (unsigned i = 0; i < jf->ndirect; i++) {
 		struct jkey k = {jf, jf->direct[i]};
@@ -1011,7 +1072,7 @@ int rk_journal_sync_file(struct rk_journal_file *jf)
 	struct jent *e = NULL;
 	if (ret == 0 && size != dur_size) {
 		e = ent_new(j);
-		ret = e ? rec_append(j, REC_SIZE, size, NULL, 0, ss, jf, &e->seq) : -ENOMEM;
+		ret = e ? size_append(j, jf, size, &e->seq) : -ENOMEM;
 		if (ret == 0) {
 			/* applied after the commit: the header in place gets the size */
 			e->hdr = true;
@@ -1023,7 +1084,6 @@ int rk_journal_sync_file(struct rk_journal_file *jf)
 				j->qhead = e;
 			j->qtail = e;
 			jf->npending++;
-			jf->size_gen = j->generation;
 		} else if (e) {
 			e->next = j->freelist;
 			j->freelist = e;
