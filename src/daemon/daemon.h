@@ -254,6 +254,9 @@ void rkd_inode_put(struct rkd_fs *fs, struct rkd_inode *in);
 struct rk_replace;
 int rkd_replace_commit(struct rkd_fs *fs, struct rkd_inode *in, unsigned gen, struct rk_replace *r);
 int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out);
+/* The same for an open that may write (wr): an empty plain stored file is
+ * then made an empty chunk file first (its table's policy). */
+int rkd_file_get_for(struct rkd_fs *fs, struct rkd_inode *in, bool wr, struct rkd_file **out);
 void rkd_file_put(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file *f);
 /* Take a reference on an open file from inside a request that holds one. */
 void rkd_file_ref(struct rkd_inode *in, struct rkd_file *f);

@@ -61,7 +61,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	ret = rkd_file_get(fs, in, &f);
+	ret = rkd_file_get_for(fs, in, (fi->flags & O_ACCMODE) != O_RDONLY, &f);
 	if (ret < 0) {
 		rkd_handle_refund(fs, uid, 1);
 		if (ferr(ret) == EIO) /* the header cannot be read (logged where it was found) */

@@ -149,8 +149,13 @@ int rkd_cf_create_policy(struct rkd_fs *fs, int fd, const char *rel, struct rk_c
 	return ret;
 }
 
-/* Open (or share) the inode's file state (refs+1). */
 int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
+{
+	return rkd_file_get_for(fs, in, false, out);
+}
+
+/* Open (or share) the inode's file state (refs+1). */
+int rkd_file_get_for(struct rkd_fs *fs, struct rkd_inode *in, bool wr, struct rkd_file **out)
 {
 	char pp[64], *rel = NULL;
 	int ret = 0;
@@ -187,12 +192,14 @@ int rkd_file_get(struct rkd_fs *fs, struct rkd_inode *in, struct rkd_file **out)
 		goto out;
 	f->chunk = ret == 1;
 	ret = 0;
-	/* An empty stored file is an empty chunk file to the mount: it gets a
-	 * header before anything is written through it, so writes are sealed.
+	/* An empty stored file opened for writing is an empty chunk file to the
+	 * mount: it gets a header before anything is written through it, so
+	 * writes are sealed (one already open read-only stays plain until it
+	 * is closed).
 	 * (A file created through the mount whose header a power loss took
 	 * away comes back empty: without this it would take plain writes.) */
 	struct stat est;
-	bool adopt = !f->chunk && f->rw && fstat(f->fd, &est) == 0 && S_ISREG(est.st_mode) && est.st_size == 0;
+	bool adopt = wr && !f->chunk && f->rw && fstat(f->fd, &est) == 0 && S_ISREG(est.st_mode) && est.st_size == 0;
 	if (f->chunk || adopt) {
 		rel = rkd_inode_rel(fs, in);
 		if (!rel) {

@@ -354,7 +354,7 @@ static int install_created(struct rkd_fs *fs, struct rkd_inode *p, const char *n
 		rk_mutex_unlock(&in->lock);
 		rk_cf_close(cf);
 		close(fd);
-		ret = rkd_file_get(fs, in, fout);
+		ret = rkd_file_get_for(fs, in, true, fout);
 		if (ret < 0) {
 			rkd_inode_unref(fs, in, 1);
 			return ret;
@@ -453,7 +453,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		}
 		close(fd);
 		fd = -1;
-		ret = rkd_file_get(fs, in, &f);
+		ret = rkd_file_get_for(fs, in, (fi->flags & O_ACCMODE) != O_RDONLY, &f);
 		if (ret == 0 && (fi->flags & O_TRUNC))
 			ret = rkd_truncate_file(fs, f, 0);
 		if (ret < 0)
@@ -719,7 +719,7 @@ static void setattr_impl(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 			f = ((struct rkd_handle *)(uintptr_t)fi->fh)->f;
 			ret = f ? rkd_truncate_file(fs, f, (uint64_t)attr->st_size) : -EINVAL;
 		} else {
-			ret = rkd_file_get(fs, in, &f);
+			ret = rkd_file_get_for(fs, in, true, &f);
 			if (ret == 0) {
 				ret = rkd_truncate_file(fs, f, (uint64_t)attr->st_size);
 				rkd_file_put(fs, in, f);

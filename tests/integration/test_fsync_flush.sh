@@ -137,4 +137,21 @@ umount_fs "$MNT"
 run rekeyctl fsck -d "$KEYS" "$DATA"
 assert_rc 0 "fsck after the replay: $T_OUT"
 ok "size record replayed"
+
+# ---- an empty stored file takes no plaintext ----
+# (a file created through the mount whose header a power loss took away
+# comes back empty: writes through the mount must still be sealed)
+checking "an empty stored file opened for writing becomes a chunk file; read-only opens leave it alone"
+: >"$DATA/empty_w"
+: >"$DATA/empty_r"
+mount_fs "$DATA" "$MNT" "walker=off"
+cat "$MNT/empty_r" >/dev/null || fail "cannot read the empty file"
+printf 'TOPSECRET-%s\n' {1..200} >"$MNT/empty_w" || fail "cannot write the empty file"
+umount_fs "$MNT"
+[ "$(stat -c %s "$DATA/empty_r")" = 0 ] || fail "a read-only open changed the empty stored file"
+if grep -q TOPSECRET "$DATA/empty_w"; then fail "plaintext reached the stored file of an empty file written through the mount"; fi
+run rekeyctl cat -d "$KEYS" "$DATA/empty_w"
+assert_rc 0 "rekeyctl cat of the adopted file"
+cmp -s "$T_OUT" <(printf 'TOPSECRET-%s\n' {1..200}) || fail "the adopted file does not decrypt to what was written"
+ok "empty file adopted"
 finish
