@@ -238,6 +238,17 @@ static void arena_free(struct rk_journal *j, struct jent *e)
 }
 
 /* ---- pending entries ------------------------------------------------------------------ */
+/* Queue e last (applied in order after the commit); caller holds the lock. */
+static void queue_push(struct rk_journal *j, struct jent *e)
+{
+	if (j->qtail)
+		j->qtail->next = e;
+	else
+		j->qhead = e;
+	j->qtail = e;
+	e->key.jf->npending++;
+}
+
 static struct jent *ent_new(struct rk_journal *j)
 {
 	struct jent *e = j->freelist;
@@ -574,12 +585,7 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	}
 	HASH_ADD(hh, j->hash, key, sizeof(e->key), e);
 	e->hashed = true;
-	if (j->qtail)
-		j->qtail->next = e;
-	else
-		j->qhead = e;
-	j->qtail = e;
-	jf->npending++;
+	queue_push(j, e);
 	j->st.pending_bytes = j->aused;
 	if (j->aused > j->asize / 2)
 		pthread_cond_signal(&j->work);
@@ -1078,12 +1084,7 @@ int rk_journal_sync_file(struct rk_journal_file *jf)
 			e->hdr = true;
 			e->key.jf = jf;
 			e->key.idx = UINT64_MAX;
-			if (j->qtail)
-				j->qtail->next = e;
-			else
-				j->qhead = e;
-			j->qtail = e;
-			jf->npending++;
+			queue_push(j, e);
 		} else if (e) {
 			e->next = j->freelist;
 			j->freelist = e;
