@@ -76,7 +76,13 @@ static void hmac(const uint8_t *mk, const uint8_t *p, size_t n, uint8_t *out)
 
 /* Start a journal whose header names `named` but whose MAC key comes from
  * `macfrom` (the same key for a genuine journal). */
+static void jw_begin_v(struct jw *w, const struct rk_key *named, const struct rk_key *macfrom, uint16_t version);
 static void jw_begin(struct jw *w, const struct rk_key *named, const struct rk_key *macfrom)
+{
+	jw_begin_v(w, named, macfrom, 2); /* version 2: what a previous release left must still replay */
+}
+
+static void jw_begin_v(struct jw *w, const struct rk_key *named, const struct rk_key *macfrom, uint16_t version)
 {
 	uint8_t h[136] = {0}, id[16], info[18 + RK_FP_BYTES];
 	memset(w, 0, sizeof(*w));
@@ -96,7 +102,7 @@ static void jw_begin(struct jw *w, const struct rk_key *named, const struct rk_k
 	EVP_KDF_CTX_free(k);
 	EVP_KDF_free(kdf);
 	memcpy(h, "RKJH", 4);
-	rk_put16(h + 4, 2);
+	rk_put16(h + 4, version);
 	h[6] = (uint8_t)strlen(named->name);
 	memcpy(h + 8, id, 16);
 	memcpy(h + 24, named->fp, RK_FP_BYTES);
@@ -344,6 +350,55 @@ static void test_truncation_record(void **state)
 	assert_int_equal(n, 0);
 	read_slot(f->file, 3, after, sizeof(after));
 	assert_memory_equal(before, after, sizeof(before));
+}
+
+/* Version 3: the last size record of a file gives its size, before the
+ * writable open that would cut the chunks past the header's older size. */
+static void test_size_record(void **state)
+{
+	struct fx *f = *state;
+	struct jw w;
+	struct rk_cf *cf;
+	uint8_t before[256], after[256];
+	read_slot(f->file, 3, before, sizeof(before));
+	/* t1 holds 4 chunks; its header is made to say 1 chunk and a bit (an
+	 * fsync journaled a larger size, the header in place never got it) */
+	int fd = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_cf_replay_set_size(fd, f->file, f->file_id, CS + 10), 0);
+	close(fd);
+	jw_begin_v(&w, f->t.ka, f->t.ka, 3);
+	jw_rec(&w, 3, 2 * CS + 7, 0, SS, f->file_id, -1, NULL, 0, "/t1", NULL, 0);
+	jw_rec(&w, 3, 3 * CS + 100, 0, SS, f->file_id, -1, NULL, 0, "/t1", NULL, 1);
+	jw_save(&w, f);
+	uint64_t n = 9;
+	assert_int_equal(replay(f, &n), 0);
+	fd = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_cf_open(fd, f->file, f->t.kr, false, &cf), 0);
+	assert_int_equal(rk_cf_size(cf), 3 * CS + 100);
+	assert_false(rk_cf_disk_dirty(cf)); /* recounted and written clean */
+	rk_cf_close(cf);
+	close(fd);
+	read_slot(f->file, 3, after, sizeof(after));
+	assert_memory_equal(before, after, sizeof(before)); /* chunk 3 kept */
+	assert_int_equal(tu_file_size(f->jpath), 0);
+}
+
+/* A size record naming another slot layout stops replay; in a version-2
+ * journal a size record is not a record at all (the log ends there). */
+static void test_size_record_refused(void **state)
+{
+	struct fx *f = *state;
+	struct jw w;
+	jw_begin_v(&w, f->t.ka, f->t.ka, 3);
+	jw_rec(&w, 3, CS, 0, SS + 4096, f->file_id, -1, NULL, 0, "/t1", NULL, 0);
+	jw_save(&w, f);
+	expect_refused(f, -EINVAL, "slot layout");
+	jw_begin(&w, f->t.ka, f->t.ka);
+	jw_rec(&w, 3, CS, 0, SS, f->file_id, -1, NULL, 0, "/t1", NULL, 0);
+	jw_save(&w, f);
+	expect_refused(f, 0, "ignored");
 }
 
 static void test_wrong_file_id(void **state)
@@ -734,6 +789,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_applies_and_torn_tail, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_truncation_record, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_size_record, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_size_record_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wrong_file_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handle_versus_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer_roundtrip, setup, teardown),
