@@ -30,99 +30,6 @@
 #include "rekeyfs/lockrank.h"
 #include "journal_int.h"
 
-/* An fsync journals at most this many directly written slots, and at most
- * JSYNC_MAX_BYTES of them; beyond, it fdatasyncs the data file instead. */
-#define JDIRECT_MAX 64
-#define JSYNC_MAX_BYTES (1u << 20)
-
-struct rk_journal_file {
-	struct rk_journal *j;
-	struct rk_cf *cf;
-	uint8_t file_id[RK_FILE_ID_BYTES];
-	int handle_type;
-	uint16_t handle_len;
-	uint8_t handle[HANDLE_MAX];
-	char path[PATH_MAX];
-	unsigned npending;     /* queued entries of this file */
-	bool dirty;            /* applied since the last checkpoint: its dup is in the dirty list */
-	uint64_t gen;          /* journal generation of its last slot record */
-	uint64_t size_gen;     /* journal generation of its last size record (UINT64_MAX: none) */
-	/* slots written directly (holes filled, see j_write_slot) since the
-	 * last fsync: an fsync journals them instead of syncing the data file
-	 * (rk_journal_sync_file); past JDIRECT_MAX, direct_over */
-	uint64_t direct[JDIRECT_MAX];
-	unsigned ndirect;
-	bool direct_over;
-	bool cut_pending;      /* a truncation cut the stored file since the last fsync */
-	struct rk_journal_file *prev, *next; /* live (attached) files */
-	UT_hash_handle cfh;    /* in j->by_cf, keyed by the cf pointer (old by-cf API) */
-};
-
-/* A file id with a size record in the journal's current generation. */
-struct jsized {
-	uint8_t id[RK_FILE_ID_BYTES];
-	UT_hash_handle hh;
-};
-
-struct jkey {
-	struct rk_journal_file *jf;
-	uint64_t idx;
-};
-
-struct jent {
-	struct jkey key;
-	uint64_t off;         /* slot offset in the stored file */
-	uint32_t len;
-	uint32_t old_end;
-	size_t aoff;          /* image position in the arena */
-	size_t charge;        /* arena bytes this entry accounts for (with wrap waste) */
-	uint64_t seq;
-	bool dead;            /* superseded or truncated away: not applied */
-	bool hdr;             /* a size record: applying it writes the file's header in place (no image) */
-	bool hashed;
-	UT_hash_handle hh;
-	struct jent *next;
-};
-
-struct rk_journal {
-	struct rk_datadir *dd;
-	int fd;
-	struct rk_journal_opts o;
-	pthread_mutex_t lock; /* rank RK_RANK_JOURNAL (85): everything below (doc/architecture.md, Locking) */
-	pthread_cond_t work;     /* committer wake-up */
-	pthread_cond_t changed;  /* space freed, commits done, entries applied */
-	uint64_t tail;           /* journal file length */
-	uint64_t seq;            /* last sequence number handed out */
-	uint64_t committed;      /* records with seq <= committed are durable */
-	uint64_t commit_want;    /* a caller waits for this seq to be durable */
-	int error;               /* commit error not yet reported to a committing caller (reported once) */
-	int commit_error;        /* the last commit failed (cleared by a success: the committer retries) */
-	int sync_error;          /* a data file's fdatasync failed at a checkpoint: the records are
-	                          * the only durable copy, the journal is not emptied in this mount */
-	int apply_error;         /* last in-place write failed (cleared by a success) */
-	uint8_t *arena;
-	size_t asize, ahead, atail, aused;
-	struct jent *hash;
-	struct jent *qhead, *qtail;
-	struct jent *freelist;
-	int *dirty_fds;
-	size_t ndirty, capdirty;
-	struct jent *applying;   /* being written in place (lock dropped) */
-	uint64_t generation;     /* bumped each time the journal is emptied */
-	struct rk_journal_file *files;     /* attached files */
-	struct rk_journal_file *by_cf;     /* the same, by their rk_cf (hash) */
-	/* file ids with a size record in this generation (whatever open wrote
-	 * it): a later durable header of the file must be recorded too, or
-	 * replay would give it the older size back; emptied with the journal */
-	struct jsized *sized;
-	bool stop;
-	pthread_t thr;
-	struct rk_journal_stats st;
-	struct jmac mac;         /* record MACs (under lock) */
-	uint8_t jhdr[JHDR_SIZE]; /* header written before the first record of each generation (under lock) */
-	char keyname[RK_KEY_NAME_MAX + 1]; /* the key the MAC key comes from (under lock) */
-};
-
 /* ---- record encoding ------------------------------------------------------------ */
 static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t len, uint32_t old_end,
                        const struct rk_journal_file *jf, uint16_t pathlen, uint64_t durable)
@@ -142,7 +49,7 @@ static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t 
 }
 
 /* Append one record; caller holds j->lock.  Returns 0 or -errno. */
-static int rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,
+int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,
                       struct rk_journal_file *jf, uint64_t *seq_out)
 {
 	uint8_t hdr[REC_HDR], sum[REC_SUM];
@@ -239,7 +146,7 @@ static void arena_free(struct rk_journal *j, struct jent *e)
 
 /* ---- pending entries ------------------------------------------------------------------ */
 /* Queue e last (applied in order after the commit); caller holds the lock. */
-static void queue_push(struct rk_journal *j, struct jent *e)
+void jnl_queue_push(struct rk_journal *j, struct jent *e)
 {
 	if (j->qtail)
 		j->qtail->next = e;
@@ -249,7 +156,7 @@ static void queue_push(struct rk_journal *j, struct jent *e)
 	e->key.jf->npending++;
 }
 
-static struct jent *ent_new(struct rk_journal *j)
+struct jent *jnl_ent_new(struct rk_journal *j)
 {
 	struct jent *e = j->freelist;
 	if (e)
@@ -269,7 +176,7 @@ static void ent_unhash(struct rk_journal *j, struct jent *e)
 	}
 }
 
-static int add_dirty(struct rk_journal *j, struct rk_journal_file *jf)
+int jnl_add_dirty(struct rk_journal *j, struct rk_journal_file *jf)
 {
 	if (jf->dirty)
 		return 0;
@@ -299,7 +206,7 @@ static void sized_clear(struct rk_journal *j)
 	}
 }
 
-static bool sized_has(struct rk_journal *j, const struct rk_journal_file *jf)
+bool jnl_sized_has(struct rk_journal *j, const struct rk_journal_file *jf)
 {
 	struct jsized *z;
 	HASH_FIND(hh, j->sized, jf->file_id, RK_FILE_ID_BYTES, z);
@@ -307,9 +214,9 @@ static bool sized_has(struct rk_journal *j, const struct rk_journal_file *jf)
 }
 
 /* Append a size record for jf (caller holds the lock) and remember its file id. */
-static int size_append(struct rk_journal *j, struct rk_journal_file *jf, uint64_t size, uint64_t *seq)
+int jnl_size_append(struct rk_journal *j, struct rk_journal_file *jf, uint64_t size, uint64_t *seq)
 {
-	if (!sized_has(j, jf)) {
+	if (!jnl_sized_has(j, jf)) {
 		struct jsized *z = calloc(1, sizeof(*z));
 		if (!z)
 			return -ENOMEM;
@@ -317,7 +224,7 @@ static int size_append(struct rk_journal *j, struct rk_journal_file *jf, uint64_
 		HASH_ADD(hh, j->sized, id, RK_FILE_ID_BYTES, z);
 	}
 	jf->size_gen = j->generation;
-	return rec_append(j, REC_SIZE, size, NULL, 0, rk_cf_slot_size(jf->cf), jf, seq);
+	return jnl_rec_append(j, REC_SIZE, size, NULL, 0, rk_cf_slot_size(jf->cf), jf, seq);
 }
 
 /* Write the oldest committed entry in place; caller holds the lock (dropped
@@ -362,7 +269,7 @@ static int apply_one(struct rk_journal *j)
 			pthread_cond_broadcast(&j->changed);
 			return -1;
 		}
-		if (add_dirty(j, jf) < 0) {
+		if (jnl_add_dirty(j, jf) < 0) {
 			/* cannot remember to sync it: sync now */
 			fdatasync(fd);
 		}
@@ -553,13 +460,13 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	}
 	if (ret < 0)
 		goto out;
-	struct jent *e = ent_new(j);
+	struct jent *e = jnl_ent_new(j);
 	if (!e) {
 		ret = -ENOMEM;
 		goto unalloc;
 	}
 	memcpy(j->arena + aoff, slot, len);
-	ret = rec_append(j, REC_SLOT, off, slot, (uint32_t)len, (uint32_t)old_end, jf, &e->seq);
+	ret = jnl_rec_append(j, REC_SLOT, off, slot, (uint32_t)len, (uint32_t)old_end, jf, &e->seq);
 	if (ret < 0) {
 		e->next = j->freelist;
 		j->freelist = e;
@@ -585,7 +492,7 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	}
 	HASH_ADD(hh, j->hash, key, sizeof(e->key), e);
 	e->hashed = true;
-	queue_push(j, e);
+	jnl_queue_push(j, e);
 	j->st.pending_bytes = j->aused;
 	if (j->aused > j->asize / 2)
 		pthread_cond_signal(&j->work);
@@ -650,10 +557,10 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 	 * Records of this generation may hold the dead slots: the truncation
 	 * record makes replay skip them. */
 	bool recs = jf->gen == j->generation && j->tail > 0;
-	int ret = size_append(j, jf, size, &seq);
+	int ret = jnl_size_append(j, jf, size, &seq);
 	if (ret == 0) {
 		if (recs)
-			ret = rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
+			ret = jnl_rec_append(j, REC_TRUNC, first_dead, NULL, 0, rk_cf_slot_size(cf), jf, &seq);
 	}
 	/* the cut itself is not in the journal: the next fsync syncs the file
 	 * (a later size record over the cut slots needs them gone on disk), and
@@ -661,7 +568,7 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 	 * the journal is emptied */
 	jf->cut_pending = true;
 	if (ret == 0)
-		ret = add_dirty(j, jf);
+		ret = jnl_add_dirty(j, jf);
 	rk_mutex_unlock(&j->lock);
 	if (ret == 0) {
 		ret = rk_journal_commit(j);
@@ -991,126 +898,5 @@ int rk_journal_close(struct rk_journal *j)
 	pthread_cond_destroy(&j->changed);
 	pthread_mutex_destroy(&j->lock);
 	free(j);
-	return ret;
-}
-
-/* ---- fsync of one attached file -------------------------------------------------------- */
-/* The slow durable point: the journal's records first, then the data file
- * and its header (one fdatasync); the direct slots are then durable. */
-static int sync_file_slow(struct rk_journal_file *jf)
-{
-	struct rk_journal *j = jf->j;
-	uint64_t seq, size = rk_cf_size(jf->cf);
-	int ret = 0;
-	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
-	j->st.fsyncs_in_place++;
-	/* the header made durable below must not lose to an older size record
-	 * of the file at replay: the journal gets its size as well (the commit
-	 * below covers it; no flush of its own) */
-	if (j->tail > 0 && sized_has(j, jf))
-		ret = size_append(j, jf, size, &seq);
-	rk_mutex_unlock(&j->lock);
-	if (ret == 0)
-		ret = rk_journal_commit(j);
-	if (ret == 0)
-		ret = rk_cf_sync_data(jf->cf);
-	if (ret == 0) {
-		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
-		jf->ndirect = 0;
-		jf->direct_over = false;
-		jf->cut_pending = false;
-		rk_mutex_unlock(&j->lock);
-	}
-	return ret;
-}
-
-int rk_journal_sync_file(struct rk_journal_file *jf)
-{
-	struct rk_journal *j = jf->j;
-	struct rk_cf *cf = jf->cf;
-	uint64_t idx[JDIRECT_MAX], size, dur_size, seq;
-	uint32_t lens[JDIRECT_MAX];
-	unsigned n = 0, nimg = 0;
-	size_t bytes = 0;
-	int ret = 0;
-	uint32_t ss = rk_cf_slot_size(cf);
-	bool known = rk_cf_dur_state(cf, &size, &dur_size);
-	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
-	j->st.fsyncs++;
-	bool over = jf->direct_over || jf->cut_pending;
-	/* a slot with a pending image is covered by its own record: skip it */
-	for (unsigned i = 0; i < jf->ndirect; i++) {
-		struct jkey k = {jf, jf->direct[i]};
-		struct jent *e;
-		HASH_FIND(hh, j->hash, &k, sizeof(k), e);
-		if (!e && jf->direct[i] < rk_chunk_count(size, ss - RK_SLOT_OVERHEAD))
-			idx[n++] = jf->direct[i];
-	}
-	rk_mutex_unlock(&j->lock);
-	/* A file whose header was never made durable with its data since the
-	 * open cannot be found by replay (it looks files up by the file id of
-	 * their header), and a large batch is cheaper to sync in place */
-	if (!known || over || (size_t)n * ss > JSYNC_MAX_BYTES)
-		return sync_file_slow(jf);
-	if (n == 0 && size == dur_size)
-		return rk_journal_commit(j); /* everything is in the journal already */
-	uint8_t *buf = rk_scratch(RK_SCR_JSYNC, (size_t)n * ss + 1);
-	if (!buf)
-		return -ENOMEM;
-	/* no write to this file can run meanwhile (the caller excludes them):
-	 * the slots read here are the ones the user's writes left */
-	for (unsigned i = 0; i < n && ret == 0; i++) {
-		ret = rk_cf_slot_image(cf, idx[i], buf + bytes, &lens[i]);
-		bytes += lens[i];
-	}
-	if (ret < 0)
-		return sync_file_slow(jf);
-	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
-	bytes = 0;
-	for (unsigned i = 0; i < n && ret == 0; i++) {
-		if (lens[i] == 0)
-			continue;
-		/* the record only: the image is in place already (replay redoes it) */
-		ret = rec_append(j, REC_SLOT, rk_slot_off(ss, idx[i]), buf + bytes, lens[i], 0, jf, &seq);
-		bytes += lens[i];
-		nimg++;
-	}
-	struct jent *e = NULL;
-	if (ret == 0 && size != dur_size) {
-		e = ent_new(j);
-		ret = e ? size_append(j, jf, size, &e->seq) : -ENOMEM;
-		if (ret == 0) {
-			/* applied after the commit: the header in place gets the size */
-			e->hdr = true;
-			e->key.jf = jf;
-			e->key.idx = UINT64_MAX;
-			queue_push(j, e);
-		} else if (e) {
-			e->next = j->freelist;
-			j->freelist = e;
-		}
-	}
-	if (nimg > 0) {
-		jf->gen = j->generation;
-		/* the images were written in place directly: a checkpoint must sync
-		 * the file before it empties the journal */
-		if (ret == 0)
-			ret = add_dirty(j, jf);
-	}
-	rk_mutex_unlock(&j->lock);
-	if (ret < 0) {
-		/* no room in the journal (ENOSPC...): the records appended so far
-		 * are harmless (replay redoes what is in place); sync in place */
-		rk_warn("%s: cannot journal an fsync (%s); syncing the file in place", jf->path, strerror(-ret));
-		return sync_file_slow(jf);
-	}
-	rk_crashpoint("journal.fsync-appended");
-	ret = rk_journal_commit(j);
-	if (ret == 0) {
-		rk_cf_set_dur_size(cf, size);
-		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
-		jf->ndirect = 0;
-		rk_mutex_unlock(&j->lock);
-	}
 	return ret;
 }
