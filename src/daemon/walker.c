@@ -539,10 +539,13 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	}
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	if (need.chunk && c->pass == 0) {
-		/* the file is done: its chunks and bytes, the totals extended if it grew */
+		/* the file is done: its chunks and bytes, the totals extended if it
+		 * grew.  Progress inside the file may already have gone further than
+		 * its header's count (a header the last fsync left COUNTS_DIRTY lags
+		 * the chunks): done never goes back */
 		t->files_done++;
-		t->chunks_done = w->cur_base_chunks + need.nchunks;
-		t->bytes_done = w->cur_base_bytes + need.nchunks * (uint64_t)need.chunk_size;
+		t->chunks_done = RK_MAX(t->chunks_done, w->cur_base_chunks + need.nchunks);
+		t->bytes_done = RK_MAX(t->bytes_done, w->cur_base_bytes + need.nchunks * (uint64_t)need.chunk_size);
 		t->files_total = RK_MAX(t->files_total, t->files_done);
 		t->chunks_total = RK_MAX(t->chunks_total, t->chunks_done);
 		t->bytes_total = RK_MAX(t->bytes_total, t->bytes_done);
