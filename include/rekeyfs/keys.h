@@ -52,6 +52,9 @@ int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const c
  * allocated; free with rk_key_free. */
 int rk_key_load(const char *keydir, const char *name, struct rk_key **out);
 void rk_key_free(struct rk_key *k);
+/* A copy of k (its material in secure memory of its own): -EKEYREVOKED
+ * once k was wiped. */
+int rk_key_dup(const struct rk_key *k, struct rk_key **out);
 /* Wipe key material now (release); the struct stays for its name/fp. */
 void rk_key_wipe(struct rk_key *k);
 

@@ -48,6 +48,46 @@ static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t 
 	rk_put64(h + 56, durable);
 }
 
+/* Write zeros over [from, to) of the journal file.  0 or -errno. */
+static int zero_fill(int fd, uint64_t from, uint64_t to)
+{
+	static const uint8_t zeros[64 * 1024];
+	while (from < to) {
+		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), to - from);
+		int ret = rk_pwrite_full(fd, zeros, n, (off_t)from);
+		if (ret < 0)
+			return ret;
+		from += n;
+	}
+	return 0;
+}
+
+/* Make the journal file at least need bytes long, by writing zeros (not
+ * fallocate: unwritten extents would make the first commit over them a
+ * metadata commit again), in steps that double up to JGROW_MAX.  The next
+ * commit's fdatasync makes the new length durable; records written later
+ * over these blocks commit with a data-only fdatasync.  Caller holds
+ * j->lock.  0 or -errno (the file is cut back to its old length). */
+static int jnl_grow(struct rk_journal *j, uint64_t need)
+{
+	uint64_t step = RK_MIN(RK_MAX(j->fsize, (uint64_t)JGROW_MIN), (uint64_t)JGROW_MAX);
+	uint64_t want = (RK_MAX(need, j->fsize + step) + 4095) & ~(uint64_t)4095;
+	int ret = zero_fill(j->fd, j->fsize, want);
+	if (ret == -ENOSPC && want > need) {
+		/* nearly full: only what the record needs */
+		want = (need + 4095) & ~(uint64_t)4095;
+		if (ftruncate(j->fd, (off_t)j->fsize) == 0)
+			ret = zero_fill(j->fd, j->fsize, want);
+	}
+	if (ret < 0) {
+		if (ftruncate(j->fd, (off_t)j->fsize) < 0)
+			rk_warn("journal: cannot cut back a failed extension: %s", strerror(errno));
+		return ret;
+	}
+	j->fsize = want;
+	return 0;
+}
+
 /* Append one record; caller holds j->lock.  Returns 0 or -errno. */
 int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,
                       struct rk_journal_file *jf, uint64_t *seq_out)
@@ -68,6 +108,8 @@ int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *im
 	if (ret < 0)
 		return ret;
 	size_t total = hl + REC_HDR + jf->handle_len + pathlen + (type == REC_SLOT ? len : 0) + REC_SUM;
+	if (j->tail + total > j->fsize && (ret = jnl_grow(j, j->tail + total)) < 0)
+		return ret;
 	size_t done = 0;
 	while (done < total) {
 		/* advance the iovec past what was written */
@@ -89,9 +131,11 @@ int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *im
 			if (errno == EINTR)
 				continue;
 			int e = errno;
-			/* leave no partial record behind: later records must follow a valid one */
-			if (ftruncate(j->fd, (off_t)j->tail) < 0)
-				rk_warn("journal: cannot cut a partial record: %s", strerror(errno));
+			/* a partial record is never followed by an authentic one: the
+			 * next append overwrites it from the same offset.  A partial
+			 * journal header would make replay refuse the journal: zero it */
+			if (j->tail == 0 && zero_fill(j->fd, 0, JHDR_SIZE) < 0)
+				rk_warn("journal: cannot clear a partial journal header: %s", strerror(errno));
 			return -e;
 		}
 		done += (size_t)n;
@@ -288,17 +332,18 @@ static int apply_one(struct rk_journal *j)
 	return 1;
 }
 
-/* Group commit: make every record appended so far durable.  Caller holds
- * the lock (dropped during fdatasync). */
-static int commit_locked(struct rk_journal *j)
+/* One fdatasync of the journal, covering every record appended before it.
+ * Caller holds the lock (dropped during fdatasync) and no other commit is
+ * in flight.  The first caller to see a failure reports it (j->error). */
+static int commit_once(struct rk_journal *j)
 {
 	uint64_t target = j->seq;
-	if (j->committed >= target)
-		return 0;
+	j->committing = true;
 	rk_mutex_unlock(&j->lock);
 	rk_crashpoint("journal.before-commit");
 	int ret = fdatasync(j->fd) < 0 ? -errno : 0;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+	j->committing = false;
 	if (ret < 0) {
 		rk_err("journal: fdatasync failed: %s", strerror(-ret));
 		j->error = ret;
@@ -311,6 +356,38 @@ static int commit_locked(struct rk_journal *j)
 		j->st.commits++;
 	}
 	pthread_cond_broadcast(&j->changed);
+	return ret;
+}
+
+/* Group commit: make every record appended so far durable, sharing a
+ * commit another thread has in flight.  Caller holds the lock. */
+static int commit_locked(struct rk_journal *j)
+{
+	uint64_t target = j->seq;
+	while (j->committed < target) {
+		if (j->committing) {
+			pthread_cond_wait(&j->changed, &j->lock);
+			continue;
+		}
+		int ret = commit_once(j);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* A fresh journal id and its MAC key and header, for the next generation
+ * (records of an older generation never authenticate under it, so a reused
+ * journal file's stale bytes end the log at replay). */
+static int new_generation_id(struct rk_journal *j, const struct rk_key *k, struct jmac *m, uint8_t *hdr)
+{
+	uint8_t id[JID_BYTES];
+	int ret = rk_random(id, sizeof(id));
+	if (ret == 0)
+		ret = jmac_init(m, k, id);
+	if (ret == 0 && (ret = jhdr_encode(m, id, k->name, k->fp, hdr)) < 0)
+		jmac_free(m);
+	(void)j;
 	return ret;
 }
 
@@ -359,12 +436,26 @@ static int checkpoint_locked(struct rk_journal *j)
 	if (j->sync_error)
 		return j->sync_error;
 	if (j->tail == tail && !j->qhead && tail > 0) {
-		rk_crashpoint("journal.before-truncate");
-		if (ftruncate(j->fd, 0) < 0 || fsync(j->fd) < 0) {
-			ret = -errno;
-			rk_err("journal: cannot empty the journal: %s", strerror(-ret));
+		/* empty the journal: a zeroed header holds nothing (the file keeps
+		 * its length, so the next generation's records overwrite written
+		 * blocks); the next generation authenticates under a new id */
+		struct jmac m;
+		uint8_t hdr[JHDR_SIZE];
+		ret = new_generation_id(j, j->key, &m, hdr);
+		if (ret < 0) {
+			rk_err("journal: cannot derive the next journal id: %s", rk_strerror(ret));
 			return ret;
 		}
+		rk_crashpoint("journal.before-truncate");
+		if (zero_fill(j->fd, 0, JHDR_SIZE) < 0 || fdatasync(j->fd) < 0) {
+			ret = -errno;
+			rk_err("journal: cannot empty the journal: %s", strerror(-ret));
+			jmac_free(&m);
+			return ret;
+		}
+		jmac_free(&j->mac);
+		j->mac = m;
+		memcpy(j->jhdr, hdr, JHDR_SIZE);
 		j->tail = 0;
 		j->generation++;
 		sized_clear(j);
@@ -701,11 +792,23 @@ int rk_journal_commit(struct rk_journal *j)
 			j->error = 0; /* reported once; the committer retries */
 			break;
 		}
-		if (j->commit_want < target)
-			j->commit_want = target;
-		pthread_cond_signal(&j->work);
-		pthread_cond_wait(&j->changed, &j->lock);
+		if (j->committing) {
+			/* a commit is in flight: it may cover target; if not, the
+			 * next round makes one */
+			pthread_cond_wait(&j->changed, &j->lock);
+			continue;
+		}
+		/* no commit in flight: make it here, without a hand-off to the
+		 * committer thread and back (two wake-ups per fsync) */
+		ret = commit_once(j);
+		if (ret < 0) {
+			j->error = 0; /* reported to this caller */
+			break;
+		}
 	}
+	/* what is now durable is applied in place by the committer */
+	if (j->qhead)
+		pthread_cond_signal(&j->work);
 	rk_mutex_unlock(&j->lock);
 	return ret;
 }
@@ -713,7 +816,8 @@ int rk_journal_commit(struct rk_journal *j)
 int rk_journal_release_key(struct rk_journal *j, const char *name, const struct rk_key *next)
 {
 	struct jmac m;
-	uint8_t id[JID_BYTES], hdr[JHDR_SIZE];
+	struct rk_key *nk = NULL;
+	uint8_t hdr[JHDR_SIZE];
 	int ret = 0, tries = 0;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	if (strcmp(j->keyname, name) != 0)
@@ -722,11 +826,10 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 		ret = -EBUSY;
 		goto out;
 	}
-	ret = rk_random(id, sizeof(id));
-	if (ret == 0)
-		ret = jmac_init(&m, next, id);
-	if (ret == 0 && (ret = jhdr_encode(&m, id, next->name, next->fp, hdr)) < 0)
-		jmac_free(&m);
+	ret = rk_key_dup(next, &nk);
+	if (ret < 0)
+		goto out;
+	ret = new_generation_id(j, next, &m, hdr);
 	if (ret < 0)
 		goto out;
 	/* empty the journal: records made under the old key must not outlive it */
@@ -735,6 +838,14 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 	} while (ret == 0 && j->tail > 0 && ++tries < 16);
 	if (ret == 0 && j->tail > 0)
 		ret = -EBUSY;
+	/* the stale records of earlier generations were made under the old
+	 * key: cut them off with it (as a clean unmount does) */
+	if (ret == 0 && j->fsize > 0) {
+		if (ftruncate(j->fd, 0) < 0 || fsync(j->fd) < 0)
+			ret = -errno;
+		else
+			j->fsize = 0;
+	}
 	if (ret < 0) {
 		jmac_free(&m);
 		goto out;
@@ -744,10 +855,14 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 	j->mac = m;
 	memcpy(j->jhdr, hdr, JHDR_SIZE);
 	snprintf(j->keyname, sizeof(j->keyname), "%s", next->name);
+	rk_key_free(j->key); /* the released key's copy: wiped */
+	j->key = nk;
+	nk = NULL;
 	rk_info("%s: the journal now authenticates its records under key '%s' (was '%s')", j->dd->path, next->name,
 	        name);
 out:
 	rk_mutex_unlock(&j->lock);
+	rk_key_free(nk);
 	return ret;
 }
 
@@ -817,6 +932,9 @@ int rk_journal_open(struct rk_datadir *dd, struct rk_keyring *kr, const struct r
 		goto fail;
 	}
 	snprintf(j->keyname, sizeof(j->keyname), "%s", k->name);
+	ret = rk_key_dup(k, &j->key);
+	if (ret < 0)
+		goto fail;
 	j->fd = openat(dd->statefd, RK_JOURNAL_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (j->fd < 0) {
 		ret = -errno;
@@ -824,12 +942,20 @@ int rk_journal_open(struct rk_datadir *dd, struct rk_keyring *kr, const struct r
 		goto fail;
 	}
 	struct stat st;
-	if (fstat(j->fd, &st) == 0 && st.st_size > 0) {
+	uint8_t magic[4] = {0};
+	if (fstat(j->fd, &st) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	if (st.st_size > 0 && (st.st_size < JHDR_SIZE || rk_pread_full(j->fd, magic, 4, 0) != 4 ||
+	                       memcmp(magic, "\0\0\0\0", 4) != 0)) {
 		/* must have been replayed: refuse to append after unknown records */
 		rk_err("%s: the journal is not empty; it must be replayed first", dd->path);
 		ret = -EUCLEAN;
 		goto fail;
 	}
+	/* a zeroed header holds nothing: the file's blocks are reused */
+	j->fsize = (uint64_t)st.st_size;
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_cond_init(&j->work, NULL);
 	pthread_cond_init(&j->changed, NULL);
@@ -847,6 +973,7 @@ fail:
 	if (j->fd >= 0)
 		sized_clear(j);
 	close(j->fd);
+	rk_key_free(j->key);
 	jmac_free(&j->mac);
 	free(j->arena);
 	free(j);
@@ -864,6 +991,14 @@ int rk_journal_close(struct rk_journal *j)
 	pthread_join(j->thr, NULL);
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	int ret = checkpoint_locked(j);
+	/* emptied: a clean unmount leaves no journal bytes (the next mount
+	 * grows it again) */
+	if (ret == 0 && j->tail == 0 && j->fsize > 0) {
+		if (ftruncate(j->fd, 0) < 0 || fsync(j->fd) < 0)
+			rk_warn("%s: cannot cut the emptied journal: %s", j->dd->path, strerror(errno));
+		else
+			j->fsize = 0;
+	}
 	rk_mutex_unlock(&j->lock);
 	for (size_t i = 0; i < j->ndirty; i++)
 		close(j->dirty_fds[i]);
@@ -892,6 +1027,7 @@ int rk_journal_close(struct rk_journal *j)
 		free(e);
 	}
 	close(j->fd);
+	rk_key_free(j->key);
 	jmac_free(&j->mac);
 	free(j->arena);
 	pthread_cond_destroy(&j->work);

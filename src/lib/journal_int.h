@@ -115,7 +115,10 @@ struct rk_journal {
 	pthread_mutex_t lock; /* rank RK_RANK_JOURNAL (85): everything below (doc/architecture.md, Locking) */
 	pthread_cond_t work;     /* committer wake-up */
 	pthread_cond_t changed;  /* space freed, commits done, entries applied */
-	uint64_t tail;           /* journal file length */
+	uint64_t tail;           /* end of this generation's records */
+	uint64_t fsize;          /* the journal file's length: written (zero or stale) bytes
+	                          * records overwrite, so a commit is a data-only fdatasync */
+	bool committing;         /* a thread is in the journal's fdatasync (lock dropped) */
 	uint64_t seq;            /* last sequence number handed out */
 	uint64_t committed;      /* records with seq <= committed are durable */
 	uint64_t commit_want;    /* a caller waits for this seq to be durable */
@@ -145,8 +148,15 @@ struct rk_journal {
 	struct jmac mac;         /* record MACs (under lock) */
 	uint8_t jhdr[JHDR_SIZE]; /* header written before the first record of each generation (under lock) */
 	char keyname[RK_KEY_NAME_MAX + 1]; /* the key the MAC key comes from (under lock) */
+	struct rk_key *key;      /* a copy of that key (secure memory): each generation's
+	                          * journal id gets its MAC key from it (under lock) */
 };
 
+
+/* The journal file grows in steps of at most this many bytes (zeros written,
+ * so later records overwrite allocated blocks). */
+#define JGROW_MIN (1u << 20)
+#define JGROW_MAX (8u << 20)
 
 /* journal.c internals used by journal_sync.c; callers hold j->lock */
 int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,

@@ -470,6 +470,11 @@ static int replay_open(struct rctx *c)
 	uint8_t magic[4] = {0};
 	if (rk_pread_full(c->fd, magic, RK_MIN(sizeof(magic), (size_t)c->size), 0) < 0)
 		return -EIO;
+	if (c->size >= JHDR_SIZE && memcmp(magic, "\0\0\0\0", 4) == 0) {
+		/* emptied by a checkpoint (a mounted journal keeps its length) */
+		rk_info("%s: %" PRIu64 " bytes, emptied (zeroed header): nothing to replay", c->jname, c->size);
+		return 2;
+	}
 	if (memcmp(magic, rk_jrec_v1_magic, 4) == 0 && c->size >= REC_V1_HDR + REC_SUM) {
 		rk_err("%s: a version-1 journal (unauthenticated records, written by an older rekeyfs) holding %" PRIu64
 		       " bytes: it is not replayed. If this data directory was last used by that older version, replay "
@@ -530,8 +535,9 @@ static int read_records(struct rctx *c)
 				       rr == 1 ? "cut short" : "bad fields or authentication");
 				return -EBADMSG;
 			}
-			rk_warn("%s: %" PRIu64 " bytes of an incomplete or unauthentic last record at offset %" PRIu64
-			        " ignored (an append cut short, never acknowledged)", c->jname, c->size - pos, pos);
+			rk_info("%s: the records end at offset %" PRIu64 "; the %" PRIu64 " bytes after it are ignored: "
+			        "nothing acknowledged (unused journal space, records of earlier generations, or an append cut "
+			        "short)", c->jname, pos, c->size - pos);
 			break;
 		}
 		if (c->nrecs == c->cap) {
@@ -736,6 +742,8 @@ int rk_journal_replay(struct rk_datadir *dd, struct rk_keyring *kr, uint64_t *ap
 
 int rk_journal_pending(struct rk_datadir *dd, uint64_t *bytes)
 {
+	/* any bytes at all: a journal emptied by a checkpoint but not cut at
+	 * unmount (a crash) is cut by the replay, which needs no key for it */
 	struct stat st;
 	if (fstatat(dd->statefd, RK_JOURNAL_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;

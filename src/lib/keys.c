@@ -449,6 +449,14 @@ out:
 	return ret;
 }
 
+int rk_key_dup(const struct rk_key *k, struct rk_key **out)
+{
+	*out = NULL;
+	if (!k->material || k->released)
+		return -EKEYREVOKED;
+	return key_new(k->name, k->cipher, k->bits, k->material, k->keylen, out);
+}
+
 void rk_key_wipe(struct rk_key *k)
 {
 	/* zero the material but keep the page mapped until rk_key_free: another

@@ -617,6 +617,99 @@ static void test_release_key(void **state)
 	free(data);
 }
 
+/* The journal file is reused: a checkpoint zeroes its header and keeps its
+ * length (later records overwrite written blocks, so a commit is a
+ * data-only fdatasync), and each generation authenticates under a new
+ * journal id.  A crash that kept the next generation's header but not its
+ * first record (the stale records of the previous generation follow the
+ * header, at the very offsets records are read from) must replay nothing:
+ * those records are applied and synced already, and the file may have newer
+ * bytes since. */
+static void test_reused_journal(void **state)
+{
+	struct fx *f = *state;
+	struct rk_datadir *dd = open_dd(f);
+	struct rk_journal *j;
+	struct rk_cf *cf;
+	uint8_t *data = tu_malloc(CS), *got = tu_malloc(SS), *zero = tu_malloc(SS);
+	memset(zero, 0, SS);
+	int fd = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_journal_open(dd, f->t.kr, NULL, &j), 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->t.kr, true, &cf), 0);
+	assert_int_equal(rk_journal_attach(j, cf, "/t1"), 0);
+	/* generation 1: slots 1 and 3 */
+	tu_fill_random(data, CS, 31);
+	assert_int_equal(rk_cf_write_chunk(cf, 1, data, CS, f->t.ka, RK_COMP_NONE), 0);
+	tu_fill_random(data, CS, 33);
+	assert_int_equal(rk_cf_write_chunk(cf, 3, data, CS, f->t.ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_journal_commit(j), 0);
+	size_t len1;
+	char *j1 = tu_read_file(f->jpath, &len1);
+	/* grown by zeros in whole steps, past what the records need */
+	assert_true(len1 >= (1u << 20) && len1 % 4096 == 0);
+	assert_int_equal(rk_journal_checkpoint(j), 0);
+	size_t len0;
+	char *j0 = tu_read_file(f->jpath, &len0);
+	assert_int_equal(len0, len1); /* emptied, not cut */
+	assert_memory_equal(j0, "\0\0\0\0", 4);
+	assert_memory_equal(j0 + 136, j1 + 136, len1 - 136); /* the blocks are reused as they are */
+	/* generation 2: slot 2 only */
+	tu_fill_random(data, CS, 32);
+	assert_int_equal(rk_cf_write_chunk(cf, 2, data, CS, f->t.ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_journal_commit(j), 0);
+	size_t len2;
+	char *j2 = tu_read_file(f->jpath, &len2);
+	assert_int_equal(len2, len1); /* overwritten in place: no growth */
+	assert_memory_equal(j2, "RKJH", 4);
+	assert_memory_not_equal(j2 + 8, j1 + 8, 16); /* a new journal id */
+	assert_int_equal(rk_journal_detach(j, cf), 0);
+	assert_int_equal(rk_cf_sync(cf), 0);
+	rk_cf_close(cf);
+	close(fd);
+	assert_int_equal(rk_journal_close(j), 0);
+	assert_int_equal(tu_file_size(f->jpath), 0); /* a clean unmount cuts it */
+	rk_datadir_close(dd);
+
+	/* (a) the whole of generation 2 survived: only slot 2 is redone, the
+	 * stale slot-3 record of generation 1 after it is not */
+	tu_pwrite_path(f->file, zero, SS, (off_t)slot_off(2));
+	tu_pwrite_path(f->file, zero, SS, (off_t)slot_off(3));
+	tu_write_file(f->jpath, j2, len2, 0600);
+	uint64_t n = 99;
+	tu_log_clear();
+	assert_int_equal(replay(f, &n), 0);
+	assert_int_equal(n, 1);
+	read_slot(f->file, 3, got, SS);
+	assert_memory_equal(got, zero, SS);
+	tu_assert_logged("ignored");
+	assert_int_equal(tu_file_size(f->jpath), 0);
+	/* (b) generation 2's header survived, its first record did not */
+	memcpy(j1, j2, 136);
+	tu_pwrite_path(f->file, zero, SS, (off_t)slot_off(1));
+	tu_write_file(f->jpath, j1, len1, 0600);
+	n = 99;
+	assert_int_equal(replay(f, &n), 0);
+	assert_int_equal(n, 0);
+	read_slot(f->file, 1, got, SS);
+	assert_memory_equal(got, zero, SS);
+	read_slot(f->file, 3, got, SS);
+	assert_memory_equal(got, zero, SS);
+	/* (c) a crash right after a checkpoint: the zeroed journal is cut, with
+	 * no key needed */
+	tu_write_file(f->jpath, j0, len0, 0600);
+	n = 99;
+	assert_int_equal(replay(f, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(tu_file_size(f->jpath), 0);
+	free(j0);
+	free(j1);
+	free(j2);
+	free(data);
+	free(got);
+	free(zero);
+}
+
 /* ---- hostile journals ------------------------------------------------------------------ */
 static void test_dotdot_path(void **state)
 {
@@ -796,6 +889,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_writer_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_attach_handle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_release_key, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reused_journal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dotdot_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absolute_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_dir, setup, teardown),
