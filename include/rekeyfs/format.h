@@ -110,14 +110,22 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h);
 /* Is the stored file a chunk file?  The one rule (man/rekeyfs.5, "Chunk
  * file or plain file"): yes when copy A starts with the magic, or copy B
  * verifies (magic, copy size, checksum), or copy B has the magic and copy A's
- * first 8 bytes are zero or at most 2 bits off the magic.  A file that is
+ * first 8 bytes are zero or at most 2 bits off the magic, or both copies'
+ * first 8 bytes are zero and slot 0 (offset 8192) starts with a plausible
+ * slot header (a header lost by a crash).  A file that is
  * identified as a chunk file is never passed through as plain data, even
  * when its header is then found corrupt.  1 chunk file, 0 plain file,
  * negative errno on read error. */
 int rk_cf_probe(int fd);
 /* The same rule on the first n bytes of a stored file, already read
- * (n < RK_HDR_AREA: the file is that short). */
+ * (n < RK_PROBE_AREA: the file is that short; the last rule, both copies'
+ * magic fields zero and slot 0 holding a plausible slot header, looks at
+ * slot 0's header only when n >= RK_PROBE_AREA).  rk_cf_probe_more: the
+ * same, n at most RK_HDR_AREA, reading slot 0's header from fd when the
+ * last rule needs it (rare: both magic fields zero). */
+#define RK_PROBE_AREA (RK_HDR_AREA + RK_SLOT_HDR)
 int rk_cf_probe_buf(const uint8_t *buf, size_t n);
+int rk_cf_probe_more(int fd, const uint8_t *buf, size_t n);
 /* Read the current header (the valid copy with the higher seq) without any
  * key.  *which gets 0 (copy A) or 1 (copy B) if non-NULL.  Errors as
  * rk_hdr_decode; -EUCLEAN when neither copy verifies.  path is for messages. */

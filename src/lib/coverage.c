@@ -389,11 +389,14 @@ static int header_problem(struct plist *pl, struct frec *f, const char *rel, int
  * negative as rk_cf_read_header.  The copy claiming the higher seq is
  * verified first, so a clean file costs one SHA-256.  *damaged gets the
  * copy (0 A, 1 B) that was overwritten while the other verifies, or -1. */
-static int decode_area(uint8_t *buf, ssize_t n, struct rk_cf_header *h, unsigned *version, int *damaged)
+static int decode_area(int fd, uint8_t *buf, ssize_t n, struct rk_cf_header *h, unsigned *version, int *damaged)
 {
 	*damaged = -1;
 	/* the one rule of rk_cf_probe */
-	if (rk_cf_probe_buf(buf, n > 0 ? (size_t)n : 0) != 1)
+	int p = rk_cf_probe_more(fd, buf, n > 0 ? (size_t)n : 0);
+	if (p < 0)
+		return p;
+	if (p != 1)
 		return 1;
 	if (n < RK_HDR_AREA)
 		memset(buf + n, 0, (size_t)(RK_HDR_AREA - n));
@@ -557,7 +560,7 @@ static int read_file(struct scan *s, int fd, const char *rel, uint8_t *buf, stru
 		return header_problem(pl, f, rel, (int)n, 0);
 	unsigned version = 0;
 	int damaged;
-	int r = decode_area(buf, n, &f->h, &version, &damaged);
+	int r = decode_area(fd, buf, n, &f->h, &version, &damaged);
 	if (r == 1) {
 		f->plain = true;
 		return 0;
@@ -799,7 +802,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		int dmg;
 		if (fd >= 0) {
 			ssize_t n = rk_pread_full(fd, s->hdrbuf, RK_HDR_AREA, 0);
-			if (n >= 0 && decode_area(s->hdrbuf, n, &h, &v, &dmg) == 0)
+			if (n >= 0 && decode_area(fd, s->hdrbuf, n, &h, &v, &dmg) == 0)
 				s->c->deep_total += h.size;
 			close(fd);
 		}
@@ -825,7 +828,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		ssize_t n = rk_pread_full(fd, s->hdrbuf, RK_HDR_AREA, 0);
 		unsigned version = 0;
 		int damaged = -1;
-		int r = n < 0 ? (int)n : decode_area(s->hdrbuf, n, &f->h, &version, &damaged);
+		int r = n < 0 ? (int)n : decode_area(fd, s->hdrbuf, n, &f->h, &version, &damaged);
 		if (r == 1) {
 			f->plain = true;
 		} else if (r < 0) {

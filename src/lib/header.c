@@ -106,12 +106,38 @@ static bool copy_verifies(const uint8_t *buf)
 	return CRYPTO_memcmp(sum, buf + RK_HDR_SUM_OFF, 32) == 0;
 }
 
+/* Is s (RK_SLOT_HDR bytes) a slot header as a writer leaves it: the slot
+ * magic, a key index of the table, a known compression, both reserved
+ * fields zero, plausible lengths? */
+static bool slot_hdr_plausible(const uint8_t *s)
+{
+	uint32_t plain = rk_get32(s + 8), stored = rk_get32(s + 12);
+	return memcmp(s, "RKC1", 4) == 0 && s[4] < RK_CF_MAX_KEYS && s[5] <= 1 && s[6] == 0 && s[7] == 0 &&
+	       plain >= 1 && plain <= RK_CHUNK_MAX && stored >= 1 && stored <= RK_CHUNK_MAX && all_zero(s + 28, 4);
+}
+
+/* Both header copies' magic fields are zero (bytes past n count as zero)
+ * and the file reaches past slot 0's header: the last rule may apply. */
+static bool headers_gone(const uint8_t *buf, size_t n)
+{
+	uint8_t a[RK_MAGIC_LEN] = {0}, b[RK_MAGIC_LEN] = {0};
+	memcpy(a, buf, RK_MIN(n, (size_t)RK_MAGIC_LEN));
+	if (n > RK_HDR_COPY_SIZE)
+		memcpy(b, buf + RK_HDR_COPY_SIZE, RK_MIN(n - RK_HDR_COPY_SIZE, (size_t)RK_MAGIC_LEN));
+	return all_zero(a, RK_MAGIC_LEN) && all_zero(b, RK_MAGIC_LEN);
+}
+
 int rk_cf_probe_buf(const uint8_t *buf, size_t n)
 {
 	uint8_t copy[RK_HDR_COPY_SIZE];
 	/* copy A starts with the magic: a chunk file, even when nothing else
 	 * verifies (then its header is corrupt, never plain data) */
 	if (n >= RK_MAGIC_LEN && memcmp(buf, rk_magic, RK_MAGIC_LEN) == 0)
+		return 1;
+	/* both copies lost (zeros: a crash before the header reached the disk)
+	 * while slot 0 holds a chunk: a chunk file whose header is gone,
+	 * unreadable, never plain data (zeros and ciphertext) */
+	if (n >= RK_PROBE_AREA && headers_gone(buf, n) && slot_hdr_plausible(buf + RK_HDR_AREA))
 		return 1;
 	if (n < RK_HDR_COPY_SIZE + RK_MAGIC_LEN || memcmp(buf + RK_HDR_COPY_SIZE, rk_magic, RK_MAGIC_LEN) != 0)
 		return 0;
@@ -127,6 +153,20 @@ int rk_cf_probe_buf(const uint8_t *buf, size_t n)
 	for (int i = 0; i < RK_MAGIC_LEN; i++)
 		flipped += __builtin_popcount((unsigned)(buf[i] ^ rk_magic[i]));
 	return all_zero(buf, RK_MAGIC_LEN) || flipped <= 2 ? 1 : 0;
+}
+
+int rk_cf_probe_more(int fd, const uint8_t *buf, size_t n)
+{
+	int r = rk_cf_probe_buf(buf, n);
+	uint8_t s[RK_SLOT_HDR];
+	if (r != 0 || n != RK_HDR_AREA || !headers_gone(buf, n))
+		return r;
+	/* the rare case (a plain file starting with zeros in both places, or a
+	 * chunk file that lost its header): one more small read */
+	ssize_t m = rk_pread_full(fd, s, sizeof(s), RK_HDR_AREA);
+	if (m < 0)
+		return (int)m;
+	return m == (ssize_t)sizeof(s) && slot_hdr_plausible(s) ? 1 : 0;
 }
 
 int rk_cf_probe(int fd)
@@ -145,7 +185,10 @@ int rk_cf_probe(int fd)
 	if (m < 0)
 		return (int)m;
 	/* a file shorter than copy B's magic: only copy A's magic could count */
-	return rk_cf_probe_buf(buf, m > 0 ? (size_t)(RK_HDR_COPY_SIZE + m) : (size_t)n);
+	size_t have = m > 0 ? (size_t)(RK_HDR_COPY_SIZE + m) : (size_t)n;
+	/* only copy A's magic and copy B were read: the rest of copy A is not
+	 * looked at by the rule */
+	return rk_cf_probe_more(fd, buf, have);
 }
 
 int rk_hdr_select(const uint8_t *area, bool check_other, struct rk_cf_header *h, struct rk_hdr_sel *sel)
@@ -220,6 +263,11 @@ int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *whi
 		rk_err("%s: chunk-file format version %u is not supported by this rekeyfs (it reads version %d); "
 		       "use the rekeyfs release that wrote it", path, sel.version, RK_FORMAT_VERSION);
 		return -EPROTONOSUPPORT;
+	}
+	if (ret == -ENOMSG && n == RK_HDR_AREA && rk_cf_probe_more(fd, buf, RK_HDR_AREA) == 1) {
+		rk_err("%s: the chunk-file header is gone (both copies zero, as a crash before it reached the disk "
+		       "leaves them) while slot 0 holds a chunk: the file's chunks cannot be read", path);
+		return -EUCLEAN;
 	}
 	if (ret == -ENOMSG)
 		return -ENOMSG;

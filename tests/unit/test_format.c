@@ -1410,6 +1410,52 @@ static void test_probe(void **state)
 	file_open(f, &fl, false);
 	check_content(fl.cf, data, 4 * KIB);
 	file_close(&fl);
+	/* both copies lost (zeros: a crash before the header reached the disk)
+	 * while slot 0 holds a chunk: a chunk file whose header is gone, never
+	 * plain data (which would read as zeros and ciphertext) */
+	tu_pwrite_path(fl.path, zero, sizeof(zero), RK_HDR_COPY_SIZE);
+	fd = open(fl.path, O_RDONLY);
+	assert_int_equal(rk_cf_probe(fd), 1);
+	struct rk_cf *lost = NULL;
+	tu_log_clear();
+	assert_int_equal(rk_cf_open(fd, fl.path, f->kr, false, &lost), -EUCLEAN);
+	assert_null(lost);
+	tu_assert_logged("header is gone");
+	uint8_t area[RK_PROBE_AREA];
+	assert_int_equal(rk_pread_full(fd, area, sizeof(area), 0), (ssize_t)sizeof(area));
+	assert_int_equal(rk_cf_probe_buf(area, sizeof(area)), 1);
+	assert_int_equal(rk_cf_probe_buf(area, RK_HDR_AREA), 0); /* slot 0 not given: not looked at */
+	assert_int_equal(rk_cf_probe_more(fd, area, RK_HDR_AREA), 1);
+	close(fd);
+	/* a plain file with zeros in both places is plain unless slot 0 holds a
+	 * slot header as a writer leaves it: its magic alone is not enough */
+	{
+		uint8_t *img = tu_malloc(RK_HDR_AREA + 4096);
+		memset(img, 0, RK_HDR_AREA);
+		tu_fill_random(img + RK_HDR_AREA, 4096, 7);
+		tu_path(path, "%s/zeros-then-data", f->dir);
+		tu_write_file(path, img, RK_HDR_AREA + 4096, 0644);
+		fd = open(path, O_RDONLY);
+		assert_int_equal(rk_cf_probe(fd), 0);
+		close(fd);
+		memcpy(img + RK_HDR_AREA, area + RK_HDR_AREA, RK_SLOT_HDR); /* a real slot header */
+		img[RK_HDR_AREA + 6] = 1;                                    /* reserved byte not zero */
+		tu_write_file(path, img, RK_HDR_AREA + 4096, 0644);
+		fd = open(path, O_RDONLY);
+		assert_int_equal(rk_cf_probe(fd), 0);
+		close(fd);
+		img[RK_HDR_AREA + 6] = 0;
+		tu_write_file(path, img, RK_HDR_AREA + 4096, 0644);
+		fd = open(path, O_RDONLY);
+		assert_int_equal(rk_cf_probe(fd), 1);
+		close(fd);
+		/* cut inside slot 0's header: too short for a chunk */
+		tu_write_file(path, img, RK_HDR_AREA + 16, 0644);
+		fd = open(path, O_RDONLY);
+		assert_int_equal(rk_cf_probe(fd), 0);
+		close(fd);
+		free(img);
+	}
 	free(data);
 }
 
