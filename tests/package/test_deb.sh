@@ -47,7 +47,7 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
-ok() { echo "ok: $*"; }
+ok() { echo "ok: $* (${SECONDS} s)"; }
 
 # 1. a clean copy of the tree: the files git knows (tracked, and new files
 # not ignored), else everything but build output
