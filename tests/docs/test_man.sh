@@ -7,7 +7,7 @@ need_cmd groff
 need_cmd man
 make_tmpdir
 top="$TEST_SRCDIR/.."
-for page in rekeyfs.5 rekeyfs.8 rekeyctl.8; do
+for page in rekeyfs.5 rekeyfs.8 rekeyctl.8 rekeyfs-fixture.1; do
 	f="$top/man/$page"
 	[ -s "$f" ] || fail "$page is missing or empty"
 	out=$(groff -man -ww -z "$f" 2>&1) || fail "groff failed on $page: $out"
@@ -26,9 +26,18 @@ echo "ok: every rekeyctl command is documented"
 # make install puts programs and pages in place
 ( cd "$TOP_BUILDDIR" && make -s install DESTDIR="$T_TMP/inst" >"$T_TMP/install.log" 2>&1 ) ||
 	fail "make install failed: $(tail -5 "$T_TMP/install.log")"
-for f in bin/rekeyctl bin/rekeyfs share/man/man5/rekeyfs.5 share/man/man8/rekeyfs.8 share/man/man8/rekeyctl.8; do
+for f in sbin/rekeyctl sbin/rekeyfs bin/rekeyfs-fixture share/man/man5/rekeyfs.5 share/man/man8/rekeyfs.8 \
+	share/man/man8/rekeyctl.8 share/man/man1/rekeyfs-fixture.1 system/rekeyfs@.service completions/rekeyctl; do
 	found=$(find "$T_TMP/inst" -path "*/$f" | head -1)
 	[ -n "$found" ] || fail "make install did not install $f"
 done
-echo "ok: make install installs the programs and the man pages"
+echo "ok: make install installs the programs, the man pages, the unit and the completion"
+# the installed unit starts the installed daemon (not a hardcoded path)
+unit=$(find "$T_TMP/inst" -path "*/system/rekeyfs@.service" | head -1)
+sbindir=$(sed -n 's/^sbindir = //p' "$TOP_BUILDDIR/Makefile"); prefix=$(sed -n 's/^prefix = //p' "$TOP_BUILDDIR/Makefile")
+exec_prefix=$(sed -n 's/^exec_prefix = //p' "$TOP_BUILDDIR/Makefile")
+sbindir=${sbindir//\$\{exec_prefix\}/$exec_prefix}; sbindir=${sbindir//\$\{prefix\}/$prefix}
+grep -qx "ExecStart=$sbindir/rekeyfs .*" "$unit" || fail "the installed unit's ExecStart is not $sbindir/rekeyfs: $(grep ^ExecStart= "$unit")"
+grep -q '@sbindir@' "$unit" && fail "the installed unit has an unsubstituted @sbindir@"
+echo "ok: the installed unit runs $sbindir/rekeyfs"
 echo "PASS: test_man"

@@ -56,19 +56,23 @@ mount -t fuse.rekeyfs "$D" "$M" -o "keydir=$K" || fail "mount -t fuse.rekeyfs"
 check_mount "mount -t fuse.rekeyfs"
 
 # 4. the systemd unit's own commands, with its defaults and %f = the data directory
-UNIT="$TEST_SRCDIR/../scripts/rekeyfs@.service"
+UNIT="$TOP_BUILDDIR/contrib/systemd/rekeyfs@.service" # made from contrib/systemd/rekeyfs@.service.in
 [ -f "$UNIT" ] || fail "no $UNIT"
 start=$(sed -n 's/^ExecStart=//p' "$UNIT"); stop=$(sed -n 's/^ExecStop=//p' "$UNIT")
 [ -n "$start" ] && [ -n "$stop" ] || fail "unit has no ExecStart/ExecStop"
 grep -q '^Type=forking' "$UNIT" || fail "unit must be Type=forking (rekeyfs detaches once mounted)"
 opts=$(sed -n 's/^Environment=REKEYFS_OPTS=//p' "$UNIT")
 start=${start//\$\{REKEYFS_KEYDIR\}/$K}; start=${start//\$\{REKEYFS_OPTS\}/$opts}
-start=${start//\/usr\/local\/bin\/rekeyfs/$BIN}; start=${start//%f/$D}
+start="$BIN ${start#* }"; start=${start//%f/$D} # the built daemon, not the installed one
 stop=${stop//%f/$D}
 eval "$start" || fail "unit ExecStart failed: $start"
 mountpoint -q "$D" || fail "unit ExecStart did not mount $D over itself"
 [ "$(cat "$D/via.txt")" = "written via mount -t fuse.rekeyfs" ] || fail "over-mount does not show the data"
+reload=$(sed -n 's/^ExecReload=//p' "$UNIT"); reload=${reload//%f/$D}
+[ -n "$reload" ] || fail "unit has no ExecReload"
+out=$(eval "$reload") || fail "unit ExecReload failed: $reload: $out"
+[ "$out" = "ok key directory will be re-read on next use" ] || fail "unit ExecReload replied: $out"
 eval "$stop" || fail "unit ExecStop failed: $stop"
 mountpoint -q "$D" && fail "still mounted after ExecStop"
-echo "ok: systemd unit ExecStart/ExecStop"
+echo "ok: systemd unit ExecStart/ExecReload/ExecStop"
 echo "PASS: test_fstab"
