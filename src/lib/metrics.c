@@ -213,7 +213,8 @@ int rk_metrics_render(const struct rk_metrics_src *s, char **out, size_t *len)
 		       s->sweep_state && strcmp(s->sweep_state, rk_metrics_sweep_states[i]) == 0 ? 1 : 0);
 	scalar(&b, s, "rekeyfs_sweep_bytes_done", "gauge", "Plaintext bytes the current or last sweep has walked.",
 	       (double)s->sweep_bytes_done);
-	scalar(&b, s, "rekeyfs_sweep_bytes_total", "gauge", "Plaintext bytes the current or last sweep walks in all.",
+	scalar(&b, s, "rekeyfs_sweep_total_bytes", "gauge",
+	       "Plaintext bytes the current or last sweep walks in all.",
 	       (double)s->sweep_bytes_total);
 	family(&b, "rekeyfs_sweep_eta_seconds", "gauge",
 	       "Estimated seconds until the running sweep ends (absent when unknown or idle).");
