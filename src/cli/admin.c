@@ -210,6 +210,55 @@ static void datakey_json(const char *name, const char *cipher, int bits, const u
 	printf("]}");
 }
 
+/* keys without DATADIR: the key files of the key directory */
+static int keys_of_keydir(const struct rkc_opts *o)
+{
+	char hex[2 * RK_FP_BYTES + 1];
+	int ret;
+	char **names;
+	size_t n;
+	ret = rk_keydir_list(o->keydir, &names, &n);
+	if (ret < 0) {
+		rk_err("cannot list key directory %s: %s", o->keydir, strerror(-ret));
+		return ret;
+	}
+	if (o->json) {
+		printf("{\n  ");
+		rkc_fleet_fields(stdout, NULL, NULL);
+		printf(",\n  \"schema\": \"rekeyfs-keys/1\", \"key_dir\": ");
+		rkc_json_put_str(stdout, o->keydir);
+		printf(",\n  \"keys\": [");
+	} else {
+		printf("%-20s %-28s %5s  %-32s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "KEY FILE");
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct rk_key *k;
+		int lvl = rk_log_get_level();
+		rk_log_set_level(RK_LOG_ERR); /* say why a key file is refused */
+		int r = rk_key_load(o->keydir, names[i], &k);
+		rk_log_set_level(lvl);
+		if (o->json) {
+			keyfile_json(names[i], r == 0 ? k : NULL, r, i == 0);
+			if (r == 0)
+				rk_key_free(k);
+		} else if (r == 0) {
+			rk_hex(hex, k->fp, RK_FP_BYTES);
+			printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
+			rk_key_free(k);
+		} else {
+			printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",
+			       r == -EPERM ? "refused: not a private key file of this user (chmod 600; see the "
+			                     "message on stderr)"
+			                   : rk_strerror(r));
+		}
+		free(names[i]);
+	}
+	free(names);
+	if (o->json)
+		printf("%s]\n}\n", n ? "\n  " : "");
+	return 0;
+}
+
 int rkc_cmd_keys(int argc, char **argv)
 {
 	static const char u[] = "rekeyctl keys [-d KEYDIR] [--json] [DATADIR]";
@@ -224,50 +273,8 @@ int rkc_cmd_keys(int argc, char **argv)
 		rk_err("usage: %s", u);
 		return RKC_USAGE;
 	}
-	if (argc - optind == 0) {
-		char **names;
-		size_t n;
-		ret = rk_keydir_list(o.keydir, &names, &n);
-		if (ret < 0) {
-			rk_err("cannot list key directory %s: %s", o.keydir, strerror(-ret));
-			return ret;
-		}
-		if (o.json) {
-			printf("{\n  ");
-			rkc_fleet_fields(stdout, NULL, NULL);
-			printf(",\n  \"schema\": \"rekeyfs-keys/1\", \"key_dir\": ");
-			rkc_json_put_str(stdout, o.keydir);
-			printf(",\n  \"keys\": [");
-		} else {
-			printf("%-20s %-28s %5s  %-32s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "KEY FILE");
-		}
-		for (size_t i = 0; i < n; i++) {
-			struct rk_key *k;
-			int lvl = rk_log_get_level();
-			rk_log_set_level(RK_LOG_ERR); /* say why a key file is refused */
-			int r = rk_key_load(o.keydir, names[i], &k);
-			rk_log_set_level(lvl);
-			if (o.json) {
-				keyfile_json(names[i], r == 0 ? k : NULL, r, i == 0);
-				if (r == 0)
-					rk_key_free(k);
-			} else if (r == 0) {
-				rk_hex(hex, k->fp, RK_FP_BYTES);
-				printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
-				rk_key_free(k);
-			} else {
-				printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",
-				       r == -EPERM ? "refused: not a private key file of this user (chmod 600; see the "
-				                     "message on stderr)"
-				                   : rk_strerror(r));
-			}
-			free(names[i]);
-		}
-		free(names);
-		if (o.json)
-			printf("%s]\n}\n", n ? "\n  " : "");
-		return 0;
-	}
+	if (argc - optind == 0)
+		return keys_of_keydir(&o);
 	const char *dir = argv[optind];
 	ret = rkc_open_offline(dir, RK_DD_SHARED, NULL, &dd);
 	if (ret < 0)
