@@ -26,10 +26,12 @@ DATA2="$T_TMP/data2"
 MNT2="$T_TMP/mnt2"
 M="$MNT"
 
-# prom FILE EXPR: EXPR (python) on the samples of exposition FILE:
-# s(NAME, **labels) is the value of the one matching series (None: none)
+# prom FILE EXPR...: each EXPR (python) on the samples of exposition FILE,
+# one result a line: s(NAME, **labels) is the value of the one matching
+# series (None: none), sel(NAME, **labels) the values of all; J(PATH) a JSON
+# file, fk(PATH, TABLE, KEY) the chunks of TABLE under KEY in an fsck report
 prom() {
-	python3 - "$1" "$2" <<'PYEOF'
+	python3 - "$@" <<'PYEOF'
 import re, sys
 samples = []
 for line in open(sys.argv[1]):
@@ -49,26 +51,33 @@ def s(name, **kw):
     if len(r) > 1:
         sys.exit("%d series match %s %s" % (len(r), name, kw))
     return r[0] if r else None
-r = eval(sys.argv[2])
-print(r if isinstance(r, str) else repr(r))
+import json
+def J(path):
+    return json.load(open(path))
+def fk(path, table, key):
+    return sum(k["chunks"] for t in J(path)["tables"] if t["path"] == table for k in t["keys"] if k["name"] == key)
+for e in sys.argv[2:]:
+    r = eval(e)
+    print(r if isinstance(r, str) else repr(r))
 PYEOF
 }
-# check_prom FILE EXPR MSG: EXPR must be True
+# check_prom FILE MSG EXPR...: every EXPR must be True (one python run)
 check_prom() {
-	local got
-	got=$(prom "$1" "$2") || fail "$3: cannot evaluate $2 on $1: $got"
-	[ "$got" = True ] || fail "$3: $2 is $got ($(grep -c . "$1") lines in $1)"
-	ok
+	local f="$1" msg="$2" got i=0 e
+	shift 2
+	got=$(prom "$f" "$@") || fail "$msg: cannot evaluate on $f: $got"
+	for e in "$@"; do
+		i=$((i + 1))
+		[ "$(sed -n "${i}p" <<<"$got")" = True ] ||
+			fail "$msg: $e is $(sed -n "${i}p" <<<"$got") ($(grep -c . "$f") lines in $f)"
+	done
+	ok "$msg"
 }
 promcheck() {
 	checking "promtool check metrics: $2"
 	promtool check metrics <"$1" >"$T_TMP/promtool.out" 2>&1 ||
 		fail "promtool check metrics ($2): $(cat "$T_TMP/promtool.out")"
 	ok
-}
-# fsck_chunks JSON TABLE KEY: chunks of TABLE under KEY in an fsck report
-fsck_chunks() {
-	json_get "$1" 'sum(k["chunks"] for t in d["tables"] if t["path"] == "'"$2"'" for k in t["keys"] if k["name"] == "'"$3"'")'
 }
 
 # ---- a mount with two tables (/ under key1, /ks/t2 under key2) and a second mount ----
@@ -96,25 +105,26 @@ promcheck "$T_TMP/m0.prom" "before the rotation"
 rekeyctl fsck --json "$MNT" >"$T_TMP/fsck0.json" || fail "fsck --json $MNT"
 status "$MNT"
 checking "coverage before the rotation equals fsck --json, status's version and data directory"
-for tk in "/ key1" "/ks/t2 key2"; do
-	set -- $tk
-	want=$(fsck_chunks "$T_TMP/fsck0.json" "$1" "$2")
-	[ "$want" -gt 0 ] || fail "fsck counts no chunk of $1 under $2"
-	check_prom "$T_TMP/m0.prom" "s('rekeyfs_chunks', table='$1', key='$2', mount='$MNT') == $want" "chunks of $1 under $2"
-done
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_key_releasable', key='key1') == 0 and s('rekeyfs_key_releasable', key='key2') == 0" "releasable"
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_sweep_state', state='idle') == 1 and sum(sel('rekeyfs_sweep_state')) == 1" "sweep state"
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_plain_files', table='/') == 0 and s('rekeyfs_plain_files', table='/ks/t2') == 0" "plain files"
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_build_info', version='$(sget 'd["version"]')') == 1" "build_info"
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_mount_info', data_dir='$(sget 'd["datadir"]')', mount='$MNT') == 1" "mount_info"
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_bytes', table='/ks/t2', key='key2') == 2000000" "bytes"
+F0="$T_TMP/fsck0.json"
+ST="$T_TMP/status.json"
+check_prom "$T_TMP/m0.prom" "coverage and status figures before the rotation" \
+	"fk('$F0', '/', 'key1') > 0 and fk('$F0', '/ks/t2', 'key2') > 0" \
+	"s('rekeyfs_chunks', table='/', key='key1', mount='$MNT') == fk('$F0', '/', 'key1')" \
+	"s('rekeyfs_chunks', table='/ks/t2', key='key2', mount='$MNT') == fk('$F0', '/ks/t2', 'key2')" \
+	"len(sel('rekeyfs_chunks')) == 2" \
+	"s('rekeyfs_key_releasable', key='key1') == 0 and s('rekeyfs_key_releasable', key='key2') == 0" \
+	"s('rekeyfs_sweep_state', state='idle') == 1 and sum(sel('rekeyfs_sweep_state')) == 1" \
+	"s('rekeyfs_plain_files', table='/') == 0 and s('rekeyfs_plain_files', table='/ks/t2') == 0" \
+	"s('rekeyfs_build_info', version=J('$ST')['version']) == 1" \
+	"s('rekeyfs_mount_info', data_dir=J('$ST')['datadir'], mount='$MNT') == 1" \
+	"s('rekeyfs_bytes', table='/ks/t2', key='key2') == 2000000" \
+	"s('rekeyfs_read_errors_total') == J('$ST')['io']['read_errors']"
 for f in rekeyfs_lazy_queue_dropped_total rekeyfs_read_errors_total rekeyfs_write_errors_total \
 	rekeyfs_journal_commits_total rekeyfs_journal_fsyncs_total rekeyfs_journal_fsyncs_in_place_total \
 	rekeyfs_journal_checkpoints_total rekeyfs_sweep_bytes_done rekeyfs_sweep_total_bytes; do
 	grep -q "^# TYPE $f " "$T_TMP/m0.prom" || fail "no family $f"
 	grep -q "^$f{mount=\"$MNT\"} [0-9]" "$T_TMP/m0.prom" || fail "no sample of $f"
 done
-check_prom "$T_TMP/m0.prom" "s('rekeyfs_read_errors_total') == $(sget 'd["io"]["read_errors"]')" "read errors = status"
 ok
 
 # ---- during the rotation: the sweep paused, so that every figure holds still ----
@@ -127,23 +137,20 @@ assert_rc 0 "pause"
 _paused_and_equal() {
 	status "$MNT"
 	cat "$MNT/.rekeyfs/metrics" >"$T_TMP/m1.prom"
-	WAIT_WHY="status $(sget 'd["walker"]["state"]') $(sget 'd["walker"]["bytes_done"]')/$(sget 'd["walker"]["bytes_total"]'); metrics $(grep -E '^rekeyfs_sweep_(bytes|total)' "$T_TMP/m1.prom" | tr '\n' ' ')"
-	[ "$(sget 'd["walker"]["state"]')" = paused ] &&
-		[ "$(prom "$T_TMP/m1.prom" "s('rekeyfs_sweep_state', state='paused') == 1 and s('rekeyfs_sweep_bytes_done') == $(sget 'd["walker"]["bytes_done"]') and s('rekeyfs_sweep_total_bytes') == $(sget 'd["walker"]["bytes_total"]')")" = True ]
+	WAIT_WHY="status $(sget '"%s %s/%s" % (d["walker"]["state"], d["walker"]["bytes_done"], d["walker"]["bytes_total"])'); metrics $(grep -E '^rekeyfs_sweep_(bytes|total)' "$T_TMP/m1.prom" | tr '\n' ' ')"
+	[ "$(prom "$T_TMP/m1.prom" "J('$ST')['walker']['state'] == 'paused' and s('rekeyfs_sweep_state', state='paused') == 1 and s('rekeyfs_sweep_bytes_done') == J('$ST')['walker']['bytes_done'] and s('rekeyfs_sweep_total_bytes') == J('$ST')['walker']['bytes_total']")" = True ]
 }
 checking "during the rotation (paused) the sweep figures equal status --json"
 wait_until 30 "metrics and status of the paused sweep do not agree" _paused_and_equal
-check_prom "$T_TMP/m1.prom" "s('rekeyfs_sweep_total_bytes') > 0" "sweep total"
-ok
+check_prom "$T_TMP/m1.prom" "sweep total" "s('rekeyfs_sweep_total_bytes') > 0"
 promcheck "$T_TMP/m1.prom" "during the rotation"
 checking "rekeyctl metrics --refresh: coverage equals fsck --json during the rotation"
 rekeyctl metrics --refresh "$MNT" >"$T_TMP/m2.prom" || fail "rekeyctl metrics --refresh"
 rekeyctl fsck --json "$MNT" >"$T_TMP/fsck1.json"
-for k in key1 key2; do
-	want=$(fsck_chunks "$T_TMP/fsck1.json" / $k)
-	check_prom "$T_TMP/m2.prom" "(s('rekeyfs_chunks', table='/', key='$k') or 0) == $want" "chunks of / under $k"
-done
-ok
+F1="$T_TMP/fsck1.json"
+check_prom "$T_TMP/m2.prom" "chunks of / under key1 and key2" \
+	"(s('rekeyfs_chunks', table='/', key='key1') or 0) == fk('$F1', '/', 'key1')" \
+	"(s('rekeyfs_chunks', table='/', key='key2') or 0) == fk('$F1', '/', 'key2')"
 
 # ---- after: key1 releasable, without --refresh ----
 run rekeyctl throttle "$MNT" 0
@@ -155,13 +162,14 @@ promcheck "$T_TMP/m3.prom" "after the rotation"
 rekeyctl fsck --json "$MNT" >"$T_TMP/fsck2.json"
 status "$MNT"
 checking "after the sweep: key1 releasable, coverage equals fsck --json, figures equal status --json"
-check_prom "$T_TMP/m3.prom" "s('rekeyfs_key_releasable', key='key1') == 1 and s('rekeyfs_key_releasable', key='key2') == 0" "releasable after the sweep"
-check_prom "$T_TMP/m3.prom" "s('rekeyfs_chunks', table='/', key='key1') is None" "no chunk under key1"
-check_prom "$T_TMP/m3.prom" "s('rekeyfs_chunks', table='/', key='key2') == $(fsck_chunks "$T_TMP/fsck2.json" / key2)" "chunks under key2"
-check_prom "$T_TMP/m3.prom" "s('rekeyfs_sweep_state', state='$(sget 'd["walker"]["state"]')') == 1" "state"
-check_prom "$T_TMP/m3.prom" "s('rekeyfs_chunks_rewritten_total', by='walker') == $(sget 'd["walker"]["chunks_rewritten_walker"]')" "rewritten"
-check_prom "$T_TMP/m3.prom" "sorted(l for l in [] ) == [] and set(['key1', 'key2']) == set($(sget '[k["name"] for k in d["keys"]]'))" "keys = status keys"
-ok
+F2="$T_TMP/fsck2.json"
+check_prom "$T_TMP/m3.prom" "after the sweep" \
+	"s('rekeyfs_key_releasable', key='key1') == 1 and s('rekeyfs_key_releasable', key='key2') == 0" \
+	"s('rekeyfs_chunks', table='/', key='key1') is None and fk('$F2', '/', 'key1') == 0" \
+	"s('rekeyfs_chunks', table='/', key='key2') == fk('$F2', '/', 'key2')" \
+	"s('rekeyfs_sweep_state', state=J('$ST')['walker']['state']) == 1" \
+	"s('rekeyfs_chunks_rewritten_total', by='walker') == J('$ST')['walker']['chunks_rewritten_walker']" \
+	"set(l['key'] for n, l, v in samples if n == 'rekeyfs_key_releasable') == set(k['name'] for k in J('$ST')['keys'])"
 checking "metrics-refresh on the control file"
 ctl "metrics-refresh" | grep -q "^ok coverage refreshed: " || fail "metrics-refresh: $(ctl metrics-refresh)"
 ok
@@ -170,10 +178,11 @@ ok
 rekeyctl metrics "$MNT" "$MNT2" >"$T_TMP/all.prom" || fail "rekeyctl metrics $MNT $MNT2"
 promcheck "$T_TMP/all.prom" "two mounts"
 checking "rekeyctl metrics MNT MNT2 covers both mounts, each family once"
-for m in "$MNT" "$MNT2"; do
-	check_prom "$T_TMP/all.prom" "s('rekeyfs_up', mount='$m') == 1 and s('rekeyfs_build_info', mount='$m') == 1" "$m"
-done
-check_prom "$T_TMP/all.prom" "s('rekeyfs_chunks', mount='$MNT2', table='/', key='key2') == 1" "chunks of $MNT2"
+check_prom "$T_TMP/all.prom" "both mounts" \
+	"s('rekeyfs_up', mount='$MNT') == 1 and s('rekeyfs_build_info', mount='$MNT') == 1" \
+	"s('rekeyfs_up', mount='$MNT2') == 1 and s('rekeyfs_build_info', mount='$MNT2') == 1" \
+	"s('rekeyfs_chunks', mount='$MNT2', table='/', key='key2') == 1" \
+	"s('rekeyfs_chunks', mount='$MNT', table='/', key='key2') == fk('$F2', '/', 'key2')"
 [ "$(grep -c '^# HELP rekeyfs_chunks ' "$T_TMP/all.prom")" = 1 ] || fail "HELP rekeyfs_chunks is not once"
 ok
 checking "a mount that does not answer: rekeyfs_up 0, the others written, exit status 1"
@@ -181,8 +190,9 @@ mkdir -p "$T_TMP/notmounted"
 run rekeyctl metrics "$MNT" "$T_TMP/notmounted"
 assert_rc 1 "metrics with a directory that is not a mount"
 cp "$T_OUT" "$T_TMP/part.prom"
-check_prom "$T_TMP/part.prom" "s('rekeyfs_up', mount='$T_TMP/notmounted') == 0 and s('rekeyfs_up', mount='$MNT') == 1 and s('rekeyfs_build_info', mount='$MNT') == 1" "partial"
-ok
+check_prom "$T_TMP/part.prom" "partial" \
+	"s('rekeyfs_up', mount='$T_TMP/notmounted') == 0 and s('rekeyfs_up', mount='$MNT') == 1" \
+	"s('rekeyfs_build_info', mount='$MNT') == 1"
 
 # ---- the shipped timer's command and the node exporter's textfile collector ----
 UNIT="$CONTRIB/systemd/rekeyfs-metrics@.service"
@@ -222,11 +232,11 @@ _scraped() {
 }
 wait_until 30 "the node exporter does not answer on 127.0.0.1:$PORT ($(tail -3 "$T_TMP/node-exporter.log"))" _scraped
 checking "the node exporter serves the textfile's rekeyfs_ series over loopback"
-check_prom "$T_TMP/scrape.prom" "s('node_textfile_scrape_error') == 0" "textfile scrape error"
-check_prom "$T_TMP/scrape.prom" "s('rekeyfs_key_releasable', mount='$MNT', key='key1') == 1" "releasable via the exporter"
-check_prom "$T_TMP/scrape.prom" "s('rekeyfs_chunks', mount='$MNT', table='/', key='key2') == $(fsck_chunks "$T_TMP/fsck2.json" / key2)" "chunks via the exporter"
-check_prom "$T_TMP/scrape.prom" "s('rekeyfs_up', mount='$MNT') == 1" "up via the exporter"
-ok
+check_prom "$T_TMP/scrape.prom" "via the exporter" \
+	"s('node_textfile_scrape_error') == 0" \
+	"s('rekeyfs_key_releasable', mount='$MNT', key='key1') == 1" \
+	"s('rekeyfs_chunks', mount='$MNT', table='/', key='key2') == fk('$F2', '/', 'key2')" \
+	"s('rekeyfs_up', mount='$MNT') == 1"
 kill "$NE_PID" 2>/dev/null
 wait "$NE_PID" 2>/dev/null
 bg_forget $NE_PID
