@@ -21,6 +21,7 @@
 enum rk_rank {
 	RK_RANK_CKPT_FILE = 8,  /* daemon walker ckpt_lock: checkpoint file writes (I/O, no other lock held) */
 	RK_RANK_FSCK = 10,      /* daemon fsck_lock: one control fsck at a time (held for its whole run) */
+	RK_RANK_METRICS = 11,   /* daemon metrics cache lock: the cached coverage (held across a rescan) */
 	RK_RANK_NS = 20,        /* daemon fs->ns_lock: names vs. whole-file replacement */
 	RK_RANK_FILE_RW = 30,   /* daemon rkd_file.rw_lock: I/O (shared) vs. truncate/sync/extension */
 	RK_RANK_STRIPE = 40,    /* daemon rkd_file.stripes[]: chunk locks, ascending index (ordered) */

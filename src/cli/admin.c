@@ -167,50 +167,114 @@ static const char *keyfile_status(const char *keydir, const char *name, const ui
 	return s;
 }
 
+/* keys --json: one key of the key directory (k NULL: refused, r why) */
+static void keyfile_json(const char *name, const struct rk_key *k, int r, bool first)
+{
+	char hex[2 * RK_FP_BYTES + 1];
+	printf("%s\n    {\"name\": ", first ? "" : ",");
+	rkc_json_put_str(stdout, name);
+	if (k) {
+		rk_hex(hex, k->fp, RK_FP_BYTES);
+		printf(", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"key_file\": \"ok\"}",
+		       rk_cipher_name(k->cipher), k->bits, hex);
+	} else {
+		printf(", \"cipher\": null, \"bits\": null, \"fingerprint\": null, \"key_file\": ");
+		rkc_json_put_str(stdout, r == -EPERM ? "refused" : rk_strerror(r));
+		printf("}");
+	}
+}
+
+static void datakey_json(const char *name, const char *cipher, int bits, const uint8_t *fp, const char *state,
+                         const char *file, uint64_t chunks, uint64_t files, const struct rk_datadir *dd, bool first)
+{
+	char hex[2 * RK_FP_BYTES + 1];
+	rk_hex(hex, fp, RK_FP_BYTES);
+	printf("%s\n    {\"name\": ", first ? "" : ",");
+	rkc_json_put_str(stdout, name);
+	printf(", \"cipher\": ");
+	rkc_json_put_str(stdout, cipher);
+	if (bits >= 0)
+		printf(", \"bits\": %d", bits);
+	else
+		printf(", \"bits\": null");
+	printf(", \"fingerprint\": \"%s\", \"state\": \"%s\", \"key_file\": ", hex, state);
+	rkc_json_put_str(stdout, file);
+	printf(", \"chunks\": %" PRIu64 ", \"files\": %" PRIu64 ", \"target_of\": [", chunks, files);
+	bool t1 = true;
+	for (size_t t = 0; t < dd->ntables; t++)
+		if (strcmp(dd->tables[t].key, name) == 0) {
+			printf("%s", t1 ? "" : ", ");
+			rkc_json_put_str(stdout, dd->tables[t].path);
+			t1 = false;
+		}
+	printf("]}");
+}
+
+/* keys without DATADIR: the key files of the key directory */
+static int keys_of_keydir(const struct rkc_opts *o)
+{
+	char hex[2 * RK_FP_BYTES + 1];
+	int ret;
+	char **names;
+	size_t n;
+	ret = rk_keydir_list(o->keydir, &names, &n);
+	if (ret < 0) {
+		rk_err("cannot list key directory %s: %s", o->keydir, strerror(-ret));
+		return ret;
+	}
+	if (o->json) {
+		printf("{\n  ");
+		rkc_fleet_fields(stdout, NULL, NULL);
+		printf(",\n  \"schema\": \"rekeyfs-keys/1\", \"key_dir\": ");
+		rkc_json_put_str(stdout, o->keydir);
+		printf(",\n  \"keys\": [");
+	} else {
+		printf("%-20s %-28s %5s  %-32s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "KEY FILE");
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct rk_key *k;
+		int lvl = rk_log_get_level();
+		rk_log_set_level(RK_LOG_ERR); /* say why a key file is refused */
+		int r = rk_key_load(o->keydir, names[i], &k);
+		rk_log_set_level(lvl);
+		if (o->json) {
+			keyfile_json(names[i], r == 0 ? k : NULL, r, i == 0);
+			if (r == 0)
+				rk_key_free(k);
+		} else if (r == 0) {
+			rk_hex(hex, k->fp, RK_FP_BYTES);
+			printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
+			rk_key_free(k);
+		} else {
+			printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",
+			       r == -EPERM ? "refused: not a private key file of this user (chmod 600; see the "
+			                     "message on stderr)"
+			                   : rk_strerror(r));
+		}
+		free(names[i]);
+	}
+	free(names);
+	if (o->json)
+		printf("%s]\n}\n", n ? "\n  " : "");
+	return 0;
+}
+
 int rkc_cmd_keys(int argc, char **argv)
 {
-	static const char u[] = "rekeyctl keys [-d KEYDIR] [DATADIR]";
+	static const char u[] = "rekeyctl keys [-d KEYDIR] [--json] [DATADIR]";
 	struct rkc_opts o = {0};
 	struct rk_datadir *dd = NULL;
 	struct rk_cov *cov = NULL;
 	char hex[2 * RK_FP_BYTES + 1];
-	int ret = rkc_parse_common(argc, argv, &o, "keys", "d");
+	int ret = rkc_parse_common(argc, argv, &o, "keys", "dj");
 	if (ret < 0)
 		return ret;
 	if (argc - optind > 1) {
 		rk_err("usage: %s", u);
 		return RKC_USAGE;
 	}
-	if (argc - optind == 0) {
-		char **names;
-		size_t n;
-		ret = rk_keydir_list(o.keydir, &names, &n);
-		if (ret < 0) {
-			rk_err("cannot list key directory %s: %s", o.keydir, strerror(-ret));
-			return ret;
-		}
-		printf("%-20s %-28s %5s  %-32s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "KEY FILE");
-		for (size_t i = 0; i < n; i++) {
-			struct rk_key *k;
-			int lvl = rk_log_get_level();
-			rk_log_set_level(RK_LOG_ERR); /* say why a key file is refused */
-			int r = rk_key_load(o.keydir, names[i], &k);
-			rk_log_set_level(lvl);
-			if (r == 0) {
-				rk_hex(hex, k->fp, RK_FP_BYTES);
-				printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
-				rk_key_free(k);
-			} else {
-				printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",
-				       r == -EPERM ? "refused: not a private key file of this user (chmod 600; see the "
-				                     "message on stderr)"
-				                   : rk_strerror(r));
-			}
-			free(names[i]);
-		}
-		free(names);
-		return 0;
-	}
+	if (argc - optind == 0)
+		return keys_of_keydir(&o);
 	const char *dir = argv[optind];
 	ret = rkc_open_offline(dir, RK_DD_SHARED, NULL, &dd);
 	if (ret < 0)
@@ -220,8 +284,19 @@ int rkc_cmd_keys(int argc, char **argv)
 		rk_err("%s: coverage scan failed: %s", dir, rk_strerror(ret));
 		goto out;
 	}
-	printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10s %8s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "STATE",
-	       "KEY FILE", "CHUNKS", "FILES", "TARGET OF");
+	if (o.json) {
+		char *real = realpath(dir, NULL);
+		printf("{\n  ");
+		rkc_fleet_fields(stdout, real ? real : dir, NULL);
+		free(real);
+		printf(",\n  \"schema\": \"rekeyfs-keys/1\", \"key_dir\": ");
+		rkc_json_put_str(stdout, o.keydir);
+		printf(",\n  \"keys\": [");
+	} else {
+		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10s %8s  %s\n", "KEY", "CIPHER", "BITS", "FINGERPRINT", "STATE",
+		       "KEY FILE", "CHUNKS", "FILES", "TARGET OF");
+	}
+	bool first = true;
 	for (size_t i = 0; i < dd->nkeys; i++) {
 		const struct rk_regent *e = &dd->keys[i];
 		uint64_t chunks = 0, files = 0;
@@ -235,6 +310,13 @@ int rkc_cmd_keys(int argc, char **argv)
 		for (size_t t = 0; t < dd->ntables; t++)
 			if (strcmp(dd->tables[t].key, e->name) == 0 && tl < sizeof(targets) - 1)
 				tl += (size_t)snprintf(targets + tl, sizeof(targets) - tl, "%s%s", tl ? "," : "", dd->tables[t].path);
+		const char *kfs = e->state == RK_KS_RELEASED ? "-" : keyfile_status(o.keydir, e->name, e->fp);
+		if (o.json) {
+			datakey_json(e->name, rk_cipher_name(e->cipher), (int)e->bits, e->fp, rk_keystate_name(e->state), kfs,
+			             chunks, files, dd, first);
+			first = false;
+			continue;
+		}
 		rk_hex(hex, e->fp, RK_FP_BYTES);
 		printf("%-20s %-28s %5u  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", rk_esc(e->name),
 		       rk_cipher_name(e->cipher), e->bits, hex, rk_keystate_name(e->state),
@@ -245,10 +327,24 @@ int rkc_cmd_keys(int argc, char **argv)
 	for (size_t j = 0; j < cov->total.nkeys; j++) {
 		if (rk_registry_find(dd, cov->total.keys[j].name))
 			continue;
+		if (o.json) {
+			datakey_json(cov->total.keys[j].name, NULL, -1, cov->total.keys[j].fp, "unregistered",
+			             keyfile_status(o.keydir, cov->total.keys[j].name, cov->total.keys[j].fp),
+			             cov->total.keys[j].chunks, cov->total.keys[j].files, dd, first);
+			first = false;
+			continue;
+		}
 		rk_hex(hex, cov->total.keys[j].fp, RK_FP_BYTES);
 		printf("%-20s %-28s %5s  %-32s  %-12s %-13s %10" PRIu64 " %8" PRIu64 "  %s\n", rk_esc(cov->total.keys[j].name), "?",
 		       "?", hex, "unregistered", keyfile_status(o.keydir, cov->total.keys[j].name, cov->total.keys[j].fp),
 		       cov->total.keys[j].chunks, cov->total.keys[j].files, "-");
+	}
+	if (o.json) {
+		printf("%s],\n  \"files\": %" PRIu64 ", \"chunk_files\": %" PRIu64 ", \"plain_files\": %" PRIu64
+		       ", \"unreadable_files\": %" PRIu64 ", \"chunks\": %" PRIu64 ", \"chunks_on_target\": %" PRIu64 "\n}\n",
+		       first ? "" : "\n  ", cov->total.files, cov->total.chunk_files, cov->total.plain_files,
+		       cov->total.corrupt_files, cov->total.chunks, cov->total.chunks_on_target);
+		goto out;
 	}
 	printf("\n%" PRIu64 " files: %" PRIu64 " chunk files, %" PRIu64 " plain, %" PRIu64 " unreadable; %" PRIu64
 	       " chunks, %.1f%% on their table's target key\n",

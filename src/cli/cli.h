@@ -101,6 +101,15 @@ bool rkc_json_num(const struct rkc_json *obj, const char *key, double *out);
 const char *rkc_json_str(const struct rkc_json *obj, const char *key);
 void rkc_json_put_str(FILE *f, const char *s);
 
+/* fleet.c: "host", "data_dir", "mount", "time" first in a JSON report;
+ * one_line: compacted to one line (JSON Lines, several mounts) */
+void rkc_fleet_time(char *buf, size_t len);
+void rkc_fleet_fields(FILE *f, const char *data_dir, const char *mount);
+int rkc_fleet_print(FILE *f, const char *json, const char *data_dir, const char *mount, bool one_line);
+/* metrics.c: rekeyctl metrics [--refresh] [--textfile FILE] MOUNT... */
+int rkc_cmd_metrics(int argc, char **argv);
+int rkc_read_virt(const char *mnt, const char *name, uint64_t ino, char **text);
+
 /* help.c: per-command help (rekeyctl CMD --help, rekeyctl help CMD) */
 void rkc_usage(FILE *f);
 /* 0 when CMD is known (help printed to stdout), RKC_USAGE otherwise */

@@ -24,7 +24,7 @@
 #include "rekeyfs/fsck.h"
 
 static const char usage_line[] =
-	"rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT";
+	"rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT...";
 
 /* a typo in --key would answer "may be released": the key must be one the
  * data directory registered or one of the key directory's files */
@@ -34,6 +34,20 @@ static bool key_file_exists(const char *keydir, const char *name)
 	struct stat st;
 	snprintf(p, sizeof(p), "%s/%s", keydir, name);
 	return stat(p, &st) == 0;
+}
+
+/* several targets: JSON reports as JSON Lines (one compact object each) */
+static bool many;
+
+/* the report; JSON gets the fleet fields (host, data_dir, mount, time) */
+static int put_report(const char *body, size_t len, const struct rk_fsck_opts *fo, const char *data_dir,
+                      const char *mount)
+{
+	if (fo->json && strchr(body, '{'))
+		return rkc_fleet_print(stdout, body, data_dir, mount, many);
+	if (fwrite(body, 1, len, stdout) != len || fflush(stdout) != 0)
+		return -errno;
+	return 0;
 }
 
 /* ---- offline ------------------------------------------------------------------------------- */
@@ -115,7 +129,7 @@ static int fsck_offline(const char *target, const char *keydir, struct rk_fsck_o
 		rk_err("fsck of %s: cannot build the report: %s", root, rk_strerror(ret));
 		goto out;
 	}
-	if (fwrite(report, 1, rlen, stdout) != rlen || fflush(stdout) != 0) {
+	if (put_report(report, rlen, fo, root, NULL) < 0) {
 		rk_err("fsck of %s: cannot write the report: %s", root, strerror(errno));
 		goto out;
 	}
@@ -260,7 +274,16 @@ static int fsck_online(const char *target, struct rk_fsck_opts *fo)
 		if (*body == '\n')
 			body++;
 		size_t bl = strlen(body);
-		if (fwrite(body, 1, bl, stdout) != bl || fflush(stdout) != 0) {
+		char *dd = NULL;
+		if (fo->json) {
+			struct rkc_json *st = NULL;
+			if (rkc_status_tree(root, &st) == 0 && rkc_json_str(st, "datadir"))
+				dd = strdup(rkc_json_str(st, "datadir"));
+			rkc_json_free(st);
+		}
+		int pr = put_report(body, bl, fo, dd, root);
+		free(dd);
+		if (pr < 0) {
 			rk_err("fsck: cannot write the report: %s", strerror(errno));
 			goto out;
 		}
@@ -330,7 +353,7 @@ int rkc_cmd_fsck(int argc, char **argv)
 	}
 	if (rkc_check_keydir("fsck", rk_keydir_resolve(keydir), keydir != NULL) < 0)
 		return RK_FSCK_EXIT_USAGE;
-	if (argc - optind != 1) {
+	if (argc - optind < 1) {
 		rk_err("usage: %s", usage_line);
 		return RK_FSCK_EXIT_USAGE;
 	}
@@ -343,12 +366,24 @@ int rkc_cmd_fsck(int argc, char **argv)
 		       "combined with --table");
 		return RK_FSCK_EXIT_USAGE;
 	}
-	const char *target = argv[optind];
-	if (rkc_is_mount(target))
-		return fsck_online(target, &fo);
-	/* the report names the key directory: absolute, as the daemon's */
-	char *abs = realpath(rk_keydir_resolve(keydir), NULL);
-	int code = fsck_offline(target, abs ? abs : rk_keydir_resolve(keydir), &fo);
-	free(abs);
+	/* several targets (a node's mounts): one report each, in order, the
+	 * exit status the OR of theirs */
+	many = argc - optind > 1;
+	const char *table = fo.table;
+	int code = 0;
+	for (int i = optind; i < argc; i++) {
+		const char *target = argv[i];
+		fo.table = table; /* a target inside a mount sets its own */
+		if (many && !fo.json && i > optind)
+			putchar('\n');
+		if (rkc_is_mount(target)) {
+			code |= fsck_online(target, &fo);
+			continue;
+		}
+		/* the report names the key directory: absolute, as the daemon's */
+		char *abs = realpath(rk_keydir_resolve(keydir), NULL);
+		code |= fsck_offline(target, abs ? abs : rk_keydir_resolve(keydir), &fo);
+		free(abs);
+	}
 	return code;
 }

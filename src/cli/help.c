@@ -35,8 +35,9 @@ static const struct help helps[] = {
 	 KEYDIR_OPT "  -k, --key NAME       new target key of the table\n"
 	            "  -c, --chunk-kb N     chunk size of new files in KiB (power of two, 4 to 1024)\n"
 	            "  -z, --compression C  snappy or none, for new chunks\n" HELP_OPT},
-	{"keys", "rekeyctl keys [-d KEYDIR] [DATADIR]",
-	 "list the key directory, or DATADIR's keys with states and coverage", KEYDIR_OPT HELP_OPT},
+	{"keys", "rekeyctl keys [-d KEYDIR] [--json] [DATADIR]",
+	 "list the key directory, or DATADIR's keys with states and coverage",
+	 KEYDIR_OPT "  -j, --json           JSON (schema rekeyfs-keys/1) with host, data_dir, mount, time\n" HELP_OPT},
 	{"encrypt",
 	 "rekeyctl encrypt [-d KEYDIR] [-q] DATADIR [PATH...]\n"
 	 "       rekeyctl encrypt [--wait] [-q] MOUNT [PATH...]\n"
@@ -64,8 +65,13 @@ static const struct help helps[] = {
 	            "  -w, --wait           wait for the sweep and verify that no chunk is left under OLD\n"
 	            "  -j, --progress-json  JSON progress lines on stdout while waiting\n"
 	            "  -q, --quiet          no progress bar\n" HELP_OPT},
-	{"status", "rekeyctl status [--json] MOUNT", "walker state, progress, rates and errors of a mount",
-	 "  -j, --json           the daemon's status JSON as is (schema rekeyfs-status/1)\n" HELP_OPT},
+	{"status", "rekeyctl status [--json] MOUNT...", "walker state, progress, rates and errors of mounts",
+	 "  -j, --json           the daemon's status JSON (schema rekeyfs-status/1) with host, data_dir, mount,\n"
+	 "                       time first; several mounts: one object per line (JSON Lines)\n" HELP_OPT},
+	{"metrics", "rekeyctl metrics [--refresh] [--textfile FILE] MOUNT...",
+	 "Prometheus text exposition of mounts (one exposition, series labelled by mount)",
+	 "  -r, --refresh        rescan the daemons' cached coverage first\n"
+	 "  -o, --textfile FILE  write FILE atomically (node exporter textfile collector)\n" HELP_OPT},
 	{"pause", "rekeyctl pause MOUNT", "pause the mount's running sweep (takes effect within a second)", HELP_OPT},
 	{"resume", "rekeyctl resume MOUNT", "resume a paused sweep", HELP_OPT},
 	{"throttle", "rekeyctl throttle MOUNT RATE",
@@ -73,7 +79,7 @@ static const struct help helps[] = {
 	 HELP_OPT},
 	{"release-key", "rekeyctl release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
 	 "retire key NAME once no chunk is under it (every slot's key reference is read)", KEYDIR_OPT HELP_OPT},
-	{"fsck", "rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT",
+	{"fsck", "rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT...",
 	 "coverage report; exit 0 clean, 1 chunks under old keys, 4 corrupt",
 	 KEYDIR_OPT "  -D, --deep           decrypt every chunk (authenticates the data)\n"
 	            "  -j, --json           the report as JSON (schema rekeyfs-fsck)\n"

@@ -265,9 +265,12 @@ int rkc_control(const char *mnt, const char *cmd, char **reply)
 	return -EIO;
 }
 
-int rkc_read_status(const char *mnt, char **json)
+int rkc_read_status(const char *mnt, char **json) { return rkc_read_virt(mnt, "status", RK_VIRT_INO_STATEDIR + 1, json); }
+
+/* a virtual file of the mount's .rekeyfs/ (checked to be the daemon's: inode ino) */
+int rkc_read_virt(const char *mnt, const char *name, uint64_t ino, char **json)
 {
-	int fd = ctl_open(mnt, "status", RK_VIRT_INO_STATEDIR + 1, O_RDONLY);
+	int fd = ctl_open(mnt, name, ino, O_RDONLY);
 	if (fd < 0)
 		return fd;
 	size_t got = 0, cap;

@@ -22,7 +22,7 @@ int main(int argc, char **argv)
 		{"keys", rkc_cmd_keys},           {"encrypt", rkc_cmd_encrypt}, {"cat", rkc_cmd_cat},
 		{"rekey", rkc_cmd_rekey},     {"status", rkc_cmd_status}, {"release-key", rkc_cmd_release},
 		{"fsck", rkc_cmd_fsck},           {"pause", rkc_cmd_pause},     {"resume", rkc_cmd_resume},
-		{"throttle", rkc_cmd_throttle},   {"rotate", rkc_cmd_rotate},   {"help", rkc_cmd_help},
+		{"throttle", rkc_cmd_throttle},   {"rotate", rkc_cmd_rotate},   {"metrics", rkc_cmd_metrics}, {"help", rkc_cmd_help},
 	};
 	rk_harden_process();
 	/* the tree walk holds one directory fd per level: a deep tree needs them */

@@ -94,22 +94,15 @@ static void print_walker(const struct rkc_json *w)
 #undef B
 }
 
-int rkc_cmd_status(int argc, char **argv)
+/* one mount: its text form, or its JSON (with the fleet fields; one line when several mounts) */
+static int status_one(const char *target, bool json, bool one_line)
 {
-	bool json = false;
-	int pr = rkc_parse_d(argc, argv, "status", NULL, NULL, &json);
-	if (pr < 0)
-		return pr;
-	if (argc - optind != 1) {
-		rk_err("usage: rekeyctl status [--json] MOUNT");
-		return RKC_USAGE;
-	}
 	char *root = NULL, *rel = NULL, *js = NULL;
-	int ret = rkc_mount_find(argv[optind], &root, &rel);
+	int ret = rkc_mount_find(target, &root, &rel);
 	if (ret < 0) {
 		rk_err("%s is not on a rekeyfs mount (no fuse.rekeyfs mount with the daemon's .rekeyfs/control holds "
 		       "it); status needs a mounted daemon",
-		       argv[optind]);
+		       target);
 		return -ENOENT;
 	}
 	ret = rkc_read_status(root, &js);
@@ -117,14 +110,15 @@ int rkc_cmd_status(int argc, char **argv)
 		rk_err("cannot read %s/.rekeyfs/status: %s", root, strerror(-ret));
 		goto out;
 	}
-	if (json) {
-		fputs(js, stdout);
-		goto out;
-	}
 	struct rkc_json *st = NULL;
 	if (rkc_json_parse(js, &st) < 0) {
 		rk_err("%s/.rekeyfs/status is not valid JSON (a daemon of another version?); see rekeyctl status --json", root);
 		ret = -EPROTO;
+		goto out;
+	}
+	if (json) {
+		ret = rkc_fleet_print(stdout, js, rkc_json_str(st, "datadir"), root, one_line);
+		rkc_json_free(st);
 		goto out;
 	}
 	char pid[32];
@@ -144,8 +138,32 @@ int rkc_cmd_status(int argc, char **argv)
 	}
 	rkc_json_free(st);
 out:
+	fflush(stdout);
 	free(js);
 	free(root);
 	free(rel);
+	return ret;
+}
+
+int rkc_cmd_status(int argc, char **argv)
+{
+	bool json = false;
+	int pr = rkc_parse_d(argc, argv, "status", NULL, NULL, &json);
+	if (pr < 0)
+		return pr;
+	if (argc - optind < 1) {
+		rk_err("usage: rekeyctl status [--json] MOUNT...");
+		return RKC_USAGE;
+	}
+	/* several mounts: each one's report (JSON Lines with --json); the
+	 * first failure is the exit status, the other mounts are still shown */
+	int ret = 0, n = argc - optind;
+	for (int i = optind; i < argc; i++) {
+		if (!json && n > 1 && i > optind)
+			putchar('\n');
+		int r = status_one(argv[i], json, n > 1);
+		if (r < 0 && ret == 0)
+			ret = r;
+	}
 	return ret;
 }

@@ -25,7 +25,7 @@ void rkd_virt_attr(struct rkd_fs *fs, struct rkd_inode *in, struct stat *st)
 	if (in->virt == RKD_VDIR) {
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
-	} else if (in->virt == RKD_VSTATUS) {
+	} else if (in->virt == RKD_VSTATUS || in->virt == RKD_VMETRICS) {
 		/* root only, like the control file: the status names files (the
 		 * walker's position, its errors) inside other users' private
 		 * directories */

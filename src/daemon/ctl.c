@@ -172,7 +172,9 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 		return rkd_encrypt_control(fs, cmd, rest, out, len);
 	if (strcmp(cmd, "fsck") == 0 || strcmp(cmd, "fsck-progress") == 0)
 		return rkd_fsck_control(fs, cmd, rest, out, len);
+	if (strcmp(cmd, "metrics-refresh") == 0)
+		return rkd_metrics_control(fs, cmd, rest, out, len);
 	return rkd_reply(out, len, -EINVAL,
-	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, encrypt, encrypt-cancel, fsck, reload-keys, ping)",
+	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, encrypt, encrypt-cancel, fsck, metrics-refresh, reload-keys, ping)",
 	             cmd);
 }

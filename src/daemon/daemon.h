@@ -33,7 +33,7 @@
 
 #define RKD_CHUNK_STRIPES 64
 
-enum rkd_virt { RKD_REAL = 0, RKD_VDIR = 1, RKD_VSTATUS = 2, RKD_VCONTROL = 3 };
+enum rkd_virt { RKD_REAL = 0, RKD_VDIR = 1, RKD_VSTATUS = 2, RKD_VCONTROL = 3, RKD_VMETRICS = 4 };
 
 struct rkd_file; /* open state shared by all handles of an inode */
 
@@ -192,7 +192,7 @@ struct rkd_fs {
 	pthread_cond_t reclaim_cond;
 	bool reclaim_stop, reclaim_started;
 	struct rkd_inode root;
-	struct rkd_inode vdir, vstatus, vcontrol;
+	struct rkd_inode vdir, vstatus, vcontrol, vmetrics;
 	struct rkd_stats st;
 	struct rkd_walker *w;
 	struct rkd_encjob *enc; /* online encrypt job (encrypt.c), NULL when not running */
@@ -283,6 +283,14 @@ void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t 
 
 /* fsck_ctl.c: the "fsck" and "fsck-progress" control commands */
 int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+/* metrics_ctl.c: .rekeyfs/metrics (Prometheus text) from the cached
+ * coverage; "metrics-refresh" rescans it; rkd_metrics_free at unmount */
+int rkd_metrics_text(struct rkd_fs *fs, char **out, size_t *len);
+int rkd_metrics_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+void rkd_metrics_free(void);
+struct rk_metrics_src;
+/* walker_ctl.c: the walker's part of the metrics (takes the walker lock) */
+void rkd_walker_metrics(struct rkd_fs *fs, struct rk_metrics_src *s);
 
 /* startup.c: checks before the mount */
 int rkd_check_not_served(const char *datadir);

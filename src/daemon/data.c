@@ -24,7 +24,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct rkd_handle *h;
 	int ret;
 
-	if (in->virt == RKD_VSTATUS || in->virt == RKD_VCONTROL) {
+	if (in->virt == RKD_VSTATUS || in->virt == RKD_VCONTROL || in->virt == RKD_VMETRICS) {
 		/* both name files of every user: root (or the daemon's user) only,
 		 * whatever the kernel's permission check said */
 		const struct fuse_ctx *cx = fuse_req_ctx(req);
@@ -37,8 +37,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
-		if (in->virt == RKD_VSTATUS) {
-			ret = rkd_status_json(fs, &h->vbuf, &h->vlen);
+		if (in->virt == RKD_VSTATUS || in->virt == RKD_VMETRICS) {
+			ret = in->virt == RKD_VSTATUS ? rkd_status_json(fs, &h->vbuf, &h->vlen)
+			                              : rkd_metrics_text(fs, &h->vbuf, &h->vlen);
 			if (ret < 0) {
 				rkd_handle_free(h);
 				fuse_reply_err(req, -ret);

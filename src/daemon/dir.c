@@ -133,9 +133,9 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		return;
 	}
 	if (d->virt) {
-		static const char *names[] = {".", "..", "status", "control"};
-		const ino_t inos[] = {fs->vdir.ino, fs->root.ino, fs->vstatus.ino, fs->vcontrol.ino};
-		for (off_t i = off; i < 4; i++) {
+		static const char *names[] = {".", "..", "status", "control", "metrics"};
+		const ino_t inos[] = {fs->vdir.ino, fs->root.ino, fs->vstatus.ino, fs->vcontrol.ino, fs->vmetrics.ino};
+		for (off_t i = off; i < 5; i++) {
 			struct stat st = {0};
 			st.st_mode = i < 2 ? S_IFDIR : S_IFREG;
 			st.st_ino = inos[i];

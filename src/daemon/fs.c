@@ -19,9 +19,9 @@
 
 static int setup_virtual(struct rkd_fs *fs)
 {
-	struct rkd_inode *v[] = {&fs->vdir, &fs->vstatus, &fs->vcontrol};
-	enum rkd_virt kinds[] = {RKD_VDIR, RKD_VSTATUS, RKD_VCONTROL};
-	for (int i = 0; i < 3; i++) {
+	struct rkd_inode *v[] = {&fs->vdir, &fs->vstatus, &fs->vcontrol, &fs->vmetrics};
+	enum rkd_virt kinds[] = {RKD_VDIR, RKD_VSTATUS, RKD_VCONTROL, RKD_VMETRICS};
+	for (int i = 0; i < 4; i++) {
 		v[i]->virt = kinds[i];
 		v[i]->fd = -1;
 		v[i]->ino = (ino_t)(RK_VIRT_INO_STATEDIR + (unsigned)i);
@@ -238,6 +238,7 @@ int rkd_fs_destroy(struct rkd_fs *fs)
 		rkd_clean_dirty_headers(fs);
 	}
 	free(fs->dirty);
+	rkd_metrics_free();
 	rkd_dirs_free(fs);
 	inodes_free(fs);
 	rkd_budget_destroy(&fs->budget);

@@ -35,7 +35,10 @@ static int do_lookup(struct rkd_fs *fs, fuse_ino_t parent, const char *name, str
 	e->attr_timeout = fs->o.attr_timeout;
 	e->entry_timeout = fs->o.entry_timeout;
 	if (p->virt == RKD_VDIR) {
-		struct rkd_inode *v = strcmp(name, "status") == 0 ? &fs->vstatus : strcmp(name, "control") == 0 ? &fs->vcontrol : NULL;
+		struct rkd_inode *v = strcmp(name, "status") == 0    ? &fs->vstatus
+		                     : strcmp(name, "control") == 0 ? &fs->vcontrol
+		                     : strcmp(name, "metrics") == 0 ? &fs->vmetrics
+		                                                    : NULL;
 		if (!v)
 			return -ENOENT;
 		e->ino = (fuse_ino_t)(uintptr_t)v;

@@ -10,6 +10,7 @@
 
 #include "daemon.h"
 #include "rekeyfs/common.h"
+#include "rekeyfs/metrics.h"
 #include "rekeyfs/rekey.h"
 #include "walker.h"
 
@@ -367,5 +368,35 @@ void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
 		table_json(w, &w->tables[i], b, i == 0);
 	rkd_jb_printf(b, "%s]", w->ntables ? "\n    " : "");
 	errors_json(w, b);
+	rk_mutex_unlock(&w->lock);
+}
+
+/* ---- metrics ------------------------------------------------------------------------------------ */
+/* the same numbers as the status JSON's walker part (bytes, ETA, state) */
+void rkd_walker_metrics(struct rkd_fs *fs, struct rk_metrics_src *s)
+{
+	struct rkd_walker *w = fs->w;
+	if (!w) {
+		s->sweep_state = "off";
+		return;
+	}
+	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+	bool running = w->state != W_IDLE;
+	uint64_t bd = 0, bt = 0, todo = 0, rew = 0;
+	for (int i = 0; i < w->ntables; i++) {
+		bd += w->tables[i].bytes_done, bt += w->tables[i].bytes_total;
+		todo += w->tables[i].bytes_todo, rew += w->tables[i].bytes_rewritten;
+	}
+	double rate = recent_rate(w, rkd_walker_now());
+	s->sweep_state = rkd_walker_state_word(w);
+	s->sweep_bytes_done = bd;
+	s->sweep_bytes_total = bt;
+	s->eta_known = running && (rate >= 1.0 || todo <= rew);
+	s->eta_seconds = running && rate >= 1.0 ? (double)(todo > rew ? todo - rew : 0) / rate : 0;
+	if (s->eta_known) /* whole seconds, as in the status */
+		s->eta_seconds = (double)(uint64_t)(s->eta_seconds + 0.5);
+	s->lazy_dropped = (uint64_t)atomic_load(&w->lazy_dropped);
+	s->chunks_rewritten_walker = (uint64_t)atomic_load(&w->walker_rewritten);
+	s->chunks_rewritten_lazy = (uint64_t)atomic_load(&w->lazy_rewritten);
 	rk_mutex_unlock(&w->lock);
 }

@@ -130,6 +130,12 @@ def check_table(where, t, total, mode):
 
 def check(doc):
     top = {
+        # the fleet fields rekeyctl puts first (rekeyctl(8), JSON OUTPUT OF SEVERAL NODES)
+        "host": STR,
+        "data_dir": STR,
+        "mount": STR_OR_NULL,
+        "time": (lambda v: isinstance(v, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", v) is not None,
+                 "RFC 3339 UTC time"),
         "schema": (lambda v: v == SCHEMA, repr(SCHEMA)),
         "datadir": STR,
         "keydir": STR_OR_NULL,

@@ -461,12 +461,20 @@ jcheck "d['total']['count_mismatch']" 1 "headers whose counts differ from the sl
 # ===========================================================================
 checking "usage errors exit 16"
 for args in "" "--bogus $ROT" "--key key1 --table /ks/t1 $ROT" "--table /nope $ROT" "--key bad/name $ROT" \
-	"$ROT/many" "$ROT $HALF"; do
+	"$ROT/many"; do
 	# shellcheck disable=SC2086
 	fsck -d "$K" $args
 	assert_rc 16 "fsck $args"
 	[ -s "$T_ERR" ] || fail "fsck $args: no message"
 done
+# several data directories (a node's): one report each, the exit status the OR of theirs
+fsck -d "$K" --json "$ROT"
+r1=$RC
+fsck -d "$K" --json "$HALF"
+r2=$RC
+fsck -d "$K" --json "$ROT" "$HALF"
+assert_rc $((r1 | r2)) "fsck ROT HALF: the OR of $r1 and $r2"
+[ "$(grep -c '^{"host": ' "$T_OUT")" = 2 ] || fail "fsck --json ROT HALF: not two JSON lines: $(head -c 500 "$T_OUT")"
 fsck --help
 assert_rc 0 "fsck --help"
 
@@ -496,7 +504,8 @@ python3 - "$T_TMP/half.json" "$T_OUT" <<'EOF' || fail "the backup's report diffe
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:])
 for d in (a, b):
-    del d['datadir']
+    for k in ('datadir', 'data_dir', 'time'):  # where and when (the fleet fields)
+        del d[k]
 if a != b:
     sys.exit('reports differ')
 EOF
@@ -553,6 +562,9 @@ if $fuse_ok; then
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:])
 assert a.pop('source') == 'offline' and b.pop('source') == 'daemon'
+# the fleet fields: the same data directory; mount null offline, the mount online
+assert a.pop('data_dir') == b.pop('data_dir') and a.pop('mount') is None and b.pop('mount') is not None
+a.pop('time'); b.pop('time')
 if a != b:
     for k in a:
         if a[k] != b.get(k):

@@ -505,7 +505,7 @@ grep -q '/\.rekeyfs' "$T_OUT" && fail "find MNT lists the control directory: $(t
 tar -C "$MNT" -cf - . | tar -tf - >"$T_OUT"
 grep -q 'rekeyfs' "$T_OUT" && fail "tar of the mount root holds the control directory: $(grep rekeyfs "$T_OUT" | head -3)"
 [ "$(stat -c %F "$MNT/.rekeyfs")" = directory ] || fail "stat MNT/.rekeyfs by name fails"
-assert_eq "$(ls -a "$MNT/.rekeyfs" | LC_ALL=C sort | tr '\n' ' ')" ". .. control status " "ls -a MNT/.rekeyfs"
+assert_eq "$(ls -a "$MNT/.rekeyfs" | LC_ALL=C sort | tr '\n' ' ')" ". .. control metrics status " "ls -a MNT/.rekeyfs"
 for real in "$DATA"/.rekeyfs/*; do
 	n="$(basename "$real")"
 	[ -e "$MNT/.rekeyfs/$n" ] && fail "the real state file .rekeyfs/$n shows through the mount"
