@@ -48,46 +48,6 @@ static void rec_header(uint8_t *h, int type, uint64_t seq, uint64_t a, uint32_t 
 	rk_put64(h + 56, durable);
 }
 
-/* Write zeros over [from, to) of the journal file.  0 or -errno. */
-static int zero_fill(int fd, uint64_t from, uint64_t to)
-{
-	static const uint8_t zeros[64 * 1024];
-	while (from < to) {
-		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), to - from);
-		int ret = rk_pwrite_full(fd, zeros, n, (off_t)from);
-		if (ret < 0)
-			return ret;
-		from += n;
-	}
-	return 0;
-}
-
-/* Make the journal file at least need bytes long, by writing zeros (not
- * fallocate: unwritten extents would make the first commit over them a
- * metadata commit again), in steps that double up to JGROW_MAX.  The next
- * commit's fdatasync makes the new length durable; records written later
- * over these blocks commit with a data-only fdatasync.  Caller holds
- * j->lock.  0 or -errno (the file is cut back to its old length). */
-static int jnl_grow(struct rk_journal *j, uint64_t need)
-{
-	uint64_t step = RK_MIN(RK_MAX(j->fsize, (uint64_t)JGROW_MIN), (uint64_t)JGROW_MAX);
-	uint64_t want = (RK_MAX(need, j->fsize + step) + 4095) & ~(uint64_t)4095;
-	int ret = zero_fill(j->fd, j->fsize, want);
-	if (ret == -ENOSPC && want > need) {
-		/* nearly full: only what the record needs */
-		want = (need + 4095) & ~(uint64_t)4095;
-		if (ftruncate(j->fd, (off_t)j->fsize) == 0)
-			ret = zero_fill(j->fd, j->fsize, want);
-	}
-	if (ret < 0) {
-		if (ftruncate(j->fd, (off_t)j->fsize) < 0)
-			rk_warn("journal: cannot cut back a failed extension: %s", strerror(errno));
-		return ret;
-	}
-	j->fsize = want;
-	return 0;
-}
-
 /* Append one record; caller holds j->lock.  Returns 0 or -errno. */
 int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *img, uint32_t len, uint32_t old_end,
                       struct rk_journal_file *jf, uint64_t *seq_out)
@@ -134,7 +94,7 @@ int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *im
 			/* a partial record is never followed by an authentic one: the
 			 * next append overwrites it from the same offset.  A partial
 			 * journal header would make replay refuse the journal: zero it */
-			if (j->tail == 0 && zero_fill(j->fd, 0, JHDR_SIZE) < 0)
+			if (j->tail == 0 && jnl_zero_fill(j->fd, 0, JHDR_SIZE) < 0)
 				rk_warn("journal: cannot clear a partial journal header: %s", strerror(errno));
 			return -e;
 		}
@@ -376,21 +336,6 @@ static int commit_locked(struct rk_journal *j)
 	return 0;
 }
 
-/* A fresh journal id and its MAC key and header, for the next generation
- * (records of an older generation never authenticate under it, so a reused
- * journal file's stale bytes end the log at replay). */
-static int new_generation_id(struct rk_journal *j, const struct rk_key *k, struct jmac *m, uint8_t *hdr)
-{
-	uint8_t id[JID_BYTES];
-	int ret = rk_random(id, sizeof(id));
-	if (ret == 0)
-		ret = jmac_init(m, k, id);
-	if (ret == 0 && (ret = jhdr_encode(m, id, k->name, k->fp, hdr)) < 0)
-		jmac_free(m);
-	(void)j;
-	return ret;
-}
-
 static int checkpoint_locked(struct rk_journal *j)
 {
 	int ret = commit_locked(j);
@@ -441,16 +386,21 @@ static int checkpoint_locked(struct rk_journal *j)
 		 * blocks); the next generation authenticates under a new id */
 		struct jmac m;
 		uint8_t hdr[JHDR_SIZE];
-		ret = new_generation_id(j, j->key, &m, hdr);
+		ret = jnl_new_generation_id(j, j->key, &m, hdr);
 		if (ret < 0) {
 			rk_err("journal: cannot derive the next journal id: %s", rk_strerror(ret));
 			return ret;
 		}
 		rk_crashpoint("journal.before-truncate");
-		if (zero_fill(j->fd, 0, JHDR_SIZE) < 0 || fdatasync(j->fd) < 0) {
+		if (jnl_zero_fill(j->fd, 0, JHDR_SIZE) < 0 || fdatasync(j->fd) < 0) {
 			ret = -errno;
 			rk_err("journal: cannot empty the journal: %s", strerror(-ret));
 			jmac_free(&m);
+			/* the records stay: their header must be back before a later
+			 * commit makes records after them durable (best effort: the
+			 * next commit's fdatasync covers it) */
+			if (rk_pwrite_full(j->fd, j->jhdr, JHDR_SIZE, 0) < 0)
+				rk_err("journal: cannot restore the journal header: %s", strerror(errno));
 			return ret;
 		}
 		jmac_free(&j->mac);
@@ -829,7 +779,7 @@ int rk_journal_release_key(struct rk_journal *j, const char *name, const struct 
 	ret = rk_key_dup(next, &nk);
 	if (ret < 0)
 		goto out;
-	ret = new_generation_id(j, next, &m, hdr);
+	ret = jnl_new_generation_id(j, next, &m, hdr);
 	if (ret < 0)
 		goto out;
 	/* empty the journal: records made under the old key must not outlive it */
