@@ -90,12 +90,14 @@ all:
       rekeyfs_mounts: [$T_TMP/node3/m1.mnt]
 INV
 export ANSIBLE_HOME="$T_TMP/ansible" ANSIBLE_LOCAL_TEMP="$T_TMP/ansible/tmp" ANSIBLE_REMOTE_TEMP="$T_TMP/ansible/rtmp"
-export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_STDOUT_CALLBACK=default ANSIBLE_LOAD_CALLBACK_PLUGINS=0
+export ANSIBLE_PIPELINING=1 ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_STDOUT_CALLBACK=default ANSIBLE_LOAD_CALLBACK_PLUGINS=0
 export ANSIBLE_DEPRECATION_WARNINGS=0 ANSIBLE_COLLECTIONS_PATH="$T_TMP/ansible/collections"
 play() {
+	local t0=$SECONDS
 	run ansible-playbook -i "$INV" "$PLAYBOOK" -e rekeyfs_new_key=key3 -e "rekeyfs_new_key_file=$T_TMP/controller/key3" \
 		-e rekeyfs_old_key=key1 -e "rekeyfs_rekeyctl=$(command -v rekeyctl)" "$@"
 	cp "$T_OUT" "$T_TMP/play.$T_CHECKS.out"
+	note "ansible-playbook took $((SECONDS - t0)) s (status $RC)"
 }
 # key_state MOUNT KEY: the key's registry state in the mount's status ("" if absent)
 key_state() {
