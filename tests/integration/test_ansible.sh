@@ -12,7 +12,9 @@
 #      chunk count; key1 is released nowhere (registry state active on all
 #      four mounts, key files in place) although node1 and node3 reached zero;
 #      key3 is installed everywhere with mode 0600.
-#   2. node2's throttle is lifted; run again (with archiving): it completes,
+#   2. node2's throttle is lifted and its sweep paused; run again (with
+#      archiving and rekeyfs_walker_rate=200M): the play resumes the sweep
+#      and sets every walker's rate; it completes,
 #      key1 is released on every mount, its file moved to KEYDIR.archive
 #      (0700), no chunk under key1, the key2 table untouched, every file
 #      reads back identical (md5).
@@ -138,10 +140,13 @@ left=$(old_chunks "$N2")
 [ "$left" -gt 0 ] || fail "node2 has no chunk left under key1: the lag did not hold"
 ok "node2 still has $left chunks under key1; node1 and node3 have none; nothing released"
 
-checking "2. node2 goes on (throttle lifted); run again with archiving: complete, key1 released on every mount, data intact"
+checking "2. node2's throttle lifted but its sweep paused; run again (resume, rate 200M, archive): complete, key1 released everywhere, data intact"
 run rekeyctl throttle "$N2" unlimited
 assert_rc 0 "unthrottle node2"
-play -e rekeyfs_wait_timeout=300 -e rekeyfs_archive_old_key=true
+run rekeyctl pause "$N2"
+assert_rc 0 "pause node2"
+assert_out_has "walker paused" "node2's sweep is paused (it was running, held by the throttle)"
+play -e rekeyfs_wait_timeout=300 -e rekeyfs_archive_old_key=true -e rekeyfs_walker_rate=200M
 assert_rc 0 "the second run must complete"
 for n in node1 node2 node3; do
 	recap $n | grep -q "failed=0" || fail "recap of $n: $(recap $n)"
@@ -152,6 +157,10 @@ for m in $MOUNTS; do
 	evict "$m"
 	(cd "$m" && md5sum -c --quiet "$m.sums") >"$T_TMP/sums.out" 2>&1 ||
 		fail "$m: files differ after the rotation: $(head -c 1500 "$T_TMP/sums.out")"
+done
+for m in $MOUNTS; do
+	status "$m"
+	assert_eq "$(sget 'd["walker"]["rate_limit"]')" 209715200 "walker rate of $m set by rekeyfs_walker_rate=200M"
 done
 status "$T_TMP/node1/m2.mnt"
 assert_eq "$(sget '[t["key"] for t in d["tables"] if t["path"] == "/t2"][0]')" key2 "the key2 table is left alone"
@@ -164,7 +173,7 @@ done
 ok "$(grep -A5 'PLAY RECAP' "$T_OUT" | tr -s ' ' | tr '\n' '|')"
 
 checking "3. run again on the finished rotation: changed=0, failed=0 everywhere"
-play -e rekeyfs_wait_timeout=300 -e rekeyfs_archive_old_key=true
+play -e rekeyfs_wait_timeout=300 -e rekeyfs_archive_old_key=true -e rekeyfs_walker_rate=200M
 assert_rc 0 "the third run"
 for n in node1 node2 node3; do
 	recap $n | grep -q "changed=0 .*failed=0" || fail "recap of $n: $(recap $n)"
