@@ -12,7 +12,7 @@
 #      chunk count; key1 is released nowhere (registry state active on all
 #      four mounts, key files in place) although node1 and node3 reached zero;
 #      key3 is installed everywhere with mode 0600.
-#   2. node2's throttle is lifted and its sweep paused; run again (with
+#   2. node2's sweep is paused and its throttle lifted; run again (with
 #      archiving and rekeyfs_walker_rate=200M): the play resumes the sweep
 #      and sets every walker's rate; it completes,
 #      key1 is released on every mount, its file moved to KEYDIR.archive
@@ -140,12 +140,15 @@ left=$(old_chunks "$N2")
 [ "$left" -gt 0 ] || fail "node2 has no chunk left under key1: the lag did not hold"
 ok "node2 still has $left chunks under key1; node1 and node3 have none; nothing released"
 
-checking "2. node2's throttle lifted but its sweep paused; run again (resume, rate 200M, archive): complete, key1 released everywhere, data intact"
-run rekeyctl throttle "$N2" unlimited
-assert_rc 0 "unthrottle node2"
+checking "2. node2's sweep paused, then its throttle lifted; run again (resume, rate 200M, archive): complete, key1 released everywhere, data intact"
+# pause first (the sweep is running, held by the throttle), then lift the
+# throttle: the other order would let the sweep finish before the pause
 run rekeyctl pause "$N2"
 assert_rc 0 "pause node2"
 assert_out_has "walker paused" "node2's sweep is paused (it was running, held by the throttle)"
+run rekeyctl throttle "$N2" unlimited
+assert_rc 0 "unthrottle node2"
+assert_out_has "walker paused" "node2's sweep stays paused when its throttle is lifted"
 play -e rekeyfs_wait_timeout=300 -e rekeyfs_archive_old_key=true -e rekeyfs_walker_rate=200M
 assert_rc 0 "the second run must complete"
 for n in node1 node2 node3; do
