@@ -94,12 +94,19 @@ INV
 export ANSIBLE_HOME="$T_TMP/ansible" ANSIBLE_LOCAL_TEMP="$T_TMP/ansible/tmp" ANSIBLE_REMOTE_TEMP="$T_TMP/ansible/rtmp"
 export ANSIBLE_PIPELINING=1 ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_STDOUT_CALLBACK=default ANSIBLE_LOAD_CALLBACK_PLUGINS=0
 export ANSIBLE_DEPRECATION_WARNINGS=0 ANSIBLE_COLLECTIONS_PATH="$T_TMP/ansible/collections"
+# CPU_OF FILE CMD...: run CMD, write its CPU seconds (user + system, with
+# its children) to FILE, exit with its status
+CPU_OF='import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%.1f" % (u.ru_utime + u.ru_stime))
+sys.exit(rc)'
 play() {
 	local t0=$SECONDS
-	run ansible-playbook -i "$INV" "$PLAYBOOK" -e rekeyfs_new_key=key3 -e "rekeyfs_new_key_file=$T_TMP/controller/key3" \
+	run python3 -c "$CPU_OF" "$T_TMP/play.cpu" ansible-playbook -i "$INV" "$PLAYBOOK" -e rekeyfs_new_key=key3 -e "rekeyfs_new_key_file=$T_TMP/controller/key3" \
 		-e rekeyfs_old_key=key1 -e "rekeyfs_rekeyctl=$(command -v rekeyctl)" "$@"
 	cp "$T_OUT" "$T_TMP/play.$T_CHECKS.out"
-	note "ansible-playbook took $((SECONDS - t0)) s (status $RC)"
+	note "ansible-playbook took $((SECONDS - t0)) s, CPU $(cat "$T_TMP/play.cpu") s (status $RC)"
 }
 # key_state MOUNT KEY: the key's registry state in the mount's status ("" if absent)
 key_state() {
