@@ -13,8 +13,14 @@
 #include "journal_int.h"
 
 /* ---- fsync of one attached file -------------------------------------------------------- */
-/* The slow durable point: the journal's records first, then the data file
- * and its header (one fdatasync); the direct slots are then durable. */
+/* The slow durable point: the data file and its header made durable with
+ * one fdatasync; when the journal holds a size record of the file, its
+ * current size is journaled as well, so that replay cannot give the
+ * durable header an older size back.  Order: after a truncation cut the
+ * file, the cut must reach the disk before any size record that reaches
+ * past it (replay would otherwise extend the file over the old chunks
+ * that an undone cut leaves in place): data first, then the size record.
+ * Otherwise the size record's commit comes first, then the data. */
 static int sync_file_slow(struct rk_journal_file *jf)
 {
 	struct rk_journal *j = jf->j;
@@ -22,16 +28,25 @@ static int sync_file_slow(struct rk_journal_file *jf)
 	int ret = 0;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	j->st.fsyncs_in_place++;
-	/* the header made durable below must not lose to an older size record
-	 * of the file at replay: the journal gets its size as well (the commit
-	 * below covers it; no flush of its own) */
-	if (j->tail > 0 && jnl_sized_has(j, jf))
+	bool cut = jf->cut_pending;
+	bool sized = j->tail > 0 && jnl_sized_has(j, jf);
+	if (sized && !cut)
 		ret = jnl_size_append(j, jf, size, &seq);
 	rk_mutex_unlock(&j->lock);
 	if (ret == 0)
 		ret = rk_journal_commit(j);
+	rk_crashpoint("journal.slow-committed");
 	if (ret == 0)
 		ret = rk_cf_sync_data(jf->cf);
+	if (ret == 0 && sized && cut) {
+		rk_crashpoint("journal.cut-synced");
+		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
+		/* the size made durable in place, not any later one */
+		ret = jnl_size_append(j, jf, size, &seq);
+		rk_mutex_unlock(&j->lock);
+		if (ret == 0)
+			ret = rk_journal_commit(j);
+	}
 	if (ret == 0) {
 		rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 		jf->ndirect = 0;
