@@ -57,7 +57,7 @@ M="\$REKEYFS_MNT"
 [ "\$(findmnt -rn -o FSTYPE --mountpoint "$REAL" | tail -n 1)" = fuse.rekeyfs ] || { echo "DATADIR is not covered by rekeyfs"; exit 1; }
 cd "\$M"
 sha256sum -c --quiet "$FX/manifest.sha256"
-[ "\$(ls -a .rekeyfs | LC_ALL=C sort | tr '\n' ' ')" = ". .. control status " ] || { echo "wrong .rekeyfs: \$(ls -a .rekeyfs)"; exit 1; }
+[ "\$(ls -a .rekeyfs | LC_ALL=C sort | tr '\n' ' ')" = ". .. control metrics status " ] || { echo "wrong .rekeyfs: \$(ls -a .rekeyfs)"; exit 1; }
 python3 -c 'import json,sys; d=json.load(open(".rekeyfs/status")); sys.exit(d["datadir"] != sys.argv[1])' "$REAL" || { echo "status datadir"; exit 1; }
 head -c 100000 /dev/urandom >"$T_TMP/new.expected"
 cp "$T_TMP/new.expected" new.bin
