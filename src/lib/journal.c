@@ -519,7 +519,6 @@ static int j_write_slot(void *ctx, struct rk_cf *cf, uint64_t idx, const uint8_t
 	e->off = off;
 	e->len = (uint32_t)len;
 	e->old_end = (uint32_t)old_end;
-	jf->gen = j->generation;
 	e->aoff = aoff;
 	e->charge = charge;
 	struct jent *prev;
@@ -595,9 +594,10 @@ static int j_truncated(void *ctx, struct rk_cf *cf, uint64_t first_dead)
 	 * without it would leave an older size (in place, or in an earlier size
 	 * record) over chunks that are gone.  The size record goes first: a
 	 * durable truncation record then always has its size before it.
-	 * Records of this generation may hold the dead slots: the truncation
-	 * record makes replay skip them. */
-	bool recs = jf->gen == j->generation && j->tail > 0;
+	 * Records of this generation may hold the dead slots, made through
+	 * this handle or an earlier open of the file (another handle, same
+	 * file id): the truncation record makes replay skip them. */
+	bool recs = j->tail > 0;
 	int ret = jnl_size_append(j, jf, size, &seq);
 	if (ret == 0) {
 		if (recs)
@@ -644,7 +644,6 @@ int rk_journal_attach_file(struct rk_journal *j, struct rk_cf *cf, const char *r
 		jf->handle_type = -1;
 		jf->handle_len = 0;
 	}
-	jf->gen = UINT64_MAX;
 	jf->size_gen = UINT64_MAX;
 	rk_mutex_lock(&j->lock, RK_RANK_JOURNAL);
 	jf->next = j->files;

@@ -69,7 +69,6 @@ struct rk_journal_file {
 	char path[PATH_MAX];
 	unsigned npending;     /* queued entries of this file */
 	bool dirty;            /* applied since the last checkpoint: its dup is in the dirty list */
-	uint64_t gen;          /* journal generation of its last slot record */
 	uint64_t size_gen;     /* journal generation of its last size record (UINT64_MAX: none) */
 	/* slots written directly (holes filled, see j_write_slot) since the
 	 * last fsync: an fsync journals them instead of syncing the data file

@@ -124,7 +124,6 @@ int rk_journal_sync_file(struct rk_journal_file *jf)
 		}
 	}
 	if (nimg > 0) {
-		jf->gen = j->generation;
 		/* the images were written in place directly: a checkpoint must sync
 		 * the file before it empties the journal */
 		if (ret == 0)

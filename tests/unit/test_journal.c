@@ -710,6 +710,74 @@ static void test_reused_journal(void **state)
 	free(zero);
 }
 
+/* A truncation through a file opened after the journal's last emptying
+ * must be recorded even when the records of the slots it cuts were made
+ * through an earlier open of the file (another journal handle): replay
+ * would otherwise write those old images over what was written in place
+ * after the cut. */
+static void test_truncation_across_opens(void **state)
+{
+	struct fx *f = *state;
+	struct rk_datadir *dd = open_dd(f);
+	struct rk_journal *j;
+	struct rk_cf *cf;
+	uint8_t *old = tu_malloc(CS), *fresh = tu_malloc(CS), *got = tu_malloc(CS), *slot_new = tu_malloc(SS);
+	assert_int_equal(rk_journal_open(dd, f->t.kr, NULL, &j), 0);
+	/* a later generation (the first one hides the bug: a new handle starts
+	 * with generation 0) */
+	int fd = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->t.kr, true, &cf), 0);
+	assert_int_equal(rk_journal_attach(j, cf, "/t1"), 0);
+	tu_fill_random(old, CS, 41);
+	assert_int_equal(rk_cf_write_chunk(cf, 1, old, CS, f->t.ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_journal_commit(j), 0);
+	assert_int_equal(rk_journal_checkpoint(j), 0);
+	/* first open: slot 2 rewritten through the journal */
+	assert_int_equal(rk_cf_write_chunk(cf, 2, old, CS, f->t.ka, RK_COMP_NONE), 0);
+	assert_int_equal(rk_journal_commit(j), 0);
+	assert_int_equal(rk_journal_detach(j, cf), 0);
+	assert_int_equal(rk_cf_sync(cf), 0);
+	rk_cf_close(cf);
+	close(fd);
+	/* second open: cut to one chunk, grow back, slot 2 written again (a
+	 * hole now: in place), synced */
+	fd = open(f->file, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(rk_cf_open(fd, "/t1", f->t.kr, true, &cf), 0);
+	struct rk_journal_file *jf;
+	assert_int_equal(rk_journal_attach_file(j, cf, "/t1", &jf), 0);
+	assert_int_equal(rk_cf_truncate(cf, CS, f->t.ka, RK_COMP_NONE), 0);
+	tu_fill_random(fresh, CS, 42);
+	assert_int_equal(rk_cf_pwrite(cf, fresh, CS, 2 * CS, f->t.ka, RK_COMP_NONE), CS);
+	assert_int_equal(rk_journal_sync_file(jf), 0); /* the fsync: acknowledged */
+	size_t jlen, flen;
+	char *jcopy = tu_read_file(f->jpath, &jlen); /* as a crash would leave it */
+	char *fnew = tu_read_file(f->file, &flen);
+	assert_true(flen > slot_off(2));
+	assert_int_equal(rk_journal_detach_file(jf), 0);
+	assert_int_equal(rk_cf_sync(cf), 0);
+	rk_cf_close(cf);
+	close(fd);
+	assert_int_equal(rk_journal_close(j), 0);
+	rk_datadir_close(dd);
+	tu_write_file(f->jpath, jcopy, jlen, 0600);
+	uint64_t n = 0;
+	assert_int_equal(replay(f, &n), 0);
+	size_t glen;
+	char *fgot = tu_read_file(f->file, &glen);
+	/* slot 2 as written after the cut, not the image journaled before it */
+	assert_true(glen >= flen);
+	assert_memory_equal(fgot + slot_off(2), fnew + slot_off(2), flen - slot_off(2));
+	free(fgot);
+	free(fnew);
+	free(jcopy);
+	free(old);
+	free(fresh);
+	free(got);
+	free(slot_new);
+}
+
 /* ---- hostile journals ------------------------------------------------------------------ */
 static void test_dotdot_path(void **state)
 {
@@ -890,6 +958,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_attach_handle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_release_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reused_journal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_truncation_across_opens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dotdot_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absolute_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_dir, setup, teardown),
