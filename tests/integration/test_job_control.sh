@@ -91,6 +91,11 @@ echo "status during the whole-file rewrite: $(sget 'dict((k, d["walker"][k]) for
 assert_eq "$(sget 'd["walker"]["bytes_total"]')" $((4 << 20)) "bytes_total of the sweep (fixed at the pre-scan)"
 assert_eq "$(sget 'd["walker"]["tables"][0]["percent"] < 100')" true "percent while running"
 ok "current_offset $o1 -> $o2 inside /a/big"
+# from here sweep 1 is held at 1 byte/s (moved on only by the resume check
+# below, at 64 KiB/s, and ended by "rate 0"): the queue and pause checks
+# must see it running however slow or fast the machine is (at 256 KiB/s it
+# could end before them on a loaded machine)
+ctl "rate 1" >/dev/null
 
 checking "a rekey of /b while sweep 1 runs is queued and says so; an unknown table is refused"
 reply=$(ctl "rekey /b")
@@ -103,16 +108,24 @@ case "$reply3" in "error unknown table(s) /nope"*) ;; *) fail "rekey /nope: $rep
 ok "$reply / $reply2 / $reply3"
 
 checking "pause stops bytes_done, resume moves it"
+# moving again (64 KiB/s: more than 2 MiB of /a/big are left, half a minute)
+ctl "rate 64K" >/dev/null
+b0=$(w 'w["bytes_done"]')
+_moving0() { b=$(w 'w["bytes_done"]'); WAIT_WHY="bytes_done $b0 -> $b"; [ "$b" -gt "$b0" ]; }
+wait_until 10 "bytes_done does not move at 64 KiB/s" _moving0
 reply=$(ctl pause)
 case "$reply" in "ok walker paused"*) ;; *) fail "pause: $reply" ;; esac
-sleep 0.3 # a chunk being copied when pause arrived ends
+# a chunk being copied when pause arrived ends: wait until nothing moves
+_settled() { x=$(w 'w["bytes_done"]'); sleep 0.3; y=$(w 'w["bytes_done"]'); WAIT_WHY="bytes_done $x -> $y"; [ "$x" = "$y" ]; }
+wait_until 10 "bytes_done does not settle after pause" _settled
 b1=$(w 'w["bytes_done"]')
 sleep 1.5
 assert_eq "$(w 'w["state"]')" paused "state after pause"
 assert_eq "$(w 'w["bytes_done"]')" "$b1" "bytes_done while paused"
 ctl resume >/dev/null
 _moving() { b2=$(w 'w["bytes_done"]'); WAIT_WHY="bytes_done $b1 -> $b2"; [ "$b2" -gt "$b1" ]; }
-wait_until 5 "bytes_done does not move after resume" _moving
+wait_until 10 "bytes_done does not move after resume" _moving
+ctl "rate 1" >/dev/null
 ok "paused at $b1 bytes, resumed to $b2"
 
 checking "at 1 byte/s the sweep is stuck; rate 0 lets it finish within seconds"
