@@ -97,6 +97,8 @@ void rk_crashpoint(const char *name);
  * the number of bytes read (short only at end of file). */
 ssize_t rk_pread_full(int fd, void *buf, size_t len, off_t off);
 int rk_pwrite_full(int fd, const void *buf, size_t len, off_t off);
+/* Write zero bytes over [from, to) (real writes: no hole punched).  0 or -errno. */
+int rk_pwrite_zeros(int fd, uint64_t from, uint64_t to);
 /* Read a whole small file (at most max bytes) into a NUL-terminated buffer. */
 int rk_read_small_file(int dirfd, const char *name, char **out, size_t *len, size_t max);
 /* Atomically replace dirfd/name with the given content: temp file, fsync,

@@ -128,6 +128,9 @@ struct rk_journal_stats {
 	/* rk_journal_sync_file calls, and those that synced the data file
 	 * instead of journaling (first fsync after an open, large batches) */
 	uint64_t fsyncs, fsyncs_in_place;
+	/* commits the committer thread made on its own (records no fsync was
+	 * waiting for yet, every commit interval); the others are fsyncs' */
+	uint64_t background_commits;
 	int last_error;
 };
 void rk_journal_get_stats(struct rk_journal *j, struct rk_journal_stats *st);

@@ -56,9 +56,9 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	          "  \"journal\": {\"records\": %" PRIu64 ", \"commits\": %" PRIu64 ", \"applied\": %" PRIu64
 	          ", \"checkpoints\": %" PRIu64 ", \"pending_bytes\": %" PRIu64 ", \"journal_bytes\": %" PRIu64
 	          ", \"waits\": %" PRIu64 ", \"fsyncs\": %" PRIu64 ", \"fsyncs_in_place\": %" PRIu64
-	          ", \"last_error\": ",
+	          ", \"background_commits\": %" PRIu64 ", \"last_error\": ",
 	          js.records, js.commits, js.applied, js.checkpoints, js.pending_bytes, js.journal_bytes, js.waits,
-	          js.fsyncs, js.fsyncs_in_place);
+	          js.fsyncs, js.fsyncs_in_place, js.background_commits);
 	rkd_jb_str(&b, js.last_error ? strerror(-js.last_error) : "");
 	rkd_jb_printf(&b,
 	          "},\n  \"io\": {\"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"bytes_read\": %" PRIu64

@@ -283,6 +283,11 @@ void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t 
 
 /* fsck_ctl.c: the "fsck" and "fsck-progress" control commands */
 int rkd_fsck_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
+/* fsck_ctl.c: a private copy of the data directory's policy and key registry
+ * for a scan (alter and release go on meanwhile): 0 or -ENOMEM; free with
+ * rkd_policy_snapshot_free (also after a failure). */
+int rkd_policy_snapshot(struct rkd_fs *fs, struct rk_datadir *snap);
+void rkd_policy_snapshot_free(struct rk_datadir *snap);
 /* metrics_ctl.c: .rekeyfs/metrics (Prometheus text) from the cached
  * coverage; "metrics-refresh" rescans it; rkd_metrics_free at unmount */
 int rkd_metrics_text(struct rkd_fs *fs, char **out, size_t *len);

@@ -98,6 +98,33 @@ static void flush_open(struct rkd_file *f, void *arg)
 	}
 }
 
+int rkd_policy_snapshot(struct rkd_fs *fs, struct rk_datadir *snap)
+{
+	memset(snap, 0, sizeof(*snap));
+	snap->path = fs->datadir_real;
+	snap->dirfd = fs->rootfd;
+	snap->statefd = snap->lockfd = -1;
+	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
+	snap->ntables = fs->dd->ntables;
+	snap->nkeys = fs->dd->nkeys;
+	snap->tables = malloc((snap->ntables ? snap->ntables : 1) * sizeof(*snap->tables));
+	snap->keys = malloc((snap->nkeys ? snap->nkeys : 1) * sizeof(*snap->keys));
+	if (snap->tables && snap->keys) {
+		memcpy(snap->tables, fs->dd->tables, snap->ntables * sizeof(*snap->tables));
+		memcpy(snap->keys, fs->dd->keys, snap->nkeys * sizeof(*snap->keys));
+	}
+	rk_rw_unlock(&fs->policy_lock);
+	return snap->tables && snap->keys ? 0 : -ENOMEM;
+}
+
+void rkd_policy_snapshot_free(struct rk_datadir *snap)
+{
+	free(snap->tables);
+	free(snap->keys);
+	snap->tables = NULL;
+	snap->keys = NULL;
+}
+
 static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 {
 	struct rk_fsck_opts fo;
@@ -111,21 +138,7 @@ static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 		return rkd_reply(out, len, -EINVAL, "exit=%d %s", RK_FSCK_EXIT_USAGE, err);
 
 	/* a private copy of the policy and registry: alter and release go on meanwhile */
-	memset(&snap, 0, sizeof(snap));
-	snap.path = fs->datadir_real;
-	snap.dirfd = fs->rootfd;
-	snap.statefd = snap.lockfd = -1;
-	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
-	snap.ntables = fs->dd->ntables;
-	snap.nkeys = fs->dd->nkeys;
-	snap.tables = malloc((snap.ntables ? snap.ntables : 1) * sizeof(*snap.tables));
-	snap.keys = malloc((snap.nkeys ? snap.nkeys : 1) * sizeof(*snap.keys));
-	if (snap.tables && snap.keys) {
-		memcpy(snap.tables, fs->dd->tables, snap.ntables * sizeof(*snap.tables));
-		memcpy(snap.keys, fs->dd->keys, snap.nkeys * sizeof(*snap.keys));
-	}
-	rk_rw_unlock(&fs->policy_lock);
-	if (!snap.tables || !snap.keys) {
+	if (rkd_policy_snapshot(fs, &snap) < 0) {
 		ret = rkd_reply(out, len, -ENOMEM, "exit=%d out of memory", RK_FSCK_EXIT_OPERATIONAL);
 		goto done;
 	}
@@ -184,8 +197,7 @@ static int run_fsck(struct rkd_fs *fs, char *args, char **out, size_t *len)
 done:
 	free(report);
 	rk_coverage_free(cov);
-	free(snap.tables);
-	free(snap.keys);
+	rkd_policy_snapshot_free(&snap);
 	return ret;
 }
 

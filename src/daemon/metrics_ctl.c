@@ -78,24 +78,9 @@ static int rescan(struct rkd_fs *fs)
 	bool running;
 	walker_sweep(fs, &fin, &running);
 	unsigned gen = atomic_load(&fs->policy_gen);
-	memset(&snap, 0, sizeof(snap));
-	snap.path = fs->datadir_real;
-	snap.dirfd = fs->rootfd;
-	snap.statefd = snap.lockfd = -1;
-	rk_rw_rdlock(&fs->policy_lock, RK_RANK_POLICY);
-	snap.ntables = fs->dd->ntables;
-	snap.nkeys = fs->dd->nkeys;
-	snap.tables = malloc((snap.ntables ? snap.ntables : 1) * sizeof(*snap.tables));
-	snap.keys = malloc((snap.nkeys ? snap.nkeys : 1) * sizeof(*snap.keys));
-	if (snap.tables && snap.keys) {
-		memcpy(snap.tables, fs->dd->tables, snap.ntables * sizeof(*snap.tables));
-		memcpy(snap.keys, fs->dd->keys, snap.nkeys * sizeof(*snap.keys));
-	}
-	rk_rw_unlock(&fs->policy_lock);
-	if (!snap.tables || !snap.keys) {
-		ret = -ENOMEM;
+	ret = rkd_policy_snapshot(fs, &snap);
+	if (ret < 0)
 		goto out;
-	}
 	/* pending journal images in place and open files' header counts on
 	 * disk, so that the headers-only scan counts what was written */
 	ret = rk_journal_checkpoint(fs->j);
@@ -120,8 +105,7 @@ static int rescan(struct rkd_fs *fs)
 	mcov_dirty = false;
 	ret = 0;
 out:
-	free(snap.tables);
-	free(snap.keys);
+	rkd_policy_snapshot_free(&snap);
 	return ret;
 }
 

@@ -135,7 +135,6 @@ void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out)
 
 int rk_zero_range(int fd, uint64_t off, uint64_t len)
 {
-	static const uint8_t zeros[4096];
 	uint64_t end = off + len;
 	uint64_t a = (off + 4095) / 4096 * 4096, b = end / 4096 * 4096;
 	if (a < b) {
@@ -145,21 +144,8 @@ int rk_zero_range(int fd, uint64_t off, uint64_t len)
 	} else {
 		a = b = end;
 	}
-	for (uint64_t p = off; p < a;) {
-		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), a - p);
-		int ret = rk_pwrite_full(fd, zeros, n, (off_t)p);
-		if (ret < 0)
-			return ret;
-		p += n;
-	}
-	for (uint64_t p = b; p < end;) {
-		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), end - p);
-		int ret = rk_pwrite_full(fd, zeros, n, (off_t)p);
-		if (ret < 0)
-			return ret;
-		p += n;
-	}
-	return 0;
+	int ret = rk_pwrite_zeros(fd, off, a);
+	return ret < 0 ? ret : rk_pwrite_zeros(fd, b, end);
 }
 
 int rk_write_slot_direct(int fd, uint64_t off, const uint8_t *slot, size_t len)

@@ -279,6 +279,19 @@ ssize_t rk_pread_full(int fd, void *buf, size_t len, off_t off)
 	return (ssize_t)done;
 }
 
+int rk_pwrite_zeros(int fd, uint64_t from, uint64_t to)
+{
+	static const uint8_t zeros[64 * 1024];
+	while (from < to) {
+		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), to - from);
+		int ret = rk_pwrite_full(fd, zeros, n, (off_t)from);
+		if (ret < 0)
+			return ret;
+		from += n;
+	}
+	return 0;
+}
+
 int rk_pwrite_full(int fd, const void *buf, size_t len, off_t off)
 {
 	size_t done = 0;

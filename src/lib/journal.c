@@ -94,7 +94,7 @@ int jnl_rec_append(struct rk_journal *j, int type, uint64_t a, const uint8_t *im
 			/* a partial record is never followed by an authentic one: the
 			 * next append overwrites it from the same offset.  A partial
 			 * journal header would make replay refuse the journal: zero it */
-			if (j->tail == 0 && jnl_zero_fill(j->fd, 0, JHDR_SIZE) < 0)
+			if (j->tail == 0 && rk_pwrite_zeros(j->fd, 0, JHDR_SIZE) < 0)
 				rk_warn("journal: cannot clear a partial journal header: %s", strerror(errno));
 			return -e;
 		}
@@ -295,7 +295,7 @@ static int apply_one(struct rk_journal *j)
 /* One fdatasync of the journal, covering every record appended before it.
  * Caller holds the lock (dropped during fdatasync) and no other commit is
  * in flight.  The first caller to see a failure reports it (j->error). */
-static int commit_once(struct rk_journal *j)
+static int commit_once(struct rk_journal *j, bool background)
 {
 	uint64_t target = j->seq;
 	j->committing = true;
@@ -314,14 +314,17 @@ static int commit_once(struct rk_journal *j)
 		if (target > j->committed)
 			j->committed = target;
 		j->st.commits++;
+		if (background)
+			j->st.background_commits++;
 	}
 	pthread_cond_broadcast(&j->changed);
 	return ret;
 }
 
 /* Group commit: make every record appended so far durable, sharing a
- * commit another thread has in flight.  Caller holds the lock. */
-static int commit_locked(struct rk_journal *j)
+ * commit another thread has in flight.  Caller holds the lock; background:
+ * the committer thread's own commit (counted apart). */
+static int commit_locked(struct rk_journal *j, bool background)
 {
 	uint64_t target = j->seq;
 	while (j->committed < target) {
@@ -329,7 +332,7 @@ static int commit_locked(struct rk_journal *j)
 			pthread_cond_wait(&j->changed, &j->lock);
 			continue;
 		}
-		int ret = commit_once(j);
+		int ret = commit_once(j, background);
 		if (ret < 0)
 			return ret;
 	}
@@ -338,7 +341,7 @@ static int commit_locked(struct rk_journal *j)
 
 static int checkpoint_locked(struct rk_journal *j)
 {
-	int ret = commit_locked(j);
+	int ret = commit_locked(j, false);
 	if (ret < 0)
 		return ret;
 	while (j->qhead) {
@@ -346,7 +349,7 @@ static int checkpoint_locked(struct rk_journal *j)
 		if (r < 0)
 			return j->st.last_error ? j->st.last_error : -EIO;
 		if (r == 0) {
-			ret = commit_locked(j);
+			ret = commit_locked(j, false);
 			if (ret < 0)
 				return ret;
 		}
@@ -392,7 +395,7 @@ static int checkpoint_locked(struct rk_journal *j)
 			return ret;
 		}
 		rk_crashpoint("journal.before-truncate");
-		if (jnl_zero_fill(j->fd, 0, JHDR_SIZE) < 0 || fdatasync(j->fd) < 0) {
+		if (rk_pwrite_zeros(j->fd, 0, JHDR_SIZE) < 0 || fdatasync(j->fd) < 0) {
 			ret = -errno;
 			rk_err("journal: cannot empty the journal: %s", strerror(-ret));
 			jmac_free(&m);
@@ -440,7 +443,7 @@ static void *committer(void *arg)
 			if (j->stop)
 				break;
 		}
-		if (commit_locked(j) < 0) {
+		if (commit_locked(j, true) < 0) {
 			/* keep everything pending; try again later */
 			rk_mutex_unlock(&j->lock);
 			usleep(100000);
@@ -749,7 +752,7 @@ int rk_journal_commit(struct rk_journal *j)
 		}
 		/* no commit in flight: make it here, without a hand-off to the
 		 * committer thread and back (two wake-ups per fsync) */
-		ret = commit_once(j);
+		ret = commit_once(j, false);
 		if (ret < 0) {
 			j->error = 0; /* reported to this caller */
 			break;

@@ -157,10 +157,9 @@ struct rk_journal {
 #define JGROW_MIN (1u << 20)
 #define JGROW_MAX (8u << 20)
 
-/* journal_space.c: zeros over [from, to) of fd; grow the journal file to at
- * least need bytes (caller holds j->lock); a new journal id with its MAC
- * key (from k) and encoded header for the next generation.  0 or -errno. */
-int jnl_zero_fill(int fd, uint64_t from, uint64_t to);
+/* journal_space.c: grow the journal file to at least need bytes (caller
+ * holds j->lock); a new journal id with its MAC key (from k) and encoded
+ * header for the next generation.  0 or -errno. */
 int jnl_grow(struct rk_journal *j, uint64_t need);
 int jnl_new_generation_id(struct rk_journal *j, const struct rk_key *k, struct jmac *m, uint8_t *hdr);
 

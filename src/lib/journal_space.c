@@ -12,20 +12,6 @@
 #include "rekeyfs/journal.h"
 #include "journal_int.h"
 
-/* Write zeros over [from, to) of the journal file.  0 or -errno. */
-int jnl_zero_fill(int fd, uint64_t from, uint64_t to)
-{
-	static const uint8_t zeros[64 * 1024];
-	while (from < to) {
-		size_t n = (size_t)RK_MIN((uint64_t)sizeof(zeros), to - from);
-		int ret = rk_pwrite_full(fd, zeros, n, (off_t)from);
-		if (ret < 0)
-			return ret;
-		from += n;
-	}
-	return 0;
-}
-
 /* Make the journal file at least need bytes long, by writing zeros (not
  * fallocate: unwritten extents would make the first commit over them a
  * metadata commit again), in steps that double up to JGROW_MAX.  The next
@@ -36,12 +22,12 @@ int jnl_grow(struct rk_journal *j, uint64_t need)
 {
 	uint64_t step = RK_MIN(RK_MAX(j->fsize, (uint64_t)JGROW_MIN), (uint64_t)JGROW_MAX);
 	uint64_t want = (RK_MAX(need, j->fsize + step) + 4095) & ~(uint64_t)4095;
-	int ret = jnl_zero_fill(j->fd, j->fsize, want);
+	int ret = rk_pwrite_zeros(j->fd, j->fsize, want);
 	if (ret == -ENOSPC && want > need) {
 		/* nearly full: only what the record needs */
 		want = (need + 4095) & ~(uint64_t)4095;
 		if (ftruncate(j->fd, (off_t)j->fsize) == 0)
-			ret = jnl_zero_fill(j->fd, j->fsize, want);
+			ret = rk_pwrite_zeros(j->fd, j->fsize, want);
 	}
 	if (ret < 0) {
 		if (ftruncate(j->fd, (off_t)j->fsize) < 0)

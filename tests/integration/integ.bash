@@ -82,6 +82,16 @@ umount_fs() {
 	[ $rc -eq 0 ] || fail "unmounting $1: the daemon did not end cleanly (status $rc, log above)"
 }
 
+# crashed_at POINT: wait (30 s at most) for the daemon $LAST_PID, mounted
+# with REKEYFS_CRASHPOINT=POINT, to die there; then drop its mount at $MNT.
+_daemon_gone() { ! kill -0 "$DPID" 2>/dev/null || [ "$(ps -o stat= -p "$DPID" 2>/dev/null | cut -c1)" = Z ]; }
+crashed_at() {
+	DPID=$LAST_PID
+	wait_until 30 "the crash point $1 was not reached" _daemon_gone
+	RKFX_QUIET=1 rkfx_umount "$MNT" >/dev/null 2>&1
+	if rkfx_is_mounted "$MNT"; then fusermount3 -u -z "$MNT" 2>/dev/null; fi
+}
+
 known_bug() {
 	T_KNOWN_BUGS=$((T_KNOWN_BUGS + 1))
 	echo "KNOWN BUG: $*" >&2

@@ -68,6 +68,7 @@ for phase in overwrite append create; do
 		sleep 0.1
 	done
 	status; before_in_place=$(jget "d['journal']['fsyncs_in_place']"); before_fsyncs=$(jget "d['journal']['fsyncs']")
+	before_bg=$(jget "d['journal']['background_commits']")
 	touch "$T_TMP/go"
 	wait $drv || fail "$phase: the workload failed"
 	kill -INT $st; wait $st
@@ -83,7 +84,12 @@ print(n)
 PYEOF
 )
 	status; in_place=$(( $(jget "d['journal']['fsyncs_in_place']") - before_in_place )); fsyncs=$(( $(jget "d['journal']['fsyncs']") - before_fsyncs ))
-	note "$phase: $N operations, $flushes flushes by the daemon, $fsyncs fsyncs of which $in_place synced the data file"
+	# the journal's own commits every 20 ms (records of writes no fsync
+	# waits for yet) race with the workload on a loaded machine: not the
+	# fsyncs' flushes
+	bg=$(( $(jget "d['journal']['background_commits']") - before_bg ))
+	flushes=$((flushes - bg))
+	note "$phase: $N operations, $flushes flushes by the daemon's fsyncs (and $bg background commits), $fsyncs fsyncs of which $in_place synced the data file"
 	[ "$fsyncs" -ge "$N" ] || fail "$phase: the daemon counted $fsyncs fsyncs for $N"
 	[ "$flushes" -ge 1 ] || fail "$phase: no flush at all was seen (strace output: $(cat "$T_TMP/strace.$phase"))"
 	[ "$flushes" -le $((N + 2)) ] || fail "$phase: $flushes flushes for $N fsyncs (one each expected)"
@@ -116,13 +122,7 @@ except OSError as e:
     if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
         raise
 PYEOF
-deadline=$((SECONDS + 30))
-while kill -0 "$DPID" 2>/dev/null && [ "$(ps -o stat= -p "$DPID" 2>/dev/null | cut -c1)" != Z ]; do
-	[ $SECONDS -lt $deadline ] || fail "the crash point journal.size-apply was not reached"
-	sleep 0.1
-done
-RKFX_QUIET=1 rkfx_umount "$MNT" >/dev/null 2>&1
-if rkfx_is_mounted "$MNT"; then fusermount3 -u -z "$MNT" 2>/dev/null; fi
+crashed_at journal.size-apply
 jsize=$(stat -c %s "$DATA/.rekeyfs/journal")
 [ "$jsize" -gt 0 ] || fail "the journal is empty after the crash (the size record was not kept)"
 mount_fs "$DATA" "$MNT" "walker=off"

@@ -94,13 +94,7 @@ except OSError as e:
     if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
         raise
 PYEOF
-deadline=$((SECONDS + 30))
-while kill -0 "$DPID" 2>/dev/null && [ "$(ps -o stat= -p "$DPID" 2>/dev/null | cut -c1)" != Z ]; do
-	[ $SECONDS -lt $deadline ] || fail "the crash point journal.slow-committed was not reached"
-	sleep 0.1
-done
-RKFX_QUIET=1 rkfx_umount "$MNT" >/dev/null 2>&1
-if rkfx_is_mounted "$MNT"; then fusermount3 -u -z "$MNT" 2>/dev/null; fi
+crashed_at journal.slow-committed
 "$RKPOWER_RESTORE" "$RKPOWER_UNDO" "$DATA" >"$T_TMP/cut.restore" 2>&1 || fail "rkpower-restore: $(cat "$T_TMP/cut.restore")"
 mount_fs "$DATA" "$MNT" "walker=off"
 python3 - "$MNT/cut" "$T_TMP/cut.data" >"$T_TMP/cut.out" 2>&1 <<'PYEOF' || fail "after the power loss: $(cat "$T_TMP/cut.out")"
