@@ -102,15 +102,19 @@ struct frec {
  * order) and queues it; workers read and verify the header area; the
  * walking thread adds the results in walk order, so the report does not
  * depend on timing. */
-#define RING 128
+#define RING 256
 #define MAX_WORKERS 8
-#define BATCH 8
+#define BATCH 16
+/* A file no larger than this is read whole by the header read anyway:
+ * no fadvise call to keep readahead off it. */
+#define SMALL_FILE (4 * RK_HDR_AREA)
 enum { J_QUEUED = 1, J_RUNNING = 2, J_DONE = 3 };
 
 struct job {
 	char *rel;
 	size_t ti;      /* table index */
 	int fd;
+	bool small;     /* at most SMALL_FILE bytes when the walk saw it */
 	int ret;        /* 0, 1 vanished, or a negative errno that stops the scan */
 	int state;
 	struct frec f;
@@ -551,10 +555,12 @@ static int scan_slots(struct scan *s, const struct rk_walk_ent *e, int fd, const
 /* Everything about one open stored file that needs no walk entry: read the
  * header area and count its chunks (fast path; dirty counts are recounted).
  * Runs in workers.  0, or 1 when the file vanished, or a negative errno. */
-static int read_file(struct scan *s, int fd, const char *rel, uint8_t *buf, struct frec *f, struct plist *pl)
+static int read_file(struct scan *s, int fd, bool small, const char *rel, uint8_t *buf, struct frec *f,
+                     struct plist *pl)
 {
 	/* only the 8 KiB header area is wanted: no readahead of chunk data */
-	posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+	if (!small)
+		posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 	ssize_t n = rk_pread_full(fd, buf, RK_HDR_AREA, 0);
 	if (n < 0)
 		return header_problem(pl, f, rel, (int)n, 0);
@@ -595,7 +601,7 @@ static int read_file(struct scan *s, int fd, const char *rel, uint8_t *buf, stru
 static void job_run(struct scan *s, struct job *j, uint8_t *buf)
 {
 	memset(&j->f, 0, sizeof(j->f));
-	j->ret = buf ? read_file(s, j->fd, j->rel, buf, &j->f, &j->pl) : -ENOMEM;
+	j->ret = buf ? read_file(s, j->fd, j->small, j->rel, buf, &j->f, &j->pl) : -ENOMEM;
 	close(j->fd);
 	j->fd = -1;
 }
@@ -671,7 +677,7 @@ static int pool_drain(struct pool *p, uint64_t keep)
 	return ret;
 }
 
-static int pool_submit(struct pool *p, size_t ti, const char *rel, int fd)
+static int pool_submit(struct pool *p, size_t ti, const char *rel, int fd, bool small)
 {
 	char *r = strdup(rel);
 	if (!r) {
@@ -679,11 +685,14 @@ static int pool_submit(struct pool *p, size_t ti, const char *rel, int fd)
 		return -ENOMEM;
 	}
 	rk_mutex_lock(&p->lock, RK_RANK_COVERAGE);
-	int ret = pool_drain(p, RING - 1);
+	/* a full ring is drained to half: the walking thread waits for the
+	 * workers (or runs their jobs) once per RING / 2 files, not per file */
+	int ret = p->head - p->tail >= RING ? pool_drain(p, RING / 2) : 0;
 	struct job *j = &p->ring[p->head % RING];
 	j->rel = r;
 	j->ti = ti;
 	j->fd = fd;
+	j->small = small;
 	j->state = J_QUEUED;
 	p->head++;
 	if (p->idle && p->head - p->next >= BATCH)
@@ -809,7 +818,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		return 0;
 	}
 	if (fd >= 0 && s->pool)
-		return pool_submit(s->pool, ti, e->rel, fd);
+		return pool_submit(s->pool, ti, e->rel, fd, e->st->st_size <= SMALL_FILE);
 
 	struct frec *f = calloc(1, sizeof(*f));
 	if (!f) {
@@ -820,7 +829,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	if (fd < 0) {
 		ret = header_problem(&s->pl, f, e->rel, fd, 0);
 	} else if (!o->exact && !o->deep) {
-		ret = read_file(s, fd, e->rel, s->hdrbuf, f, &s->pl);
+		ret = read_file(s, fd, e->st->st_size <= SMALL_FILE, e->rel, s->hdrbuf, f, &s->pl);
 	} else {
 		/* exact/deep, in the walking thread: the daemon's shared file state
 		 * needs the walk entry */
