@@ -133,7 +133,10 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 		e->count = rk_get64(p + 88);
 		if (e->name[0] == '\0' || (e->cipher != RK_CIPHER_AES_GCM && e->cipher != RK_CIPHER_CHACHA20_POLY1305))
 			return -EUCLEAN;
-		if (h->version >= RK_FORMAT_V2 && wrap_entry_decode(w, e) < 0)
+		/* v2: the name NUL padded exactly (the wrap AAD binds those bytes) */
+		size_t nl = strnlen((const char *)p, 64);
+		if (h->version >= RK_FORMAT_V2 && (nl > RK_KEY_NAME_MAX || !all_zero(p + nl, 64 - nl) ||
+		                                   wrap_entry_decode(w, e) < 0))
 			return -EUCLEAN;
 	}
 	if (h->version >= RK_FORMAT_V2 && !all_zero(buf + RK_WRAP_END, RK_HDR_SUM_OFF - RK_WRAP_END))
