@@ -3,7 +3,7 @@
  *   tests/gen_golden OUTDIR      (from a build directory)
  *
  * writes the key files into OUTDIR/keys (mode 0600) and the fixtures into
- * OUTDIR/files.  The committed set lives in tests/golden/ of the source
+ * OUTDIR/files and OUTDIR/files-v2.  The committed set lives in tests/golden/ of the source
  * tree; regenerating it is a format change (see tests/golden/README). */
 #include "config.h"
 
@@ -18,7 +18,7 @@ int main(int argc, char **argv)
 {
 	if (argc != 2 || argv[1][0] == '-') {
 		fprintf(stderr, "usage: %s OUTDIR\n"
-		                "writes the golden fixture set (OUTDIR/keys, OUTDIR/files); see tests/golden/README\n",
+		                "writes the golden fixture set (OUTDIR/keys, OUTDIR/files, OUTDIR/files-v2); see tests/golden/README\n",
 		        argv[0]);
 		return 2;
 	}
@@ -28,7 +28,7 @@ int main(int argc, char **argv)
 		        rk_strerror(ret));
 		return 1;
 	}
-	printf("wrote %zu key files to %s/keys and %zu fixtures to %s/files\n", golden_nkeys, argv[1], golden_nfiles,
-	       argv[1]);
+	printf("wrote %zu key files to %s/keys and %zu fixtures each to %s/files (format 1) and %s/files-v2 (format 2)\n",
+	       golden_nkeys, argv[1], golden_nfiles, argv[1], argv[1]);
 	return 0;
 }

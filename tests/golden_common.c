@@ -240,7 +240,7 @@ int golden_write_keys(const char *keydir)
 	return 0;
 }
 
-static int write_fixture(const struct golden_file *f, const char *path, struct rk_keyring *kr)
+static int write_fixture(const struct golden_file *f, const char *path, struct rk_keyring *kr, int version)
 {
 	struct rk_key *key = NULL, *key2 = NULL;
 	struct rk_cf *cf = NULL;
@@ -265,7 +265,7 @@ static int write_fixture(const struct golden_file *f, const char *path, struct r
 		free(pt);
 		return ret;
 	}
-	ret = rk_cf_create(fd, path, kr, f->chunk_size, f->comp, key, &cf);
+	ret = rk_cf_create_version(fd, path, kr, f->chunk_size, f->comp, key, version, &cf);
 	if (ret < 0)
 		goto out;
 	switch (f->method) {
@@ -329,34 +329,53 @@ out:
 	return ret;
 }
 
-int golden_generate(const char *outdir)
+const char *golden_subdir(int version)
 {
-	char keydir[PATH_MAX], filedir[PATH_MAX], path[PATH_MAX];
-	struct rk_keyring *kr = NULL;
-	int ret;
+	return version == 1 ? "files" : "files-v2";
+}
 
-	if ((size_t)snprintf(keydir, sizeof(keydir), "%s/keys", outdir) >= sizeof(keydir) ||
-	    (size_t)snprintf(filedir, sizeof(filedir), "%s/files", outdir) >= sizeof(filedir))
+/* One set: outdir/files (version 1, seed GOLDEN_SEED) or outdir/files-v2
+ * (version 2, seed GOLDEN_SEED_V2). */
+static int generate_set(const char *outdir, struct rk_keyring *kr, int version)
+{
+	char filedir[PATH_MAX], path[PATH_MAX];
+	int ret;
+	if ((size_t)snprintf(filedir, sizeof(filedir), "%s/%s", outdir, golden_subdir(version)) >= sizeof(filedir))
 		return -ENAMETOOLONG;
-	ret = mkdir_p1(outdir, 0755);
-	if (ret == 0)
-		ret = golden_write_keys(keydir);
-	if (ret == 0)
-		ret = mkdir_p1(filedir, 0755);
+	ret = mkdir_p1(filedir, 0755);
 	if (ret < 0)
 		return ret;
-	ret = rk_keyring_new(keydir, &kr);
-	if (ret < 0)
-		return ret;
-	rk_random_set_seed(GOLDEN_SEED);
+	rk_random_set_seed(version == 1 ? GOLDEN_SEED : GOLDEN_SEED_V2);
 	for (size_t i = 0; i < golden_nfiles && ret == 0; i++) {
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", filedir, golden_files[i].name) >= sizeof(path)) {
 			ret = -ENAMETOOLONG;
 			break;
 		}
-		ret = write_fixture(&golden_files[i], path, kr);
+		ret = write_fixture(&golden_files[i], path, kr, version);
 	}
 	rk_random_set_seed(NULL);
+	return ret;
+}
+
+int golden_generate(const char *outdir)
+{
+	char keydir[PATH_MAX];
+	struct rk_keyring *kr = NULL;
+	int ret;
+
+	if ((size_t)snprintf(keydir, sizeof(keydir), "%s/keys", outdir) >= sizeof(keydir))
+		return -ENAMETOOLONG;
+	ret = mkdir_p1(outdir, 0755);
+	if (ret == 0)
+		ret = golden_write_keys(keydir);
+	if (ret < 0)
+		return ret;
+	ret = rk_keyring_new(keydir, &kr);
+	if (ret < 0)
+		return ret;
+	ret = generate_set(outdir, kr, 1);
+	if (ret == 0)
+		ret = generate_set(outdir, kr, 2);
 	rk_keyring_free(kr);
 	return ret;
 }

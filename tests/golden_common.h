@@ -1,9 +1,10 @@
 /* rekeyfs - the golden fixture set: a deterministic description shared by
  * the generator (tests/gen_golden) and the test (tests/unit/test_golden).
  *
- * The fixtures pin chunk-file format version 1: tests/golden/files/ holds
- * what the library wrote for the description below, with the deterministic
- * random stream seeded with GOLDEN_SEED (file ids and nonces).  Regenerating
+ * The fixtures pin chunk-file format versions 1 and 2: tests/golden/files/
+ * (version 1) and tests/golden/files-v2/ (version 2) hold what the library
+ * wrote for the description below, with the deterministic random stream
+ * seeded with GOLDEN_SEED and GOLDEN_SEED_V2 (file ids, nonces, data keys).  Regenerating
  * must give byte-identical files; a difference is a format (or writer)
  * change.  See tests/golden/README. */
 #ifndef REKEYFS_GOLDEN_COMMON_H
@@ -16,6 +17,7 @@
 #include "rekeyfs/crypto.h"
 
 #define GOLDEN_SEED "rekeyfs golden v1"
+#define GOLDEN_SEED_V2 "rekeyfs golden v2" /* the format 2 set (files-v2/) */
 #define GOLDEN_MAX_KEYS 3      /* keys a fixture's header may name */
 #define GOLDEN_MAX_REWRITES 4  /* chunks rewritten under a second key */
 
@@ -91,8 +93,12 @@ const char *golden_chunk_key(const struct golden_file *f, uint64_t idx);
 /* Write the key files into keydir (created 0700 if missing), mode 0600. */
 int golden_write_keys(const char *keydir);
 
-/* Generate the whole fixture set into outdir: outdir/keys/ and
- * outdir/files/ (created if missing; existing fixtures are replaced).  Seeds
+/* The directory of a version's set under the golden directory: "files"
+ * (version 1) or "files-v2". */
+const char *golden_subdir(int version);
+
+/* Generate the whole fixture set into outdir: outdir/keys/, outdir/files/
+ * and outdir/files-v2/ (created if missing; existing fixtures are replaced).  Seeds
  * the library's random stream with GOLDEN_SEED first and restores real
  * randomness afterwards.  0, or a negative errno with a message on stderr. */
 int golden_generate(const char *outdir);

@@ -41,6 +41,11 @@ int rk_key_fingerprint(enum rk_cipher c, const uint8_t *key, size_t keylen, uint
 int rk_derive_file_key(enum rk_cipher c, const uint8_t *key, size_t keylen,
                        const uint8_t file_id[RK_FILE_ID_BYTES], uint8_t *out, size_t outlen);
 
+/* Format v2 wrapping key of a KEK: HKDF-SHA256(ikm = KEK, salt = file id,
+ * info = "rekeyfs dek wrap v2"), outlen bytes (the KEK's length). */
+int rk_derive_wrap_key(const uint8_t *kek, size_t keklen, const uint8_t file_id[RK_FILE_ID_BYTES], uint8_t *out,
+                       size_t outlen);
+
 /* Seal: ct = AEAD(key, nonce, aad, pt); writes len bytes of ct and a 16-byte tag.
  * ct may equal pt (in place).  Contexts are cached per thread. */
 int rk_aead_seal(enum rk_cipher c, const uint8_t *key, size_t keylen,

@@ -1,5 +1,6 @@
-/* rekeyfs - the chunk-file format (version 1).  man/rekeyfs.5 is the
- * normative description; this header mirrors it.
+/* rekeyfs - the chunk-file format (versions 1 and 2).  man/rekeyfs.5 is the
+ * normative description; this header mirrors it.  Version 2 (wrapped data
+ * keys) is version 1 plus the wrap table described after the v1 layout.
  *
  *   offset 0      header copy A (4096 bytes)
  *   offset 4096   header copy B (4096 bytes)
@@ -44,6 +45,24 @@
  *   28 4 reserved, zero
  * AEAD: key = HKDF-SHA256(master, salt = file id, info = "rekeyfs chunk key v1"),
  *       nonce = slot nonce, aad = file id || le64 chunk index || slot header[0..16).
+ *
+ * Version 2 (rekeyfs(5), FORMAT V2): the chunk key of entry j is a random
+ * data key (DEK) wrapped under the entry's key (KEK).  Key table flags must
+ * be 0 or 1; wrap table 1600 + 152*j (all zero for an unused entry):
+ *     0  1 wrap method (1: key file KEK)
+ *     1  1 DEK length (= strength / 8)
+ *     2  1 history length (0..4)
+ *     3  1 wrap flags (bit 0 HISTORY_OVERFLOW, bit 1 DERIVED)
+ *     4  4 reserved, zero
+ *     8 12 wrap nonce
+ *    20 16 wrap tag
+ *    36 48 wrapped DEK (DEK length bytes, rest zero)
+ *    84 64 history: earlier KEK fingerprints, most recent first
+ *   148  4 reserved, zero
+ *   4032..4063 reserved, zero
+ * KWK = HKDF-SHA256(KEK, salt = file id, info = "rekeyfs dek wrap v2");
+ * wrap AAD = le16 version || file id || u8 j || key entry[0..84) ||
+ *            wrap entry[0..8) || wrap entry[84..148)  (175 bytes).
  */
 #ifndef REKEYFS_FORMAT_H
 #define REKEYFS_FORMAT_H
@@ -58,7 +77,9 @@
 #include "keys.h"
 #include "scratch.h"
 
-#define RK_FORMAT_VERSION 1
+#define RK_FORMAT_VERSION 2 /* written by rk_cf_create */
+#define RK_FORMAT_V1 1
+#define RK_FORMAT_V2 2
 #define RK_MAGIC_LEN 8
 extern const uint8_t rk_magic[RK_MAGIC_LEN];
 #define RK_HDR_COPY_SIZE 4096
@@ -74,6 +95,17 @@ extern const uint8_t rk_magic[RK_MAGIC_LEN];
 #define RK_CHUNK_MAX (1024u * 1024u)
 #define RK_CHUNK_DEFAULT (16u * 1024u)
 
+/* format v2: the wrap table */
+#define RK_HDR_WRAP_OFF 1600
+#define RK_HDR_WRAP_ENTRY 152
+#define RK_WRAP_END (RK_HDR_WRAP_OFF + RK_CF_MAX_KEYS * RK_HDR_WRAP_ENTRY) /* 4032 */
+#define RK_WRAP_METHOD_FILE 1
+#define RK_WRAP_HIST 4
+#define RK_WRAP_CT_MAX 48
+#define RK_WF_HIST_OVERFLOW 0x1u
+#define RK_WF_DERIVED 0x2u
+#define RK_WRAP_AAD_LEN (2 + RK_FILE_ID_BYTES + 1 + 84 + 8 + RK_WRAP_HIST * RK_FP_BYTES)
+
 #define RK_HF_COUNTS_DIRTY 0x1u
 /* Largest plaintext size the format addresses (2^62-1): a header claiming
  * more is invalid; growing a file past it fails with EFBIG. */
@@ -86,6 +118,15 @@ struct rk_cf_keyent {
 	enum rk_cipher cipher;
 	uint16_t bits;
 	uint64_t count;
+	/* format v2 only (zero in v1): the wrapped data key */
+	uint8_t wrap_method;
+	uint8_t dek_len;
+	uint8_t hist_n;
+	uint8_t wflags;
+	uint8_t wnonce[RK_NONCE_BYTES];
+	uint8_t wtag[RK_TAG_BYTES];
+	uint8_t wrapped[RK_WRAP_CT_MAX];
+	uint8_t hist[RK_WRAP_HIST][RK_FP_BYTES];
 };
 
 struct rk_cf_header {
@@ -100,8 +141,11 @@ struct rk_cf_header {
 	struct rk_cf_keyent keys[RK_CF_MAX_KEYS];
 };
 
-/* Encode a header copy into buf (RK_HDR_COPY_SIZE bytes), with checksum. */
+/* Encode a header copy into buf (RK_HDR_COPY_SIZE bytes), with checksum
+ * (version 2: with the wrap table). */
 void rk_hdr_encode(const struct rk_cf_header *h, uint8_t *buf);
+/* Encode key entry e's wrap entry (RK_HDR_WRAP_ENTRY bytes) into w. */
+void rk_wrap_entry_encode(const struct rk_cf_keyent *e, uint8_t *w);
 /* Decode and verify one header copy.  0 ok; -ENOMSG no magic (plain data);
  * -EPROTONOSUPPORT unknown version (h->version set); -EUCLEAN bad checksum
  * or inconsistent fields. */
@@ -240,6 +284,37 @@ uint32_t rk_cf_slot_size(const struct rk_cf *cf);
  * until the first rk_cf_sync) but not fsynced. */
 int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk_size,
                  enum rk_comp comp, struct rk_key *key, struct rk_cf **out);
+/* The same, writing format `version` (RK_FORMAT_V1: the golden fixtures and
+ * tests of v1 files; RK_FORMAT_V2: what rk_cf_create writes). */
+int rk_cf_create_version(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk_size, enum rk_comp comp,
+                         struct rk_key *key, int version, struct rk_cf **out);
+
+/* ---- format v2: wrapped data keys (wrap.c; rekeyfs(5), FORMAT V2) ---------
+ * Wrap dek (entry j's dek_len bytes) under kek into entry j of h (fresh
+ * nonce); the entry's name, fingerprint, cipher, strength, method, lengths,
+ * flags and history must be set first (they are bound by the AAD).  0, or
+ * -EKEYREVOKED / -EKEYREJECTED (kek released, or not the entry's key). */
+int rk_dek_wrap(struct rk_cf_header *h, int j, const struct rk_key *kek, const uint8_t *dek);
+/* Open entry j's wrapped DEK under kek into dek (dek_len bytes).  -EBADMSG
+ * when it does not authenticate (damaged, or another key of that name and
+ * fingerprint); -EINVAL when h is not v2 or the entry unused; as rk_dek_wrap. */
+int rk_dek_unwrap(const struct rk_cf_header *h, int j, const struct rk_key *kek, uint8_t *dek);
+/* Rewrap the DEK of entry j (a v2 file opened writable) from old to new:
+ * the entry then names new, old's fingerprint joins its history, and both
+ * header copies are written and made durable (the older one first: a crash
+ * leaves a valid copy under old or under new).  No chunk is touched; an
+ * open file's cached DEK stays.  -ESTALE when entry j does not name old;
+ * -EKEYREJECTED when new's cipher or length differ from the entry's;
+ * -EBADMSG when the DEK does not open under old. */
+int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new);
+/* Convert a v1 file (opened writable) to v2 in place: every entry's DEK is
+ * its v1 derived subkey, wrapped under the same key with flag DERIVED, so no
+ * chunk is rewritten; both copies written and synced.  Every key the header
+ * names must be in the keyring.  0 (also when already v2) or an error. */
+int rk_cf_upgrade_v2(struct rk_cf *cf);
+/* Format version of the open file's header. */
+int rk_cf_header_version(struct rk_cf *cf);
+
 /* Drop cached subkeys derived from the named key (after release). */
 void rk_cf_forget_key(struct rk_cf *cf, const char *name);
 /* Open an existing chunk file.  Errors: as rk_cf_read_header; -ENOMSG if it

@@ -213,4 +213,17 @@ struct rk_rekey_summary {
 int rk_rekey_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*tables)[RK_TABLE_PATH_MAX], int ntables,
                      const struct rk_rekey_progress *prog, struct rk_rekey_summary *sum);
 
+/* The offline rewrap (rekeyctl rotate --rewrap): in dd (opened with
+ * rk_open_offline, exclusive), every chunk file of tables[ntables] (every
+ * table when ntables is 0) whose header names old gets those entries'
+ * data keys rewrapped under new, header only (a version 1 file converted
+ * to version 2 first).  new must have old's cipher and strength (-EINVAL).
+ * Stops at the first file that fails (logged); running it again goes on
+ * (entries already under new are left alone). */
+struct rk_rewrap_summary {
+	uint64_t files, entries, upgraded, failed;
+};
+int rk_rewrap_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*tables)[RK_TABLE_PATH_MAX], int ntables,
+                      struct rk_key *old, struct rk_key *new, struct rk_rewrap_summary *sum);
+
 #endif

@@ -25,6 +25,7 @@
 struct rot {
 	const char *keydir, *from, *to;
 	bool release;
+	bool rewrap; /* --rewrap: rewrap the data keys (headers only) instead of resealing */
 	struct rkc_wait w;
 	char **sweep; /* the tables to rekey: those whose target is NEW */
 	int nsweep;
@@ -253,16 +254,75 @@ static int offline_verify(const char *dir, const struct rot *r)
 	return ret;
 }
 
+/* --rewrap: the data keys wrapped under OLD rewrapped under NEW, headers
+ * only, in the tables now on NEW (rk_rewrap_offline) */
+static int offline_rewrap(const char *dir, struct rot *r)
+{
+	struct rk_keyring *kr = NULL;
+	struct rk_datadir *dd = NULL;
+	struct rk_key *old = NULL, *new = NULL;
+	struct rk_rewrap_summary sum = {0};
+	char(*tables)[RK_TABLE_PATH_MAX] = calloc((size_t)r->nsweep, sizeof(*tables));
+	int ret = tables ? rk_keyring_new(r->keydir, &kr) : -ENOMEM;
+	if (ret == 0)
+		ret = rk_open_offline(dir, RK_DD_EXCLUSIVE, kr, r->keydir, true, &dd);
+	if (ret == 0 && (ret = rk_keyring_get(kr, r->from, &old)) < 0)
+		rk_err("rotate --rewrap: key '%s' cannot be loaded from %s: %s (a rewrap needs the old key)", r->from,
+		       r->keydir, rk_strerror(ret));
+	if (ret == 0)
+		ret = rk_keyring_get(kr, r->to, &new);
+	for (int i = 0; ret == 0 && i < r->nsweep; i++)
+		snprintf(tables[i], sizeof(tables[i]), "%s", r->sweep[i]);
+	if (ret == 0)
+		ret = rk_rewrap_offline(dd, kr, tables, r->nsweep, old, new, &sum);
+	if (ret == 0)
+		fprintf(rot_out(r),
+		        "rewrap: %" PRIu64 " file(s), %" PRIu64 " data key(s) rewrapped from %s to %s (%" PRIu64
+		        " converted from format 1); no chunk rewritten\n",
+		        sum.files, sum.entries, rk_esc(r->from), rk_esc(r->to), sum.upgraded);
+	rk_datadir_close(dd);
+	rk_keyring_free(kr);
+	free(tables);
+	return ret;
+}
+
 static int rotate_offline(const char *dir, struct rot *r)
 {
 	int ret = rkc_refuse_mounted(dir, "rotate");
 	if (ret < 0)
 		return ret;
+	if (r->rewrap) {
+		/* before the alter: a rewrap keeps the data keys, so NEW must fit them */
+		struct rk_key *ko = NULL, *kn = NULL;
+		ret = rk_key_load(r->keydir, r->from, &ko);
+		if (ret == 0)
+			ret = rk_key_load(r->keydir, r->to, &kn);
+		if (ret < 0)
+			rk_err("rotate --rewrap: keys '%s' and '%s' must both be in %s: %s", r->from, r->to, r->keydir,
+			       rk_strerror(ret));
+		else if (ko->cipher != kn->cipher || ko->keylen != kn->keylen) {
+			rk_err("rotate --rewrap: key '%s' (%s %zu) and key '%s' (%s %zu) differ in cipher or strength; a rewrap "
+			       "keeps the data keys, so it needs the same cipher and strength (rotate without --rewrap "
+			       "reseals instead)",
+			       r->from, rk_cipher_name(ko->cipher), ko->keylen * 8, r->to, rk_cipher_name(kn->cipher),
+			       kn->keylen * 8);
+			ret = -EINVAL;
+		}
+		rk_key_free(ko);
+		rk_key_free(kn);
+		if (ret < 0)
+			return ret;
+	}
 	ret = offline_alter_all(dir, r);
 	if (ret != 0)
 		return ret > 0 ? 0 : ret;
 	if (r->nsweep == 0) {
 		fprintf(rot_out(r), "rekey: no table targets %s: nothing to sweep\n", rk_esc(r->to));
+	} else if (r->rewrap) {
+		fprintf(rot_out(r), "rewrap: %d table(s) of %s (headers only)\n", r->nsweep, rk_esc(dir));
+		ret = offline_rewrap(dir, r);
+		if (ret < 0)
+			return ret;
 	} else {
 		fprintf(rot_out(r), "rekey: %d table(s) of %s (offline: the command waits)\n", r->nsweep, rk_esc(dir));
 		ret = rkc_offline_rekey_w(dir, r->keydir, r->from ? r->sweep : NULL, r->from ? r->nsweep : 0, &r->w);
@@ -289,6 +349,7 @@ int rkc_cmd_rotate(int argc, char **argv)
 	                                   {"wait", no_argument, NULL, 'w'},
 	                                   {"progress-json", no_argument, NULL, 'j'},
 	                                   {"quiet", no_argument, NULL, 'q'},
+	                                   {"rewrap", no_argument, NULL, 'W'},
 	                                   {"help", no_argument, NULL, 'h'},
 	                                   {0, 0, 0, 0}};
 	struct rot r = {0};
@@ -304,6 +365,7 @@ int rkc_cmd_rotate(int argc, char **argv)
 		case 'w': r.w.wait = true; break;
 		case 'j': r.w.json = true; break;
 		case 'q': r.w.quiet = true; break;
+		case 'W': r.rewrap = true; break;
 		case 'h': return rkc_help("rotate");
 		default:
 			return rkc_opt_refused("rotate", c, argv, lo);
@@ -326,6 +388,10 @@ int rkc_cmd_rotate(int argc, char **argv)
 		rk_err("rotate: --release needs --from OLD (the key to release)");
 		return RKC_USAGE;
 	}
+	if (r.rewrap && !r.from) {
+		rk_err("rotate: --rewrap needs --from OLD (the key the data keys are wrapped under now)");
+		return RKC_USAGE;
+	}
 	if (r.release)
 		r.w.wait = true;
 	if (rkc_check_keydir("rotate", rk_keydir_resolve(keydir), keydir != NULL) < 0)
@@ -333,6 +399,11 @@ int rkc_cmd_rotate(int argc, char **argv)
 	r.keydir = rk_keydir_resolve(keydir);
 	rkc_set_keydir(r.keydir);
 	const char *target = argv[optind];
+	if (r.rewrap && rkc_is_mount(target)) {
+		rk_err("rotate --rewrap: the online rewrap is not implemented yet; stop the mount and run it on the data "
+		       "directory, or rotate without --rewrap (a reseal)");
+		return RKC_USAGE;
+	}
 	int ret = rkc_is_mount(target) ? rotate_online(target, &r) : rotate_offline(target, &r);
 	rot_free(&r);
 	return ret;

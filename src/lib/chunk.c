@@ -38,11 +38,21 @@ static int ks_resolve_locked(struct rk_cf *cf, int j, struct rk_key **keyp, cons
 				s->subkey = rk_secure_alloc(RK_MAX_KEY_BYTES);
 			if (!s->subkey)
 				return -ENOMEM;
-			err = rk_derive_file_key(k->cipher, k->material, k->keylen, cf->hdr.file_id, s->subkey, k->keylen);
-			if (err < 0) {
-				OPENSSL_cleanse(s->subkey, RK_MAX_KEY_BYTES);
-				return err;
+			if (cf->hdr.version >= RK_FORMAT_V2) {
+				/* v2: the entry's DEK, unwrapped under its KEK */
+				err = rk_dek_unwrap(&cf->hdr, j, k, s->subkey);
+				if (err == -EBADMSG)
+					rk_err("%s: the wrapped data key of key entry %d (key '%s') does not authenticate: the "
+					       "header was altered or damaged; the chunks sealed under it cannot be read",
+					       cf->path, j, e->name);
+			} else {
+				err = rk_derive_file_key(k->cipher, k->material, k->keylen, cf->hdr.file_id, s->subkey,
+				                         k->keylen);
 			}
+			if (err < 0)
+				OPENSSL_cleanse(s->subkey, RK_MAX_KEY_BYTES);
+			if (err < 0 && err != -EBADMSG && err != -EKEYREJECTED && err != -EKEYREVOKED)
+				return err; /* transient (memory): not cached */
 		}
 		s->key = err == 0 ? k : NULL;
 		s->err = err;
@@ -73,6 +83,8 @@ static const char *key_err_text(int err)
 		return "but the key file of that name has different content (fingerprint mismatch)";
 	case -EPERM:
 		return "whose key file is refused (loose permissions)";
+	case -EBADMSG:
+		return "but the data key wrapped under it in the header does not authenticate (header altered or damaged)";
 	default:
 		return "which cannot be loaded";
 	}
@@ -258,6 +270,14 @@ static int keyent_for_locked(struct rk_cf *cf, struct rk_key *key)
 	memcpy(e->fp, key->fp, RK_FP_BYTES);
 	e->cipher = key->cipher;
 	e->bits = (uint16_t)key->bits;
+	if (cf->hdr.version >= RK_FORMAT_V2) {
+		/* a fresh data key, wrapped under key (v1 files keep v1 entries) */
+		int ret = cf_new_dek_locked(cf, free_j, key);
+		if (ret < 0) {
+			memset(e, 0, sizeof(*e));
+			return ret;
+		}
+	}
 	cf->hdr_changed = true;
 	return free_j;
 }

@@ -388,13 +388,22 @@ static int hdr_write_times_kept(struct rk_cf *cf, bool dirty)
 int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk_size, enum rk_comp comp,
                  struct rk_key *key, struct rk_cf **out)
 {
+	return rk_cf_create_version(fd, path, kr, chunk_size, comp, key, RK_FORMAT_VERSION, out);
+}
+
+int rk_cf_create_version(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk_size, enum rk_comp comp,
+                         struct rk_key *key, int version, struct rk_cf **out)
+{
 	int ret;
-	if (chunk_size < RK_CHUNK_MIN || chunk_size > RK_CHUNK_MAX || (chunk_size & (chunk_size - 1)))
+	if (chunk_size < RK_CHUNK_MIN || chunk_size > RK_CHUNK_MAX || (chunk_size & (chunk_size - 1)) ||
+	    (version != RK_FORMAT_V1 && version != RK_FORMAT_V2))
 		return -EINVAL;
+	if (key && (!key->material || key->released))
+		return -EKEYREVOKED;
 	struct rk_cf *cf = cf_alloc(fd, path, kr, true);
 	if (!cf)
 		return -ENOMEM;
-	cf->hdr.version = RK_FORMAT_VERSION;
+	cf->hdr.version = (uint16_t)version;
 	cf->hdr.chunk_size = chunk_size;
 	cf->hdr.slot_size = chunk_size + RK_SLOT_OVERHEAD;
 	cf->hdr.compression = (uint8_t)comp;
@@ -410,6 +419,11 @@ int rk_cf_create(int fd, const char *path, struct rk_keyring *kr, uint32_t chunk
 		memcpy(e->fp, key->fp, RK_FP_BYTES);
 		e->cipher = key->cipher;
 		e->bits = (uint16_t)key->bits;
+		if (version >= RK_FORMAT_V2) {
+			ret = cf_new_dek_locked(cf, 0, key); /* not shared yet: no lock needed */
+			if (ret < 0)
+				goto fail;
+		}
 	}
 	cf->tail_ok = true;
 	/* the times stay the creation's: the kernel (write-back cache) owns

@@ -146,15 +146,31 @@ int rk_key_fingerprint(enum rk_cipher c, const uint8_t *key, size_t keylen, uint
 	return 0;
 }
 
+static int hkdf_file(const char *info, size_t infolen, const uint8_t *key, size_t keylen,
+                     const uint8_t file_id[RK_FILE_ID_BYTES], uint8_t *out, size_t outlen);
+
 int rk_derive_file_key(enum rk_cipher c, const uint8_t *key, size_t keylen,
                        const uint8_t file_id[RK_FILE_ID_BYTES], uint8_t *out, size_t outlen)
 {
 	static const char info[] = "rekeyfs chunk key v1";
+	(void)c;
+	return hkdf_file(info, sizeof(info) - 1, key, keylen, file_id, out, outlen);
+}
+
+int rk_derive_wrap_key(const uint8_t *kek, size_t keklen, const uint8_t file_id[RK_FILE_ID_BYTES], uint8_t *out,
+                       size_t outlen)
+{
+	static const char info[] = "rekeyfs dek wrap v2";
+	return hkdf_file(info, sizeof(info) - 1, kek, keklen, file_id, out, outlen);
+}
+
+static int hkdf_file(const char *info, size_t infolen, const uint8_t *key, size_t keylen,
+                     const uint8_t file_id[RK_FILE_ID_BYTES], uint8_t *out, size_t outlen)
+{
 	int ret = -EIO;
 	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
 	EVP_KDF_CTX *kctx = NULL;
 	OSSL_PARAM params[5], *p = params;
-	(void)c;
 
 	if (!kdf)
 		goto out;
@@ -164,7 +180,7 @@ int rk_derive_file_key(enum rk_cipher c, const uint8_t *key, size_t keylen,
 	*p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
 	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, keylen);
 	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)file_id, RK_FILE_ID_BYTES);
-	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, sizeof(info) - 1);
+	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, infolen);
 	*p = OSSL_PARAM_construct_end();
 	if (EVP_KDF_derive(kctx, out, outlen, params) == 1)
 		ret = 0;

@@ -27,7 +27,7 @@ struct keyslot {
 	struct rk_key *key; /* keyring key, resolved on first use */
 	int err;            /* resolution error (cached) */
 	bool resolved;
-	uint8_t *subkey;    /* secure memory, RK_MAX_KEY_BYTES */
+	uint8_t *subkey;    /* secure memory, RK_MAX_KEY_BYTES: the chunk key (v1 derived subkey, v2 unwrapped DEK) */
 };
 
 struct rk_cf {
@@ -127,6 +127,12 @@ int cf_slot_parse(const struct rk_cf *cf, const struct rk_cf_header *h, const ui
 int cf_keyidx_of(struct rk_cf *cf, const uint8_t *p, ssize_t n, int *key_idx);
 /* Is slot idx one that a cut-short file lost (and not written since)? */
 bool cf_slot_missing(struct rk_cf *cf, uint64_t idx);
+
+/* ---- wrap.c: format v2 data keys ------------------------------------------------------ */
+/* A fresh random DEK for entry j (just added for key, a v2 header): into the
+ * key slot (resolved), wrapped into the in-memory entry.  Caller holds cf->lock
+ * (or owns an unshared cf). */
+int cf_new_dek_locked(struct rk_cf *cf, int j, struct rk_key *key);
 
 /* ---- chunk.c: sealing and opening chunks ----------------------------------------- */
 /* Key entry the slot of idx holds now (-1: hole or past EOF) and how many

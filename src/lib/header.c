@@ -45,8 +45,56 @@ void rk_hdr_encode(const struct rk_cf_header *h, uint8_t *buf)
 		p[81] = 1;
 		rk_put16(p + 82, e->bits);
 		rk_put64(p + 88, e->count);
+		if (h->version >= RK_FORMAT_V2)
+			rk_wrap_entry_encode(e, buf + RK_HDR_WRAP_OFF + RK_HDR_WRAP_ENTRY * j);
 	}
 	rk_sha256(buf, RK_HDR_SUM_OFF, buf + RK_HDR_SUM_OFF);
+}
+
+void rk_wrap_entry_encode(const struct rk_cf_keyent *e, uint8_t *w)
+{
+	memset(w, 0, RK_HDR_WRAP_ENTRY);
+	w[0] = e->wrap_method;
+	w[1] = e->dek_len;
+	w[2] = e->hist_n;
+	w[3] = e->wflags;
+	memcpy(w + 8, e->wnonce, RK_NONCE_BYTES);
+	memcpy(w + 20, e->wtag, RK_TAG_BYTES);
+	memcpy(w + 36, e->wrapped, RK_MIN((size_t)e->dek_len, (size_t)RK_WRAP_CT_MAX));
+	for (int i = 0; i < e->hist_n && i < RK_WRAP_HIST; i++)
+		memcpy(w + 84 + RK_FP_BYTES * i, e->hist[i], RK_FP_BYTES);
+}
+
+/* Are n bytes (at most a header copy) zero?  memcmp against zeros: the
+ * v2 checks look at up to 2.5 KiB per copy, on every header decode (the
+ * fsck fast path decodes one copy per file). */
+static const uint8_t zeros[RK_HDR_COPY_SIZE];
+static bool zero_run(const uint8_t *p, size_t n)
+{
+	return memcmp(p, zeros, n) == 0;
+}
+
+/* Decode and validate wrap entry w of key entry e (in use, v2): 0 or -EUCLEAN. */
+static int wrap_entry_decode(const uint8_t *w, struct rk_cf_keyent *e)
+{
+	e->wrap_method = w[0];
+	e->dek_len = w[1];
+	e->hist_n = w[2];
+	e->wflags = w[3];
+	memcpy(e->wnonce, w + 8, RK_NONCE_BYTES);
+	memcpy(e->wtag, w + 20, RK_TAG_BYTES);
+	memcpy(e->wrapped, w + 36, RK_WRAP_CT_MAX);
+	if (e->wrap_method != RK_WRAP_METHOD_FILE || (e->dek_len != 16 && e->dek_len != 32) ||
+	    e->dek_len * 8u != e->bits || (e->cipher == RK_CIPHER_CHACHA20_POLY1305 && e->dek_len != 32) ||
+	    e->hist_n > RK_WRAP_HIST || (e->wflags & ~(RK_WF_HIST_OVERFLOW | RK_WF_DERIVED)) ||
+	    ((e->wflags & RK_WF_HIST_OVERFLOW) && e->hist_n != RK_WRAP_HIST) || !zero_run(w + 4, 4) ||
+	    !zero_run(w + 36 + e->dek_len, RK_WRAP_CT_MAX - e->dek_len) ||
+	    !zero_run(w + 84 + RK_FP_BYTES * e->hist_n, (size_t)RK_FP_BYTES * (RK_WRAP_HIST - e->hist_n)) ||
+	    !zero_run(w + 148, 4))
+		return -EUCLEAN;
+	for (int i = 0; i < e->hist_n; i++)
+		memcpy(e->hist[i], w + 84 + RK_FP_BYTES * i, RK_FP_BYTES);
+	return 0;
 }
 
 
@@ -59,7 +107,7 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 	h->version = rk_get16(buf + 8);
 	if (h->version == 0)
 		return -EUCLEAN; /* no such version: a damaged or cut-short copy */
-	if (h->version != RK_FORMAT_VERSION)
+	if (h->version != RK_FORMAT_V1 && h->version != RK_FORMAT_V2)
 		return -EPROTONOSUPPORT;
 	rk_sha256(buf, RK_HDR_SUM_OFF, sum);
 	if (CRYPTO_memcmp(sum, buf + RK_HDR_SUM_OFF, 32) != 0)
@@ -80,6 +128,9 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 		struct rk_cf_keyent *e = &h->keys[j];
 		const uint8_t *p = buf + RK_HDR_KEYS_OFF + RK_HDR_KEY_ENTRY * j;
+		const uint8_t *w = buf + RK_HDR_WRAP_OFF + RK_HDR_WRAP_ENTRY * j;
+		if (h->version >= RK_FORMAT_V2 && (p[81] > 1 || (!(p[81] & 1) && !zero_run(w, RK_HDR_WRAP_ENTRY))))
+			return -EUCLEAN;
 		if (!(p[81] & 1))
 			continue;
 		e->in_use = true;
@@ -91,12 +142,19 @@ int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h)
 		e->count = rk_get64(p + 88);
 		if (e->name[0] == '\0' || (e->cipher != RK_CIPHER_AES_GCM && e->cipher != RK_CIPHER_CHACHA20_POLY1305))
 			return -EUCLEAN;
+		/* v2: the name NUL padded exactly (the wrap AAD binds those bytes) */
+		size_t nl = strnlen((const char *)p, 64);
+		if (h->version >= RK_FORMAT_V2 && (nl > RK_KEY_NAME_MAX || !zero_run(p + nl, 64 - nl) ||
+		                                   wrap_entry_decode(w, e) < 0))
+			return -EUCLEAN;
 	}
+	if (h->version >= RK_FORMAT_V2 && !zero_run(buf + RK_WRAP_END, RK_HDR_SUM_OFF - RK_WRAP_END))
+		return -EUCLEAN;
 	return 0;
 }
 
 /* Does header copy buf (RK_HDR_COPY_SIZE bytes) identify a chunk file: the
- * magic, version 1, the copy size field, and a matching checksum? */
+ * magic, the copy size field, and a matching checksum? */
 static bool copy_verifies(const uint8_t *buf)
 {
 	uint8_t sum[32];
@@ -260,8 +318,8 @@ int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *whi
 		return 0;
 	}
 	if (ret == -EPROTONOSUPPORT) {
-		rk_err("%s: chunk-file format version %u is not supported by this rekeyfs (it reads version %d); "
-		       "use the rekeyfs release that wrote it", path, sel.version, RK_FORMAT_VERSION);
+		rk_err("%s: chunk-file format version %u is not supported by this rekeyfs (it reads versions %d and %d); "
+		       "use the rekeyfs release that wrote it", path, sel.version, RK_FORMAT_V1, RK_FORMAT_V2);
 		return -EPROTONOSUPPORT;
 	}
 	if (ret == -ENOMSG && n == RK_HDR_AREA && rk_cf_probe_more(fd, buf, RK_HDR_AREA) == 1) {

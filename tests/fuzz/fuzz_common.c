@@ -118,8 +118,10 @@ void fz_box_datadir(struct fz_box *b)
 	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		die("create t1", errno);
-	/* an empty chunk file, then its file id made fixed (both copies) */
-	if ((r = rk_cf_create(fd, "/t1", b->kr, FZ_CHUNK, RK_COMP_NONE, b->key, &cf)) < 0)
+	/* an empty chunk file, then its file id made fixed (both copies).  Made
+	 * as format 1 (no data key bound to the random file id yet), then
+	 * converted to format 2 below, once the file id is fixed */
+	if ((r = rk_cf_create_version(fd, "/t1", b->kr, FZ_CHUNK, RK_COMP_NONE, b->key, RK_FORMAT_V1, &cf)) < 0)
 		die("rk_cf_create", r);
 	if ((r = rk_cf_sync(cf)) < 0)
 		die("rk_cf_sync", r);
@@ -133,6 +135,8 @@ void fz_box_datadir(struct fz_box *b)
 		die("write header", r);
 	if ((r = rk_cf_open(fd, "/t1", b->kr, true, &cf)) < 0)
 		die("rk_cf_open", r);
+	if ((r = rk_cf_upgrade_v2(cf)) < 0)
+		die("rk_cf_upgrade_v2", r);
 	for (unsigned i = 0; i < FZ_T1_CHUNKS; i++) {
 		for (unsigned k = 0; k < FZ_CHUNK; k++)
 			chunk[k] = (uint8_t)(i * 31 + k * 7);

@@ -2,7 +2,7 @@
  * probe (rk_cf_probe_buf / rk_cf_probe), copy selection (rk_hdr_select),
  * decoding (rk_hdr_decode), damage detection and rk_cf_read_header on a
  * file.  A header that decodes must encode back to a copy that decodes to
- * the same fields. */
+ * the same fields (format 2: the wrap table too; seed corpus/header/v2-*). */
 #include "config.h"
 
 #include <stdlib.h>
@@ -39,6 +39,13 @@ static void roundtrip(const struct rk_cf_header *h)
 		if (a->in_use != b->in_use || (a->in_use && (strcmp(a->name, b->name) != 0 || a->count != b->count ||
 		                                              a->cipher != b->cipher || a->bits != b->bits ||
 		                                              memcmp(a->fp, b->fp, RK_FP_BYTES) != 0)))
+			abort();
+		/* format 2: the wrap entry (zero in format 1) */
+		if (a->in_use && (a->wrap_method != b->wrap_method || a->dek_len != b->dek_len || a->hist_n != b->hist_n ||
+		                  a->wflags != b->wflags || memcmp(a->wnonce, b->wnonce, RK_NONCE_BYTES) != 0 ||
+		                  memcmp(a->wtag, b->wtag, RK_TAG_BYTES) != 0 ||
+		                  memcmp(a->wrapped, b->wrapped, RK_WRAP_CT_MAX) != 0 ||
+		                  memcmp(a->hist, b->hist, sizeof(a->hist)) != 0))
 			abort();
 	}
 }

@@ -862,7 +862,7 @@ static void test_header_encode_decode(void **state)
 	struct rk_cf_header h, d;
 	uint8_t buf[RK_HDR_COPY_SIZE];
 	memset(&h, 0, sizeof(h));
-	h.version = RK_FORMAT_VERSION;
+	h.version = RK_FORMAT_V1; /* the v1 layout (v2's wrap table: test_wrap.c) */
 	h.flags = RK_HF_COUNTS_DIRTY;
 	h.seq = 0x0102030405060708ull;
 	tu_fill_random(h.file_id, RK_FILE_ID_BYTES, 1);
@@ -1115,16 +1115,20 @@ static void test_slot_key_index(void **state)
 
 	/* Entry 2 := a duplicate of entry 0 (same key).  Pointing the slot at it
 	 * keeps key and subkey identical: only the AAD (slot header) catches it. */
-	uint8_t ent[RK_HDR_KEY_ENTRY];
+	uint8_t ent[RK_HDR_KEY_ENTRY], went[RK_HDR_WRAP_ENTRY];
 	tu_pread_path(fl.path, ent, sizeof(ent), RK_HDR_KEYS_OFF);
+	tu_pread_path(fl.path, went, sizeof(went), RK_HDR_WRAP_OFF);
 	patch_header_bytes(fl.path, 3, RK_HDR_KEYS_OFF + 2 * RK_HDR_KEY_ENTRY, ent, sizeof(ent));
+	/* format v2: the wrapped data key too (its AAD binds entry 0) */
+	patch_header_bytes(fl.path, 3, RK_HDR_WRAP_OFF + 2 * RK_HDR_WRAP_ENTRY, went, sizeof(went));
 	file_open(f, &fl, false);
 	expect_chunk_ok(fl.cf, data, 0);
 	file_close(&fl);
 	b = 2;
 	tu_pwrite_path(fl.path, &b, 1, kpos0);
 	file_open(f, &fl, false);
-	expect_chunk_eio(fl.cf, fl.path, 0, "authentication failed");
+	/* v2: the copied DEK does not even open as entry 2's */
+	expect_chunk_eio(fl.cf, fl.path, 0, "does not authenticate");
 	expect_chunk_ok(fl.cf, data, 2);
 	file_close(&fl);
 	/* likewise the reserved header bytes 6..7 are authenticated */
@@ -1293,13 +1297,13 @@ static void test_unknown_version(void **state)
 {
 	struct tu_fx *f = *state;
 	struct file fl;
-	uint8_t *data = make_file(f, &fl, "v2", 4 * KIB, 2, RK_COMP_NONE, 1);
+	uint8_t *data = make_file(f, &fl, "v3", 4 * KIB, 2, RK_COMP_NONE, 1);
 	uint8_t v[2];
-	rk_put16(v, 2);
+	rk_put16(v, 3);
 	patch_header_bytes(fl.path, 3, 8, v, 2);
 	tu_log_clear();
 	assert_int_equal(file_open_kr(f->kr, &fl, false), -EPROTONOSUPPORT);
-	tu_assert_logged(fl.path, "version 2");
+	tu_assert_logged(fl.path, "version 3");
 	assert_int_equal(file_open_kr(f->kr, &fl, true), -EPROTONOSUPPORT);
 	int fd = open(fl.path, O_RDONLY);
 	struct rk_cf_header h;
@@ -1307,8 +1311,8 @@ static void test_unknown_version(void **state)
 	/* still recognised as a chunk file, not passed through as plain data */
 	assert_int_equal(rk_cf_probe(fd), 1);
 	close(fd);
-	/* version 1 back: fine */
-	rk_put16(v, 1);
+	/* its own version (2) back: fine */
+	rk_put16(v, RK_FORMAT_VERSION);
 	patch_header_bytes(fl.path, 3, 8, v, 2);
 	file_open(f, &fl, false);
 	check_content(fl.cf, data, 2 * 4 * KIB);

@@ -53,6 +53,9 @@ static char golden_dir[PATH_MAX]; /* .../tests/golden */
 static char tmpdir[PATH_MAX];
 static char keydir[PATH_MAX];     /* private copy of golden/keys, mode 0600 */
 static struct rk_keyring *kr;
+/* the set under test: format version gver in golden_subdir(gver) */
+static int gver = 1;
+#define GSUB golden_subdir(gver)
 
 /* ---- small helpers ---------------------------------------------------------------- */
 static void xpath(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -210,6 +213,59 @@ static void ref_file_key(const struct golden_key *k, const uint8_t *file_id, uin
 	EVP_KDF_free(kdf);
 }
 
+/* Format v2: the DEK of key entry j of header copy h (the file's first
+ * bytes), unwrapped with OpenSSL directly: KWK = HKDF-SHA256(KEK, salt =
+ * file id, info "rekeyfs dek wrap v2"), AAD = version || file id || j ||
+ * key entry[0..84) || wrap entry[0..8) || wrap entry[84..148). */
+static void ref_unwrap(const struct golden_key *k, const uint8_t *h, int j, uint8_t *dek)
+{
+	static const char info[] = "rekeyfs dek wrap v2";
+	const uint8_t *w = h + 1600 + 152 * j;
+	uint8_t kwk[32], aad[175], *a = aad;
+	size_t len = w[1];
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	assert_non_null(kdf);
+	EVP_KDF_CTX *kctx = EVP_KDF_CTX_new(kdf);
+	assert_non_null(kctx);
+	OSSL_PARAM params[5], *p = params;
+	*p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
+	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)k->material, k->bits / 8);
+	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)(h + 24), 16);
+	*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, sizeof(info) - 1);
+	*p = OSSL_PARAM_construct_end();
+	assert_int_equal(EVP_KDF_derive(kctx, kwk, k->bits / 8, params), 1);
+	EVP_KDF_CTX_free(kctx);
+	EVP_KDF_free(kdf);
+	memcpy(a, h + 8, 2);
+	a += 2;
+	memcpy(a, h + 24, 16);
+	a += 16;
+	*a++ = (uint8_t)j;
+	memcpy(a, h + 64 + 96 * j, 84);
+	a += 84;
+	memcpy(a, w, 8);
+	a += 8;
+	memcpy(a, w + 84, 64);
+	assert_int_equal(len, k->bits / 8);
+	const EVP_CIPHER *c = k->cipher_id == RK_CIPHER_CHACHA20_POLY1305 ? EVP_chacha20_poly1305()
+	                      : k->bits == 128                         ? EVP_aes_128_gcm()
+	                                                               : EVP_aes_256_gcm();
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	int l1 = 0, l2 = 0;
+	assert_non_null(ctx);
+	assert_int_equal(EVP_DecryptInit_ex(ctx, c, NULL, NULL, NULL), 1);
+	assert_int_equal(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, 12, NULL), 1);
+	assert_int_equal(EVP_DecryptInit_ex(ctx, NULL, NULL, kwk, w + 8), 1);
+	assert_int_equal(EVP_DecryptUpdate(ctx, NULL, &l1, aad, sizeof(aad)), 1);
+	assert_int_equal(EVP_DecryptUpdate(ctx, dek, &l1, w + 36, (int)len), 1);
+	assert_int_equal(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, 16, (void *)(w + 20)), 1);
+	if (EVP_DecryptFinal_ex(ctx, dek + l1, &l2) != 1)
+		fail_msg("key entry %d: independent unwrap of the data key failed (wrap key, nonce, AAD or tag layout "
+		         "changed)",
+		         j);
+	EVP_CIPHER_CTX_free(ctx);
+}
+
 /* ---- (a) decode through the library --------------------------------------------- */
 static const char *entry_name(const struct rk_cf_header *h, int j)
 {
@@ -218,7 +274,7 @@ static const char *entry_name(const struct rk_cf_header *h, int j)
 
 static void check_header(const struct golden_file *f, const struct rk_cf_header *h)
 {
-	assert_int_equal(h->version, 1);
+	assert_int_equal(h->version, gver);
 	assert_int_equal(h->chunk_size, f->chunk_size);
 	assert_int_equal(h->slot_size, f->chunk_size + 64);
 	assert_true(h->size == f->size);
@@ -241,17 +297,26 @@ static void check_header(const struct golden_file *f, const struct rk_cf_header 
 		assert_memory_equal(e->fp, fp, RK_FP_BYTES);
 		assert_int_equal(e->cipher, gk->cipher_id);
 		assert_int_equal(e->bits, gk->bits);
+		if (gver >= 2) {
+			/* a fresh random DEK per entry, never rewrapped, not converted */
+			assert_int_equal(e->wrap_method, RK_WRAP_METHOD_FILE);
+			assert_int_equal(e->dek_len, gk->bits / 8);
+			assert_int_equal(e->hist_n, 0);
+			assert_int_equal(e->wflags, 0);
+		} else {
+			assert_int_equal(e->wrap_method, 0);
+		}
 	}
 	for (int j = nexp; j < RK_CF_MAX_KEYS; j++)
 		if (h->keys[j].in_use)
 			fail_msg("%s: unexpected key table entry %d ('%s')", f->name, j, h->keys[j].name);
 }
 
-static void test_fixture_set_complete(void **state)
+static void test_fixture_set_complete_set(void **state)
 {
 	(void)state;
 	char names[64][256], dir[PATH_MAX];
-	xpath(dir, "%s/files", golden_dir);
+	xpath(dir, "%s/%s", golden_dir, GSUB);
 	size_t n = list_dir(dir, names, 64);
 	for (size_t i = 0; i < n && i < 64; i++)
 		if (!golden_file_find(names[i]))
@@ -304,7 +369,7 @@ static void decode_one(const char *dir, const struct golden_file *f)
 	struct rk_cf *cf = NULL;
 	struct rk_cf_header h;
 	int which = -1;
-	xpath(path, "%s/files/%s", dir, f->name);
+	xpath(path, "%s/%s/%s", dir, GSUB, f->name);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		fail_msg("cannot open %s: %s", path, strerror(errno));
@@ -368,7 +433,7 @@ static void decode_one(const char *dir, const struct golden_file *f)
 	close(fd);
 }
 
-static void test_decode_all(void **state)
+static void test_decode_all_set(void **state)
 {
 	(void)state;
 	for (size_t i = 0; i < golden_nfiles; i++)
@@ -388,7 +453,7 @@ static void describe_offset(const struct golden_file *f, uint64_t off, char *out
 		         (off - 8192) % slot < 32 ? " (slot header)" : " (sealed payload or tag)");
 }
 
-static void test_regenerate_identical(void **state)
+static void test_regenerate_identical_set(void **state)
 {
 	(void)state;
 	char out[PATH_MAX], a[PATH_MAX], b[PATH_MAX], where[128];
@@ -418,8 +483,8 @@ static void test_regenerate_identical(void **state)
 	for (size_t i = 0; i < golden_nfiles; i++) {
 		const struct golden_file *f = &golden_files[i];
 		size_t la, lb;
-		xpath(a, "%s/files/%s", golden_dir, f->name);
-		xpath(b, "%s/files/%s", out, f->name);
+		xpath(a, "%s/%s/%s", golden_dir, GSUB, f->name);
+		xpath(b, "%s/%s/%s", out, GSUB, f->name);
 		uint8_t *ca = read_whole(a, &la), *cb = read_whole(b, &lb);
 		size_t m = RK_MIN(la, lb), d = 0;
 		while (d < m && ca[d] == cb[d])
@@ -450,7 +515,7 @@ static void check_header_copy(const struct golden_file *f, const uint8_t *p, int
 	uint8_t sum[32];
 	unsigned int sl = sizeof(sum);
 	assert_memory_equal(p, magic, 8);
-	assert_int_equal(rk_get16(p + 8), 1);         /* format version */
+	assert_int_equal(rk_get16(p + 8), gver);      /* format version */
 	assert_int_equal(rk_get16(p + 10), 4096);     /* header copy size */
 	*seq = rk_get64(p + 16);
 	assert_int_equal(rk_get32(p + 40), f->chunk_size);
@@ -458,7 +523,8 @@ static void check_header_copy(const struct golden_file *f, const uint8_t *p, int
 	assert_int_equal(p[56], (int)f->comp);
 	for (int i = 57; i < 64; i++)
 		assert_int_equal(p[i], 0);
-	for (int i = 1600; i < 4064; i++)
+	/* v1: 1600..4063 reserved; v2: the wrap table (check_key_entries), then 4032..4063 */
+	for (int i = gver >= 2 ? 4032 : 1600; i < 4064; i++)
 		if (p[i])
 			fail_msg("%s: header copy %c: reserved byte %d is not zero", f->name, 'A' + copy, i);
 	/* checksum: SHA-256 of bytes 0..4063 */
@@ -483,11 +549,26 @@ static void check_key_entries(const struct golden_file *f, const uint8_t *p)
 		assert_int_equal(rk_get16(e + 82), gk->bits);
 		assert_int_equal(rk_get32(e + 84), 0);
 		assert_true(rk_get64(e + 88) == f->counts[j].count);
+		if (gver >= 2) {
+			/* wrap entry j at 1600 + 152 * j (rekeyfs(5), FORMAT V2) */
+			const uint8_t *w = p + 1600 + 152 * j;
+			assert_int_equal(w[0], 1);            /* method: key file KEK */
+			assert_int_equal(w[1], gk->bits / 8); /* DEK length */
+			assert_int_equal(w[2], 0);            /* history length */
+			assert_int_equal(w[3], 0);            /* flags */
+			assert_int_equal(rk_get32(w + 4), 0);
+			for (int i = 36 + w[1]; i < 152; i++)
+				if (w[i])
+					fail_msg("%s: wrap entry %d: byte %d is not zero", f->name, j, i);
+		}
 	}
 	for (; j < 16; j++) {
 		const uint8_t *e = p + 64 + 96 * j;
 		for (int i = 0; i < 96; i++)
 			assert_int_equal(e[i], 0);
+		if (gver >= 2)
+			for (int i = 0; i < 152; i++)
+				assert_int_equal(p[1600 + 152 * j + i], 0);
 	}
 }
 
@@ -536,7 +617,10 @@ static void ref_decrypt(const struct golden_file *f, const uint8_t *file, size_t
 	assert_true(parse_slot(f, file, flen, idx, &s));
 	/* the slot names the key by its entry in the header key table */
 	assert_memory_equal(file + 64 + 96 * s.key_idx, gk->name, strlen(gk->name) + 1);
-	ref_file_key(gk, file + 24, subkey); /* file id at offset 24 of the header */
+	if (gver >= 2)
+		ref_unwrap(gk, file, s.key_idx, subkey); /* v2: the wrapped DEK */
+	else
+		ref_file_key(gk, file + 24, subkey); /* file id at offset 24 of the header */
 	memcpy(aad, file + 24, 16);
 	rk_put64(aad + 16, idx);
 	memcpy(aad + 24, s.hdr, 16);
@@ -585,7 +669,7 @@ static void layout_one(const struct golden_file *f)
 	char path[PATH_MAX];
 	size_t flen;
 	uint64_t seq[2];
-	xpath(path, "%s/files/%s", golden_dir, f->name);
+	xpath(path, "%s/%s/%s", golden_dir, GSUB, f->name);
 	uint8_t *p = read_whole(path, &flen);
 	assert_true(flen >= 8192);
 	check_header_copy(f, p, 0, &seq[0]);
@@ -624,7 +708,7 @@ static void layout_one(const struct golden_file *f)
 	free(p);
 }
 
-static void test_layout(void **state)
+static void test_layout_set(void **state)
 {
 	(void)state;
 	for (size_t i = 0; i < golden_nfiles; i++)
@@ -632,15 +716,15 @@ static void test_layout(void **state)
 	/* the documented anchors, spelled out once */
 	char path[PATH_MAX];
 	size_t flen;
-	xpath(path, "%s/files/%s", golden_dir, "one-chunk.txt");
+	xpath(path, "%s/%s/%s", golden_dir, GSUB, "one-chunk.txt");
 	uint8_t *p = read_whole(path, &flen);
-	static const uint8_t head[10] = {0x89, 0x52, 0x4B, 0x46, 0x53, 0x0D, 0x0A, 0x1A, 0x01, 0x00};
+	const uint8_t head[10] = {0x89, 0x52, 0x4B, 0x46, 0x53, 0x0D, 0x0A, 0x1A, (uint8_t)gver, 0x00};
 	assert_memory_equal(p, head, sizeof(head));
 	assert_memory_equal(p + 8192, "RKC1", 4);
 	free(p);
 }
 
-static void test_independent_decrypt(void **state)
+static void test_independent_decrypt_set(void **state)
 {
 	(void)state;
 	static const struct {
@@ -664,7 +748,7 @@ static void test_independent_decrypt(void **state)
 		char path[PATH_MAX];
 		size_t flen;
 		assert_non_null(f);
-		xpath(path, "%s/files/%s", golden_dir, f->name);
+		xpath(path, "%s/%s/%s", golden_dir, GSUB, f->name);
 		uint8_t *p = read_whole(path, &flen), *plain = golden_plaintext(f);
 		assert_non_null(plain);
 		ref_decrypt(f, p, flen, cases[i].chunk, cases[i].key, plain);
@@ -682,10 +766,10 @@ static void test_unknown_version_refused(void **state)
 	struct rk_cf_header h;
 	struct rk_cf *cf = NULL;
 	xpath(src, "%s/files/one-chunk.txt", golden_dir);
-	xpath(dst, "%s/version2", tmpdir);
+	xpath(dst, "%s/version3", tmpdir);
 	uint8_t *p = read_whole(src, &len);
-	rk_put16(p + 8, 2);
-	rk_put16(p + 4096 + 8, 2);
+	rk_put16(p + 8, 3);
+	rk_put16(p + 4096 + 8, 3);
 	int fd = open(dst, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	assert_true(fd >= 0);
 	assert_int_equal(rk_pwrite_full(fd, p, len, 0), 0);
@@ -698,10 +782,45 @@ static void test_unknown_version_refused(void **state)
 	assert_int_equal(r1, -EPROTONOSUPPORT);
 	assert_int_equal(r2, -EPROTONOSUPPORT);
 	assert_null(cf);
-	if (!strstr(logbuf, "version 2") || !strstr(logbuf, dst))
+	if (!strstr(logbuf, "version 3") || !strstr(logbuf, dst))
 		fail_msg("the message for an unknown version should name the file and the version; got: %s", logbuf);
 	close(fd);
 	free(p);
+}
+
+static void test_fixture_set_complete(void **state)
+{
+	for (gver = 1; gver <= 2; gver++)
+		test_fixture_set_complete_set(state);
+	gver = 1;
+}
+
+static void test_decode_all(void **state)
+{
+	for (gver = 1; gver <= 2; gver++)
+		test_decode_all_set(state);
+	gver = 1;
+}
+
+static void test_layout(void **state)
+{
+	for (gver = 1; gver <= 2; gver++)
+		test_layout_set(state);
+	gver = 1;
+}
+
+static void test_independent_decrypt(void **state)
+{
+	for (gver = 1; gver <= 2; gver++)
+		test_independent_decrypt_set(state);
+	gver = 1;
+}
+
+static void test_regenerate_identical(void **state)
+{
+	for (gver = 1; gver <= 2; gver++)
+		test_regenerate_identical_set(state);
+	gver = 1;
 }
 
 int main(void)
