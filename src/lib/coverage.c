@@ -378,8 +378,8 @@ static int header_problem(struct plist *pl, struct frec *f, const char *rel, int
 	if (err == -EPROTONOSUPPORT) {
 		kind = RK_COVP_UNSUPPORTED_VERSION;
 		snprintf(msg, sizeof(msg),
-		         "chunk-file format version %u is not supported (this rekeyfs reads version %d)", version,
-		         RK_FORMAT_VERSION);
+		         "chunk-file format version %u is not supported (this rekeyfs reads versions %d and %d)",
+		         version, RK_FORMAT_V1, RK_FORMAT_V2);
 	} else if (err == -EUCLEAN) {
 		kind = RK_COVP_CORRUPT_HEADER;
 		snprintf(msg, sizeof(msg), "neither header copy passes its checksum: the file's chunks cannot be read");
