@@ -25,41 +25,20 @@
 
 const char *rk_cov_keystat_name(enum rk_cov_keystat s)
 {
-	switch (s) {
-	case RK_COVK_OK:
-		return "ok";
-	case RK_COVK_MISSING:
-		return "missing";
-	case RK_COVK_RELEASED:
-		return "released";
-	case RK_COVK_CHANGED:
-		return "changed";
-	case RK_COVK_REFUSED:
-		return "refused";
-	default:
-		return "unchecked";
-	}
+	static const char *const names[] = {[RK_COVK_OK] = "ok",           [RK_COVK_MISSING] = "missing",
+	                                     [RK_COVK_RELEASED] = "released", [RK_COVK_CHANGED] = "changed",
+	                                     [RK_COVK_REFUSED] = "refused"};
+	return (unsigned)s < RK_ARRAY_SIZE(names) && names[s] ? names[s] : "unchecked";
 }
 
 const char *rk_cov_problem_name(enum rk_cov_problem_kind k)
 {
-	switch (k) {
-	case RK_COVP_CORRUPT_HEADER:
-		return "corrupt-header";
-	case RK_COVP_UNSUPPORTED_VERSION:
-		return "unsupported-version";
-	case RK_COVP_IO:
-		return "io-error";
-	case RK_COVP_CORRUPT_CHUNK:
-		return "corrupt-chunk";
-	case RK_COVP_MALFORMED_SLOT:
-		return "malformed-slot";
-	case RK_COVP_MISSING_CHUNKS:
-		return "missing-chunks";
-	case RK_COVP_DAMAGED_HEADER_COPY:
-		return "damaged-header-copy";
-	}
-	return "unknown";
+	static const char *const names[] = {
+		[RK_COVP_CORRUPT_HEADER] = "corrupt-header", [RK_COVP_UNSUPPORTED_VERSION] = "unsupported-version",
+		[RK_COVP_IO] = "io-error",                   [RK_COVP_CORRUPT_CHUNK] = "corrupt-chunk",
+		[RK_COVP_MALFORMED_SLOT] = "malformed-slot", [RK_COVP_MISSING_CHUNKS] = "missing-chunks",
+		[RK_COVP_DAMAGED_HEADER_COPY] = "damaged-header-copy"};
+	return (unsigned)k < RK_ARRAY_SIZE(names) && names[k] ? names[k] : "unknown";
 }
 
 /* ---- per-scan state ----------------------------------------------------------------------- */
