@@ -114,7 +114,7 @@ comp=$(bash -c '
 	. /usr/share/bash-completion/bash_completion 2>/dev/null || true
 	. '"$compdir"'/rekeyctl
 	c() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; COMPREPLY=(); _rekeyctl rekeyctl "${COMP_WORDS[-1]}" "${COMP_WORDS[-2]}"; echo "${COMPREPLY[*]}"; }
-	c rekeyctl ro; c rekeyctl rotate --re; c rekeyctl init -z ""; c rekeyctl st')
+	c rekeyctl ro; c rekeyctl rotate --rel; c rekeyctl init -z ""; c rekeyctl st')
 [ "$comp" = $'rotate\n--release\nsnappy none\nstatus' ] || fail "bash completion gave: $comp"
 ok "bash completion in $compdir completes commands and options"
 unitdir=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
