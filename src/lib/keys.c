@@ -428,7 +428,7 @@ out:
 #define KC_MAX_ENV 16
 #define KC_DEFAULT_TIMEOUT_S 10
 #define KC_MAX_TIMEOUT_S 600
-#define KC_OUT_CAP 512   /* a key line is at most ~100 bytes */
+#define KC_OUT_CAP 514   /* output of at most 512 bytes (a key line is ~80), one more to tell, a NUL */
 #define KC_ERR_CAP 512   /* stderr kept for the log (the rest is read and dropped) */
 #define KC_ERR_LOG 300   /* logged characters of it */
 
@@ -677,7 +677,7 @@ static int keycmd_run(const char *path, const struct keycmd *kc, char *out, size
 			if (n == 0)
 				oeof = true;
 			else if (n > 0 && (olen += (size_t)n) == outcap - 1)
-				too_long = true; /* no key line is that long */
+				too_long = true; /* more than outcap - 2: no key line is that long */
 			else if (n < 0 && errno != EINTR && errno != EAGAIN)
 				oeof = true;
 		}
@@ -732,7 +732,7 @@ static int keycmd_run(const char *path, const struct keycmd *kc, char *out, size
 		ret = -ETIMEDOUT;
 	} else if (too_long) {
 		rk_err("key command %s: program %s printed more than %zu bytes: refused (the output must be one "
-		       "key line CIPHER:STRENGTH:BASE64KEY)", path, kc->exe, outcap - 1);
+		       "key line CIPHER:STRENGTH:BASE64KEY)", path, kc->exe, outcap - 2);
 		ret = -EINVAL;
 	} else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
 		char how[48];
