@@ -141,8 +141,8 @@ static int check_key_stat(const struct stat *st, const char *path)
  * single trailing newline; STRENGTH a plain decimal allowed for CIPHER;
  * BASE64 canonical (padding only at the end, unused bits zero) and exactly
  * STRENGTH/8 bytes.  raw receives the key (rawcap >= 64). */
-static int parse_key_text(char *buf, size_t n, const char *path, enum rk_cipher *cp, unsigned *bitsp, uint8_t *raw,
-                          size_t rawcap, size_t *keylenp)
+static int parse_key_text(char *buf, size_t n, const char *path, bool echo, enum rk_cipher *cp, unsigned *bitsp,
+                          uint8_t *raw, size_t rawcap, size_t *keylenp)
 {
 	static const char malformed[] = "expected one line CIPHER:STRENGTH:BASE64KEY";
 	const char *why;
@@ -166,12 +166,12 @@ static int parse_key_text(char *buf, size_t n, const char *path, enum rk_cipher 
 	*c1 = '\0';
 	*c2 = '\0';
 	if (rk_cipher_parse(buf, cp, &why) < 0) {
-		rk_err("key file %s: cipher '%s' %s", path, rk_esc(buf), why);
+		rk_err("key file %s: cipher '%s' %s", path, echo ? rk_esc(buf) : "(not shown)", why);
 		goto out;
 	}
 	int pr = rk_parse_u64(c1 + 1, 4096, &bits);
 	if (pr < 0 || rk_cipher_check_strength(*cp, (unsigned)bits, &why) < 0) {
-		rk_err("key file %s: bad strength '%s': %s", path, rk_esc(c1 + 1),
+		rk_err("key file %s: bad strength '%s': %s", path, echo ? rk_esc(c1 + 1) : "(not shown)",
 		       pr < 0 ? "write it as a plain decimal number of bits (no sign, space or leading zero)" : why);
 		goto out;
 	}
@@ -795,7 +795,9 @@ static int keycmd_load(char *buf, size_t n, const char *path, const char *name, 
 	if (ret < 0)
 		goto out;
 	snprintf(what, sizeof(what), "%s (the output of key command %s)", path, kc->exe);
-	ret = parse_key_text(out, olen, what, c, bits, raw, rawcap, keylen);
+	/* a program's output is never echoed, not even a field of it: a
+	 * misbehaving one may print its key in any shape */
+	ret = parse_key_text(out, olen, what, false, c, bits, raw, rawcap, keylen);
 out:
 	rk_secure_free(out, KC_OUT_CAP);
 	free(kc);
@@ -834,7 +836,7 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 	if (is_keycmd_entry(buf, n))
 		ret = keycmd_load(buf, n, path, name, &c, &bits, raw, bufcap, &keylen);
 	else
-		ret = parse_key_text(buf, n, path, &c, &bits, raw, bufcap, &keylen);
+		ret = parse_key_text(buf, n, path, true, &c, &bits, raw, bufcap, &keylen);
 	if (ret < 0)
 		goto out;
 	ret = key_new(name, c, bits, raw, keylen, out);

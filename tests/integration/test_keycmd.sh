@@ -12,7 +12,8 @@
 #     entry/program owned by another user, group-writable program,
 #     world-writable directory above the program, non-zero exit (stderr
 #     logged, the key never), output too long / empty / malformed / short
-#     key, unknown keyword, timeout (program and its child killed)
+#     key, no field of the output echoed, unknown keyword, timeout (program
+#     and its child killed)
 set -u
 . "${TEST_SRCDIR:-$(dirname "$0")/..}/integration/integ.bash"
 need_fuse
@@ -148,6 +149,7 @@ EOF2
 printf '#!/bin/sh\nexit 0\n' >"$BIN/empty.sh"
 printf '#!/bin/sh\necho hello\n' >"$BIN/hello.sh"
 printf '#!/bin/sh\necho AES/GCM/NoPadding:256:AAAA\n' >"$BIN/short.sh"
+printf '#!/bin/sh\necho "%s:256:%s"\n' "$KC_B64" "$KC_B64" >"$BIN/fields.sh" # the key as the cipher
 cat >"$BIN/slow.sh" <<'EOF2'
 #!/bin/sh
 sleep 300 &
@@ -185,6 +187,7 @@ refused too_long "printed more than 512 bytes" "$BIN/long.sh"
 refused empty "printed nothing" "$BIN/empty.sh"
 refused malformed "malformed" "$BIN/hello.sh"
 refused short "not canonical base64 of 32 bytes" "$BIN/short.sh"
+refused fields "cipher '\\(not shown\\)'" "$BIN/fields.sh"
 refused keyword "unknown keyword 'args'" "$BIN/kc.py" "args x"
 refused bad_timeout "timeout '0' is not a number of seconds" "$BIN/kc.py" "timeout 0"
 ok
