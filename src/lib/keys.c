@@ -520,7 +520,7 @@ static int keycmd_parse(char *buf, const char *path, const char *name, struct ke
 		ret = -EINVAL;
 	}
 	if (ret < 0)
-		return ret;
+		goto out;
 	kc->argv[0] = (char *)kc->program;
 	kc->argv[1 + kc->argc] = NULL;
 	snprintf(kc->env_path, sizeof(kc->env_path), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
@@ -528,7 +528,8 @@ static int keycmd_parse(char *buf, const char *path, const char *name, struct ke
 	kc->envp[kc->envc++] = kc->env_path;
 	kc->envp[kc->envc++] = kc->env_name;
 	kc->envp[kc->envc] = NULL;
-	return 0;
+out:
+	return ret;
 }
 
 /* The program: its real path a regular executable file owned by root or us,
@@ -539,33 +540,26 @@ static int keycmd_check_program(const char *path, struct keycmd *kc)
 	struct stat st;
 	uid_t me = geteuid();
 	char dir[PATH_MAX];
-	if (!realpath(kc->program, kc->exe)) {
-		int e = errno;
-		rk_err("key command %s: program %s: %s", path, rk_esc(kc->program), strerror(e));
-		return e == ENOENT ? -ENOENT : -e;
-	}
-	if (stat(kc->exe, &st) < 0) {
-		int e = errno;
-		rk_err("key command %s: program %s: %s", path, kc->exe, strerror(e));
-		return -e;
-	}
-	if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
+	int ret = 0;
+	if (!realpath(kc->program, kc->exe) || stat(kc->exe, &st) < 0) {
+		ret = -errno;
+		rk_err("key command %s: program %s: %s", path, rk_esc(kc->program), strerror(-ret));
+	} else if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
 		rk_err("key command %s: program %s is not an executable regular file: refused", path, kc->exe);
-		return -EPERM;
-	}
-	if (st.st_uid != 0 && st.st_uid != me) {
+		ret = -EPERM;
+	} else if (st.st_uid != 0 && st.st_uid != me) {
 		rk_err("key command %s: program %s is owned by uid %u, not by root or by this process's user "
 		       "(uid %u), who could make it print another key: refused (run: chown %u %s)",
 		       path, kc->exe, (unsigned)st.st_uid, (unsigned)me, (unsigned)me, kc->exe);
-		return -EPERM;
-	}
-	if (st.st_mode & 022) {
+		ret = -EPERM;
+	} else if (st.st_mode & 022) {
 		rk_err("key command %s: program %s has mode %04o, writable by group or others: refused "
 		       "(run: chmod go-w %s)", path, kc->exe, (unsigned)(st.st_mode & 07777), kc->exe);
-		return -EPERM;
+		ret = -EPERM;
 	}
+	/* every directory above it, up to / */
 	snprintf(dir, sizeof(dir), "%s", kc->exe);
-	for (char *slash = strrchr(dir, '/'); slash; slash = strrchr(dir, '/')) {
+	for (char *slash = strrchr(dir, '/'); ret == 0 && slash; slash = strrchr(dir, '/')) {
 		if (slash == dir) {
 			if (dir[1] == '\0')
 				break;
@@ -574,24 +568,21 @@ static int keycmd_check_program(const char *path, struct keycmd *kc)
 			*slash = '\0';
 		}
 		if (stat(dir, &st) < 0) {
-			int e = errno;
-			rk_err("key command %s: cannot stat %s: %s", path, dir, strerror(e));
-			return -e;
-		}
-		if (st.st_uid != 0 && st.st_uid != me) {
+			ret = -errno;
+			rk_err("key command %s: cannot stat %s: %s", path, dir, strerror(-ret));
+		} else if (st.st_uid != 0 && st.st_uid != me) {
 			rk_err("key command %s: program %s is refused: directory %s is owned by uid %u, not by root or "
 			       "by this process's user (run: chown %u %s)", path, kc->exe, dir, (unsigned)st.st_uid,
 			       (unsigned)me, dir);
-			return -EPERM;
-		}
-		if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+			ret = -EPERM;
+		} else if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
 			rk_err("key command %s: program %s is refused: directory %s has mode %04o, writable by group "
 			       "or others, who could replace the program (run: chmod go-w %s)", path, kc->exe, dir,
 			       (unsigned)(st.st_mode & 07777), dir);
-			return -EPERM;
+			ret = -EPERM;
 		}
 	}
-	return 0;
+	return ret;
 }
 
 static int64_t mono_ms(void)
