@@ -917,25 +917,38 @@ const char *rk_keyring_dir(const struct rk_keyring *kr) { return kr->dir; }
 int rk_keyring_get(struct rk_keyring *kr, const char *name, struct rk_key **out)
 {
 	struct kr_ent *e;
-	int ret;
+	struct rk_key *k = NULL;
+	int ret, err = 0;
+	rk_mutex_lock(&kr->lock, RK_RANK_KEYRING);
+	HASH_FIND_STR(kr->ents, name, e);
+	rk_mutex_unlock(&kr->lock);
+	/* loaded without the keyring lock: a key command entry's program may
+	 * take up to its timeout, and other keys must not wait for it */
+	if (!e)
+		err = rk_key_load(kr->dir, name, &k);
 	rk_mutex_lock(&kr->lock, RK_RANK_KEYRING);
 	HASH_FIND_STR(kr->ents, name, e);
 	if (!e) {
+		/* first to finish: ours is the entry (a thread that loaded the
+		 * same name meanwhile drops its copy below) */
 		e = calloc(1, sizeof(*e));
-		if (!e) {
-			rk_mutex_unlock(&kr->lock);
-			return -ENOMEM;
+		if (e) {
+			snprintf(e->name, sizeof(e->name), "%s", name);
+			e->key = k;
+			e->err = err;
+			k = NULL;
+			HASH_ADD_STR(kr->ents, name, e);
 		}
-		snprintf(e->name, sizeof(e->name), "%s", name);
-		e->err = rk_key_load(kr->dir, name, &e->key);
-		HASH_ADD_STR(kr->ents, name, e);
 	}
-	if (e->released)
+	if (!e)
+		ret = -ENOMEM;
+	else if (e->released)
 		ret = -EKEYREVOKED;
 	else
 		ret = e->err;
 	*out = ret == 0 ? e->key : NULL;
 	rk_mutex_unlock(&kr->lock);
+	rk_key_free(k);
 	return ret;
 }
 

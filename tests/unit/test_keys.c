@@ -3,6 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -842,6 +845,58 @@ static void test_keycmd(void **state)
 	tu_log_assert_absent(b64);
 }
 
+/* A slow key command does not hold the keyring: while its program runs
+ * (it waits for a file the test creates only afterwards), another key is
+ * found.  With the keyring locked during the load, the second get would
+ * wait for the first one's timeout and find it done. */
+struct slow_get {
+	struct rk_keyring *kr;
+	int ret;
+	atomic_bool done;
+};
+
+static void *slow_get_thread(void *arg)
+{
+	struct slow_get *g = arg;
+	struct rk_key *k;
+	g->ret = rk_keyring_get(g->kr, "slow", &k);
+	atomic_store(&g->done, true);
+	return NULL;
+}
+
+static void test_keycmd_no_keyring_stall(void **state)
+{
+	struct tu_fx *f = *state;
+	char kd[PATH_MAX], prog[PATH_MAX], text[4 * PATH_MAX], started[PATH_MAX], go[PATH_MAX];
+	struct rk_key *k;
+	struct slow_get g = {0};
+	pthread_t th;
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "src");
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "fast");
+	tu_path(kd, "%s/keys", f->dir);
+	tu_path(prog, "%s/wait.sh", f->dir);
+	tu_path(started, "%s/started", f->dir);
+	tu_path(go, "%s/go", f->dir);
+	snprintf(text, sizeof(text), "#!/bin/sh\n: >%s\nwhile [ ! -e %s ]; do sleep 0.02; done\nexec cat %s/src\n", started,
+	         go, f->keydir);
+	cmd_prog(prog, text);
+	cmd_entry(kd, "slow", prog, "timeout 20\n");
+	assert_int_equal(rk_keyring_new(kd, &g.kr), 0);
+	assert_int_equal(pthread_create(&th, NULL, slow_get_thread, &g), 0);
+	for (int i = 0; i < 2000 && access(started, F_OK) != 0; i++) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(access(started, F_OK), 0);
+	assert_int_equal(rk_keyring_get(g.kr, "fast", &k), 0);
+	assert_false(atomic_load(&g.done));
+	tu_write_file(go, "", 0, 0600);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(g.ret, 0);
+	assert_int_equal(rk_keyring_get(g.kr, "slow", &k), 0);
+	rk_keyring_free(g.kr);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
@@ -851,7 +906,7 @@ int main(void)
 		T(test_keyring),               T(test_keydir_list),              T(test_name_check_and_resolve),
 		T(test_no_key_material_in_logs), T(test_load_strict),           T(test_parse_u64),
 		T(test_escape_ctl),            T(test_keydir_trust),              T(test_secure_relock_after_fork),
-		T(test_keycmd),
+		T(test_keycmd), T(test_keycmd_no_keyring_stall),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
