@@ -4,7 +4,13 @@
  * by its file name inside a key directory.  Files readable or writable by
  * group or others are refused, as ssh refuses a loose private key; so are
  * key files owned by another user than root or the effective user, and
- * anything that is not a regular file (never opened: no FIFO can block). */
+ * anything that is not a regular file (never opened: no FIFO can block).
+ *
+ * A key file whose first line is "rekeyfs-key-command 1" is a key command
+ * entry: it names a program (absolute path, trusted owner and modes up to /)
+ * run without a shell, with a minimal environment, no inherited fds and a
+ * timeout; its stdout is the key line.  rk_key_load handles both, so every
+ * caller (daemon, reload-keys, rekeyctl) gets both; see rekeyfs(5). */
 #ifndef REKEYFS_KEYS_H
 #define REKEYFS_KEYS_H
 
@@ -47,8 +53,11 @@ int rk_keydir_check(const char *keydir);
 int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const char *name,
                   uint8_t fp_out[RK_FP_BYTES]);
 
-/* Load KEYDIR/NAME.  -ENOENT missing, -EPERM loose permissions, -EINVAL
- * malformed; a message naming the file and cause is logged.  *out is
+/* Load KEYDIR/NAME.  -ENOKEY missing, -EPERM loose permissions (of the
+ * entry, or of a command entry's program or its directories), -EINVAL
+ * malformed (entry or program output), -ETIMEDOUT a command that did not
+ * finish in time, -EIO one that failed; a message naming the file and cause
+ * is logged.  *out is
  * allocated; free with rk_key_free. */
 int rk_key_load(const char *keydir, const char *name, struct rk_key **out);
 void rk_key_free(struct rk_key *k);

@@ -3,6 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -770,6 +773,130 @@ static void test_no_key_material_in_logs(void **state)
 	/* (the teardown checks every key file of the directory again) */
 }
 
+/* ---- key command entries ---------------------------------------------------------- */
+static void cmd_entry(const char *kd, const char *name, const char *prog, const char *extra)
+{
+	char path[PATH_MAX], text[2 * PATH_MAX];
+	int n = snprintf(text, sizeof(text), "rekeyfs-key-command 1\nprogram %s\n%s", prog, extra);
+	tu_path(path, "%s/%s", kd, name);
+	tu_write_file(path, text, (size_t)n, 0600);
+}
+
+static void cmd_prog(const char *path, const char *script) { tu_write_file(path, script, strlen(script), 0755); }
+
+/* A command entry's key is the key its program prints (same fingerprint and
+ * material as the key file it cats); a timeout or a failure leaves no child
+ * behind in this (long-lived) process, and no key in the log. */
+static void test_keycmd(void **state)
+{
+	struct tu_fx *f = *state;
+	char kd[PATH_MAX], bin[PATH_MAX], prog[PATH_MAX], text[2 * PATH_MAX], b64[128];
+	struct rk_key *k = NULL, *kf = NULL;
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "src");
+	assert_int_equal(tu_key_b64(f->keydir, "src", b64, sizeof(b64)), 0);
+	tu_path(kd, "%s/cmdkeys", f->dir);
+	tu_path(bin, "%s/bin", f->dir);
+	assert_int_equal(mkdir(kd, 0700), 0);
+	assert_int_equal(mkdir(bin, 0755), 0);
+
+	tu_path(prog, "%s/cat.sh", bin);
+	snprintf(text, sizeof(text), "#!/bin/sh\n[ \"$REKEYFS_KEY_NAME\" = ok ] || exit 9\nexec cat %s/src\n", f->keydir);
+	cmd_prog(prog, text);
+	cmd_entry(kd, "ok", prog, "");
+	assert_int_equal(rk_key_load(kd, "ok", &k), 0);
+	assert_int_equal(rk_key_load(f->keydir, "src", &kf), 0);
+	assert_memory_equal(k->fp, kf->fp, RK_FP_BYTES);
+	assert_int_equal(k->keylen, kf->keylen);
+	assert_memory_equal(k->material, kf->material, k->keylen);
+	assert_string_equal(k->name, "ok");
+	rk_key_free(k);
+	rk_key_free(kf);
+	k = NULL;
+	assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+	assert_int_equal(errno, ECHILD);
+
+	/* non-zero exit: stderr logged, the key printed on stdout never */
+	tu_path(prog, "%s/fail.sh", bin);
+	snprintf(text, sizeof(text), "#!/bin/sh\ncat %s/src\necho token expired >&2\nexit 3\n", f->keydir);
+	cmd_prog(prog, text);
+	cmd_entry(kd, "fail", prog, "");
+	tu_log_clear();
+	assert_int_equal(rk_key_load(kd, "fail", &k), -EIO);
+	assert_null(k);
+	tu_assert_logged("exited with status 3", "token expired");
+
+	/* timeout: killed and reaped */
+	tu_path(prog, "%s/slow.sh", bin);
+	cmd_prog(prog, "#!/bin/sh\nexec sleep 100\n");
+	cmd_entry(kd, "slow", prog, "timeout 1\n");
+	tu_log_clear();
+	assert_int_equal(rk_key_load(kd, "slow", &k), -ETIMEDOUT);
+	tu_assert_logged("timeout of 1 s");
+	assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+	assert_int_equal(errno, ECHILD);
+
+	/* malformed entries */
+	cmd_entry(kd, "rel", "bin/cat.sh", "");
+	assert_int_equal(rk_key_load(kd, "rel", &k), -EINVAL);
+	cmd_entry(kd, "two", prog, "program /bin/true\n");
+	assert_int_equal(rk_key_load(kd, "two", &k), -EINVAL);
+	cmd_entry(kd, "noprog", "", "");
+	assert_int_equal(rk_key_load(kd, "noprog", &k), -EINVAL);
+	tu_log_assert_absent(b64);
+}
+
+/* A slow key command does not hold the keyring: while its program runs
+ * (it waits for a file the test creates only afterwards), another key is
+ * found.  With the keyring locked during the load, the second get would
+ * wait for the first one's timeout and find it done. */
+struct slow_get {
+	struct rk_keyring *kr;
+	int ret;
+	atomic_bool done;
+};
+
+static void *slow_get_thread(void *arg)
+{
+	struct slow_get *g = arg;
+	struct rk_key *k;
+	g->ret = rk_keyring_get(g->kr, "slow", &k);
+	atomic_store(&g->done, true);
+	return NULL;
+}
+
+static void test_keycmd_no_keyring_stall(void **state)
+{
+	struct tu_fx *f = *state;
+	char kd[PATH_MAX], prog[PATH_MAX], text[4 * PATH_MAX], started[PATH_MAX], go[PATH_MAX];
+	struct rk_key *k;
+	struct slow_get g = {0};
+	pthread_t th;
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "src");
+	tu_key_create(f->keydir, "AES/GCM/NoPadding", 256, "fast");
+	tu_path(kd, "%s/keys", f->dir);
+	tu_path(prog, "%s/wait.sh", f->dir);
+	tu_path(started, "%s/started", f->dir);
+	tu_path(go, "%s/go", f->dir);
+	snprintf(text, sizeof(text), "#!/bin/sh\n: >%s\nwhile [ ! -e %s ]; do sleep 0.02; done\nexec cat %s/src\n", started,
+	         go, f->keydir);
+	cmd_prog(prog, text);
+	cmd_entry(kd, "slow", prog, "timeout 20\n");
+	assert_int_equal(rk_keyring_new(kd, &g.kr), 0);
+	assert_int_equal(pthread_create(&th, NULL, slow_get_thread, &g), 0);
+	for (int i = 0; i < 2000 && access(started, F_OK) != 0; i++) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(access(started, F_OK), 0);
+	assert_int_equal(rk_keyring_get(g.kr, "fast", &k), 0);
+	assert_false(atomic_load(&g.done));
+	tu_write_file(go, "", 0, 0600);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(g.ret, 0);
+	assert_int_equal(rk_keyring_get(g.kr, "slow", &k), 0);
+	rk_keyring_free(g.kr);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 int main(void)
 {
@@ -779,6 +906,7 @@ int main(void)
 		T(test_keyring),               T(test_keydir_list),              T(test_name_check_and_resolve),
 		T(test_no_key_material_in_logs), T(test_load_strict),           T(test_parse_u64),
 		T(test_escape_ctl),            T(test_keydir_trust),              T(test_secure_relock_after_fork),
+		T(test_keycmd), T(test_keycmd_no_keyring_stall),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
