@@ -84,8 +84,7 @@ static const struct help helps[] = {
 	{"release-key", "rekeyctl release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
 	 "retire key NAME once no chunk is under it (every slot's key reference is read)", KEYDIR_OPT HELP_OPT},
 	{"mark-compromised", "rekeyctl mark-compromised [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
-	 "record key NAME as compromised in the key registry: data keys it ever wrapped count as exposed until a reseal "
-	 "(rotate without --rewrap); a rewrap does not clear them",
+	 "mark key NAME compromised: data keys it ever wrapped stay exposed until a reseal (not a rewrap)",
 	 KEYDIR_OPT HELP_OPT},
 	{"unmark-compromised", "rekeyctl unmark-compromised [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
 	 "clear a mark-compromised made by mistake", KEYDIR_OPT HELP_OPT},
