@@ -125,7 +125,7 @@ struct rk_cov_query {
 	uint64_t files;
 	char **names;     /* first such files */
 	size_t nnames;
-	uint64_t wrapped_files; /* format 2 headers wrapping a data key under this key name */
+	uint64_t wrapped_files; /* files without chunks whose format 2 header wraps a data key under it (rk_release_wrap_blocks) */
 };
 
 struct rk_cov {

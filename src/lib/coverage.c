@@ -390,16 +390,18 @@ static int finish_file(struct scan *s, size_t ti, const char *rel, struct frec *
 	bool wq = false;
 	int ret;
 	if (f->chunk) {
+		uint64_t all = f->malformed;
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			all += f->h.keys[j].in_use ? f->counts[j] : 0;
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 			const struct rk_cf_keyent *e = &f->h.keys[j];
 			if (!e->in_use)
 				continue;
 			f->st[j] = key_status(s, e->name, e->fp, e->cipher);
 			f->on[j] = target_matches(s->dd, tab->key, e);
-			if (q && strcmp(e->name, q) == 0) {
+			if (q && strcmp(e->name, q) == 0)
 				nq += f->counts[j];
-				wq |= f->h.version >= RK_FORMAT_V2;
-			}
+			wq |= q && rk_release_wrap_blocks(&f->h, j, q, all);
 		}
 	}
 	if (nq || wq) {

@@ -487,12 +487,14 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	if (refs.unreadable) {
 		n = 1;
 	} else if (refs.chunk) {
+		uint64_t all = refs.malformed;
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
-			if (refs.h.keys[j].in_use && strcmp(refs.h.keys[j].name, c->name) == 0) {
+			all += refs.counts[j];
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+			if (refs.h.keys[j].in_use && strcmp(refs.h.keys[j].name, c->name) == 0)
 				n += refs.counts[j];
-				/* format 2: the entry wraps a data key under it, chunks or not */
-				wraps |= refs.h.version >= RK_FORMAT_V2;
-			}
+			wraps |= rk_release_wrap_blocks(&refs.h, j, c->name, all);
+		}
 		/* a malformed slot header might be a chunk under the key: count it */
 		n += refs.malformed;
 		v->malformed += refs.malformed;
