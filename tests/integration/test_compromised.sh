@@ -113,4 +113,25 @@ run rekeyctl unmark-compromised -d "$KEYS" key3 "$DATA"
 assert_rc 0 "unmark-compromised key3"
 run rekeyctl fsck -d "$KEYS" "$DATA"
 if grep -q "marked compromised" "$T_OUT"; then fail "fsck still reports a compromised key: $(cat "$T_OUT")"; fi
+
+checking "format 1 files (golden fixtures): no wrap layer, release and exposure by their chunks as before"
+cp "$TEST_SRCDIR/golden/keys/golden_aes256" "$KEYS/" && chmod 600 "$KEYS/golden_aes256" || fail "golden key"
+V1="$T_TMP/v1"
+new_datadir "$V1" 16 golden_aes256
+cp "$TEST_SRCDIR/golden/files/one-chunk.txt" "$TEST_SRCDIR/golden/files/empty" "$V1/" || fail "copy golden files"
+run rekeyctl fsck -d "$KEYS" "$V1"
+assert_rc 0 "fsck of the format 1 files: $(cat "$T_OUT")"
+assert_out_has "^    golden_aes256 +ok +1 +.* +1 +-  target$" "no wrap layer: WRAPPED is -"
+DATA=$V1
+x=$(fsck_json '"%s %s" % (d["total"]["v2_files"], [k["wrapped_files"] for k in d["keys"]])')
+assert_eq "0 [0]" "$x" "JSON: no format 2 file, nothing wrapped"
+run rekeyctl alter -d "$KEYS" "$V1" --key key5
+assert_rc 0 "alter the format 1 directory to key5"
+run rekeyctl release-key -d "$KEYS" golden_aes256 "$V1"
+assert_rc_nonzero "release with a format 1 chunk under the key"
+assert_err_has "refused: 1 chunk\(s\) in 1 file\(s\) are still under it \(/one-chunk.txt\); 0 format 2 header" "the format 1 empty file does not block"
+run rekeyctl mark-compromised -d "$KEYS" golden_aes256 "$V1"
+assert_rc 0 "mark-compromised golden_aes256"
+run rekeyctl fsck -d "$KEYS" "$V1"
+assert_out_has "^key golden_aes256 is marked compromised: 1 chunk in 1 file is sealed under data keys it wrapped" "format 1 chunks are exposed (derived subkeys)"
 finish
