@@ -43,6 +43,21 @@ struct rk_cov_key {
 	                     headers only: chunks x chunk size, capped at the file size) */
 	char **names;     /* status not usable: first files (rel paths) with such chunks */
 	size_t nnames;
+	/* the wrap layer (format 2): files whose header wraps a data key under
+	 * this key (name and fingerprint), whether or not a chunk is sealed
+	 * under that data key; version 1 files have no wrap layer */
+	uint64_t wrapped_files;
+};
+
+/* Data sealed under data keys a compromised key ever wrapped (its
+ * fingerprint is the entry's, or in the entry's history, or the history
+ * overflowed), or under a version 1 subkey derived from it: one per
+ * registry key (rk_cov.registry order); zero for keys not compromised. */
+struct rk_cov_exposure {
+	uint64_t chunks;
+	uint64_t files;
+	char **names;     /* first such files */
+	size_t nnames;
 };
 
 struct rk_cov_table {
@@ -69,6 +84,8 @@ struct rk_cov_table {
 	size_t nkeys;
 	char **off_target;       /* first names (rel paths) of files off target */
 	size_t noff_target;
+	uint64_t v2_files;       /* chunk files of format 2 (with a wrap layer) */
+	struct rk_cov_exposure *exposed; /* rk_cov.nregistry entries */
 };
 
 enum rk_cov_problem_kind {
@@ -98,6 +115,7 @@ struct rk_cov_regkey {
 	unsigned bits;
 	enum rk_keystate state;
 	enum rk_cov_keystat file; /* its key file, as the scan's keyring sees it */
+	bool compromised;         /* marked compromised (rekeyctl mark-compromised) */
 };
 
 /* The release question for one key (opts->query_key), from an exact scan. */
@@ -107,6 +125,7 @@ struct rk_cov_query {
 	uint64_t files;
 	char **names;     /* first such files */
 	size_t nnames;
+	uint64_t wrapped_files; /* files without chunks whose format 2 header wraps a data key under it (rk_release_wrap_blocks) */
 };
 
 struct rk_cov {
@@ -161,6 +180,9 @@ struct rk_cov_opts {
  * return value is negative only when the scan itself could not run. */
 int rk_coverage_scan(struct rk_datadir *dd, const struct rk_cov_opts *opts, struct rk_cov **out);
 void rk_coverage_free(struct rk_cov *c);
+/* Does a header's key entry's data key count as exposed by a key of
+ * fingerprint fp marked compromised (rekeyfs(5), FORMAT V2)? */
+bool rk_cov_entry_exposed(const struct rk_cf_header *h, const struct rk_cf_keyent *e, const uint8_t *fp);
 /* Chunks under key NAME (any fingerprint) in the whole result. */
 uint64_t rk_cov_key_chunks(const struct rk_cov *c, const char *name);
 

@@ -45,6 +45,9 @@ struct rk_regent {
 	unsigned bits;
 	uint8_t fp[RK_FP_BYTES];
 	enum rk_keystate state;
+	/* marked compromised (rekeyctl mark-compromised): a rewrap does not
+	 * protect data keys it ever wrapped; only a reseal does (rekeyfs(5)) */
+	bool compromised;
 };
 
 struct rk_datadir {
@@ -116,5 +119,11 @@ int rk_registry_verify(struct rk_datadir *dd, struct rk_keyring *kr);
  * key file is still in the key directory: a chunk found under one is
  * reported as sealed under a released key. */
 void rk_registry_apply_released(struct rk_datadir *dd, struct rk_keyring *kr);
+/* Mark (or, with on false, unmark) key NAME compromised and save the
+ * registry (atomic replace, like every registry write).  -ENOENT when the
+ * registry does not know the key; 1 when it already was in that state. */
+int rk_registry_mark_compromised(struct rk_datadir *dd, const char *name, bool on);
+/* Is a header fingerprint a compromised key of the registry? */
+bool rk_registry_fp_compromised(const struct rk_datadir *dd, const uint8_t *fp);
 
 #endif

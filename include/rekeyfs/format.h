@@ -68,6 +68,7 @@
 #define REKEYFS_FORMAT_H
 
 #include <stdbool.h>
+#include <string.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
@@ -295,6 +296,20 @@ int rk_cf_create_version(int fd, const char *path, struct rk_keyring *kr, uint32
  * flags and history must be set first (they are bound by the AAD).  0, or
  * -EKEYREVOKED / -EKEYREJECTED (kek released, or not the entry's key). */
 int rk_dek_wrap(struct rk_cf_header *h, int j, const struct rk_key *kek, const uint8_t *dek);
+/* The wrap layer's part of the release rule (one rule for release-key, the
+ * daemon's release, rotate's verify and fsck --key): a format 2 header
+ * whose entry j names the key being released blocks the release when the
+ * file holds no chunk at all (an empty or all-holes file: nothing but a
+ * rewrap or a rekey ever changes its key table).  A zero-count entry left
+ * in a file whose chunks were resealed in place under another key does not
+ * block: every slot reference was read, no chunk needs the key (rekeyfs(5),
+ * FORMAT V2). */
+static inline bool rk_release_wrap_blocks(const struct rk_cf_header *h, int j, const char *name,
+                                          uint64_t file_chunks)
+{
+	return h->version >= RK_FORMAT_V2 && h->keys[j].in_use && strcmp(h->keys[j].name, name) == 0 &&
+	       file_chunks == 0;
+}
 /* Open entry j's wrapped DEK under kek into dek (dek_len bytes).  -EBADMSG
  * when it does not authenticate (damaged, or another key of that name and
  * fingerprint); -EINVAL when h is not v2 or the entry unused; as rk_dek_wrap. */

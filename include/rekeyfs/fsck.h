@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "coverage.h"
 #include "datadir.h"
@@ -45,6 +46,10 @@ void rk_fsck_scan_opts(const struct rk_fsck_opts *fo, struct rk_keyring *kr, str
 
 /* The answer to --key: true when the key may be released. */
 bool rk_fsck_may_release(const struct rk_cov *c);
+/* One line per key the registry marks compromised: the chunks of table t
+ * (or the total) sealed under data keys it ever wrapped, and that only a
+ * reseal clears them; each line starts with ind. */
+void rk_fsck_exposure_text(FILE *f, const struct rk_cov *c, const struct rk_cov_table *t, const char *ind);
 /* Exit status of a finished scan (RK_FSCK_EXIT_* bits). */
 int rk_fsck_exit_code(const struct rk_cov *c);
 /* Render the report (text, or JSON with fo->json); *out is allocated. */

@@ -171,6 +171,7 @@ bool rk_rekey_filter_has(char (*filter)[RK_TABLE_PATH_MAX], int nfilter, const c
 #define RK_RELEASE_FIRST 4
 struct rk_release_verdict {
 	uint64_t chunks, files, malformed;
+	uint64_t wrapped; /* format 2 files whose header wraps a data key under it (with or without chunks) */
 	char first[RK_RELEASE_FIRST][PATH_MAX]; /* the first files holding it */
 	int nfirst;
 	int err; /* an open file that could not be read (counted as holding it) */
@@ -181,10 +182,17 @@ struct rk_release_verdict {
  * policy from changing meanwhile. */
 const char *rk_release_targeted_by(const struct rk_datadir *dd, const char *name);
 /* Walk the tree at rootfd reading every chunk's key reference (no
- * decryption; header counts can be stale after a crash).  An unreadable
- * header or slot counts as a chunk under the key.  v->chunks == 0 means the
- * key may be released. */
+ * decryption; header counts can be stale after a crash) and every header's
+ * key table: a format 2 entry naming the key wraps a data key under it even
+ * when no chunk is sealed under that data key.  An unreadable header or
+ * slot counts as a chunk under the key.  rk_release_allowed() tells. */
 int rk_release_scan(int rootfd, const char *name, const struct rk_rekey_access *acc, struct rk_release_verdict *v);
+/* The release verdict, one rule: no chunk references the key and no
+ * header wraps a data key under it. */
+static inline bool rk_release_allowed(const struct rk_release_verdict *v)
+{
+	return v->chunks == 0 && v->wrapped == 0;
+}
 /* "a, b, c" of the first files, with ", ..." when there are more */
 void rk_release_list(const struct rk_release_verdict *v, char *buf, size_t len);
 

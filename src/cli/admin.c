@@ -13,6 +13,7 @@
 #include "rekeyfs/common.h"
 #include "rekeyfs/convert.h"
 #include "rekeyfs/coverage.h"
+#include "rekeyfs/fsck.h"
 #include "rekeyfs/datadir.h"
 #include "rekeyfs/format.h"
 #include "rekeyfs/journal.h"
@@ -350,6 +351,7 @@ int rkc_cmd_keys(int argc, char **argv)
 	       " chunks, %.1f%% on their table's target key\n",
 	       cov->total.files, cov->total.chunk_files, cov->total.plain_files, cov->total.corrupt_files,
 	       cov->total.chunks, cov->total.chunks ? 100.0 * (double)cov->total.chunks_on_target / (double)cov->total.chunks : 100.0);
+	rk_fsck_exposure_text(stdout, cov, &cov->total, "");
 out:
 	rk_coverage_free(cov);
 	rk_datadir_close(dd);

@@ -62,6 +62,8 @@ int rkc_cmd_encrypt_online(int argc, char **argv);
 int rkc_offline_release(const char *dir, const char *name, FILE *out);
 int rkc_cmd_rekey(int argc, char **argv);
 int rkc_cmd_release(int argc, char **argv);
+int rkc_cmd_mark_compromised(int argc, char **argv);
+int rkc_cmd_unmark_compromised(int argc, char **argv);
 
 /* status.c */
 /* -d KEYDIR, -q, --json (quiet and json may be NULL when not accepted) */

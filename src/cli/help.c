@@ -83,6 +83,11 @@ static const struct help helps[] = {
 	 HELP_OPT},
 	{"release-key", "rekeyctl release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
 	 "retire key NAME once no chunk is under it (every slot's key reference is read)", KEYDIR_OPT HELP_OPT},
+	{"mark-compromised", "rekeyctl mark-compromised [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
+	 "mark key NAME compromised: data keys it ever wrapped stay exposed until a reseal (not a rewrap)",
+	 KEYDIR_OPT HELP_OPT},
+	{"unmark-compromised", "rekeyctl unmark-compromised [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
+	 "clear a mark-compromised made by mistake", KEYDIR_OPT HELP_OPT},
 	{"fsck", "rekeyctl fsck [-d KEYDIR] [--deep] [--json] [--key NAME] [--table T] [--verbose] DATADIR_OR_MOUNT...",
 	 "coverage report; exit 0 clean, 1 chunks under old keys, 4 corrupt",
 	 KEYDIR_OPT "  -D, --deep           decrypt every chunk (authenticates the data)\n"

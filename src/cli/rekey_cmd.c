@@ -161,12 +161,13 @@ int rkc_offline_release(const char *dir, const char *name, FILE *out)
 	ret = rk_release_scan(dd->dirfd, name, NULL, &v);
 	if (ret < 0)
 		goto out;
-	if (v.chunks) {
+	if (!rk_release_allowed(&v)) {
 		char list[RK_RELEASE_FIRST * PATH_MAX + 16];
 		rk_release_list(&v, list, sizeof(list));
-		rk_err("%s: release of '%s' refused: %" PRIu64 " chunk(s) in %" PRIu64
-		       " file(s) are still under it (%s); run 'rekeyctl rekey %s' first",
-		       dir, name, v.chunks, v.files, list, dir);
+		rk_err("%s: release of '%s' refused: %" PRIu64 " chunk(s) in %" PRIu64 " file(s) are still under it (%s); %" PRIu64
+		       " format 2 header(s) wrap a data key under it; run 'rekeyctl rotate --rewrap' or 'rekeyctl rekey %s' "
+		       "first",
+		       dir, name, v.chunks, v.files, list, v.wrapped, dir);
 		ret = -EBUSY;
 		goto out;
 	}
@@ -260,3 +261,64 @@ int rkc_cmd_release(int argc, char **argv)
 	return ret;
 }
 
+
+/* ---- mark-compromised / unmark-compromised ------------------------------------------------------ */
+static int offline_mark(const char *dir, const char *name, bool on)
+{
+	struct rk_datadir *dd = NULL;
+	int ret = rkc_open_offline(dir, RK_DD_EXCLUSIVE, NULL, &dd);
+	if (ret < 0)
+		return ret;
+	ret = rk_registry_mark_compromised(dd, name, on);
+	if (ret == -ENOENT)
+		rk_err("%s: key '%s' is not in this data directory's registry", dir, name);
+	else if (ret == 1)
+		printf("%s: key '%s' is %s marked compromised\n", rk_esc(dir), rk_esc(name), on ? "already" : "not");
+	else if (ret == 0 && on)
+		printf("%s: key '%s' marked compromised: data keys it ever wrapped count as exposed until a reseal (rotate "
+		       "without --rewrap); see rekeyctl fsck\n",
+		       rk_esc(dir), rk_esc(name));
+	else if (ret == 0)
+		printf("%s: key '%s' is no longer marked compromised\n", rk_esc(dir), rk_esc(name));
+	rk_datadir_close(dd);
+	return ret < 0 ? ret : 0;
+}
+
+static int cmd_mark(int argc, char **argv, const char *cmdname, bool on)
+{
+	const char *keydir = NULL;
+	int pr = rkc_parse_d(argc, argv, cmdname, &keydir, NULL, NULL);
+	if (pr < 0)
+		return pr;
+	rkc_set_keydir(keydir);
+	if (argc - optind < 2) {
+		rk_err("usage: %s", rkc_usage_line(cmdname));
+		return RKC_USAGE;
+	}
+	const char *name = argv[optind];
+	if (rk_key_name_check(name) < 0) {
+		rk_err("%s: invalid key name '%s'", cmdname, name);
+		return RKC_USAGE;
+	}
+	int ret = 0;
+	for (int i = optind + 1; i < argc; i++) {
+		int r;
+		if (rkc_is_mount(argv[i])) {
+			char *root = NULL, *rel = NULL, *reply = NULL, cmd[256];
+			rkc_mount_find(argv[i], &root, &rel);
+			snprintf(cmd, sizeof(cmd), "%s %s\n", on ? "compromised" : "uncompromised", name);
+			r = rkc_control(root, cmd, &reply);
+			r = rkc_print_reply(r, reply);
+			free(root);
+			free(rel);
+		} else {
+			r = offline_mark(argv[i], name, on);
+		}
+		if (r < 0 && ret == 0)
+			ret = r;
+	}
+	return ret;
+}
+
+int rkc_cmd_mark_compromised(int argc, char **argv) { return cmd_mark(argc, argv, "mark-compromised", true); }
+int rkc_cmd_unmark_compromised(int argc, char **argv) { return cmd_mark(argc, argv, "unmark-compromised", false); }

@@ -21,6 +21,7 @@ int main(int argc, char **argv)
 		{"createkey", rkc_cmd_createkey}, {"init", rkc_cmd_init}, {"alter", rkc_cmd_alter},
 		{"keys", rkc_cmd_keys},           {"encrypt", rkc_cmd_encrypt}, {"cat", rkc_cmd_cat},
 		{"rekey", rkc_cmd_rekey},     {"status", rkc_cmd_status}, {"release-key", rkc_cmd_release},
+		{"mark-compromised", rkc_cmd_mark_compromised}, {"unmark-compromised", rkc_cmd_unmark_compromised},
 		{"fsck", rkc_cmd_fsck},           {"pause", rkc_cmd_pause},     {"resume", rkc_cmd_resume},
 		{"throttle", rkc_cmd_throttle},   {"rotate", rkc_cmd_rotate},   {"metrics", rkc_cmd_metrics}, {"help", rkc_cmd_help},
 	};

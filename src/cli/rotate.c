@@ -238,14 +238,17 @@ static int offline_verify(const char *dir, const struct rot *r)
 	if (ret < 0)
 		return ret;
 	ret = rk_release_scan(dd->dirfd, r->from, NULL, &v);
-	if (ret == 0 && v.chunks == 0) {
-		fprintf(rot_out(r), "verify: no chunk of %s is under %s (every chunk slot's key reference was read)\n",
+	if (ret == 0 && rk_release_allowed(&v)) {
+		fprintf(rot_out(r),
+		        "verify: no chunk of %s is under %s and no header wraps a data key under it (every chunk slot's key "
+		        "reference and every header was read)\n",
 		        rk_esc(dir), rk_esc(r->from));
 	} else if (ret == 0) {
 		char list[RK_RELEASE_FIRST * PATH_MAX + 16];
 		rk_release_list(&v, list, sizeof(list));
-		rk_err("verify: %" PRIu64 " chunk(s) in %" PRIu64 " file(s) of %s are still under %s (%s)", v.chunks, v.files,
-		       dir, r->from, list);
+		rk_err("verify: %" PRIu64 " chunk(s) in %" PRIu64 " file(s) of %s are still under %s (%s); %" PRIu64
+		       " format 2 header(s) wrap a data key under it",
+		       v.chunks, v.files, dir, r->from, list, v.wrapped);
 		ret = -EBUSY;
 	} else {
 		rk_err("verify: the scan of %s for %s failed: %s", dir, r->from, rk_strerror(ret));

@@ -76,6 +76,29 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 }
 
 /* alter TABLE KEY [CHUNK_KB|-] [COMPRESSION|-] */
+/* compromised NAME / uncompromised NAME: the registry records it (rekeyctl mark-compromised) */
+static int ctl_compromised(struct rkd_fs *fs, char *args, bool on, char **out, size_t *len)
+{
+	char *save = NULL, *name = strtok_r(args, " \t", &save);
+	if (!name || strtok_r(NULL, " \t", &save) || rk_key_name_check(name) < 0)
+		return rkd_reply(out, len, -EINVAL, "usage: %s NAME", on ? "compromised" : "uncompromised");
+	rk_rw_wrlock(&fs->policy_lock, RK_RANK_POLICY);
+	int ret = rk_registry_mark_compromised(fs->dd, name, on);
+	rk_rw_unlock(&fs->policy_lock);
+	if (ret == -ENOENT)
+		return rkd_reply(out, len, ret, "key '%s' is not in this data directory's registry", name);
+	if (ret < 0)
+		return rkd_reply(out, len, ret, "cannot save the registry: %s", rk_strerror(ret));
+	if (ret == 1)
+		return rkd_reply(out, len, 0, "key '%s' is %s marked compromised", name, on ? "already" : "not");
+	rk_info("key '%s' %s", name, on ? "marked compromised" : "no longer marked compromised");
+	return rkd_reply(out, len, 0,
+	                 on ? "key '%s' marked compromised: data keys it ever wrapped count as exposed until a reseal "
+	                      "(rotate without --rewrap); see rekeyctl fsck"
+	                    : "key '%s' is no longer marked compromised",
+	                 name);
+}
+
 static int ctl_alter(struct rkd_fs *fs, char *args, char **out, size_t *len)
 {
 	char *save = NULL;
@@ -163,6 +186,8 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 		rk_keyring_reload(fs->kr);
 		return rkd_reply(out, len, 0, "key directory will be re-read on next use");
 	}
+	if (strcmp(cmd, "compromised") == 0 || strcmp(cmd, "uncompromised") == 0)
+		return ctl_compromised(fs, rest, strcmp(cmd, "compromised") == 0, out, len);
 	if (strcmp(cmd, "ping") == 0)
 		return rkd_reply(out, len, 0, "pong pid %ld", (long)getpid());
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
@@ -175,6 +200,6 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	if (strcmp(cmd, "metrics-refresh") == 0)
 		return rkd_metrics_control(fs, cmd, rest, out, len);
 	return rkd_reply(out, len, -EINVAL,
-	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, encrypt, encrypt-cancel, fsck, metrics-refresh, reload-keys, ping)",
+	             "unknown command '%s' (known: alter, rekey, pause, resume, rate, release, compromised, uncompromised, encrypt, encrypt-cancel, fsck, metrics-refresh, reload-keys, ping)",
 	             cmd);
 }

@@ -43,13 +43,14 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 	int ret = rk_release_scan(fs->rootfd, name, &acc, &v);
 	if (ret < 0)
 		return rkd_reply(out, len, ret, "release of '%s' refused: the scan failed: %s", name, rk_strerror(ret));
-	if (v.chunks) {
+	if (!rk_release_allowed(&v)) {
 		char list[RK_RELEASE_FIRST * PATH_MAX + 16];
 		rk_release_list(&v, list, sizeof(list));
 		return rkd_reply(out, len, -EBUSY,
-		                 "release of '%s' refused: %" PRIu64 " chunk(s) in %" PRIu64
-		                 " file(s) are still under it (%s); run 'rekeyctl rekey' and wait for the sweep",
-		                 name, v.chunks, v.files, list);
+		                 "release of '%s' refused: %" PRIu64 " chunk(s) in %" PRIu64 " file(s) are still under it (%s); %" PRIu64
+		                 " format 2 header(s) wrap a data key under it; run 'rekeyctl rotate --rewrap' (headers) or "
+		                 "'rekeyctl rekey' and wait for the sweep",
+		                 name, v.chunks, v.files, list, v.wrapped);
 	}
 	/* the journal's records are authenticated under one key: not this one any more */
 	char rootkey[RK_KEY_NAME_MAX + 1];

@@ -263,6 +263,20 @@ static bool target_matches(const struct rk_datadir *dd, const char *target, cons
 	return true;
 }
 
+bool rk_cov_entry_exposed(const struct rk_cf_header *h, const struct rk_cf_keyent *e, const uint8_t *fp)
+{
+	if (memcmp(e->fp, fp, RK_FP_BYTES) == 0)
+		return true; /* wrapped under it now, or (v1) derived from it */
+	if (h->version < RK_FORMAT_V2)
+		return false;
+	if (e->wflags & RK_WF_HIST_OVERFLOW)
+		return true; /* earlier KEKs are unknown: conservatively exposed */
+	for (int i = 0; i < e->hist_n && i < RK_WRAP_HIST; i++)
+		if (memcmp(e->hist[i], fp, RK_FP_BYTES) == 0)
+			return true;
+	return false;
+}
+
 /* ---- one file ---------------------------------------------------------------------------- */
 /* Add one file's record to a table (or the total). */
 static int apply(struct scan *s, struct rk_cov_table *t, const char *rel, const struct frec *f)
@@ -307,6 +321,34 @@ static int apply(struct scan *s, struct rk_cov_table *t, const char *rel, const 
 				return ret;
 		}
 	}
+	if (f->h.version >= RK_FORMAT_V2) {
+		t->v2_files++;
+		/* the wrap layer: every entry in use wraps a data key, chunks or not */
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+			if (!f->h.keys[j].in_use)
+				continue;
+			struct rk_cov_key *k = table_key(t, &f->h.keys[j], f->st[j]);
+			if (!k)
+				return -ENOMEM;
+			k->wrapped_files++;
+		}
+	}
+	for (size_t i = 0; t->exposed && i < s->dd->nkeys; i++) {
+		if (!s->dd->keys[i].compromised)
+			continue;
+		uint64_t n = 0;
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			if (f->h.keys[j].in_use && f->counts[j] &&
+			    rk_cov_entry_exposed(&f->h, &f->h.keys[j], s->dd->keys[i].fp))
+				n += f->counts[j];
+		if (n) {
+			struct rk_cov_exposure *x = &t->exposed[i];
+			x->chunks += n;
+			x->files++;
+			if ((ret = names_add(&x->names, &x->nnames, max, rel)) < 0)
+				return ret;
+		}
+	}
 	if (unusable)
 		t->files_unusable++;
 	if (off) {
@@ -324,8 +366,12 @@ static int finish_file(struct scan *s, size_t ti, const char *rel, struct frec *
 	const struct rk_table *tab = &s->dd->tables[ti];
 	const char *q = s->o->query_key;
 	uint64_t nq = 0;
+	bool wq = false;
 	int ret;
 	if (f->chunk) {
+		uint64_t all = f->malformed;
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			all += f->h.keys[j].in_use ? f->counts[j] : 0;
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 			const struct rk_cf_keyent *e = &f->h.keys[j];
 			if (!e->in_use)
@@ -334,11 +380,13 @@ static int finish_file(struct scan *s, size_t ti, const char *rel, struct frec *
 			f->on[j] = target_matches(s->dd, tab->key, e);
 			if (q && strcmp(e->name, q) == 0)
 				nq += f->counts[j];
+			wq |= q && rk_release_wrap_blocks(&f->h, j, q, all);
 		}
 	}
-	if (nq) {
+	if (nq || wq) {
 		s->c->query.chunks += nq;
-		s->c->query.files++;
+		s->c->query.wrapped_files += wq;
+		s->c->query.files += nq > 0;
 		if ((ret = names_add(&s->c->query.names, &s->c->query.nnames, s->o->max_names, rel)) < 0)
 			return ret;
 	}
@@ -877,6 +925,11 @@ int rk_coverage_scan(struct rk_datadir *dd, const struct rk_cov_opts *opts, stru
 	c->deep = opts->deep;
 	if (opts->table)
 		snprintf(c->table_filter, sizeof(c->table_filter), "%s", opts->table);
+	for (size_t i = 0; i < dd->ntables; i++)
+		if (!(c->tables[i].exposed = calloc(dd->nkeys ? dd->nkeys : 1, sizeof(struct rk_cov_exposure))))
+			goto fail;
+	if (!(c->total.exposed = calloc(dd->nkeys ? dd->nkeys : 1, sizeof(struct rk_cov_exposure))))
+		goto fail;
 	for (size_t i = 0; i < dd->ntables; i++) {
 		snprintf(c->tables[i].path, sizeof(c->tables[i].path), "%s", dd->tables[i].path);
 		snprintf(c->tables[i].target, sizeof(c->tables[i].target), "%s", dd->tables[i].key);
@@ -891,6 +944,7 @@ int rk_coverage_scan(struct rk_datadir *dd, const struct rk_cov_opts *opts, stru
 		r->cipher = dd->keys[i].cipher;
 		r->bits = dd->keys[i].bits;
 		r->state = dd->keys[i].state;
+		r->compromised = dd->keys[i].compromised;
 		r->file = key_status(&s, r->name, r->fp, r->cipher);
 	}
 	if (opts->query_key) {
@@ -938,8 +992,14 @@ fail:
 	return ret;
 }
 
-static void table_free(struct rk_cov_table *t)
+static void table_free(struct rk_cov_table *t, size_t nexp)
 {
+	for (size_t i = 0; t->exposed && i < nexp; i++) {
+		for (size_t j = 0; j < t->exposed[i].nnames; j++)
+			free(t->exposed[i].names[j]);
+		free(t->exposed[i].names);
+	}
+	free(t->exposed);
 	for (size_t i = 0; i < t->nkeys; i++) {
 		for (size_t j = 0; j < t->keys[i].nnames; j++)
 			free(t->keys[i].names[j]);
@@ -957,9 +1017,9 @@ void rk_coverage_free(struct rk_cov *c)
 		return;
 	if (c->tables)
 		for (size_t i = 0; i < c->ntables; i++)
-			table_free(&c->tables[i]);
+			table_free(&c->tables[i], c->nregistry);
 	free(c->tables);
-	table_free(&c->total);
+	table_free(&c->total, c->nregistry);
 	for (size_t i = 0; i < c->nproblems; i++) {
 		free(c->problems[i].path);
 		free(c->problems[i].detail);

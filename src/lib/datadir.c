@@ -170,6 +170,10 @@ static int parse_registry(struct rk_datadir *dd, char *text)
 			} else if ((v = kv(tok, "state"))) {
 				if (keystate_parse(v, &e.state) < 0)
 					goto bad;
+			} else if ((v = kv(tok, "compromised"))) {
+				if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0)
+					goto bad;
+				e.compromised = strcmp(v, "yes") == 0;
 			}
 		}
 		if (!have_fp || e.cipher == RK_CIPHER_NONE)
@@ -248,8 +252,8 @@ int rk_registry_save(struct rk_datadir *dd)
 	for (size_t i = 0; i < dd->nkeys; i++) {
 		const struct rk_regent *e = &dd->keys[i];
 		rk_hex(hex, e->fp, RK_FP_BYTES);
-		sb_printf(&b, "key %s cipher=%s bits=%u fp=%s state=%s\n", e->name, rk_cipher_name(e->cipher), e->bits,
-		          hex, rk_keystate_name(e->state));
+		sb_printf(&b, "key %s cipher=%s bits=%u fp=%s state=%s%s\n", e->name, rk_cipher_name(e->cipher), e->bits,
+		          hex, rk_keystate_name(e->state), e->compromised ? " compromised=yes" : "");
 	}
 	int ret = b.err ? b.err : rk_write_file_atomic(dd->statefd, "keys", b.p, b.len, 0644);
 	free(b.p);
@@ -873,4 +877,29 @@ void rk_registry_apply_released(struct rk_datadir *dd, struct rk_keyring *kr)
 	for (size_t i = 0; i < dd->nkeys; i++)
 		if (dd->keys[i].state == RK_KS_RELEASED)
 			rk_keyring_release(kr, dd->keys[i].name);
+}
+
+int rk_registry_mark_compromised(struct rk_datadir *dd, const char *name, bool on)
+{
+	struct rk_regent *e = rk_registry_find(dd, name);
+	int ret = 0;
+	if (!e)
+		ret = -ENOENT;
+	else if (e->compromised == on)
+		ret = 1;
+	if (ret == 0) {
+		e->compromised = on;
+		ret = rk_registry_save(dd);
+		if (ret < 0)
+			e->compromised = !on;
+	}
+	return ret;
+}
+
+bool rk_registry_fp_compromised(const struct rk_datadir *dd, const uint8_t *fp)
+{
+	for (size_t i = 0; i < dd->nkeys; i++)
+		if (dd->keys[i].compromised && memcmp(dd->keys[i].fp, fp, RK_FP_BYTES) == 0)
+			return true;
+	return false;
 }

@@ -112,7 +112,8 @@ bool rk_fsck_may_release(const struct rk_cov *c)
 	const struct rk_cov_table *t;
 	if (!c->has_query)
 		return false;
-	return targets_of(c, c->query.name, &t, 1) == 0 && c->query.chunks == 0 && uncertain_refs(c) == 0;
+	return targets_of(c, c->query.name, &t, 1) == 0 && c->query.chunks == 0 && c->query.wrapped_files == 0 &&
+	       uncertain_refs(c) == 0;
 }
 
 static bool corruption_found(const struct rk_cov *c)
@@ -293,6 +294,13 @@ static void query_line(FILE *f, const struct rk_cov *c)
 		                       ? " (restored from a backup? read it with rekeyctl cat and the old key file, then "
 		                         "write it again through the mount)"
 		                       : " (rekey first)");
+	} else if (q->wrapped_files) {
+		fprintf(f,
+		        "key %s may NOT be released: no chunk is under it, but %" PRIu64 " format 2 %s %s a data key under it: ",
+		        rk_esc(q->name), q->wrapped_files, plural(q->wrapped_files, "header", "headers"),
+		        plural(q->wrapped_files, "wraps", "wrap"));
+		tnames(f, q->names, q->nnames, q->wrapped_files);
+		fprintf(f, " (rotate --rewrap or rekey first)\n");
 	} else if (unc) {
 		fprintf(f,
 		        "key %s may NOT be released: no readable chunk is under it, but %" PRIu64
@@ -312,6 +320,55 @@ static void query_line(FILE *f, const struct rk_cov *c)
 	}
 }
 
+static void jkey(FILE *f, const char *ind, const char *name, bool first);
+/* ---- compromised keys ---------------------------------------------------------------------------------- */
+void rk_fsck_exposure_text(FILE *f, const struct rk_cov *c, const struct rk_cov_table *t, const char *ind)
+{
+	for (size_t i = 0; t->exposed && i < c->nregistry; i++) {
+		const struct rk_cov_regkey *r = &c->registry[i];
+		const struct rk_cov_exposure *x = &t->exposed[i];
+		if (!r->compromised)
+			continue;
+		if (x->chunks == 0) {
+			fprintf(f, "%skey %s is marked compromised: no chunk is sealed under a data key it wrapped%s\n", ind,
+			        rk_esc(r->name), r->state == RK_KS_RELEASED ? " (the key is released)" : "");
+			continue;
+		}
+		fprintf(f,
+		        "%skey %s is marked compromised: %" PRIu64 " %s in %" PRIu64 " %s %s sealed under data keys it wrapped"
+		        "%s; a rewrap does not clear them; run rotate without --rewrap: ",
+		        ind, rk_esc(r->name), x->chunks, plural(x->chunks, "chunk", "chunks"), x->files,
+		        plural(x->files, "file", "files"), plural(x->chunks, "is", "are"),
+		        r->state == RK_KS_RELEASED ? " (the key is released, the exposure stays)" : "");
+		tnames(f, x->names, x->nnames, x->files);
+		fputc('\n', f);
+	}
+}
+
+static void json_exposure(FILE *f, const struct rk_cov *c, const struct rk_cov_table *t, const char *ind)
+{
+	char hex[2 * RK_FP_BYTES + 1];
+	size_t n = 0;
+	jkey(f, ind, "exposed", false);
+	fputc('[', f);
+	for (size_t i = 0; t->exposed && i < c->nregistry; i++) {
+		const struct rk_cov_regkey *r = &c->registry[i];
+		const struct rk_cov_exposure *x = &t->exposed[i];
+		if (!r->compromised)
+			continue;
+		rk_hex(hex, r->fp, RK_FP_BYTES);
+		fprintf(f, "%s\n%s    {\"key\": ", n++ ? "," : "", ind);
+		jstr(f, r->name);
+		fprintf(f, ", \"fingerprint\": \"%s\", \"chunks\": %" PRIu64 ", \"files\": %" PRIu64 ", \"file_names\": ",
+		        hex, x->chunks, x->files);
+		jnames(f, x->names, x->nnames);
+		fputc('}', f);
+	}
+	if (n)
+		fprintf(f, "\n%s  ", ind);
+	fputc(']', f);
+}
+
 /* ---- text ------------------------------------------------------------------------------------------------ */
 static void text_keys_of_table(FILE *f, const struct rk_cov_table *t, const struct rk_cov *c)
 {
@@ -319,15 +376,18 @@ static void text_keys_of_table(FILE *f, const struct rk_cov_table *t, const stru
 	char b[32];
 	for (size_t i = 0; i < t->nkeys; i++)
 		w = RK_MAX(w, (int)strlen(t->keys[i].name));
-	fprintf(f, "    %-*s  %-9s  %10s  %10s  %8s\n", w, "KEY", "KEY FILE", "CHUNKS", "BYTES", "FILES");
+	fprintf(f, "    %-*s  %-9s  %10s  %10s  %8s  %8s\n", w, "KEY", "KEY FILE", "CHUNKS", "BYTES", "FILES", "WRAPPED");
 	for (size_t i = 0; i < t->nkeys; i++) {
 		const struct rk_cov_key *k = &t->keys[i];
 		bool target = false;
 		for (size_t j = 0; j < c->nregistry; j++)
 			if (strcmp(c->registry[j].name, t->target) == 0)
 				target = strcmp(k->name, t->target) == 0 && memcmp(k->fp, c->registry[j].fp, RK_FP_BYTES) == 0;
-		fprintf(f, "    %-*s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  %s\n", w, rk_esc(k->name),
-		        rk_cov_keystat_name(k->status), k->chunks, human(b, sizeof(b), k->bytes), k->files,
+		char wb[24] = "-"; /* no format 2 file: no wrap layer */
+		if (t->v2_files)
+			snprintf(wb, sizeof(wb), "%" PRIu64, k->wrapped_files);
+		fprintf(f, "    %-*s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  %8s  %s\n", w, rk_esc(k->name),
+		        rk_cov_keystat_name(k->status), k->chunks, human(b, sizeof(b), k->bytes), k->files, wb,
 		        target ? "target" : "old key");
 	}
 }
@@ -378,6 +438,7 @@ static void text_table(FILE *f, const struct rk_cov_table *t, const struct rk_co
 		tnames(f, t->off_target, t->noff_target, t->files_off_target);
 		fputc('\n', f);
 	}
+	rk_fsck_exposure_text(f, c, t, "  ");
 	fputc('\n', f);
 }
 
@@ -390,15 +451,18 @@ static void text_key_table(FILE *f, const struct rk_cov *c, const struct krow *r
 		snprintf(cb, sizeof(cb), "%s %u", rk_cipher_name(rows[i].cipher), rows[i].bits);
 		wc = RK_MAX(wc, (int)strlen(cb));
 	}
-	fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10s  %10s  %8s  %s\n", w, "KEY", "FINGERPRINT", wc, "CIPHER",
-	        "REGISTRY", "KEY FILE", "CHUNKS", "BYTES", "FILES", "TARGET OF");
+	fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10s  %10s  %8s  %8s  %s\n", w, "KEY", "FINGERPRINT", wc, "CIPHER",
+	        "REGISTRY", "KEY FILE", "CHUNKS", "BYTES", "FILES", "WRAPPED", "TARGET OF");
 	for (size_t i = 0; i < n; i++) {
 		const struct krow *r = &rows[i];
 		rk_hex(hex, r->fp, RK_FP_BYTES);
 		snprintf(cb, sizeof(cb), "%s %u", rk_cipher_name(r->cipher), r->bits);
-		fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  ", w, rk_esc(r->name), hex, wc, cb,
-		        r->registry, rk_cov_keystat_name(r->file), r->data ? r->data->chunks : 0,
-		        human(b, sizeof(b), r->data ? r->data->bytes : 0), r->data ? r->data->files : 0);
+		char wb[24] = "-";
+		if (c->total.v2_files)
+			snprintf(wb, sizeof(wb), "%" PRIu64, r->data ? r->data->wrapped_files : 0);
+		fprintf(f, "  %-*s  %-32s  %-*s  %-12s  %-9s  %10" PRIu64 "  %10s  %8" PRIu64 "  %8s  ", w, rk_esc(r->name), hex,
+		        wc, cb, r->registry, rk_cov_keystat_name(r->file), r->data ? r->data->chunks : 0,
+		        human(b, sizeof(b), r->data ? r->data->bytes : 0), r->data ? r->data->files : 0, wb);
 		size_t nt = 0;
 		if (r->registered)
 			for (size_t t = 0; t < c->ntables; t++)
@@ -579,6 +643,7 @@ static void text_report(FILE *f, const struct rk_cov *c)
 	/* verdict */
 	fputc('\n', f);
 	text_rotation(f, c);
+	rk_fsck_exposure_text(f, c, &c->total, "");
 	text_corruption(f, c);
 	text_exit(f, c);
 }
@@ -639,6 +704,8 @@ static void json_table(FILE *f, const struct rk_cov_table *t, const struct rk_co
 	ju64_if(f, ind, "count_mismatch", c->exact, t->count_mismatch);
 	ju64_if(f, ind, "corrupt_chunks", c->deep, t->corrupt_chunks);
 	ju64_if(f, ind, "chunks_verified", c->deep, t->chunks_verified);
+	ju64(f, ind, "v2_files", t->v2_files);
+	json_exposure(f, c, t, ind);
 	/* the keys this table's data is sealed under */
 	jkey(f, ind, "keys", false);
 	fputc('[', f);
@@ -654,9 +721,9 @@ static void json_table(FILE *f, const struct rk_cov_table *t, const struct rk_co
 		jstr(f, k->name);
 		fprintf(f,
 		        ", \"fingerprint\": \"%s\", \"key_file\": \"%s\", \"target\": %s, \"chunks\": %" PRIu64
-		        ", \"bytes\": %" PRIu64 ", \"files\": %" PRIu64 "}",
+		        ", \"bytes\": %" PRIu64 ", \"files\": %" PRIu64 ", \"wrapped_files\": %" PRIu64 "}",
 		        hex, rk_cov_keystat_name(k->status), total ? "null" : target ? "true" : "false", k->chunks, k->bytes,
-		        k->files);
+		        k->files, k->wrapped_files);
 	}
 	if (t->nkeys)
 		fprintf(f, "\n%s  ", ind);
@@ -731,8 +798,18 @@ static void json_report(FILE *f, const struct rk_cov *c, const struct rk_fsck_op
 					fprintf(f, "%s", n++ ? ", " : "");
 					jstr(f, c->tables[t].path);
 				}
-		fprintf(f, "], \"chunks\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"files\": %" PRIu64 ", \"unusable_files\": ",
-		        r->data ? r->data->chunks : 0, r->data ? r->data->bytes : 0, r->data ? r->data->files : 0);
+		const struct rk_cov_exposure *x = NULL;
+		for (size_t j = 0; r->registered && j < c->nregistry; j++)
+			if (c->registry[j].compromised && strcmp(c->registry[j].name, r->name) == 0 &&
+			    memcmp(c->registry[j].fp, r->fp, RK_FP_BYTES) == 0)
+				x = &c->total.exposed[j];
+		fprintf(f, "], \"compromised\": %s, \"exposed_chunks\": %" PRIu64 ", \"exposed_files\": %" PRIu64,
+		        x ? "true" : "false", x ? x->chunks : 0, x ? x->files : 0);
+		fprintf(f,
+		        ", \"wrapped_files\": %" PRIu64 ", \"chunks\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"files\": %" PRIu64
+		        ", \"unusable_files\": ",
+		        r->data ? r->data->wrapped_files : 0, r->data ? r->data->chunks : 0, r->data ? r->data->bytes : 0,
+		        r->data ? r->data->files : 0);
 		if (r->data)
 			jnames(f, r->data->names, r->data->nnames);
 		else
@@ -771,8 +848,9 @@ static void json_report(FILE *f, const struct rk_cov *c, const struct rk_fsck_op
 				fprintf(f, "%s", n++ ? ", " : "");
 				jstr(f, c->tables[t].path);
 			}
-		fprintf(f, "],\n    \"chunks\": %" PRIu64 ",\n    \"files\": %" PRIu64 ",\n    \"file_names\": ", q->chunks,
-		        q->files);
+		fprintf(f, "],\n    \"chunks\": %" PRIu64 ",\n    \"files\": %" PRIu64 ",\n    \"wrapped_files\": %" PRIu64
+		        ",\n    \"file_names\": ",
+		        q->chunks, q->files, q->wrapped_files);
 		jnames(f, q->names, q->nnames);
 		fprintf(f, ",\n    \"uncertain\": %" PRIu64 ",\n    \"answer\": ", uncertain_refs(c));
 		char *line = NULL;

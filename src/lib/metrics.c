@@ -145,6 +145,47 @@ static uint64_t key_chunks(const struct rk_cov *c, const char *name)
 	return n;
 }
 
+static uint64_t key_wrapped(const struct rk_cov *c, const char *name)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < c->ntables; i++)
+		for (size_t k = 0; k < c->tables[i].nkeys; k++)
+			if (strcmp(c->tables[i].keys[k].name, name) == 0)
+				n += c->tables[i].keys[k].wrapped_files;
+	return n;
+}
+
+/* the wrap layer and compromised keys */
+static void wrap_layer(struct mbuf *b, const struct rk_metrics_src *s)
+{
+	const struct rk_cov *c = s->cov;
+	family(b, "rekeyfs_wrapped_files", "gauge",
+	       "Format 2 files whose header wraps a data key under the key, by table and key (cached coverage).");
+	for (size_t i = 0; c && i < c->ntables; i++)
+		for (size_t k = 0; k < c->tables[i].nkeys; k++)
+			if (c->tables[i].v2_files)
+				sample(b, s, "rekeyfs_wrapped_files", "table", c->tables[i].path, "key", c->tables[i].keys[k].name,
+				       (double)c->tables[i].keys[k].wrapped_files);
+	family(b, "rekeyfs_key_compromised", "gauge", "1 when the key registry marks the key compromised.");
+	for (size_t r = 0; c && r < c->nregistry; r++)
+		sample(b, s, "rekeyfs_key_compromised", "key", c->registry[r].name, NULL, NULL, c->registry[r].compromised);
+	family(b, "rekeyfs_exposed_chunks", "gauge",
+	       "Chunks sealed under data keys a compromised key ever wrapped, by table and compromised key; only a reseal "
+	       "clears them (cached coverage).");
+	for (size_t i = 0; c && i < c->ntables; i++)
+		for (size_t r = 0; c->tables[i].exposed && r < c->nregistry; r++)
+			if (c->registry[r].compromised)
+				sample(b, s, "rekeyfs_exposed_chunks", "table", c->tables[i].path, "key", c->registry[r].name,
+				       (double)c->tables[i].exposed[r].chunks);
+	family(b, "rekeyfs_exposed_files", "gauge",
+	       "Files holding such chunks, by table and compromised key (cached coverage).");
+	for (size_t i = 0; c && i < c->ntables; i++)
+		for (size_t r = 0; c->tables[i].exposed && r < c->nregistry; r++)
+			if (c->registry[r].compromised)
+				sample(b, s, "rekeyfs_exposed_files", "table", c->tables[i].path, "key", c->registry[r].name,
+				       (double)c->tables[i].exposed[r].files);
+}
+
 static void coverage(struct mbuf *b, const struct rk_metrics_src *s)
 {
 	const struct rk_cov *c = s->cov;
@@ -165,10 +206,11 @@ static void coverage(struct mbuf *b, const struct rk_metrics_src *s)
 	for (size_t i = 0; c && i < c->ntables; i++)
 		sample(b, s, "rekeyfs_table_target_info", "table", c->tables[i].path, "key", c->tables[i].target, 1);
 	family(b, "rekeyfs_key_releasable", "gauge",
-	       "1 when no chunk anywhere in the data directory is under the key (cached coverage).");
+	       "1 when no chunk anywhere in the data directory is under the key and no header wraps a data key under it "
+	       "(cached coverage).");
 	for (size_t r = 0; c && r < c->nregistry; r++)
 		sample(b, s, "rekeyfs_key_releasable", "key", c->registry[r].name, NULL, NULL,
-		       key_chunks(c, c->registry[r].name) == 0 ? 1 : 0);
+		       key_chunks(c, c->registry[r].name) == 0 && key_wrapped(c, c->registry[r].name) == 0 ? 1 : 0);
 	/* keys found in data but not in the registry */
 	for (size_t i = 0; c && i < c->ntables; i++)
 		for (size_t k = 0; k < c->tables[i].nkeys; k++) {
@@ -182,6 +224,7 @@ static void coverage(struct mbuf *b, const struct rk_metrics_src *s)
 			if (!seen)
 				sample(b, s, "rekeyfs_key_releasable", "key", name, NULL, NULL, 0);
 		}
+	wrap_layer(b, s);
 	family(b, "rekeyfs_coverage_timestamp_seconds", "gauge",
 	       "Unix time of the coverage scan the per-key series come from (absent: none yet).");
 	if (c)

@@ -37,6 +37,7 @@ int rk_rekey_examine(int dirfd, const char *name, const char *rel, const struct 
 		ret = rk_cf_read_header(fd, rel, &h, NULL);
 		if (ret == 0) {
 			need->chunk_size = h.chunk_size;
+			bool stale_wrap = false;
 			for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 				if (!h.keys[j].in_use)
 					continue;
@@ -45,13 +46,23 @@ int rk_rekey_examine(int dirfd, const char *name, const char *rel, const struct 
 					need->todo += h.keys[j].count;
 					need->needs = true;
 				}
+				/* format 2: a data key wrapped under another key keeps that key
+				 * from being released even with no chunk under it */
+				stale_wrap |= h.version >= RK_FORMAT_V2 && !on_target(&h.keys[j], target);
+			}
+			/* an empty or all-holes file whose header wraps under another key:
+			 * a fresh copy (no chunk to write) names only the target */
+			bool empty = need->nchunks == 0 && !(h.flags & RK_HF_COUNTS_DIRTY);
+			if (empty && stale_wrap && whole_ok) {
+				need->needs = true;
+				need->whole = true;
 			}
 			if (h.flags & RK_HF_COUNTS_DIRTY)
 				need->needs = true; /* counts may be stale: look at every chunk */
 			/* whole-file replacement writes every chunk once; in place writes
 			 * each old-key chunk twice (journal, slot): replace when at
 			 * least half the chunks need it */
-			need->whole = whole_ok && need->todo > 0 && need->todo * 2 >= need->nchunks;
+			need->whole |= whole_ok && need->todo > 0 && need->todo * 2 >= need->nchunks;
 		}
 	}
 	close(fd);
@@ -472,12 +483,18 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret;
 	uint64_t n = 0;
+	bool wraps = false;
 	if (refs.unreadable) {
 		n = 1;
 	} else if (refs.chunk) {
+		uint64_t all = refs.malformed;
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			all += refs.counts[j];
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
 			if (refs.h.keys[j].in_use && strcmp(refs.h.keys[j].name, c->name) == 0)
 				n += refs.counts[j];
+			wraps |= rk_release_wrap_blocks(&refs.h, j, c->name, all);
+		}
 		/* a malformed slot header might be a chunk under the key: count it */
 		n += refs.malformed;
 		v->malformed += refs.malformed;
@@ -486,12 +503,13 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	}
 	if (refs.err < 0 && refs.unreadable)
 		v->err = refs.err;
-	if (n) {
+	if (n || wraps) {
+		const char *note = refs.note ? refs.note : n ? NULL : "(no chunk: its header wraps a data key under it)";
 		v->chunks += n;
+		v->wrapped += wraps;
 		v->files++;
 		if (v->nfirst < RK_RELEASE_FIRST)
-			snprintf(v->first[v->nfirst++], PATH_MAX, "%s%s%s", e->rel, refs.note ? " " : "",
-			         refs.note ? refs.note : "");
+			snprintf(v->first[v->nfirst++], PATH_MAX, "%s%s%s", e->rel, note ? " " : "", note ? note : "");
 	}
 	return 0;
 }

@@ -17,7 +17,7 @@ for page in rekeyfs.5 rekeyfs.8 rekeyctl.8 rekeyfs-fixture.1; do
 	echo "ok: $page renders cleanly"
 done
 # every command rekeyctl knows has a section in rekeyctl.8
-for cmd in createkey init alter keys encrypt cat rekey rotate pause resume throttle help status release-key fsck metrics; do
+for cmd in createkey init alter keys encrypt cat rekey rotate pause resume throttle help status release-key mark-compromised unmark-compromised fsck metrics; do
 	rekeyctl --help 2>&1 | grep -q "^  $cmd " || fail "rekeyctl --help does not list $cmd"
 	pat=${cmd//-/\\\\-} # groff writes the hyphen as \-
 	grep -q "^\.SS $pat " "$top/man/rekeyctl.8" || fail "rekeyctl.8 has no section for $cmd"

@@ -79,6 +79,7 @@ def check_table(where, t, total, mode):
         "chunks_verified": COUNT if deep else (lambda v: v is None, "null (not counted in this mode)"),
         "keys": (lambda v: isinstance(v, list), "a list"),
         "keys_missing": STRLIST, "keys_released": STRLIST, "keys_changed": STRLIST, "keys_refused": STRLIST,
+        "v2_files": COUNT, "exposed": (lambda v: isinstance(v, list), "a list"),
     }
     if not check_fields(where, t, spec):
         return
@@ -87,11 +88,21 @@ def check_table(where, t, total, mode):
         "fingerprint": (lambda v: isinstance(v, str) and FP.match(v) is not None, "32 hex digits"),
         "key_file": (lambda v: v in KEY_FILE, "one of %s" % sorted(KEY_FILE)),
         "target": (lambda v: v is None, "null") if total else BOOL,
-        "chunks": COUNT, "bytes": COUNT, "files": COUNT,
+        "chunks": COUNT, "bytes": COUNT, "files": COUNT, "wrapped_files": COUNT,
     }
     ok_keys = True
     for i, k in enumerate(t["keys"]):
         ok_keys &= check_fields("%s.keys[%d]" % (where, i), k, kspec)
+        if isinstance(k.get("wrapped_files"), int) and k["wrapped_files"] > t["v2_files"]:
+            err("%s.keys[%d]" % (where, i), "wrapped_files > the table's v2_files")
+    xspec = {
+        "key": STR,
+        "fingerprint": (lambda v: isinstance(v, str) and FP.match(v) is not None, "32 hex digits"),
+        "chunks": COUNT, "files": COUNT, "file_names": STRLIST,
+    }
+    for i, x in enumerate(t["exposed"]):
+        if check_fields("%s.exposed[%d]" % (where, i), x, xspec) and x["files"] > t["chunk_files"]:
+            err("%s.exposed[%d]" % (where, i), "more exposed files than chunk files")
     # invariants
     if t["files"] != t["chunk_files"] + t["plain_files"] + t["corrupt_files"]:
         err(where, "files != chunk_files + plain_files + corrupt_files")
@@ -181,6 +192,7 @@ def check(doc):
         "target_of": STRLIST,
         "chunks": COUNT, "bytes": COUNT, "files": COUNT,
         "unusable_files": STRLIST,
+        "wrapped_files": COUNT, "compromised": BOOL, "exposed_chunks": COUNT, "exposed_files": COUNT,
     }
     for i, k in enumerate(doc["keys"]):
         if check_fields("keys[%d]" % i, k, kspec):
@@ -212,15 +224,16 @@ def check(doc):
             "may_release": BOOL,
             "registry": (lambda v: v in REGISTRY, "one of %s" % sorted(REGISTRY)),
             "target_of": STRLIST,
-            "chunks": COUNT, "files": COUNT, "file_names": STRLIST,
+            "chunks": COUNT, "files": COUNT, "file_names": STRLIST, "wrapped_files": COUNT,
             "uncertain": COUNT,
             "answer": STR,
         }
         if check_fields("key_query", q, qspec):
             if mode == "headers":
                 err("report", "the release question needs mode exact or deep")
-            if q["may_release"] != (not q["target_of"] and q["chunks"] == 0 and q["uncertain"] == 0):
-                err("key_query", "may_release disagrees with target_of / chunks / uncertain")
+            if q["may_release"] != (not q["target_of"] and q["chunks"] == 0 and q["wrapped_files"] == 0 and
+                                    q["uncertain"] == 0):
+                err("key_query", "may_release disagrees with target_of / chunks / wrapped_files / uncertain")
             if bool(doc["exit"] & 1) == q["may_release"]:
                 err("report", "exit bit 1 must be set exactly when the key may not be released")
     elif bool(doc["exit"] & 1) != (not doc["rotation_complete"]):

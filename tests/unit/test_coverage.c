@@ -531,11 +531,54 @@ static void test_table_filter(void **state)
 	rk_coverage_free(c);
 }
 
+/* The exposure rule of a compromised key (rekeyfs(5), FORMAT V2: Room for
+ * key providers and compromised keys). */
+static void test_exposed_rule(void **state)
+{
+	(void)state;
+	struct rk_cf_header h;
+	uint8_t bad[RK_FP_BYTES], other[RK_FP_BYTES], third[RK_FP_BYTES];
+	memset(bad, 0xb1, sizeof(bad));
+	memset(other, 0x07, sizeof(other));
+	memset(third, 0x33, sizeof(third));
+	memset(&h, 0, sizeof(h));
+	struct rk_cf_keyent *e = &h.keys[0];
+	e->in_use = true;
+	/* version 1: exposed only when its (deriving) key is the compromised one */
+	h.version = RK_FORMAT_V1;
+	memcpy(e->fp, bad, RK_FP_BYTES);
+	assert_true(rk_cov_entry_exposed(&h, e, bad));
+	memcpy(e->fp, other, RK_FP_BYTES);
+	assert_false(rk_cov_entry_exposed(&h, e, bad));
+	/* version 2: current KEK */
+	h.version = RK_FORMAT_V2;
+	memcpy(e->fp, bad, RK_FP_BYTES);
+	assert_true(rk_cov_entry_exposed(&h, e, bad));
+	/* rewrapped away: the compromised KEK is in the history, still exposed */
+	memcpy(e->fp, other, RK_FP_BYTES);
+	memcpy(e->hist[0], third, RK_FP_BYTES);
+	memcpy(e->hist[1], bad, RK_FP_BYTES);
+	e->hist_n = 2;
+	assert_true(rk_cov_entry_exposed(&h, e, bad));
+	/* a fingerprint past the history length does not count */
+	e->hist_n = 1;
+	assert_false(rk_cov_entry_exposed(&h, e, bad));
+	/* overflowed history: earlier KEKs unknown, conservatively exposed */
+	e->wflags = RK_WF_HIST_OVERFLOW;
+	assert_true(rk_cov_entry_exposed(&h, e, bad));
+	/* a fresh DEK (reseal): empty history, another KEK */
+	e->wflags = 0;
+	e->hist_n = 0;
+	memset(e->hist, 0, sizeof(e->hist));
+	assert_false(rk_cov_entry_exposed(&h, e, bad));
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
 		T(test_headers), T(test_headers_no_keyring), T(test_exact), T(test_deep), T(test_table_filter),
+		cmocka_unit_test(test_exposed_rule),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
