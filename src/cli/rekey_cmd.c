@@ -229,6 +229,32 @@ int rkc_cmd_rekey(int argc, char **argv)
 	return rkc_offline_rekey_w(target, keydir, argv + optind + 1, argc - optind - 1, &w);
 }
 
+/* Run an admin command on each data directory or mount argv[first..]: a
+ * mount gets the control command cmd, a data directory offline(dir, name). */
+static int each_target(int argc, char **argv, int first, const char *cmd, int (*offline)(const char *, const char *),
+                       const char *name)
+{
+	int ret = 0;
+	for (int i = first; i < argc; i++) {
+		int r;
+		if (rkc_is_mount(argv[i])) {
+			char *root = NULL, *rel = NULL, *reply = NULL;
+			rkc_mount_find(argv[i], &root, &rel);
+			r = rkc_control(root, cmd, &reply);
+			r = rkc_print_reply(r, reply);
+			free(root);
+			free(rel);
+		} else {
+			r = offline(argv[i], name);
+		}
+		if (r < 0 && ret == 0)
+			ret = r;
+	}
+	return ret;
+}
+
+static int offline_release(const char *dir, const char *name) { return rkc_offline_release(dir, name, stdout); }
+
 int rkc_cmd_release(int argc, char **argv)
 {
 	const char *keydir = NULL;
@@ -241,24 +267,9 @@ int rkc_cmd_release(int argc, char **argv)
 		return RKC_USAGE;
 	}
 	const char *name = argv[optind];
-	int ret = 0;
-	for (int i = optind + 1; i < argc; i++) {
-		int r;
-		if (rkc_is_mount(argv[i])) {
-			char *root = NULL, *rel = NULL, *reply = NULL, cmd[256];
-			rkc_mount_find(argv[i], &root, &rel);
-			snprintf(cmd, sizeof(cmd), "release %s\n", name);
-			r = rkc_control(root, cmd, &reply);
-			r = rkc_print_reply(r, reply);
-			free(root);
-			free(rel);
-		} else {
-			r = rkc_offline_release(argv[i], name, stdout);
-		}
-		if (r < 0 && ret == 0)
-			ret = r;
-	}
-	return ret;
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "release %s\n", name);
+	return each_target(argc, argv, optind + 1, cmd, offline_release, name);
 }
 
 
@@ -284,6 +295,9 @@ static int offline_mark(const char *dir, const char *name, bool on)
 	return ret < 0 ? ret : 0;
 }
 
+static int offline_mark_on(const char *dir, const char *name) { return offline_mark(dir, name, true); }
+static int offline_mark_off(const char *dir, const char *name) { return offline_mark(dir, name, false); }
+
 static int cmd_mark(int argc, char **argv, const char *cmdname, bool on)
 {
 	const char *keydir = NULL;
@@ -300,24 +314,9 @@ static int cmd_mark(int argc, char **argv, const char *cmdname, bool on)
 		rk_err("%s: invalid key name '%s'", cmdname, name);
 		return RKC_USAGE;
 	}
-	int ret = 0;
-	for (int i = optind + 1; i < argc; i++) {
-		int r;
-		if (rkc_is_mount(argv[i])) {
-			char *root = NULL, *rel = NULL, *reply = NULL, cmd[256];
-			rkc_mount_find(argv[i], &root, &rel);
-			snprintf(cmd, sizeof(cmd), "%s %s\n", on ? "compromised" : "uncompromised", name);
-			r = rkc_control(root, cmd, &reply);
-			r = rkc_print_reply(r, reply);
-			free(root);
-			free(rel);
-		} else {
-			r = offline_mark(argv[i], name, on);
-		}
-		if (r < 0 && ret == 0)
-			ret = r;
-	}
-	return ret;
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "%s %s\n", on ? "compromised" : "uncompromised", name);
+	return each_target(argc, argv, optind + 1, cmd, on ? offline_mark_on : offline_mark_off, name);
 }
 
 int rkc_cmd_mark_compromised(int argc, char **argv) { return cmd_mark(argc, argv, "mark-compromised", true); }
