@@ -185,9 +185,37 @@ static void keyfile_json(const char *name, const struct rk_key *k, int r, bool f
 	}
 }
 
-static void datakey_json(const char *name, const char *cipher, int bits, const uint8_t *fp, const char *state,
-                         const char *file, uint64_t chunks, uint64_t files, const struct rk_datadir *dd, bool first)
+/* The two layers of key `name` in a coverage result: files whose headers
+ * wrap a data key under it, and (marked compromised) the data sealed under
+ * data keys it ever wrapped. */
+struct keylayers {
+	uint64_t wrapped_files;
+	bool compromised;
+	struct rk_cov_exposure exposed;
+};
+
+static struct keylayers key_layers(const struct rk_cov *cov, const char *name)
 {
+	struct keylayers l = {0};
+	for (size_t j = 0; j < cov->total.nkeys; j++)
+		if (strcmp(cov->total.keys[j].name, name) == 0)
+			l.wrapped_files += cov->total.keys[j].wrapped_files;
+	for (size_t r = 0; r < cov->nregistry; r++)
+		if (strcmp(cov->registry[r].name, name) == 0 && cov->registry[r].compromised) {
+			l.compromised = true;
+			if (cov->total.exposed) {
+				l.exposed.chunks += cov->total.exposed[r].chunks;
+				l.exposed.files += cov->total.exposed[r].files;
+			}
+		}
+	return l;
+}
+
+static void datakey_json(const char *name, const char *cipher, int bits, const uint8_t *fp, const char *state,
+                         const char *file, uint64_t chunks, uint64_t files, const struct rk_datadir *dd,
+                         const struct rk_cov *cov, bool first)
+{
+	struct keylayers l = key_layers(cov, name);
 	char hex[2 * RK_FP_BYTES + 1];
 	rk_hex(hex, fp, RK_FP_BYTES);
 	printf("%s\n    {\"name\": ", first ? "" : ",");
@@ -208,7 +236,9 @@ static void datakey_json(const char *name, const char *cipher, int bits, const u
 			rkc_json_put_str(stdout, dd->tables[t].path);
 			t1 = false;
 		}
-	printf("]}");
+	printf("], \"wrapped_files\": %" PRIu64 ", \"compromised\": %s, \"exposed_chunks\": %" PRIu64
+	       ", \"exposed_files\": %" PRIu64 "}",
+	       l.wrapped_files, l.compromised ? "true" : "false", l.exposed.chunks, l.exposed.files);
 }
 
 /* keys without DATADIR: the key files of the key directory */
@@ -314,7 +344,7 @@ int rkc_cmd_keys(int argc, char **argv)
 		const char *kfs = e->state == RK_KS_RELEASED ? "-" : keyfile_status(o.keydir, e->name, e->fp);
 		if (o.json) {
 			datakey_json(e->name, rk_cipher_name(e->cipher), (int)e->bits, e->fp, rk_keystate_name(e->state), kfs,
-			             chunks, files, dd, first);
+			             chunks, files, dd, cov, first);
 			first = false;
 			continue;
 		}
@@ -331,7 +361,7 @@ int rkc_cmd_keys(int argc, char **argv)
 		if (o.json) {
 			datakey_json(cov->total.keys[j].name, NULL, -1, cov->total.keys[j].fp, "unregistered",
 			             keyfile_status(o.keydir, cov->total.keys[j].name, cov->total.keys[j].fp),
-			             cov->total.keys[j].chunks, cov->total.keys[j].files, dd, first);
+			             cov->total.keys[j].chunks, cov->total.keys[j].files, dd, cov, first);
 			first = false;
 			continue;
 		}
