@@ -76,7 +76,7 @@ run rekeyctl keys -d "$KEYS" "$DATA"
 assert_out_has "^key key3 is marked compromised: $N chunks in 3 files" "keys"
 rekeyctl keys -d "$KEYS" --json "$DATA" >"$T_TMP/keys.json" || fail "keys --json"
 x=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print([(k["compromised"], k["exposed_chunks"], k["exposed_files"]) for k in d["keys"] if k["name"] == "key3"])' "$T_TMP/keys.json")
-assert_eq "[(True, $N, 3)]" "$x" "keys --json: key3 compromised with its exposure"
+assert_eq "$x" "[(True, $N, 3)]" "keys --json: key3 compromised with its exposure"
 
 checking "a rewrap does not clear the exposure; release of the compromised key keeps it reported"
 run rekeyctl rotate -d "$KEYS" --rewrap --from key3 --to key4 --release "$DATA"
