@@ -327,6 +327,14 @@ int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_ke
  * chunk is rewritten; both copies written and synced.  Every key the header
  * names must be in the keyring.  0 (also when already v2) or an error. */
 int rk_cf_upgrade_v2(struct rk_cf *cf);
+/* A v2 file (opened writable) with no chunk at all (empty or all holes,
+ * by the live counts): every entry that does not name target is dropped,
+ * or (when none names target) the first becomes target's with a fresh data
+ * key; both copies written and synced.  So a key leaves the header of a
+ * file that a rekey cannot replace (hard links, held open) and its release
+ * is no longer blocked (rk_release_wrap_blocks).  0 when there is nothing
+ * to do (v1, chunks present, only target). */
+int rk_cf_reset_chunkless(struct rk_cf *cf, struct rk_key *target);
 /* Format version of the open file's header. */
 int rk_cf_header_version(struct rk_cf *cf);
 

@@ -53,9 +53,9 @@ int rk_rekey_examine(int dirfd, const char *name, const char *rel, const struct 
 			/* an empty or all-holes file whose header wraps under another key:
 			 * a fresh copy (no chunk to write) names only the target */
 			bool empty = need->nchunks == 0 && !(h.flags & RK_HF_COUNTS_DIRTY);
-			if (empty && stale_wrap && whole_ok) {
+			if (empty && stale_wrap) {
 				need->needs = true;
-				need->whole = true;
+				need->whole = whole_ok; /* else in place: rk_cf_reset_chunkless */
 			}
 			if (h.flags & RK_HF_COUNTS_DIRTY)
 				need->needs = true; /* counts may be stale: look at every chunk */
@@ -177,6 +177,8 @@ static int rekey_in_place(struct file_ctx *c, const struct rk_walk_ent *e, struc
 		cf = own.cf;
 	struct rk_sweep_cb cb = {fc_lock, fc_unlock, fc_throttle_inplace, c};
 	ret = rk_sweep_file(cf, target, &cb, 0, &out->res);
+	if (ret == 0)
+		ret = rk_cf_reset_chunkless(cf, target); /* an empty file's header names only target */
 	out->visited = true;
 	int r2 = acc && acc->open ? (acc->close ? acc->close(acc->arg, c->h, cf) : 0) : own_close(c->eng, &own);
 	return ret == 0 ? r2 : ret;

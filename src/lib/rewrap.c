@@ -140,6 +140,64 @@ unlock:
 	return ret;
 }
 
+int rk_cf_reset_chunkless(struct rk_cf *cf, struct rk_key *target)
+{
+	int ret = 0, tj = -1;
+	bool changed[RK_CF_MAX_KEYS] = {false}, any = false;
+	uint64_t chunks = 0;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	if (!cf->writable || cf->hdr.version < RK_FORMAT_V2)
+		goto unlock;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		const struct rk_cf_keyent *e = &cf->hdr.keys[j];
+		if (!e->in_use)
+			continue;
+		chunks += e->count; /* the live counts: a writer adds under this lock */
+		if (strcmp(e->name, target->name) == 0 && memcmp(e->fp, target->fp, RK_FP_BYTES) == 0)
+			tj = j;
+	}
+	if (chunks > 0)
+		goto unlock; /* entries with no chunk in a file with chunks do not block a release */
+	struct rk_cf_header saved = cf->hdr;
+	for (int j = 0; ret == 0 && j < RK_CF_MAX_KEYS; j++) {
+		struct rk_cf_keyent *e = &cf->hdr.keys[j];
+		if (!e->in_use || j == tj)
+			continue;
+		/* no slot names entry j (no chunk at all): no reader uses its key */
+		cf_ks_clear(&cf->ks[j]);
+		changed[j] = any = true;
+		if (tj >= 0) {
+			memset(e, 0, sizeof(*e)); /* no slot names it: dropped */
+			continue;
+		}
+		/* the first other entry becomes the target's, with a fresh data key */
+		memset(e, 0, sizeof(*e));
+		e->in_use = true;
+		snprintf(e->name, sizeof(e->name), "%s", target->name);
+		memcpy(e->fp, target->fp, RK_FP_BYTES);
+		e->cipher = target->cipher;
+		ret = cf_new_dek_locked(cf, j, target);
+		tj = j;
+	}
+	if (ret == 0 && any) {
+		cf->hdr_changed = true;
+		ret = commit_both_locked(cf, "rewrap.first-copy");
+	}
+	if (ret < 0) {
+		/* a failed commit may have left one copy with the new entries: both
+		 * copies then name only keys whose entries open (old or new) */
+		cf->hdr = saved;
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			if (changed[j])
+				cf_ks_clear(&cf->ks[j]); /* resolved again from the header on use */
+		rk_err("%s: cannot give the header of this chunkless file a data key under '%s': %s", cf->path,
+		       target->name, rk_strerror(ret));
+	}
+unlock:
+	rk_mutex_unlock(&cf->lock);
+	return ret;
+}
+
 int rk_cf_header_version(struct rk_cf *cf)
 {
 	rk_mutex_lock(&cf->lock, RK_RANK_CF);

@@ -137,4 +137,41 @@ run rekeyctl mark-compromised -d "$KEYS" golden_aes256 "$V1"
 assert_rc 0 "mark-compromised golden_aes256"
 run rekeyctl fsck -d "$KEYS" "$V1"
 assert_out_has "^key golden_aes256 is marked compromised: 1 chunk in 1 file is sealed under data keys it wrapped" "format 1 chunks are exposed (derived subkeys)"
+
+checking "online: empty files a rekey cannot replace (hard links, held open) do not keep the old key forever"
+# the sweep rekeys them in place; their headers must stop wrapping under
+# key4, or rotate --release refuses for ever (found on 2026-11-29)
+D2="$T_TMP/d2"
+M2="$T_TMP/m2"
+new_datadir "$D2" 16 key4
+mount_fs "$D2" "$M2"
+: >"$M2/e" && ln "$M2/e" "$M2/e.link" || fail "hard-linked empty file"
+truncate -s 1M "$M2/h" && ln "$M2/h" "$M2/h.link" || fail "hard-linked all-holes file"
+: >"$M2/held" || fail "held empty file"
+printf 'data\n' >"$M2/d" && ln "$M2/d" "$M2/d.link" || fail "hard-linked file with data"
+python3 - "$M2/held" "$T_TMP/held.ready" "$T_TMP/held.go" <<'PY' &
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+open(sys.argv[2], "w").close()
+deadline = time.time() + 120
+while not os.path.exists(sys.argv[3]) and time.time() < deadline:
+    time.sleep(0.05)
+os.close(fd)
+PY
+HOLDER=$!
+bg_register "$HOLDER"
+wait_until 30 "the holder did not open the file within 30 s" test -e "$T_TMP/held.ready"
+run rekeyctl rotate -d "$KEYS" --from key4 --to key5 --release "$M2"
+assert_rc 0 "rotate --release with hard-linked and held empty files (stderr: $(cat "$T_ERR"))"
+assert_out_has "key 'key4' released" "key4 released"
+touch "$T_TMP/held.go"
+wait "$HOLDER" || fail "the holder failed"
+bg_forget "$HOLDER"
+[ "$(stat -c %s "$M2/e") $(stat -c %s "$M2/h") $(stat -c %s "$M2/held")" = "0 1048576 0" ] || fail "sizes changed"
+cmp "$M2/h" <(head -c 1048576 /dev/zero) || fail "the all-holes file does not read as zeros"
+[ "$(cat "$M2/d.link")" = data ] || fail "the file with data"
+[ "$(stat -c %i "$D2/e")" = "$(stat -c %i "$D2/e.link")" ] || fail "the hard links were split"
+umount_fs "$M2"
+run rekeyctl fsck -d "$KEYS" --key key4 "$D2"
+assert_out_has "^key key4 is already released, and no chunk is under it$" "no chunk and no header under key4 any more"
 finish
