@@ -473,7 +473,13 @@ while read -r -u 3 round kind point delay cat_first replay_kill with_sweep subse
 	fi
 	# ---- optionally: a second kill, during the journal replay at mount ----
 	jsize=$(stat -c %s "$DATA/.rekeyfs/journal" 2>/dev/null || echo 0)
-	if [ "$replay_kill" = 1 ] && [ "$jsize" -gt 0 ]; then
+	# a journal emptied by a checkpoint keeps its length with a zeroed
+	# header (rekeyfs(5), JOURNAL): nothing to replay, so no replay to kill
+	jmagic=$(head -c 4 "$DATA/.rekeyfs/journal" 2>/dev/null | od -An -tx1 | tr -d ' \n')
+	if [ "$replay_kill" = 1 ] && [ "$jsize" -gt 0 ] && [ "$jmagic" = 00000000 ]; then
+		note "journal emptied by a checkpoint before the kill ($jsize bytes, zeroed header): no replay to kill"
+	fi
+	if [ "$replay_kill" = 1 ] && [ "$jsize" -gt 0 ] && [ "$jmagic" != 00000000 ]; then
 		export REKEYFS_CRASHPOINT=journal.replayed
 		T_MOUNTS=$((T_MOUNTS + 1))
 		if RKFX_QUIET=1 rkfx_mount "$DATA" "$MNT" "$KEYS" "" "$T_TMP/daemon.$T_MOUNTS.log" 2>"$T_TMP/rmount.err"; then
