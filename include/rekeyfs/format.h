@@ -322,6 +322,15 @@ int rk_dek_unwrap(const struct rk_cf_header *h, int j, const struct rk_key *kek,
  * -EKEYREJECTED when new's cipher or length differ from the entry's;
  * -EBADMSG when the DEK does not open under old. */
 int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new);
+/* The same rewrap in two halves, for a caller that makes many files durable
+ * with one sync (the offline rewrap: rk_rewrap_offline): stage entry j's
+ * rewrap in memory only, then write header copy 0 of every staged file,
+ * make them durable (syncfs), write copy 1, make them durable again.  A
+ * crash between the two leaves each file one complete copy (old or new):
+ * both wrap the same DEK.  rk_cf_hdr_write_copy(cf, 0) writes nothing when
+ * nothing is staged. */
+int rk_cf_rewrap_stage(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new);
+int rk_cf_hdr_write_copy(struct rk_cf *cf, int i);
 /* Convert a v1 file (opened writable) to v2 in place: every entry's DEK is
  * its v1 derived subkey, wrapped under the same key with flag DERIVED, so no
  * chunk is rewritten; both copies written and synced.  Every key the header

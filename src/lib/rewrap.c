@@ -37,13 +37,12 @@ static int commit_both_locked(struct rk_cf *cf, const char *crash1)
 	return ret;
 }
 
-int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new)
+/* Entry j rewrapped from old to new in memory only (cf->hdr; no write).
+ * On failure the entry is left as it was.  Caller holds cf->lock. */
+static int rewrap_mem_locked(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new)
 {
 	uint8_t dek[RK_MAX_KEY_BYTES];
 	int ret = 0;
-	if (j < 0 || j >= RK_CF_MAX_KEYS)
-		return -EINVAL;
-	rk_mutex_lock(&cf->lock, RK_RANK_CF);
 	struct rk_cf_keyent *e = &cf->hdr.keys[j], saved = *e;
 	if (!cf->writable)
 		ret = -EBADF;
@@ -73,24 +72,70 @@ int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_ke
 	OPENSSL_cleanse(dek, sizeof(dek));
 	if (ret == 0) {
 		cf->hdr_changed = true;
-		ret = commit_both_locked(cf, "rewrap.first-copy");
-	} else {
-		*e = saved;
-	}
-	if (ret == 0) {
-		/* the DEK is unchanged: a cached one stays, now under new */
+		/* the DEK is unchanged: a cached one stays, now under new.  Until
+		 * both copies are durable one copy on disk may still name old:
+		 * both wrap the same DEK, so either reads */
 		struct keyslot *s = &cf->ks[j];
 		if (s->resolved && s->err == 0)
 			s->key = new;
 		else if (s->resolved)
 			cf_ks_clear(s);
+	} else {
+		*e = saved;
 	}
-	/* a failed commit leaves the in-memory entry naming new while one copy
-	 * on disk may still name old: both wrap the same DEK, so either reads */
-	rk_mutex_unlock(&cf->lock);
+	return ret;
+}
+
+static void rewrap_err(const struct rk_cf *cf, int j, const struct rk_key *old, const struct rk_key *new, int ret)
+{
 	if (ret < 0 && ret != -ESTALE)
 		rk_err("%s: cannot rewrap the data key of entry %d from key '%s' to '%s': %s", cf->path, j, old->name,
 		       new->name, rk_strerror(ret));
+}
+
+int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new)
+{
+	int ret = 0;
+	if (j < 0 || j >= RK_CF_MAX_KEYS)
+		return -EINVAL;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	ret = rewrap_mem_locked(cf, j, old, new);
+	if (ret == 0)
+		ret = commit_both_locked(cf, "rewrap.first-copy");
+	rk_mutex_unlock(&cf->lock);
+	rewrap_err(cf, j, old, new, ret);
+	return ret;
+}
+
+int rk_cf_rewrap_stage(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new)
+{
+	int ret = 0;
+	if (j < 0 || j >= RK_CF_MAX_KEYS)
+		return -EINVAL;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	ret = rewrap_mem_locked(cf, j, old, new);
+	rk_mutex_unlock(&cf->lock);
+	rewrap_err(cf, j, old, new, ret);
+	return ret;
+}
+
+int rk_cf_hdr_write_copy(struct rk_cf *cf, int i)
+{
+	int ret = 0;
+	if (i < 0 || i > 1)
+		return -EINVAL;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	bool dirty = cf->disk_dirty;
+	if (!cf->writable)
+		ret = -EBADF;
+	else if (i == 0 && !cf->hdr_changed)
+		goto unlock; /* nothing staged */
+	else
+		ret = cf_hdr_write_locked(cf, dirty);
+	if (ret == 0 && i == 1 && !dirty)
+		cf->copies_equal = true;
+unlock:
+	rk_mutex_unlock(&cf->lock);
 	return ret;
 }
 

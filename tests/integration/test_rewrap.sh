@@ -68,13 +68,13 @@ if grep -Eq "^key2" "$T_OUT"; then fail "key2 was registered by a refused rewrap
 run rekeyctl rotate -d "$KEYS" --rewrap --to key3 "$DATA"
 assert_rc_nonzero "--rewrap without --from"
 
-checking "kill -9 between the two header copies of the first file's rewrap: every file reads"
-run_env REKEYFS_CRASHPOINT="rewrap.first-copy" -- rekeyctl rotate -d "$KEYS" --rewrap --from key1 --to key3 "$DATA"
+checking "kill -9 between the two header copies of the first file's rewrap (batches of one file): every file reads"
+run_env REKEYFS_REWRAP_BATCH=1 REKEYFS_CRASHPOINT="rewrap.first-copy" -- rekeyctl rotate -d "$KEYS" --rewrap --from key1 --to key3 "$DATA"
 assert_rc 137 "killed at rewrap.first-copy (stderr: $(cat "$T_ERR"))"
 assert_err_has "crash point rewrap.first-copy reached" "the crash point was reached"
 check_sums "after the kill in a rewrap"
 
-checking "kill -9 after the second file: every file reads"
+checking "kill -9 after the second file's second header copy, the others' first copies durable (one batch): every file reads"
 run_env REKEYFS_CRASHPOINT="offline-rewrap.file-done:2" -- rekeyctl rotate -d "$KEYS" --rewrap --from key1 --to key3 "$DATA"
 assert_rc 137 "killed at offline-rewrap.file-done:2 (stderr: $(cat "$T_ERR"))"
 check_sums "after the kill between files"
