@@ -185,5 +185,8 @@ void rk_coverage_free(struct rk_cov *c);
 bool rk_cov_entry_exposed(const struct rk_cf_header *h, const struct rk_cf_keyent *e, const uint8_t *fp);
 /* Chunks under key NAME (any fingerprint) in the whole result. */
 uint64_t rk_cov_key_chunks(const struct rk_cov *c, const char *name);
+/* Format 2 files whose header wraps a data key under key NAME (any
+ * fingerprint) in the whole result. */
+uint64_t rk_cov_key_wrapped(const struct rk_cov *c, const char *name);
 
 #endif

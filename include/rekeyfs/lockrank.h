@@ -39,6 +39,7 @@ enum rk_rank {
 	RK_RANK_CF_TIMES = 82,  /* library rk_cf.times_lock: user-visible times vs. format-only writes */
 	RK_RANK_JOURNAL = 85,   /* library rk_journal.lock */
 	RK_RANK_COVERAGE = 88,  /* library coverage scan work queue */
+	RK_RANK_COVSUM = 89,    /* daemon metrics summary lock: the coverage summary shown in status (leaf in practice) */
 	RK_RANK_KEYRING = 90,   /* library rk_keyring.lock */
 	RK_RANK_DET = 94,       /* library crypto det_lock */
 	RK_RANK_DIRS = 95,      /* daemon fs->dirs_lock: the list of open directory handles (leaf) */

@@ -69,9 +69,12 @@ static const struct help helps[] = {
 	            "  -w, --wait           wait for the sweep and verify that no chunk is left under OLD\n"
 	            "  -j, --progress-json  JSON progress lines on stdout while waiting\n"
 	            "  -q, --quiet          no progress bar\n" HELP_OPT},
-	{"status", "rekeyctl status [--json] MOUNT...", "walker state, progress, rates and errors of mounts",
+	{"status", "rekeyctl status [--json] [--refresh] MOUNT...",
+	 "walker state, progress, rates, errors and the cached coverage of mounts",
 	 "  -j, --json           the daemon's status JSON (schema rekeyfs-status/1) with host, data_dir, mount,\n"
-	 "                       time first; several mounts: one object per line (JSON Lines)\n" HELP_OPT},
+	 "                       time first; several mounts: one object per line (JSON Lines)\n"
+	 "  -r, --refresh        recount the coverage first (a headers-only scan by the daemon, as\n"
+	 "                       metrics --refresh); without it the coverage shown is the last one counted\n" HELP_OPT},
 	{"metrics", "rekeyctl metrics [--refresh] [--textfile FILE] MOUNT...",
 	 "Prometheus text exposition of mounts (one exposition, series labelled by mount)",
 	 "  -r, --refresh        rescan the daemons' cached coverage first\n"

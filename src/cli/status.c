@@ -1,6 +1,7 @@
 /* rekeyctl status - the walker's state, progress and errors of a mount. */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,16 +95,70 @@ static void print_walker(const struct rkc_json *w)
 #undef B
 }
 
-/* one mount: its text form, or its JSON (with the fleet fields; one line when several mounts) */
-static int status_one(const char *target, bool json, bool one_line)
+/* the cached coverage: per table and key the chunks and the files wrapping
+ * a data key under it (format 2), per registry key the totals and, for a
+ * key marked compromised, what only a reseal clears */
+static void print_coverage(const struct rkc_json *c)
 {
-	char *root = NULL, *rel = NULL, *js = NULL;
+	char bf[8][64];
+#define B(i) bf[i], sizeof(bf[i])
+	if (!c || c->type != RKC_J_OBJ) {
+		printf("coverage: not counted yet (rekeyctl status --refresh counts it)\n");
+		return;
+	}
+	double scan = 0;
+	rkc_json_num(c, "scan_seconds", &scan);
+	printf("coverage: counted %s in %.1f s (rekeyctl status --refresh recounts)\n", when(c, "counted_at", B(0)), scan);
+	const struct rkc_json *t = rkc_json_get(c, "tables");
+	for (size_t i = 0; t && t->type == RKC_J_ARR && i < t->n; i++) {
+		const struct rkc_json *x = t->kids[i];
+		printf("  table %s (target %s): %s chunk(s), %s on target; %s file(s) off target\n", str(x, "path"),
+		       str(x, "target"), num(x, "chunks", B(1)), num(x, "chunks_on_target", B(2)),
+		       num(x, "files_off_target", B(3)));
+		const struct rkc_json *k = rkc_json_get(x, "keys");
+		for (size_t j = 0; k && k->type == RKC_J_ARR && j < k->n; j++)
+			printf("    key %-20s %s chunk(s) in %s file(s); data keys wrapped under it in %s file(s)\n",
+			       str(k->kids[j], "key"), num(k->kids[j], "chunks", B(4)), num(k->kids[j], "files", B(5)),
+			       num(k->kids[j], "wrapped_files", B(6)));
+		const struct rkc_json *e = rkc_json_get(x, "exposed");
+		for (size_t j = 0; e && e->type == RKC_J_ARR && j < e->n; j++)
+			printf("    EXPOSED by compromised key %s: %s chunk(s) in %s file(s) (only a reseal clears them)\n",
+			       str(e->kids[j], "key"), num(e->kids[j], "chunks", B(4)), num(e->kids[j], "files", B(5)));
+	}
+	const struct rkc_json *k = rkc_json_get(c, "keys");
+	for (size_t j = 0; k && k->type == RKC_J_ARR && j < k->n; j++) {
+		const struct rkc_json *x = k->kids[j];
+		const struct rkc_json *comp = rkc_json_get(x, "compromised"), *unused = rkc_json_get(x, "unused");
+		bool is_comp = comp && comp->type == RKC_J_BOOL && comp->num != 0;
+		bool is_unused = unused && unused->type == RKC_J_BOOL && unused->num != 0;
+		printf("  key %-22s %s: %s chunk(s), %s file(s) wrapping under it%s", str(x, "key"), str(x, "state"),
+		       num(x, "chunks", B(1)), num(x, "wrapped_files", B(2)), is_unused ? "; nothing counted needs it" : "");
+		if (is_comp)
+			printf("; COMPROMISED: %s chunk(s) in %s file(s) exposed", num(x, "exposed_chunks", B(3)),
+			       num(x, "exposed_files", B(4)));
+		putchar('\n');
+	}
+#undef B
+}
+
+/* one mount: its text form, or its JSON (with the fleet fields; one line when several mounts) */
+static int status_one(const char *target, bool json, bool one_line, bool refresh)
+{
+	char *root = NULL, *rel = NULL, *js = NULL, *reply = NULL;
 	int ret = rkc_mount_find(target, &root, &rel);
 	if (ret < 0) {
 		rk_err("%s is not on a rekeyfs mount (no fuse.rekeyfs mount with the daemon's .rekeyfs/control holds "
 		       "it); status needs a mounted daemon",
 		       target);
 		return -ENOENT;
+	}
+	if (refresh) {
+		ret = rkc_control(root, "metrics-refresh\n", &reply);
+		if (ret < 0) {
+			rkc_print_reply(ret, reply); /* frees reply */
+			reply = NULL;
+			goto out;
+		}
 	}
 	ret = rkc_read_status(root, &js);
 	if (ret < 0) {
@@ -136,9 +191,11 @@ static int status_one(const char *target, bool json, bool one_line)
 			printf("  read error %s chunk %s: %s\n", str(l->kids[i], "path"), num(l->kids[i], "chunk", c, sizeof(c)),
 			       str(l->kids[i], "cause"));
 	}
+	print_coverage(rkc_json_get(st, "coverage"));
 	rkc_json_free(st);
 out:
 	fflush(stdout);
+	free(reply);
 	free(js);
 	free(root);
 	free(rel);
@@ -147,12 +204,25 @@ out:
 
 int rkc_cmd_status(int argc, char **argv)
 {
-	bool json = false;
-	int pr = rkc_parse_d(argc, argv, "status", NULL, NULL, &json);
-	if (pr < 0)
-		return pr;
+	static const struct option lo[] = {{"json", no_argument, NULL, 'j'},
+	                                   {"refresh", no_argument, NULL, 'r'},
+	                                   {"help", no_argument, NULL, 'h'},
+	                                   {0, 0, 0, 0}};
+	bool json = false, refresh = false;
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":jrh", lo, NULL)) != -1) {
+		if (c == 'h')
+			exit(rkc_help("status") == 0 ? 0 : RKC_EXIT_USAGE);
+		else if (c == 'j')
+			json = true;
+		else if (c == 'r')
+			refresh = true;
+		else
+			return rkc_opt_refused("status", c, argv, lo);
+	}
 	if (argc - optind < 1) {
-		rk_err("usage: rekeyctl status [--json] MOUNT...");
+		rk_err("usage: rekeyctl status [--json] [--refresh] MOUNT...");
 		return RKC_USAGE;
 	}
 	/* several mounts: each one's report (JSON Lines with --json); the
@@ -161,7 +231,7 @@ int rkc_cmd_status(int argc, char **argv)
 	for (int i = optind; i < argc; i++) {
 		if (!json && n > 1 && i > optind)
 			putchar('\n');
-		int r = status_one(argv[i], json, n > 1);
+		int r = status_one(argv[i], json, n > 1, refresh);
 		if (r < 0 && ret == 0)
 			ret = r;
 	}

@@ -50,6 +50,7 @@ int rkd_status_json(struct rkd_fs *fs, char **out, size_t *len)
 	rkd_walker_json(fs, &b);
 	rkd_ioerr_json(fs, &b);
 	rkd_encrypt_json(fs, &b);
+	rkd_metrics_status_json(&b);
 	struct rk_journal_stats js;
 	rk_journal_get_stats(fs->j, &js);
 	rkd_jb_printf(&b,

@@ -293,6 +293,10 @@ void rkd_policy_snapshot_free(struct rk_datadir *snap);
 int rkd_metrics_text(struct rkd_fs *fs, char **out, size_t *len);
 int rkd_metrics_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len);
 void rkd_metrics_free(void);
+/* metrics_ctl.c: the "coverage" member of the status JSON: a summary of
+ * the cached coverage (null before the first scan); never scans */
+struct rkd_jbuf;
+void rkd_metrics_status_json(struct rkd_jbuf *b);
 struct rk_metrics_src;
 /* walker_ctl.c: the walker's part of the metrics (takes the walker lock) */
 void rkd_walker_metrics(struct rkd_fs *fs, struct rk_metrics_src *s);

@@ -37,6 +37,11 @@ static double mcov_time, mcov_mono, mcov_scan_s;
 static uint64_t mcov_sweep;
 static unsigned mcov_gen;
 static bool mcov_dirty;
+/* rank RK_RANK_COVSUM (89): the summary of the cached coverage shown in
+ * .rekeyfs/status, rendered after each rescan; held only to swap or copy
+ * the string, so a status read never waits for a scan */
+static pthread_mutex_t slock = PTHREAD_MUTEX_INITIALIZER;
+static char *msummary;
 
 static double now_clock(clockid_t id)
 {
@@ -66,6 +71,67 @@ static void walker_sweep(struct rkd_fs *fs, uint64_t *finished, bool *running)
 	*finished = fs->w->finished_sweep;
 	*running = fs->w->state != W_IDLE;
 	rk_mutex_unlock(&fs->w->lock);
+}
+
+/* The "coverage" object of the status JSON from cov: per table and key the
+ * chunks and the files wrapping a data key under it; per registry key the
+ * totals, the compromised mark, the exposed chunks and files, and whether
+ * nothing counted needs it any more (the releasable gauge of the metrics). */
+static char *summary_json(const struct rk_cov *c, double when, double scan_s, uint64_t sweep)
+{
+	struct rkd_jbuf b = {0};
+	rkd_jb_printf(&b, "{\"counted_at\": %.3f, \"scan_seconds\": %.3f, \"after_sweep\": %" PRIu64 ", \"tables\": [",
+	              when, scan_s, sweep);
+	for (size_t i = 0; i < c->ntables; i++) {
+		const struct rk_cov_table *t = &c->tables[i];
+		rkd_jb_printf(&b, "%s\n      {\"path\": ", i ? "," : "");
+		rkd_jb_str(&b, t->path);
+		rkd_jb_printf(&b, ", \"target\": ");
+		rkd_jb_str(&b, t->target);
+		rkd_jb_printf(&b,
+		              ", \"chunk_files\": %" PRIu64 ", \"v2_files\": %" PRIu64 ", \"chunks\": %" PRIu64
+		              ", \"chunks_on_target\": %" PRIu64 ", \"files_off_target\": %" PRIu64 ", \"keys\": [",
+		              t->chunk_files, t->v2_files, t->chunks, t->chunks_on_target, t->files_off_target);
+		for (size_t k = 0; k < t->nkeys; k++) {
+			rkd_jb_printf(&b, "%s{\"key\": ", k ? ", " : "");
+			rkd_jb_str(&b, t->keys[k].name);
+			rkd_jb_printf(&b, ", \"chunks\": %" PRIu64 ", \"files\": %" PRIu64 ", \"wrapped_files\": %" PRIu64 "}",
+			              t->keys[k].chunks, t->keys[k].files, t->keys[k].wrapped_files);
+		}
+		rkd_jb_printf(&b, "], \"exposed\": [");
+		bool first = true;
+		for (size_t r = 0; t->exposed && r < c->nregistry; r++) {
+			if (!c->registry[r].compromised)
+				continue;
+			rkd_jb_printf(&b, "%s{\"key\": ", first ? "" : ", ");
+			rkd_jb_str(&b, c->registry[r].name);
+			rkd_jb_printf(&b, ", \"chunks\": %" PRIu64 ", \"files\": %" PRIu64 "}", t->exposed[r].chunks,
+			              t->exposed[r].files);
+			first = false;
+		}
+		rkd_jb_printf(&b, "]}");
+	}
+	rkd_jb_printf(&b, "\n    ], \"keys\": [");
+	for (size_t r = 0; r < c->nregistry; r++) {
+		const struct rk_cov_regkey *k = &c->registry[r];
+		uint64_t chunks = rk_cov_key_chunks(c, k->name), wrapped = rk_cov_key_wrapped(c, k->name);
+		const struct rk_cov_exposure *x = c->total.exposed ? &c->total.exposed[r] : NULL;
+		rkd_jb_printf(&b, "%s\n      {\"key\": ", r ? "," : "");
+		rkd_jb_str(&b, k->name);
+		rkd_jb_printf(&b,
+		              ", \"state\": \"%s\", \"chunks\": %" PRIu64 ", \"wrapped_files\": %" PRIu64
+		              ", \"compromised\": %s, \"exposed_chunks\": %" PRIu64 ", \"exposed_files\": %" PRIu64
+		              ", \"unused\": %s}",
+		              rk_keystate_name(k->state), chunks, wrapped, k->compromised ? "true" : "false",
+		              x && k->compromised ? x->chunks : 0, x && k->compromised ? x->files : 0,
+		              chunks == 0 && wrapped == 0 ? "true" : "false");
+	}
+	rkd_jb_printf(&b, "\n    ]}");
+	if (b.err) {
+		free(b.p);
+		return NULL;
+	}
+	return b.p;
 }
 
 /* rescan (mlock held) */
@@ -103,6 +169,11 @@ static int rescan(struct rkd_fs *fs)
 	mcov_sweep = fin;
 	mcov_gen = gen;
 	mcov_dirty = false;
+	char *sum = summary_json(cov, mcov_time, mcov_scan_s, fin);
+	rk_mutex_lock(&slock, RK_RANK_COVSUM);
+	free(msummary);
+	msummary = sum; /* NULL (out of memory): status shows no counts */
+	rk_mutex_unlock(&slock);
 	ret = 0;
 out:
 	rkd_policy_snapshot_free(&snap);
@@ -166,10 +237,21 @@ int rkd_metrics_control(struct rkd_fs *fs, const char *cmd, char *args, char **o
 	return rkd_reply(out, len, 0, "coverage refreshed: %" PRIu64 " chunks counted in %.3f s", chunks, secs);
 }
 
+void rkd_metrics_status_json(struct rkd_jbuf *b)
+{
+	rk_mutex_lock(&slock, RK_RANK_COVSUM);
+	rkd_jb_printf(b, "  \"coverage\": %s,\n", msummary ? msummary : "null");
+	rk_mutex_unlock(&slock);
+}
+
 void rkd_metrics_free(void)
 {
 	rk_mutex_lock(&mlock, RK_RANK_METRICS);
 	rk_coverage_free(mcov);
 	mcov = NULL;
 	rk_mutex_unlock(&mlock);
+	rk_mutex_lock(&slock, RK_RANK_COVSUM);
+	free(msummary);
+	msummary = NULL;
+	rk_mutex_unlock(&slock);
 }

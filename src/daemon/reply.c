@@ -32,16 +32,28 @@ void rkd_jb_put(struct rkd_jbuf *b, const char *s, size_t n)
 
 void rkd_jb_printf(struct rkd_jbuf *b, const char *fmt, ...)
 {
-	char tmp[1024];
+	char tmp[1024], *p = tmp;
 	va_list ap;
 	va_start(ap, fmt);
 	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
-	if (n < 0) {
-		b->err = -EINVAL;
-		return;
+	if (n >= (int)sizeof(tmp)) {
+		/* longer than the stack buffer: formatted again in full, never cut */
+		p = malloc((size_t)n + 1);
+		if (!p) {
+			b->err = -ENOMEM;
+			return;
+		}
+		va_start(ap, fmt);
+		n = vsnprintf(p, (size_t)n + 1, fmt, ap);
+		va_end(ap);
 	}
-	rkd_jb_put(b, tmp, RK_MIN((size_t)n, sizeof(tmp) - 1));
+	if (n < 0)
+		b->err = -EINVAL;
+	else
+		rkd_jb_put(b, p, (size_t)n);
+	if (p != tmp)
+		free(p);
 }
 
 /* a JSON string literal */

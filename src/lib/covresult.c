@@ -91,3 +91,12 @@ uint64_t rk_cov_key_chunks(const struct rk_cov *c, const char *name)
 			n += c->total.keys[i].chunks;
 	return n;
 }
+
+uint64_t rk_cov_key_wrapped(const struct rk_cov *c, const char *name)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < c->total.nkeys; i++)
+		if (strcmp(c->total.keys[i].name, name) == 0)
+			n += c->total.keys[i].wrapped_files;
+	return n;
+}

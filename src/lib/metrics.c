@@ -134,27 +134,6 @@ static void scalar(struct mbuf *b, const struct rk_metrics_src *s, const char *n
 	sample(b, s, name, NULL, NULL, NULL, NULL, value);
 }
 
-/* chunks under key NAME in the whole scan (any table) */
-static uint64_t key_chunks(const struct rk_cov *c, const char *name)
-{
-	uint64_t n = 0;
-	for (size_t i = 0; i < c->ntables; i++)
-		for (size_t k = 0; k < c->tables[i].nkeys; k++)
-			if (strcmp(c->tables[i].keys[k].name, name) == 0)
-				n += c->tables[i].keys[k].chunks;
-	return n;
-}
-
-static uint64_t key_wrapped(const struct rk_cov *c, const char *name)
-{
-	uint64_t n = 0;
-	for (size_t i = 0; i < c->ntables; i++)
-		for (size_t k = 0; k < c->tables[i].nkeys; k++)
-			if (strcmp(c->tables[i].keys[k].name, name) == 0)
-				n += c->tables[i].keys[k].wrapped_files;
-	return n;
-}
-
 /* the wrap layer and compromised keys */
 static void wrap_layer(struct mbuf *b, const struct rk_metrics_src *s)
 {
@@ -210,7 +189,7 @@ static void coverage(struct mbuf *b, const struct rk_metrics_src *s)
 	       "(cached coverage).");
 	for (size_t r = 0; c && r < c->nregistry; r++)
 		sample(b, s, "rekeyfs_key_releasable", "key", c->registry[r].name, NULL, NULL,
-		       key_chunks(c, c->registry[r].name) == 0 && key_wrapped(c, c->registry[r].name) == 0 ? 1 : 0);
+		       rk_cov_key_chunks(c, c->registry[r].name) == 0 && rk_cov_key_wrapped(c, c->registry[r].name) == 0 ? 1 : 0);
 	/* keys found in data but not in the registry */
 	for (size_t i = 0; c && i < c->ntables; i++)
 		for (size_t k = 0; k < c->tables[i].nkeys; k++) {

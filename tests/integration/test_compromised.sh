@@ -106,6 +106,30 @@ grep -Eq '^rekeyfs_exposed_chunks\{.*table="/".*key="key5".*\} '"$N"'$' "$T_TMP/
 grep -Eq '^rekeyfs_wrapped_files\{.*table="/".*key="key5".*\} 5$' "$T_TMP/m.prom" ||
 	fail "no rekeyfs_wrapped_files for key5 = 5: $(grep wrapped "$T_TMP/m.prom")"
 grep -Eq '^rekeyfs_key_compromised\{.*key="key3".*\} 1$' "$T_TMP/m.prom" || fail "key3 not compromised in metrics"
+
+checking "status shows the same coverage: wrapped files and exposure per table and key, text and JSON"
+run rekeyctl status --json "$MNT"
+assert_rc 0 "status --json"
+python3 - "$T_OUT" "$N" >"$T_TMP/st.check" 2>&1 <<'PY' || fail "status JSON coverage: $(cat "$T_TMP/st.check")"
+import json, sys
+d = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+c = d["coverage"]
+assert c is not None, "no coverage after metrics --refresh"
+t = [x for x in c["tables"] if x["path"] == "/"][0]
+k5 = [k for k in t["keys"] if k["key"] == "key5"][0]
+assert k5["wrapped_files"] == 5, k5
+e = [x for x in t["exposed"] if x["key"] == "key5"]
+assert e and e[0]["chunks"] == n, t["exposed"]
+r = {k["key"]: k for k in c["keys"]}
+assert r["key5"]["compromised"] is True and r["key5"]["exposed_chunks"] == n and r["key5"]["unused"] is False, r["key5"]
+assert r["key3"]["compromised"] is True, r["key3"]
+PY
+run rekeyctl status --refresh "$MNT"
+assert_rc 0 "status --refresh (stderr: $(cat "$T_ERR"))"
+assert_out_has "^coverage: counted " "coverage section"
+assert_out_has "^    key key5 .* data keys wrapped under it in 5 file\\(s\\)$" "per-table wrapped files"
+assert_out_has "^    EXPOSED by compromised key key5: $N chunk\\(s\\)" "per-table exposure"
+assert_out_has "^  key key5 .*COMPROMISED: $N chunk\\(s\\)" "per-key exposure"
 run rekeyctl unmark-compromised -d "$KEYS" key5 "$MNT"
 assert_rc 0 "unmark-compromised key5 through the mount"
 umount_fs "$MNT"
