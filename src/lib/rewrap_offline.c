@@ -29,6 +29,8 @@ struct pending {
 	int fd;
 	struct rk_cf *cf;
 	uint64_t entries;
+	dev_t dev;
+	ino_t ino;
 };
 
 struct orewrap {
@@ -104,6 +106,11 @@ static int rewrap_one(struct orewrap *o, const struct rk_walk_ent *e)
 	bool which[RK_CF_MAX_KEYS];
 	uint64_t entries = 0;
 	int ret = 0;
+	/* another name of a file already staged in this batch: its header on
+	 * disk is not written yet, so it would be staged twice */
+	for (int i = 0; e->st->st_nlink > 1 && i < o->n; i++)
+		if (o->batch[i].dev == e->st->st_dev && o->batch[i].ino == e->st->st_ino)
+			return 0;
 	int fd = openat(e->dirfd, e->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;
@@ -132,7 +139,8 @@ static int rewrap_one(struct orewrap *o, const struct rk_walk_ent *e)
 		}
 	}
 	if (ret == 0 && entries > 0) {
-		o->batch[o->n++] = (struct pending){.fd = fd, .cf = cf, .entries = entries};
+		o->batch[o->n++] =
+			(struct pending){.fd = fd, .cf = cf, .entries = entries, .dev = e->st->st_dev, .ino = e->st->st_ino};
 		return o->n == o->cap ? flush(o) : 0;
 	}
 	/* nothing staged, or a failure: the header on disk is untouched (a

@@ -30,9 +30,10 @@ for d in ks/t1 .; do
 		head -c $((50000 * i + 777)) /dev/urandom >"$MNT/$d/f$i" || fail "write $d/f$i"
 	done
 done
+ln "$MNT/ks/t1/f2" "$MNT/ks/t1/f2.link" || fail "hard link"
 sync
 (cd "$MNT" && find . -path ./.rekeyfs -prune -o -type f -print0 | sort -z | xargs -0 md5sum) >"$T_TMP/sums"
-[ "$(wc -l <"$T_TMP/sums")" -eq 6 ] || fail "expected 6 files: $(cat "$T_TMP/sums")"
+[ "$(wc -l <"$T_TMP/sums")" -eq 7 ] || fail "expected 7 names: $(cat "$T_TMP/sums")"
 umount_fs "$MNT"
 
 # the stored bytes past the 8 KiB header area of every file, and the headers
@@ -90,6 +91,13 @@ diff "$T_TMP/slots.before" "$T_TMP/slots.after" >"$T_TMP/slots.diff" ||
 	fail "a rewrap changed stored bytes past the headers: $(head -c 1500 "$T_TMP/slots.diff")"
 run rekeyctl fsck -d "$KEYS" "$DATA"
 assert_rc 0 "fsck after the rewrap: $(cat "$T_OUT")"
+
+checking "a file with two names in one batch is rewrapped once"
+run rekeyctl createkey -d "$KEYS" AES/GCM/NoPadding 256 key4
+assert_rc 0 "createkey key4"
+run rekeyctl rotate -d "$KEYS" --rewrap --from key3 --to key4 "$DATA"
+assert_rc 0 "rotate --rewrap key3 -> key4 (stderr: $(cat "$T_ERR"))"
+assert_out_has "^rewrap: 6 file\\(s\\), 6 data key\\(s\\) rewrapped" "6 files for 7 names"
 
 checking "with key1's file gone from the key directory every file reads back identical"
 mv "$KEYS/key1" "$T_TMP/key1.away" || fail "moving key1 away"
