@@ -126,6 +126,7 @@ struct rk_cov_query {
 	char **names;     /* first such files */
 	size_t nnames;
 	uint64_t wrapped_files; /* files without chunks whose format 2 header wraps a data key under it (rk_release_wrap_blocks) */
+	uint64_t named_files;   /* chunk files whose header has an entry naming it (their slot headers were read) */
 };
 
 struct rk_cov {
@@ -138,6 +139,7 @@ struct rk_cov {
 	char *datadir;       /* data directory as given */
 	char *keydir;        /* key directory of the keyring, NULL without one */
 	bool online;         /* set by the daemon: counts include its pending writes */
+	bool key_only;       /* exact for the query key only (rk_cov_opts.exact_key_only) */
 	bool exact, deep;    /* how chunks were counted */
 	char table_filter[RK_TABLE_PATH_MAX]; /* "" when every table was scanned */
 	uint64_t deep_total; /* deep: plaintext bytes to authenticate (sum of file sizes) */
@@ -168,6 +170,10 @@ struct rk_cov_opts {
 	bool deep;             /* authenticate every chunk (implies exact; needs kr) */
 	struct rk_keyring *kr; /* key status of every key named by data; deep reads */
 	const char *query_key; /* count chunks under this key name exactly (needs exact) */
+	/* exact with query_key, not deep: read the slot headers only of the
+	 * files whose header names query_key or has dirty counts; the others
+	 * cannot hold a chunk under it and are counted from their headers */
+	bool exact_key_only;
 	const struct rk_cov_access *access; /* exact/deep chunk access (NULL: read-only open) */
 	/* deep scans: a headers-only pass first sums the plaintext total; then
 	 * called as chunks are authenticated (from the scanning thread) */

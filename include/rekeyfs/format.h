@@ -381,6 +381,9 @@ void rk_cf_get_header(struct rk_cf *cf, struct rk_cf_header *out);
 uint64_t rk_cf_nchunks(struct rk_cf *cf);
 /* The header on disk has COUNTS_DIRTY set (a sync would clean it). */
 bool rk_cf_disk_dirty(struct rk_cf *cf);
+/* Does an entry in use of the in-memory header name key name (any
+ * fingerprint)? */
+bool rk_cf_names_key(struct rk_cf *cf, const char *name);
 
 /* Read chunk idx into out (chunk_size bytes; bytes past the chunk's
  * plaintext, or past end of file, are zero).  *key_idx gets the sealing key

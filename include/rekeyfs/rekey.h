@@ -43,6 +43,7 @@ int rk_rekey_examine(int dirfd, const char *name, const char *rel, const struct 
 
 /* one file's key references, for the release scan */
 struct rk_key_refs {
+	const char *name; /* in: the key asked about (rk_scan_key_refs) */
 	bool chunk;       /* a chunk file: counts, malformed and h are set */
 	bool unreadable;  /* its header (or shared state) cannot be read: it may hide chunks under the key */
 	const char *note; /* appended to its name in the verdict, or NULL */

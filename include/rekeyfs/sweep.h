@@ -80,7 +80,11 @@ int rk_replace_commit(struct rk_replace *r, int *new_path_fd, struct stat *new_s
 int rk_replace_end(struct rk_replace *r);
 
 /* Count chunks per header key entry by reading every slot's key reference
- * (no decryption).  malformed gets the number of unreadable slot headers. */
-int rk_scan_key_refs(struct rk_cf *cf, uint64_t counts[RK_CF_MAX_KEYS], uint64_t *malformed);
+ * (no decryption).  malformed gets the number of unreadable slot headers.
+ * With name, a file whose in-memory header has no entry naming that key
+ * is not read (all zero): a slot is under the key of the entry its key
+ * index names, and an entry is in the header (on disk too) before any chunk
+ * is sealed under it, so no slot of such a file is under the key. */
+int rk_scan_key_refs(struct rk_cf *cf, const char *name, uint64_t counts[RK_CF_MAX_KEYS], uint64_t *malformed);
 
 #endif

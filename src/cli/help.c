@@ -85,7 +85,7 @@ static const struct help helps[] = {
 	 "set the walker's rate limit: N, NK/NM/NG or NKiB/NMiB/NGiB (1024), NKB/NMB/NGB (1000), 0 or unlimited",
 	 HELP_OPT},
 	{"release-key", "rekeyctl release-key [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
-	 "retire key NAME once no chunk is under it (every slot's key reference is read)", KEYDIR_OPT HELP_OPT},
+	 "retire key NAME once no chunk is under it (every header and the slot headers of the files naming it are read)", KEYDIR_OPT HELP_OPT},
 	{"mark-compromised", "rekeyctl mark-compromised [-d KEYDIR] NAME DATADIR_OR_MOUNT...",
 	 "mark key NAME compromised: data keys it ever wrapped stay exposed until a reseal (not a rewrap)",
 	 KEYDIR_OPT HELP_OPT},

@@ -275,7 +275,7 @@ int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_re
 	if (f->chunk) {
 		out->chunk = true;
 		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW); /* no writes while the references are read */
-		out->err = rk_scan_key_refs(f->cf, out->counts, &out->malformed);
+		out->err = rk_scan_key_refs(f->cf, out->name, out->counts, &out->malformed);
 		rk_cf_get_header(f->cf, &out->h);
 		rk_rw_unlock(&f->rw_lock);
 	}

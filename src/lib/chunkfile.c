@@ -118,6 +118,16 @@ uint64_t rk_cf_nchunks(struct rk_cf *cf)
 	return rk_chunk_count(s, cf->hdr.chunk_size);
 }
 
+bool rk_cf_names_key(struct rk_cf *cf, const char *name)
+{
+	bool found = false;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	for (int j = 0; j < RK_CF_MAX_KEYS && !found; j++)
+		found = cf->hdr.keys[j].in_use && strcmp(cf->hdr.keys[j].name, name) == 0;
+	rk_mutex_unlock(&cf->lock);
+	return found;
+}
+
 bool rk_cf_disk_dirty(struct rk_cf *cf)
 {
 	rk_mutex_lock(&cf->lock, RK_RANK_CF);

@@ -336,7 +336,7 @@ static int finish_file(struct scan *s, size_t ti, const char *rel, struct frec *
 	const struct rk_table *tab = &s->dd->tables[ti];
 	const char *q = s->o->query_key;
 	uint64_t nq = 0;
-	bool wq = false;
+	bool wq = false, named = false;
 	int ret;
 	if (f->chunk) {
 		uint64_t all = f->malformed;
@@ -348,11 +348,14 @@ static int finish_file(struct scan *s, size_t ti, const char *rel, struct frec *
 				continue;
 			f->st[j] = key_status(s, e->name, e->fp, e->cipher);
 			f->on[j] = target_matches(s->dd, tab->key, e);
-			if (q && strcmp(e->name, q) == 0)
+			if (q && strcmp(e->name, q) == 0) {
 				nq += f->counts[j];
+				named = true;
+			}
 			wq |= q && rk_release_wrap_blocks(&f->h, j, q, all);
 		}
 	}
+	s->c->query.named_files += named;
 	if (nq || wq) {
 		s->c->query.chunks += nq;
 		s->c->query.wrapped_files += wq;
@@ -552,6 +555,31 @@ static int scan_slots(struct scan *s, const struct rk_walk_ent *e, int fd, const
 /* Everything about one open stored file that needs no walk entry: read the
  * header area and count its chunks (fast path; dirty counts are recounted).
  * Runs in workers.  0, or 1 when the file vanished, or a negative errno. */
+/* Chunk counts of a clean header, trusted (the headers-only path). */
+static void counts_from_header(struct frec *f)
+{
+	uint32_t cs = f->h.chunk_size;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		if (!f->h.keys[j].in_use)
+			continue;
+		f->counts[j] = f->h.keys[j].count;
+		f->bytes[j] = RK_MIN(f->counts[j] * cs, f->h.size);
+	}
+}
+
+/* Does an entry in use of h name key q (any fingerprint)?  A slot is sealed
+ * under the key of the entry its key index names, and an entry reaches the
+ * disk before any chunk sealed under it: a file whose header names no
+ * entry for q holds no chunk under q, whatever its slots say (a slot naming
+ * an unused entry is malformed, under no key). */
+static bool names_key(const struct rk_cf_header *h, const char *q)
+{
+	for (int j = 0; q && j < RK_CF_MAX_KEYS; j++)
+		if (h->keys[j].in_use && strcmp(h->keys[j].name, q) == 0)
+			return true;
+	return !q;
+}
+
 static int read_file(struct scan *s, int fd, bool small, const char *rel, uint8_t *buf, struct frec *f,
                      struct plist *pl)
 {
@@ -581,13 +609,7 @@ static int read_file(struct scan *s, int fd, bool small, const char *rel, uint8_
 		if (ret != 0 || f->corrupt)
 			return ret;
 	} else {
-		uint32_t cs = f->h.chunk_size;
-		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
-			if (!f->h.keys[j].in_use)
-				continue;
-			f->counts[j] = f->h.keys[j].count;
-			f->bytes[j] = RK_MIN(f->counts[j] * cs, f->h.size);
-		}
+		counts_from_header(f);
 	}
 	f->chunk = true;
 	return 0;
@@ -842,7 +864,9 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 		} else {
 			f->recounted = (f->h.flags & RK_HF_COUNTS_DIRTY) != 0;
 			ret = damaged >= 0 ? damaged_problem(&s->pl, e->rel, damaged) : 0;
-			if (ret == 0)
+			if (ret == 0 && !f->recounted && o->exact_key_only && !o->deep && !names_key(&f->h, o->query_key))
+				counts_from_header(f);
+			else if (ret == 0)
 				ret = scan_slots(s, e, fd, e->rel, f, &s->pl, s->chunkbuf);
 			if (ret == 0 && !f->corrupt)
 				f->chunk = true;
@@ -892,6 +916,7 @@ int rk_coverage_scan(struct rk_datadir *dd, const struct rk_cov_opts *opts, stru
 	if (opts->deep && !(s.chunkbuf = malloc(RK_CHUNK_MAX)))
 		goto fail;
 	c->exact = opts->exact || opts->deep;
+	c->key_only = c->exact && !opts->deep && opts->exact_key_only && opts->query_key;
 	c->deep = opts->deep;
 	if (opts->table)
 		snprintf(c->table_filter, sizeof(c->table_filter), "%s", opts->table);

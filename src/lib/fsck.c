@@ -81,6 +81,9 @@ void rk_fsck_scan_opts(const struct rk_fsck_opts *fo, struct rk_keyring *kr, str
 	co->exact = fo->deep || fo->key;
 	co->kr = kr;
 	co->query_key = fo->key;
+	/* a file whose header names no entry for the key holds no chunk
+	 * under it (rk_cov_opts.exact_key_only): its slots are not read */
+	co->exact_key_only = fo->key && !fo->deep;
 }
 
 /* ---- verdicts ------------------------------------------------------------------------------- */
@@ -262,9 +265,10 @@ static const char *mode_name(const struct rk_cov *c) { return c->deep ? "deep" :
 
 static const char *mode_text(const struct rk_cov *c)
 {
-	return c->deep    ? "every chunk authenticated"
-	       : c->exact ? "every slot header read"
-	                  : "header counts";
+	return c->deep       ? "every chunk authenticated"
+	       : c->key_only ? "every slot header read of the files whose header names the key"
+	       : c->exact    ? "every slot header read"
+	                     : "header counts";
 }
 
 /* ---- the release question ------------------------------------------------------------------ */
@@ -310,13 +314,16 @@ static void query_line(FILE *f, const struct rk_cov *c)
 		fprintf(f, "key %s is already released, and no chunk is under it\n", rk_esc(q->name));
 	} else if (!reg) {
 		fprintf(f,
-		        "key %s may be released: no chunk is under it (every slot header was read); it is not in this data "
-		        "directory's key registry\n",
-		        rk_esc(q->name));
+		        "key %s may be released: no chunk is under it (every header read; the slot headers of the %" PRIu64
+		        " %s naming it read); it is not in this data directory's key registry\n",
+		        rk_esc(q->name), q->named_files, plural(q->named_files, "file", "files"));
 	} else {
 		fprintf(f,
-		        "key %s may be released: no chunk is under it (every slot header of %" PRIu64 " chunk %s was read)\n",
-		        rk_esc(q->name), c->total.chunk_files, plural(c->total.chunk_files, "file", "files"));
+		        "key %s may be released: no chunk is under it (the headers of %" PRIu64
+		        " chunk %s read; a chunk is only ever under a key its file's header names, and the slot headers "
+		        "of the %" PRIu64 " %s naming it were read)\n",
+		        rk_esc(q->name), c->total.chunk_files, plural(c->total.chunk_files, "file", "files"), q->named_files,
+		        plural(q->named_files, "file", "files"));
 	}
 }
 

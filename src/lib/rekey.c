@@ -459,7 +459,7 @@ static int own_key_refs(const struct rk_walk_ent *e, struct rk_key_refs *out)
 			out->unreadable = true; /* could hide chunks under the key */
 		} else {
 			rk_cf_get_header(cf, &out->h);
-			out->err = rk_scan_key_refs(cf, out->counts, &out->malformed);
+			out->err = rk_scan_key_refs(cf, out->name, out->counts, &out->malformed);
 			rk_cf_close(cf);
 		}
 	}
@@ -481,6 +481,7 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	if (!S_ISREG(e->st->st_mode))
 		return 0;
 	memset(&refs, 0, sizeof(refs));
+	refs.name = c->name;
 	int ret = c->acc && c->acc->key_refs ? c->acc->key_refs(c->acc->arg, e, &refs) : own_key_refs(e, &refs);
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret;

@@ -106,11 +106,13 @@ int rk_sweep_file(struct rk_cf *cf, struct rk_key *target, const struct rk_sweep
 	return ret;
 }
 
-int rk_scan_key_refs(struct rk_cf *cf, uint64_t counts[RK_CF_MAX_KEYS], uint64_t *malformed)
+int rk_scan_key_refs(struct rk_cf *cf, const char *name, uint64_t counts[RK_CF_MAX_KEYS], uint64_t *malformed)
 {
 	memset(counts, 0, sizeof(uint64_t) * RK_CF_MAX_KEYS);
 	if (malformed)
 		*malformed = 0;
+	if (name && !rk_cf_names_key(cf, name))
+		return 0; /* no entry names it: no slot can be under it */
 	uint64_t n = rk_cf_nchunks(cf);
 	/* chunks a cut-short file lost still need the keys its clean header
 	 * counted them under */

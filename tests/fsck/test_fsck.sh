@@ -354,7 +354,21 @@ assert_out_has "^  /ks/t1/c\.db: chunk 0 \(offset 0\): malformed-slot: " "malfor
 checking "CORR --key key2: unreadable headers could hide chunks: may NOT be released (exit 1+4)"
 fsck -d "$K" --key key2 "$CORR"
 assert_rc 5 "fsck --key key2 corr"
-assert_out_has "^key key2 may NOT be released: no readable chunk is under it, but 2 unreadable" "answer"
+# a.db's header is unreadable (it could name key2); c.db's malformed slot
+# cannot be under key2: its header names key1 only
+assert_out_has "^key key2 may NOT be released: no readable chunk is under it, but 1 unreadable" "answer"
+
+checking "--key reads the slots of a file whose header names the key: its only chunk's malformed slot blocks"
+ROTK="$T_TMP/rotk"
+cp -a "$ROT" "$ROTK"
+cp -a "$B/ks/t1/c.db" "$ROTK/ks/t1/c.db" # one chunk under key1, in a tree otherwise all under key2
+fsck -d "$K" --key key1 "$ROTK"
+assert_rc 1 "fsck --key key1 rotk"
+assert_out_has "^key key1 may NOT be released: 1 chunk in 1 file is still under it" "the chunk under key1"
+flip_byte "$ROTK/ks/t1/c.db" "$(slot 0)"
+fsck -d "$K" --key key1 "$ROTK"
+assert_rc 5 "fsck --key key1 rotk, slot damaged"
+assert_out_has "^key key1 may NOT be released: no readable chunk is under it, but 1 unreadable" "answer"
 
 checking "HALFC: a corrupt chunk in a half-rotated tree: fast exit 1, deep exit 5 (1 and 4)"
 HALFC="$T_TMP/halfc"

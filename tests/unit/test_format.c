@@ -2406,7 +2406,7 @@ static void test_cut_short(void **state)
 			assert_true(lost >= 5 - cuts[c].first - 1 && lost <= 5 - cuts[c].first);
 			/* the release scan counts the lost chunks under their key */
 			uint64_t counts[RK_CF_MAX_KEYS], malformed;
-			assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+			assert_int_equal(rk_scan_key_refs(fl.cf, NULL, counts, &malformed), 0);
 			assert_int_equal(counts[0] + malformed, 5);
 			file_close(&fl);
 		}
@@ -2467,7 +2467,7 @@ static void test_huge_sparse(void **state)
 		rk_cf_get_header(fl.cf, &h);
 		assert_int_equal(hdr_count(&h, "ka"), 1);
 		uint64_t counts[RK_CF_MAX_KEYS], malformed;
-		assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+		assert_int_equal(rk_scan_key_refs(fl.cf, NULL, counts, &malformed), 0);
 		assert_int_equal(counts[0], 1);
 		struct rk_sweep_result res;
 		assert_int_equal(rk_sweep_file(fl.cf, f->kb, NULL, 0, &res), 0);
@@ -2531,7 +2531,7 @@ static void test_next_slot_pending(void **state)
 	n = rk_cf_nchunks(fl.cf);
 	assert_int_equal(rk_cf_next_slot(fl.cf, 7, n), 7);
 	uint64_t counts[RK_CF_MAX_KEYS], malformed;
-	assert_int_equal(rk_scan_key_refs(fl.cf, counts, &malformed), 0);
+	assert_int_equal(rk_scan_key_refs(fl.cf, NULL, counts, &malformed), 0);
 	assert_int_equal(counts[0], 4);
 	rk_cf_set_writer(fl.cf, NULL);
 	for (int i = 0; i < 8; i++)
