@@ -9,8 +9,11 @@
  * A key file whose first line is "rekeyfs-key-command 1" is a key command
  * entry: it names a program (absolute path, trusted owner and modes up to /)
  * run without a shell, with a minimal environment, no inherited fds and a
- * timeout; its stdout is the key line.  rk_key_load handles both, so every
- * caller (daemon, reload-keys, rekeyctl) gets both; see rekeyfs(5). */
+ * timeout; its stdout is the key line.  One whose first line is
+ * "rekeyfs-pkcs11 1" names an AES-256 key in a PKCS#11 token (p11.c): the
+ * key stays in the token, which wraps the data keys.  rk_key_load handles
+ * all three, so every caller (daemon, reload-keys, rekeyctl) gets them;
+ * see rekeyfs(5). */
 #ifndef REKEYFS_KEYS_H
 #define REKEYFS_KEYS_H
 
