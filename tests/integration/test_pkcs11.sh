@@ -127,6 +127,8 @@ run rekeyctl createkey -d "$T_TMP/keys2" --pkcs11 "$URI" tok
 assert_rc 0 "createkey of the replacement (stderr: $(cat "$T_ERR"))"
 FP2="$(rekeyctl keys -d "$KEYS" | awk '$1 == "tok" {print $4}')"
 [ -n "$FP2" ] && [ "$FP2" != "$FP" ] || fail "the replaced key's fingerprint '$FP2' (was $FP)"
+run rekeyctl keys -d "$KEYS" "$DATA"
+grep -Eq "^tok .* CHANGED " "$T_OUT" || fail "keys DATADIR does not show tok as CHANGED: $(cat "$T_OUT")"
 find "$DATA" -path "$DATA/.rekeyfs" -prune -o -type f -print0 | sort -z | xargs -0 md5sum >"$T_TMP/stored.before"
 run rekeyctl rotate -d "$KEYS" --rewrap --from tok --to key3 "$DATA"
 assert_rc_nonzero "rewrap under a replaced token key"
