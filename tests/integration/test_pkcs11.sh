@@ -14,7 +14,8 @@
 #   - a daemon that forks after loading the token key (no -f) reads
 #   - refusals naming the entry and the cause: wrong PIN (the PIN never in
 #     the log), loose pin file, pin-value in the URI, missing module, no
-#     such object
+#     such object, key objects that are extractable, not sensitive, AES-128
+#     or unable to sign (made by tests/p11_mkkey)
 set -u
 . "${TEST_SRCDIR:-$(dirname "$0")/..}/integration/integ.bash"
 need_fuse
@@ -180,7 +181,7 @@ bg_gone() { [ -z "$DPID_BG" ] || ! kill -0 "$DPID_BG" 2>/dev/null; }
 wait_until 20 "the daemonized rekeyfs ($DPID_BG) did not exit" bg_gone
 ok
 
-checking "refusals name the entry and the cause (wrong PIN, loose pin file, pin-value, module, object)"
+checking "refusals name the entry and the cause (wrong PIN, loose pin file, pin-value, module, object, unsafe key objects)"
 refused() { # refused CASE WHY URI [PINMODE]: rekeyctl keys names the entry and WHY
 	local c="$1" why="$2" d="$T_TMP/r/$1"
 	mkdir -p -m 0700 "$d"
@@ -200,5 +201,14 @@ refused loose_pin "has mode 0644" "${U2/file:$HSM\/pin/file:$HSM/looseapin}"
 refused pin_value "holds pin-value: refused" "${U2/pin-source=file:$HSM\/pin/pin-value=$PIN}"
 refused no_module "the module /nonexistent/p11.so" "${U2/module-path=$MODULE/module-path=/nonexistent/p11.so}"
 refused no_object "no secret key on the token matches" "${U2/object=kek2/object=nosuch}"
+MK="$TOP_BUILDDIR/tests/p11_mkkey"
+[ -x "$MK" ] || fail "$MK missing (built by make check)"
+for kind in extractable insensitive aes128 nosign; do
+	"$MK" "$MODULE" rk "$HSM/pin" "bad-$kind" "$kind" || fail "p11_mkkey $kind"
+done
+refused extractable "is refused: it is extractable" "${U2/object=kek2/object=bad-extractable}"
+refused insensitive "is refused: it is not sensitive" "${U2/object=kek2/object=bad-insensitive}"
+refused aes128 "is refused: it is not an AES-256 key" "${U2/object=kek2/object=bad-aes128}"
+refused nosign "is refused: it cannot sign" "${U2/object=kek2/object=bad-nosign}"
 ok
 finish
