@@ -101,6 +101,7 @@ extern const uint8_t rk_magic[RK_MAGIC_LEN];
 #define RK_HDR_WRAP_ENTRY 152
 #define RK_WRAP_END (RK_HDR_WRAP_OFF + RK_CF_MAX_KEYS * RK_HDR_WRAP_ENTRY) /* 4032 */
 #define RK_WRAP_METHOD_FILE 1
+#define RK_WRAP_METHOD_PKCS11 2 /* sealed by a PKCS#11 token (CKM_AES_GCM): rekeyfs(5) */
 #define RK_WRAP_HIST 4
 #define RK_WRAP_CT_MAX 48
 #define RK_WF_HIST_OVERFLOW 0x1u

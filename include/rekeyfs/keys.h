@@ -9,8 +9,11 @@
  * A key file whose first line is "rekeyfs-key-command 1" is a key command
  * entry: it names a program (absolute path, trusted owner and modes up to /)
  * run without a shell, with a minimal environment, no inherited fds and a
- * timeout; its stdout is the key line.  rk_key_load handles both, so every
- * caller (daemon, reload-keys, rekeyctl) gets both; see rekeyfs(5). */
+ * timeout; its stdout is the key line.  One whose first line is
+ * "rekeyfs-pkcs11 1" names an AES-256 key in a PKCS#11 token (p11.c): the
+ * key stays in the token, which wraps the data keys.  rk_key_load handles
+ * all three, so every caller (daemon, reload-keys, rekeyctl) gets them;
+ * see rekeyfs(5). */
 #ifndef REKEYFS_KEYS_H
 #define REKEYFS_KEYS_H
 
@@ -31,6 +34,12 @@ struct rk_key {
 	uint8_t *material;    /* secure memory, keylen bytes; NULL once wiped */
 	size_t keylen;
 	bool released;        /* wiped after release-key */
+	/* A PKCS#11 token key (rekeyfs-pkcs11 entry): the KEK stays in the
+	 * token, data keys are wrapped by it (RK_WRAP_METHOD_PKCS11); material
+	 * is then its host secret (CMAC of fixed labels made by the token),
+	 * which gives the fingerprint and the journal key, never a wrap.
+	 * NULL for a key file or key command entry. */
+	struct rk_p11key *p11;
 };
 
 /* 0 if name is a valid key name: 1..63 chars of [A-Za-z0-9._-], not starting
@@ -53,10 +62,20 @@ int rk_keydir_check(const char *keydir);
 int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const char *name,
                   uint8_t fp_out[RK_FP_BYTES]);
 
+/* Create a token key: generate an AES-256 key on the PKCS#11 token the RFC
+ * 7512 uri names (object=LABEL, module-path=, pin-source=file:) and write
+ * the entry KEYDIR/NAME (O_EXCL, 0600) naming it; then load it (every check)
+ * for its fingerprint.  -EEXIST if the entry or a key of that label on the
+ * token exists. */
+int rk_key_create_pkcs11(const char *keydir, const char *uri, const char *name, uint8_t fp_out[RK_FP_BYTES]);
+/* The provider of k for display: "file", or "pkcs11 URI" (no query). */
+const char *rk_key_provider(const struct rk_key *k, char *buf, size_t cap);
+
 /* Load KEYDIR/NAME.  -ENOKEY missing, -EPERM loose permissions (of the
  * entry, or of a command entry's program or its directories), -EINVAL
  * malformed (entry or program output), -ETIMEDOUT a command that did not
- * finish in time, -EIO one that failed; a message naming the file and cause
+ * finish in time, -EIO one that failed or a token error, -EACCES a wrong
+ * token PIN; a message naming the file and cause
  * is logged.  *out is
  * allocated; free with rk_key_free. */
 int rk_key_load(const char *keydir, const char *name, struct rk_key **out);

@@ -41,6 +41,8 @@ enum rk_rank {
 	RK_RANK_COVERAGE = 88,  /* library coverage scan work queue */
 	RK_RANK_COVSUM = 89,    /* daemon metrics summary lock: the coverage summary shown in status (leaf in practice) */
 	RK_RANK_KEYRING = 90,   /* library rk_keyring.lock */
+	RK_RANK_P11KEY = 92,    /* library p11.c token key lock: its session, around one token call (leaf but P11MOD) */
+	RK_RANK_P11MOD = 93,    /* library p11.c module list lock: load and C_Initialize once per process (leaf) */
 	RK_RANK_DET = 94,       /* library crypto det_lock */
 	RK_RANK_DIRS = 95,      /* daemon fs->dirs_lock: the list of open directory handles (leaf) */
 	RK_RANK_UCOUNT = 96,    /* daemon fs->budget.lock: open handles per user (leaf) */

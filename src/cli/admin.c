@@ -24,15 +24,38 @@
 /* ---- createkey ------------------------------------------------------------------ */
 int rkc_cmd_createkey(int argc, char **argv)
 {
-	const char *keydir = NULL;
-	int c;
-	static const struct option lo[] = {{"keydir", required_argument, NULL, 'd'}, {0, 0, 0, 0}};
+	const char *keydir = NULL, *uri = NULL;
+	char hex[2 * RK_FP_BYTES + 1];
+	uint8_t fp[RK_FP_BYTES];
+	int c, ret;
+	static const struct option lo[] = {
+		{"keydir", required_argument, NULL, 'd'}, {"pkcs11", required_argument, NULL, 'P'}, {0, 0, 0, 0}};
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+:d:", lo, NULL)) != -1) {
 		if (c == 'd')
 			keydir = optarg;
+		else if (c == 'P')
+			uri = optarg;
 		else
 			return rkc_opt_refused("createkey", c, argv, lo);
+	}
+	if (uri) {
+		/* a token key: generated in the token, the entry names it */
+		if (argc - optind != 1) {
+			rk_err("usage: rekeyctl createkey [-d KEYDIR] --pkcs11 'pkcs11:token=T;object=LABEL;type=secret-key"
+			       "?module-path=/ABS/MODULE.so&pin-source=file:/ABS/PINFILE' NAME");
+			return RKC_USAGE;
+		}
+		keydir = rk_keydir_resolve(keydir);
+		ret = rk_key_create_pkcs11(keydir, uri, argv[optind], fp);
+		if (ret == -EINVAL)
+			return RKC_USAGE;
+		if (ret < 0)
+			return ret;
+		rk_hex(hex, fp, RK_FP_BYTES);
+		printf("created key %s (AES/GCM/NoPadding, 256 bits, in a PKCS#11 token) in %s, fingerprint %s\n",
+		       rk_esc(argv[optind]), rk_esc(keydir), hex);
+		return 0;
 	}
 	if (argc - optind != 3) {
 		rk_err("usage: rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME   (e.g. AES/GCM/NoPadding 256 new_key)");
@@ -46,13 +69,11 @@ int rkc_cmd_createkey(int argc, char **argv)
 	}
 	unsigned long bits = (unsigned long)bits64;
 	keydir = rk_keydir_resolve(keydir);
-	uint8_t fp[RK_FP_BYTES];
-	int ret = rk_key_create(keydir, cipher, (unsigned)bits, name, fp);
+	ret = rk_key_create(keydir, cipher, (unsigned)bits, name, fp);
 	if (ret == -EINVAL)
 		return RKC_USAGE; /* refused cipher, strength or name: the message says why */
 	if (ret < 0)
 		return ret;
-	char hex[2 * RK_FP_BYTES + 1];
 	rk_hex(hex, fp, RK_FP_BYTES);
 	printf("created key %s (%s, %lu bits) in %s, fingerprint %s\n", rk_esc(name), rk_esc(cipher), bits, rk_esc(keydir),
 	       hex);
@@ -176,8 +197,11 @@ static void keyfile_json(const char *name, const struct rk_key *k, int r, bool f
 	rkc_json_put_str(stdout, name);
 	if (k) {
 		rk_hex(hex, k->fp, RK_FP_BYTES);
-		printf(", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"key_file\": \"ok\"}",
-		       rk_cipher_name(k->cipher), k->bits, hex);
+		char prov[2200];
+		printf(", \"cipher\": \"%s\", \"bits\": %u, \"fingerprint\": \"%s\", \"key_file\": \"ok\", "
+		       "\"provider\": ", rk_cipher_name(k->cipher), k->bits, hex);
+		rkc_json_put_str(stdout, rk_key_provider(k, prov, sizeof(prov)));
+		printf("}");
 	} else {
 		printf(", \"cipher\": null, \"bits\": null, \"fingerprint\": null, \"key_file\": ");
 		rkc_json_put_str(stdout, r == -EPERM ? "refused" : rk_strerror(r));
@@ -273,8 +297,10 @@ static int keys_of_keydir(const struct rkc_opts *o)
 			if (r == 0)
 				rk_key_free(k);
 		} else if (r == 0) {
+			char prov[2200];
 			rk_hex(hex, k->fp, RK_FP_BYTES);
-			printf("%-20s %-28s %5u  %-32s  ok\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex);
+			printf("%-20s %-28s %5u  %-32s  ok (%s)\n", rk_esc(k->name), rk_cipher_name(k->cipher), k->bits, hex,
+			       rk_esc(rk_key_provider(k, prov, sizeof(prov))));
 			rk_key_free(k);
 		} else {
 			printf("%-20s %-28s %5s  %-32s  %s\n", rk_esc(names[i]), "?", "?", "?",

@@ -21,10 +21,16 @@ struct help {
 };
 
 static const struct help helps[] = {
-	{"createkey", "rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME", "create a new random key file",
+	{"createkey", "rekeyctl createkey [-d KEYDIR] CIPHER STRENGTH NAME | [-d KEYDIR] --pkcs11 URI NAME",
+	 "create a new random key file, or a key in a PKCS#11 token and its entry",
 	 "  -d, --keydir KEYDIR  key directory, created (mode 0700) when missing\n"
 	 "  CIPHER               AES/GCM/NoPadding or ChaCha20/Poly1305/NoPadding\n"
-	 "  STRENGTH             key bits: 128 or 256 (AES), 256 (ChaCha20)\n" HELP_OPT},
+	 "  STRENGTH             key bits: 128 or 256 (AES), 256 (ChaCha20)\n"
+	 "      --pkcs11 URI     generate an AES-256 key (sensitive, not extractable) in the token the RFC 7512\n"
+	 "                       URI names and write the entry NAME naming it; the URI needs object=LABEL,\n"
+	 "                       module-path=/ABS/MODULE.so and pin-source=file:/ABS/PINFILE (mode 0600;\n"
+	 "                       never pin-value), e.g. 'pkcs11:token=rk;object=kek1;type=secret-key?\n"
+	 "                       module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/rekeyfs/pin'\n" HELP_OPT},
 	{"init", "rekeyctl init [-d KEYDIR] --key NAME [--chunk-kb N] [--compression snappy|none] DATADIR",
 	 "make DATADIR a rekeyfs data directory (its root table under key NAME)",
 	 KEYDIR_OPT "  -k, --key NAME       target key of the root table (required)\n"

@@ -84,7 +84,9 @@ static int wrap_entry_decode(const uint8_t *w, struct rk_cf_keyent *e)
 	memcpy(e->wnonce, w + 8, RK_NONCE_BYTES);
 	memcpy(e->wtag, w + 20, RK_TAG_BYTES);
 	memcpy(e->wrapped, w + 36, RK_WRAP_CT_MAX);
-	if (e->wrap_method != RK_WRAP_METHOD_FILE || (e->dek_len != 16 && e->dek_len != 32) ||
+	if ((e->wrap_method != RK_WRAP_METHOD_FILE &&
+	     (e->wrap_method != RK_WRAP_METHOD_PKCS11 || e->cipher != RK_CIPHER_AES_GCM)) ||
+	    (e->dek_len != 16 && e->dek_len != 32) ||
 	    e->dek_len * 8u != e->bits || (e->cipher == RK_CIPHER_CHACHA20_POLY1305 && e->dek_len != 32) ||
 	    e->hist_n > RK_WRAP_HIST || (e->wflags & ~(RK_WF_HIST_OVERFLOW | RK_WF_DERIVED)) ||
 	    ((e->wflags & RK_WF_HIST_OVERFLOW) && e->hist_n != RK_WRAP_HIST) || !zero_run(w + 4, 4) ||

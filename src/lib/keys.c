@@ -24,6 +24,7 @@
 #include "rekeyfs/keys.h"
 #include "rekeyfs/lockrank.h"
 #include "keycmd.h"
+#include "p11.h"
 
 int rk_key_name_check(const char *name)
 {
@@ -240,30 +241,12 @@ static int ensure_keydir(const char *keydir)
 	return 0;
 }
 
-int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const char *name,
-                  uint8_t fp_out[RK_FP_BYTES])
+/* Write the entry KEYDIR/NAME (text, n bytes; mode 0600): to a temporary
+ * name, then linked into place: never a partial entry, never an overwrite
+ * of an existing one (linkat fails with EEXIST). */
+static int write_entry(const char *keydir, const char *name, const char *text, size_t n)
 {
-	enum rk_cipher c;
-	const char *why;
-	uint8_t *key = NULL;
-	char *line = NULL;
-	size_t keylen = bits / 8, linecap = 0;
-	int ret, dfd = -1, fd = -1;
-
-	if (rk_key_name_check(name) < 0) {
-		rk_err("invalid key name '%s': use 1 to %d characters of letters, digits, '.', '_' or '-'", name,
-		       RK_KEY_NAME_MAX);
-		return -EINVAL;
-	}
-	if (rk_cipher_parse(cipher, &c, &why) < 0) {
-		rk_err("cipher '%s' refused: %s", cipher, why);
-		return -EINVAL;
-	}
-	if (rk_cipher_check_strength(c, bits, &why) < 0) {
-		rk_err("strength %u refused: %s", bits, why);
-		return -EINVAL;
-	}
-	ret = ensure_keydir(keydir);
+	int ret = ensure_keydir(keydir), dfd = -1, fd = -1;
 	if (ret < 0) {
 		rk_err("cannot create key directory %s: %s", keydir, strerror(-ret));
 		return ret;
@@ -277,28 +260,13 @@ int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const c
 		rk_err("cannot open key directory %s: %s", keydir, strerror(errno));
 		goto out;
 	}
-	key = rk_secure_alloc(keylen);
-	linecap = 64 + 4 * ((keylen + 2) / 3) + 2;
-	line = rk_secure_alloc(linecap);
-	if (!key || !line) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	ret = rk_random(key, keylen);
-	if (ret < 0)
-		goto out;
-	int n = snprintf(line, linecap, "%s:%u:", rk_cipher_name(c), bits);
-	n += EVP_EncodeBlock((unsigned char *)line + n, key, (int)keylen);
-	line[n++] = '\n';
-	/* write to a temporary name, then link it into place: never a partial key file,
-	 * and never an overwrite of an existing one (linkat fails with EEXIST) */
 	fd = openat(dfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		ret = -errno;
 		rk_err("cannot create key file in %s: %s", keydir, strerror(errno));
 		goto out;
 	}
-	ret = rk_pwrite_full(fd, line, (size_t)n, 0);
+	ret = rk_pwrite_full(fd, text, n, 0);
 	if (ret == 0 && fchmod(fd, 0600) < 0)
 		ret = -errno;
 	if (ret == 0 && fsync(fd) < 0)
@@ -319,16 +287,98 @@ int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const c
 		goto out;
 	}
 	rk_fsync_dir(dfd);
-	if (fp_out)
-		ret = rk_key_fingerprint(c, key, keylen, fp_out);
 out:
 	if (fd >= 0)
 		close(fd);
 	if (dfd >= 0)
 		close(dfd);
+	return ret;
+}
+
+static int check_new_name(const char *name)
+{
+	if (rk_key_name_check(name) < 0) {
+		rk_err("invalid key name '%s': use 1 to %d characters of letters, digits, '.', '_' or '-'", rk_esc(name),
+		       RK_KEY_NAME_MAX);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int rk_key_create(const char *keydir, const char *cipher, unsigned bits, const char *name,
+                  uint8_t fp_out[RK_FP_BYTES])
+{
+	enum rk_cipher c;
+	const char *why;
+	uint8_t *key = NULL;
+	char *line = NULL;
+	size_t keylen = bits / 8, linecap = 0;
+	int ret = check_new_name(name);
+
+	if (ret < 0)
+		return ret;
+	if (rk_cipher_parse(cipher, &c, &why) < 0) {
+		rk_err("cipher '%s' refused: %s", cipher, why);
+		return -EINVAL;
+	}
+	if (rk_cipher_check_strength(c, bits, &why) < 0) {
+		rk_err("strength %u refused: %s", bits, why);
+		return -EINVAL;
+	}
+	key = rk_secure_alloc(keylen);
+	linecap = 64 + 4 * ((keylen + 2) / 3) + 2;
+	line = rk_secure_alloc(linecap);
+	if (!key || !line) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = rk_random(key, keylen);
+	if (ret < 0)
+		goto out;
+	int n = snprintf(line, linecap, "%s:%u:", rk_cipher_name(c), bits);
+	n += EVP_EncodeBlock((unsigned char *)line + n, key, (int)keylen);
+	line[n++] = '\n';
+	ret = write_entry(keydir, name, line, (size_t)n);
+	if (ret == 0 && fp_out)
+		ret = rk_key_fingerprint(c, key, keylen, fp_out);
+out:
 	rk_secure_free(key, keylen);
 	rk_secure_free(line, linecap);
 	return ret;
+}
+
+int rk_key_create_pkcs11(const char *keydir, const char *uri, const char *name, uint8_t fp_out[RK_FP_BYTES])
+{
+	char path[PATH_MAX], entry[4096];
+	struct stat st;
+	struct rk_key *k = NULL;
+	int ret = check_new_name(name);
+	if (ret == 0 && snprintf(path, sizeof(path), "%s/%s", keydir, name) >= (int)sizeof(path))
+		ret = -ENAMETOOLONG;
+	if (ret == 0 && lstat(path, &st) == 0) {
+		rk_err("key file %s already exists; refusing to overwrite it (pick a new name)", path);
+		ret = -EEXIST;
+	}
+	if (ret == 0)
+		ret = rk_p11_generate(uri, entry, sizeof(entry));
+	if (ret == 0)
+		ret = write_entry(keydir, name, entry, strlen(entry));
+	if (ret == 0)
+		ret = rk_key_load(keydir, name, &k);
+	if (ret == 0 && fp_out)
+		memcpy(fp_out, k->fp, RK_FP_BYTES);
+	rk_key_free(k);
+	OPENSSL_cleanse(entry, sizeof(entry));
+	return ret;
+}
+
+const char *rk_key_provider(const struct rk_key *k, char *buf, size_t cap)
+{
+	if (k->p11)
+		snprintf(buf, cap, "pkcs11 %s", rk_p11_uri(k->p11));
+	else
+		snprintf(buf, cap, "file");
+	return buf;
 }
 
 /* Open the key file path (in keydir) for reading: never a FIFO, socket or
@@ -439,6 +489,7 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 	int ret = 0, fd = -1;
 	enum rk_cipher c;
 	unsigned bits = 0;
+	struct rk_p11key *p11 = NULL;
 
 	*out = NULL;
 	if (rk_key_name_check(name) < 0) {
@@ -459,14 +510,25 @@ int rk_key_load(const char *keydir, const char *name, struct rk_key **out)
 	ret = key_file_read(fd, path, buf, bufcap, &n);
 	if (ret < 0)
 		goto out;
-	if (rk_keycmd_is_entry(buf, n))
+	if (rk_p11_is_entry(buf, n)) {
+		/* a token key: AES-256-GCM, its material the host secret */
+		ret = rk_p11_load(buf, n, path, name, raw, &p11);
+		c = RK_CIPHER_AES_GCM;
+		bits = 256;
+		keylen = RK_P11_SECRET_BYTES;
+	} else if (rk_keycmd_is_entry(buf, n))
 		ret = keycmd_load(buf, n, path, name, &c, &bits, raw, bufcap, &keylen);
 	else
 		ret = parse_key_text(buf, n, path, true, &c, &bits, raw, bufcap, &keylen);
 	if (ret < 0)
 		goto out;
 	ret = key_new(name, c, bits, raw, keylen, out);
+	if (ret == 0) {
+		(*out)->p11 = p11;
+		p11 = NULL;
+	}
 out:
+	rk_p11_unref(p11);
 	if (fd >= 0)
 		close(fd);
 	rk_secure_free(buf, bufcap);
@@ -479,7 +541,10 @@ int rk_key_dup(const struct rk_key *k, struct rk_key **out)
 	*out = NULL;
 	if (!k->material || k->released)
 		return -EKEYREVOKED;
-	return key_new(k->name, k->cipher, k->bits, k->material, k->keylen, out);
+	int ret = key_new(k->name, k->cipher, k->bits, k->material, k->keylen, out);
+	if (ret == 0)
+		(*out)->p11 = rk_p11_ref(k->p11);
+	return ret;
 }
 
 void rk_key_wipe(struct rk_key *k)
@@ -498,6 +563,7 @@ void rk_key_free(struct rk_key *k)
 		return;
 	if (k->material)
 		rk_secure_free(k->material, k->keylen);
+	rk_p11_unref(k->p11);
 	free(k);
 }
 

@@ -15,6 +15,7 @@
 #include "rekeyfs/lockrank.h"
 
 #include "format_int.h"
+#include "p11.h"
 
 /* The wrap AAD of entry j of h (RK_WRAP_AAD_LEN bytes): le16 version ||
  * file id || u8 j || key entry bytes 0..83 || wrap entry bytes 0..7 || wrap
@@ -43,7 +44,8 @@ static void wrap_aad(const struct rk_cf_header *h, int j, uint8_t *aad)
 }
 
 /* kek usable for entry e: material present, same fingerprint, cipher and
- * length as the entry says. */
+ * length as the entry says.  (A token key's material is its host secret:
+ * present until released, never used to wrap.) */
 static int kek_check(const struct rk_cf_keyent *e, const struct rk_key *kek)
 {
 	if (!kek->material || kek->released)
@@ -53,20 +55,34 @@ static int kek_check(const struct rk_cf_keyent *e, const struct rk_key *kek)
 	return 0;
 }
 
+/* The wrap method of a KEK: a token key wraps in its token. */
+static uint8_t kek_method(const struct rk_key *kek)
+{
+	return kek->p11 ? RK_WRAP_METHOD_PKCS11 : RK_WRAP_METHOD_FILE;
+}
+
 int rk_dek_wrap(struct rk_cf_header *h, int j, const struct rk_key *kek, const uint8_t *dek)
 {
 	struct rk_cf_keyent *e = &h->keys[j];
 	uint8_t kwk[RK_MAX_KEY_BYTES], aad[RK_WRAP_AAD_LEN];
 	int ret = kek_check(e, kek);
-	if (ret == 0)
-		ret = rk_derive_wrap_key(kek->material, kek->keylen, h->file_id, kwk, kek->keylen);
+	if (ret == 0 && kek->p11 && e->cipher != RK_CIPHER_AES_GCM)
+		ret = -EKEYREJECTED; /* the token seals with AES-GCM only */
 	if (ret == 0)
 		ret = rk_random(e->wnonce, RK_NONCE_BYTES);
 	if (ret == 0) {
+		/* the method is bound by the AAD: set before it is made */
+		e->wrap_method = kek_method(kek);
 		memset(e->wrapped, 0, sizeof(e->wrapped));
 		wrap_aad(h, j, aad);
-		ret = rk_aead_seal(e->cipher, kwk, kek->keylen, e->wnonce, aad, sizeof(aad), dek, e->dek_len, e->wrapped,
-		                   e->wtag);
+	}
+	if (ret == 0 && kek->p11) {
+		ret = rk_p11_seal(kek->p11, e->wnonce, aad, sizeof(aad), dek, e->dek_len, e->wrapped, e->wtag);
+	} else if (ret == 0) {
+		ret = rk_derive_wrap_key(kek->material, kek->keylen, h->file_id, kwk, kek->keylen);
+		if (ret == 0)
+			ret = rk_aead_seal(e->cipher, kwk, kek->keylen, e->wnonce, aad, sizeof(aad), dek, e->dek_len,
+			                   e->wrapped, e->wtag);
 	}
 	OPENSSL_cleanse(kwk, sizeof(kwk));
 	return ret;
@@ -76,19 +92,26 @@ int rk_dek_unwrap(const struct rk_cf_header *h, int j, const struct rk_key *kek,
 {
 	const struct rk_cf_keyent *e = &h->keys[j];
 	uint8_t kwk[RK_MAX_KEY_BYTES], aad[RK_WRAP_AAD_LEN];
-	int ret = h->version >= RK_FORMAT_V2 && e->in_use && e->wrap_method == RK_WRAP_METHOD_FILE ? 0 : -EINVAL;
+	int ret = h->version >= RK_FORMAT_V2 && e->in_use &&
+	                  (e->wrap_method == RK_WRAP_METHOD_FILE || e->wrap_method == RK_WRAP_METHOD_PKCS11)
+	              ? 0
+	              : -EINVAL;
 	if (ret == 0)
 		ret = kek_check(e, kek);
-	if (ret == 0)
-		ret = rk_derive_wrap_key(kek->material, kek->keylen, h->file_id, kwk, kek->keylen);
+	if (ret == 0 && e->wrap_method != kek_method(kek))
+		ret = -EKEYREJECTED; /* a file key never opens a token's wrap, nor the reverse */
 	if (ret == 0) {
 		wrap_aad(h, j, aad);
-		ret = rk_aead_open(e->cipher, kwk, kek->keylen, e->wnonce, aad, sizeof(aad), e->wrapped, e->dek_len,
-		                   e->wtag, dek);
-		if (ret < 0) {
-			OPENSSL_cleanse(dek, e->dek_len);
-			ret = -EBADMSG;
+		if (kek->p11) {
+			ret = rk_p11_open(kek->p11, e->wnonce, aad, sizeof(aad), e->wrapped, e->dek_len, e->wtag, dek);
+		} else {
+			ret = rk_derive_wrap_key(kek->material, kek->keylen, h->file_id, kwk, kek->keylen);
+			if (ret == 0 && rk_aead_open(e->cipher, kwk, kek->keylen, e->wnonce, aad, sizeof(aad), e->wrapped,
+			                             e->dek_len, e->wtag, dek) < 0)
+				ret = -EBADMSG;
 		}
+		if (ret < 0)
+			OPENSSL_cleanse(dek, e->dek_len);
 	}
 	OPENSSL_cleanse(kwk, sizeof(kwk));
 	return ret;

@@ -238,7 +238,7 @@ static void test_v2_codec(void **state)
 		uint8_t v;
 		const char *what;
 	} cases[] = {
-		{0, 0, "method 0"},       {0, 2, "method 2 (reserved)"}, {1, 16, "DEK length not strength/8"},
+		{0, 0, "method 0"},       {0, 3, "method 3 (reserved)"}, {1, 16, "DEK length not strength/8"},
 		{1, 24, "DEK length 24"}, {2, 5, "history length 5"},    {3, 0x04, "reserved flag bit"},
 		{3, 0x01, "overflow without a full history"},           {5, 1, "reserved bytes 4..7"},
 		{36 + 32, 1, "bytes past the DEK"}, {84 + 16 * 0 + 0, 0, "(history of entry 0: none)"},
