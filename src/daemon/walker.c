@@ -105,6 +105,12 @@ int rkd_walker_save(struct rkd_walker *w)
 	                          .nqueued = w->nqfilter,
 	                          .has_queued = w->queued};
 	snprintf(c.reason, sizeof(c.reason), "%s", w->reason);
+	c.rewrap = w->rewrap;
+	c.qrewrap = w->qrewrap;
+	memcpy(c.rewrap_from, w->rw_from, sizeof(c.rewrap_from));
+	memcpy(c.rewrap_to, w->rw_to, sizeof(c.rewrap_to));
+	memcpy(c.qrewrap_from, w->qrw_from, sizeof(c.qrewrap_from));
+	memcpy(c.qrewrap_to, w->qrw_to, sizeof(c.qrewrap_to));
 	if (w->resume_pending) /* not started yet: still the checkpointed state */
 		c.state = w->start_paused ? W_PAUSED : W_RUNNING;
 	ret = rk_rekey_ckpt_format(&c, &buf, &len);
@@ -140,6 +146,12 @@ static void load_checkpoint(struct rkd_walker *w)
 	snprintf(w->reason, sizeof(w->reason), "%s", c.reason);
 	w->queued = c.has_queued;
 	w->nqfilter = c.nqueued;
+	w->rewrap = c.rewrap; /* an ended rewrap is shown as one until the next sweep */
+	w->qrewrap = c.qrewrap && c.has_queued;
+	memcpy(w->rw_from, c.rewrap_from, sizeof(w->rw_from));
+	memcpy(w->rw_to, c.rewrap_to, sizeof(w->rw_to));
+	memcpy(w->qrw_from, c.qrewrap_from, sizeof(w->qrw_from));
+	memcpy(w->qrw_to, c.qrewrap_to, sizeof(w->qrw_to));
 	if (c.rate_set && !w->fs->o.walker_rate_set) {
 		w->rate = c.rate;
 		w->rate_set = true;
@@ -336,8 +348,19 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t by
 		return -EBUSY; /* opened meanwhile: its writes go in place */
 	rkd_fg_yield(fs); /* a short pause while foreground requests are being served */
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	w->sweep_bytes += bytes;
 	progress_locked(w, idx);
+	ret = rkd_walker_pace_locked(w, bytes);
+	bool save = ret == 0 && rkd_walker_now() - w->last_save >= 1.0;
+	rk_mutex_unlock(&w->lock);
+	if (save)
+		rkd_walker_save(w); /* no lock held here: the engine calls between chunks */
+	return ret;
+}
+
+int rkd_walker_pace_locked(struct rkd_walker *w, uint64_t bytes)
+{
+	int ret = 0;
+	w->sweep_bytes += bytes;
 	w->tokens -= (double)bytes;
 	for (;;) {
 		double now = rkd_walker_now();
@@ -361,15 +384,10 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t by
 			break;
 		wait_secs(w, RK_MIN(-w->tokens / (double)w->rate, 1.0));
 	}
-	bool save = ret == 0 && rkd_walker_now() - w->last_save >= 1.0;
-	rk_mutex_unlock(&w->lock);
-	if (save)
-		rkd_walker_save(w); /* no lock held here: the engine calls between chunks */
 	return ret;
 }
 
 /* ---- one sweep ------------------------------------------------------------------------------- */
-enum walk_mode { M_PRESCAN, M_REKEY, M_COUNT };
 struct walk_ctx {
 	struct rkd_walker *w;
 	struct rk_rekey_access acc;
@@ -378,6 +396,7 @@ struct walk_ctx {
 	int pass; /* 0: the sweep; later passes catch files renamed behind the walker */
 	char key_error[256]; /* a target key that cannot be used ("" if none) */
 	uint64_t file_errors, unreadable_headers;
+	struct rw_walk rw; /* a rewrap sweep's */
 };
 
 /* later passes meet the same unreadable chunks again: counted once, in pass 0 */
@@ -505,6 +524,8 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	rk_rw_unlock(&fs->policy_lock);
 	if (!rk_rekey_filter_has(w->filter, w->nfilter, tpath))
 		return 0;
+	if (w->rewrap) /* set by this thread only (start_locked) */
+		return rkd_rewrap_visit(w, &c->rw, c->mode, c->pass, e, tpath);
 	struct rk_key *key;
 	int ret = rk_keyring_get(fs->kr, kname, &key);
 	if (ret < 0) {
@@ -570,6 +591,10 @@ static void start_locked(struct rkd_walker *w, bool resumed)
 		w->nfilter = w->nqfilter;
 		w->queued = false;
 		w->nqfilter = 0;
+		w->rewrap = w->qrewrap;
+		memcpy(w->rw_from, w->qrw_from, sizeof(w->rw_from));
+		memcpy(w->rw_to, w->qrw_to, sizeof(w->rw_to));
+		w->qrewrap = false;
 		w->started = time(NULL);
 		w->position[0] = '\0';
 		w->ntables = 0;
@@ -602,14 +627,14 @@ static int run_passes(struct rkd_walker *w, struct walk_ctx *c, uint64_t sweep_i
 	c->mode = M_REKEY;
 	*capped = false;
 	for (c->pass = 0;; c->pass++) {
-		uint64_t before = atomic_load(&w->walker_rewritten);
+		uint64_t before = atomic_load(&w->walker_rewritten) + atomic_load(&w->files_rewrapped);
 		if (c->pass > 0) {
 			rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 			w->position[0] = '\0';
 			rk_mutex_unlock(&w->lock);
 		}
 		ret = rk_walk(w->fs->rootfd, "/", visit, c);
-		if (ret < 0 || atomic_load(&w->walker_rewritten) == before)
+		if (ret < 0 || atomic_load(&w->walker_rewritten) + atomic_load(&w->files_rewrapped) == before)
 			break;
 		if (c->pass > 0)
 			rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed or written during the sweep",
@@ -657,9 +682,13 @@ static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t swee
 	else if (failed)
 		snprintf(reason, sizeof(reason), "%" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)",
 		         failed);
-	else if (c->unreadable_headers || c->file_errors)
-		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) could not be rekeyed (see errors)",
-		         c->unreadable_headers + c->file_errors);
+	else if (c->unreadable_headers || c->file_errors || c->rw.unreadable_headers || c->rw.file_errors)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) could not be %s (see errors)",
+		         c->unreadable_headers + c->file_errors + c->rw.unreadable_headers + c->rw.file_errors,
+		         w->rewrap ? "rewrapped" : "rekeyed");
+	else if (remaining && w->rewrap)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) still wrap a data key under '%s'", remaining,
+		         w->rw_from);
 	else if (remaining)
 		snprintf(reason, sizeof(reason), "%" PRIu64 " chunk(s) are still off their target key", remaining);
 	bool complete = !reason[0];
@@ -675,7 +704,10 @@ static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t swee
 	/* the rewritten chunks are durable before the sweep counts as done */
 	rk_journal_checkpoint(fs->j);
 	rkd_walker_save(w);
-	if (complete)
+	if (complete && w->rewrap) /* w->rewrap: written by this thread only */
+		rk_info("walker: sweep %" PRIu64 " (rewrap %s -> %s) complete: %" PRIu64 " file(s) rewrapped in all, 0 "
+		        "remaining", sweep_id, w->rw_from, w->rw_to, (uint64_t)atomic_load(&w->files_rewrapped));
+	else if (complete)
 		rk_info("walker: sweep %" PRIu64 " complete: %" PRIu64 " chunks rewritten, 0 remaining", sweep_id, rew);
 	else
 		rk_warn("walker: sweep %" PRIu64 " incomplete: %" PRIu64 " chunks rewritten, %" PRIu64
@@ -686,13 +718,17 @@ static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t swee
 static void run_sweep(struct rkd_walker *w, uint64_t sweep_id, bool resumed)
 {
 	struct rkd_fs *fs = w->fs;
-	struct walk_ctx c = {.w = w};
+	struct walk_ctx c = {.w = w, .rw = {.resumed_first = resumed}};
 	c.acc = (struct rk_rekey_access){.get = wa_get, .put = wa_put, .replace_begin = wa_replace_begin,
 	                                 .replace_commit = wa_replace_commit, .open = wa_open, .lock = wa_lock,
 	                                 .unlock = wa_unlock, .close = wa_close, .arg = w};
 	c.eng = (struct rk_rekey_engine){.kr = fs->kr, .acc = &c.acc, .throttle = wa_throttle, .throttle_arg = w};
 	rkd_walker_save(w);
-	rk_info("walker: sweep %" PRIu64 " started%s", sweep_id, resumed ? " (resumed)" : "");
+	if (w->rewrap)
+		rk_info("walker: sweep %" PRIu64 " started%s: rewrap of the data keys wrapped under '%s' to '%s' (headers "
+		        "only)", sweep_id, resumed ? " (resumed)" : "", w->rw_from, w->rw_to);
+	else
+		rk_info("walker: sweep %" PRIu64 " started%s", sweep_id, resumed ? " (resumed)" : "");
 
 	c.mode = M_PRESCAN;
 	int ret = rk_walk(fs->rootfd, "/", visit, &c);
@@ -743,50 +779,6 @@ static void *walker_main(void *arg)
 	rk_mutex_unlock(&w->lock);
 	rk_crypto_thread_cleanup();
 	return NULL;
-}
-
-void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
-                               uint64_t *id, char *how, size_t howlen)
-{
-	bool busy = w->state != W_IDLE || w->resume_pending;
-	bool covered = w->nfilter == 0;
-	for (int i = 0; !covered && n > 0 && i < n && rk_rekey_filter_has(w->filter, w->nfilter, tables[i]); i++)
-		covered = i == n - 1;
-	*id = w->sweep_id + 1;
-	if (busy && may_join && covered) {
-		/* the running sweep selects every table asked for and ends only
-		 * when a pass rewrites nothing: it serves the request */
-		*id = w->sweep_id;
-		snprintf(how, howlen, "joins running sweep %" PRIu64, *id);
-	} else if (w->queued) {
-		/* join it: merge the table lists; every table (0) absorbs the others */
-		if (w->nqfilter != 0 && n == 0)
-			w->nqfilter = 0;
-		else if (w->nqfilter != 0)
-			for (int i = 0; i < n; i++)
-				if (!rk_rekey_filter_has(w->qfilter, w->nqfilter, tables[i]) && w->nqfilter < MAX_TABLES)
-					snprintf(w->qfilter[w->nqfilter++], RK_TABLE_PATH_MAX, "%s", tables[i]);
-		snprintf(how, howlen, "joins queued sweep %" PRIu64, *id);
-	} else {
-		w->queued = true;
-		w->nqfilter = n;
-		if (n)
-			memcpy(w->qfilter, tables, sizeof(tables[0]) * (size_t)n);
-		if (busy)
-			snprintf(how, howlen, "queued as sweep %" PRIu64 " after sweep %" PRIu64, *id, w->sweep_id);
-		else
-			snprintf(how, howlen, "sweep %" PRIu64 " started", *id);
-	}
-	pthread_cond_broadcast(&w->cond);
-}
-
-const char *rkd_walker_state_word(const struct rkd_walker *w)
-{
-	if (w->state == W_RUNNING)
-		return "running";
-	if (w->state == W_PAUSED)
-		return "paused";
-	return w->result == RK_RR_COMPLETE ? "finished" : w->result == RK_RR_INCOMPLETE ? "incomplete" : "idle";
 }
 
 /* ---- lazy rewrite on read ------------------------------------------------------------------ */

@@ -81,6 +81,108 @@ static int release_key(struct rkd_fs *fs, const char *name, char **out, size_t *
 	                 name);
 }
 
+/* ---- requests ------------------------------------------------------------------------------- */
+/* does the sweep of filter[nfilter] select every one of tables[n] (n == 0: every table)? */
+static bool covers(char (*filter)[RK_TABLE_PATH_MAX], int nfilter, char (*tables)[RK_TABLE_PATH_MAX], int n)
+{
+	if (nfilter == 0)
+		return true;
+	if (n == 0)
+		return false;
+	for (int i = 0; i < n; i++)
+		if (!rk_rekey_filter_has(filter, nfilter, tables[i]))
+			return false;
+	return true;
+}
+
+/* merge tables[n] into the queued request's (every table, 0, absorbs the others) */
+static void merge_queued_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n)
+{
+	if (w->nqfilter != 0 && n == 0)
+		w->nqfilter = 0;
+	else if (w->nqfilter != 0)
+		for (int i = 0; i < n; i++)
+			if (!rk_rekey_filter_has(w->qfilter, w->nqfilter, tables[i]) && w->nqfilter < MAX_TABLES)
+				snprintf(w->qfilter[w->nqfilter++], RK_TABLE_PATH_MAX, "%s", tables[i]);
+}
+
+/* queue a new request (none is queued) */
+static void queue_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool busy, uint64_t *id,
+                         char *how, size_t howlen)
+{
+	w->queued = true;
+	w->nqfilter = n;
+	if (n)
+		memcpy(w->qfilter, tables, sizeof(tables[0]) * (size_t)n);
+	if (busy)
+		snprintf(how, howlen, "queued as sweep %" PRIu64 " after sweep %" PRIu64, *id, w->sweep_id);
+	else
+		snprintf(how, howlen, "sweep %" PRIu64 " started", *id);
+}
+
+void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
+                               uint64_t *id, char *how, size_t howlen)
+{
+	bool busy = w->state != W_IDLE || w->resume_pending;
+	*id = w->sweep_id + 1;
+	if (busy && may_join && !w->rewrap && covers(w->filter, w->nfilter, tables, n)) {
+		/* the running sweep selects every table asked for and ends only
+		 * when a pass rewrites nothing: it serves the request (a running
+		 * rewrap does not: it rewrites no chunk) */
+		*id = w->sweep_id;
+		snprintf(how, howlen, "joins running sweep %" PRIu64, *id);
+	} else if (w->queued) {
+		/* join it; a queued rewrap becomes a reseal of both requests' tables:
+		 * a reseal does what the rewrap would (no data key left under its
+		 * old key in the tables it selects) and more */
+		merge_queued_locked(w, tables, n);
+		snprintf(how, howlen, "joins queued sweep %" PRIu64 "%s", *id,
+		         w->qrewrap ? " (a rewrap, now a reseal of its tables too)" : "");
+		w->qrewrap = false;
+	} else {
+		w->qrewrap = false;
+		queue_locked(w, tables, n, busy, id, how, howlen);
+	}
+	pthread_cond_broadcast(&w->cond);
+}
+
+int rkd_walker_rewrap_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, const char *from,
+                                     const char *to, uint64_t *id, char *how, size_t howlen)
+{
+	bool busy = w->state != W_IDLE || w->resume_pending;
+	bool same = w->rewrap && strcmp(w->rw_from, from) == 0 && strcmp(w->rw_to, to) == 0;
+	bool qsame = w->qrewrap && strcmp(w->qrw_from, from) == 0 && strcmp(w->qrw_to, to) == 0;
+	*id = w->sweep_id + 1;
+	if (busy && (same || !w->rewrap) && covers(w->filter, w->nfilter, tables, n)) {
+		/* the running rewrap of the same keys, or a reseal (it does more) */
+		*id = w->sweep_id;
+		snprintf(how, howlen, "joins running sweep %" PRIu64 "%s", *id, w->rewrap ? "" : " (a reseal)");
+	} else if (w->queued && w->qrewrap && !qsame) {
+		snprintf(how, howlen, "queued sweep %" PRIu64 " rewraps from '%s' to '%s': wait for it first", *id,
+		         w->qrw_from, w->qrw_to);
+		return -EBUSY;
+	} else if (w->queued) {
+		merge_queued_locked(w, tables, n);
+		snprintf(how, howlen, "joins queued sweep %" PRIu64 "%s", *id, w->qrewrap ? "" : " (a reseal)");
+	} else {
+		w->qrewrap = true;
+		snprintf(w->qrw_from, sizeof(w->qrw_from), "%s", from);
+		snprintf(w->qrw_to, sizeof(w->qrw_to), "%s", to);
+		queue_locked(w, tables, n, busy, id, how, howlen);
+	}
+	pthread_cond_broadcast(&w->cond);
+	return 0;
+}
+
+const char *rkd_walker_state_word(const struct rkd_walker *w)
+{
+	if (w->state == W_RUNNING)
+		return "running";
+	if (w->state == W_PAUSED)
+		return "paused";
+	return w->result == RK_RR_COMPLETE ? "finished" : w->result == RK_RR_INCOMPLETE ? "incomplete" : "idle";
+}
+
 /* ---- control ----------------------------------------------------------------------------------- */
 /* the tables of a rekey request: normalised, each a table of the policy */
 static int parse_tables(struct rkd_fs *fs, char *args, char (*tables)[RK_TABLE_PATH_MAX], int *n, char **out,
@@ -136,6 +238,40 @@ void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t 
 		rkd_walker_save(w);
 }
 
+/* rewrap FROM TO [TABLE...]: an online rewrap sweep of the tables (every
+ * table without one); rewrap-check FROM TO: only whether the keys allow it */
+static int rewrap_control(struct rkd_fs *fs, bool check_only, char *args, char **out, size_t *len)
+{
+	struct rkd_walker *w = fs->w;
+	char *save = NULL, why[512];
+	char *from = strtok_r(args, " \t", &save), *to = strtok_r(NULL, " \t", &save);
+	char *rest = save ? save : (char *)"";
+	if (!from || !to || rk_key_name_check(from) < 0 || rk_key_name_check(to) < 0 || strcmp(from, to) == 0)
+		return rkd_reply(out, len, -EINVAL, "usage: rewrap OLD NEW [TABLE...] (two different key names)");
+	int ret = rkd_rewrap_keys_check(fs, from, to, why, sizeof(why));
+	if (ret < 0)
+		return rkd_reply(out, len, ret, "rewrap from '%s' to '%s' refused: %s", from, to, why);
+	if (check_only)
+		return rkd_reply(out, len, 0, "rewrap from '%s' to '%s' possible", from, to);
+	char(*tables)[RK_TABLE_PATH_MAX] = calloc(MAX_TABLES, sizeof(*tables));
+	int n;
+	if (!tables)
+		return rkd_reply(out, len, -ENOMEM, "rewrap: out of memory");
+	int pr = parse_tables(fs, rest, tables, &n, out, len);
+	if (pr > 0) {
+		uint64_t id;
+		char how[256];
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+		ret = rkd_walker_rewrap_request_locked(w, tables, n, from, to, &id, how, sizeof(how));
+		rk_mutex_unlock(&w->lock);
+		if (ret == 0)
+			rkd_walker_save(w);
+		pr = ret < 0 ? rkd_reply(out, len, ret, "rewrap refused: %s", how) : rkd_reply(out, len, 0, "%s", how);
+	}
+	free(tables);
+	return pr;
+}
+
 int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len)
 {
 	struct rkd_walker *w = fs->w;
@@ -147,6 +283,8 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 	}
 	if (!w)
 		return rkd_reply(out, len, -ENOTSUP, "the walker is off (mounted with -o walker=off)");
+	if (strcmp(cmd, "rewrap") == 0 || strcmp(cmd, "rewrap-check") == 0)
+		return rewrap_control(fs, strcmp(cmd, "rewrap-check") == 0, args, out, len);
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "scan") == 0) {
 		char(*tables)[RK_TABLE_PATH_MAX] = calloc(MAX_TABLES, sizeof(*tables));
 		int n;
@@ -288,7 +426,8 @@ static void errors_json(const struct rkd_walker *w, struct rkd_jbuf *b)
 static void off_json(struct rkd_jbuf *b)
 {
 	rkd_jb_printf(b, "  \"walker\": {\"state\": \"off\", \"sweep\": 0, \"finished_sweep\": null, \"queued\": [], "
-	                 "\"selected_tables\": [],\n    \"bytes_done\": 0, \"bytes_total\": 0, \"chunks_done\": 0, "
+	                 "\"selected_tables\": [],\n    \"mode\": \"reseal\", \"rewrap_from\": null, \"rewrap_to\": null, "
+	                 "\"files_rewrapped\": 0,\n    \"bytes_done\": 0, \"bytes_total\": 0, \"chunks_done\": 0, "
 	                 "\"chunks_total\": 0, \"files_done\": 0, \"files_total\": 0, \"chunks_failed\": 0,\n");
 	rkd_jb_printf(b, "    \"current_file\": null, \"current_offset\": null, \"position\": null, "
 	                 "\"rate_bytes_per_s\": 0, \"rate_limit\": 0, \"eta_s\": null, \"started\": null, "
@@ -306,12 +445,19 @@ static void head_json(const struct rkd_walker *w, struct rkd_jbuf *b)
 	jb_u64_or_null(b, w->finished_sweep != 0, w->finished_sweep);
 	rkd_jb_printf(b, ", \"queued\": [");
 	if (w->queued) {
-		rkd_jb_printf(b, "{\"sweep\": %" PRIu64 ", \"tables\": ", w->sweep_id + 1);
+		rkd_jb_printf(b, "{\"sweep\": %" PRIu64 ", \"mode\": \"%s\", \"tables\": ", w->sweep_id + 1,
+		              w->qrewrap ? "rewrap" : "reseal");
 		jb_tables_list(b, (char(*)[RK_TABLE_PATH_MAX])w->qfilter, w->nqfilter);
 		rkd_jb_printf(b, "}");
 	}
 	rkd_jb_printf(b, "], \"selected_tables\": ");
 	jb_tables_list(b, (char(*)[RK_TABLE_PATH_MAX])w->filter, w->nfilter);
+	/* the sweep's kind: a reseal (chunks) or a rewrap (headers: files) */
+	rkd_jb_printf(b, ",\n    \"mode\": \"%s\", \"rewrap_from\": ", w->rewrap ? "rewrap" : "reseal");
+	jb_str_or_null(b, w->rewrap ? w->rw_from : NULL);
+	rkd_jb_printf(b, ", \"rewrap_to\": ");
+	jb_str_or_null(b, w->rewrap ? w->rw_to : NULL);
+	rkd_jb_printf(b, ", \"files_rewrapped\": %" PRIu64, (uint64_t)atomic_load(&w->files_rewrapped));
 }
 
 void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)
