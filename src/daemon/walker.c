@@ -21,26 +21,6 @@
 #include "rekeyfs/walk.h"
 #include "walker.h"
 
-double rkd_walker_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Wait on w->cond (w->lock held) until woken or secs have passed. */
-static void wait_secs(struct rkd_walker *w, double secs)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	if (secs > 3600)
-		secs = 3600;
-	double ns = (double)ts.tv_nsec + (secs - (double)(time_t)secs) * 1e9;
-	ts.tv_sec += (time_t)secs + (time_t)(ns / 1e9);
-	ts.tv_nsec = (long)(ns - (double)(time_t)(ns / 1e9) * 1e9);
-	pthread_cond_timedwait(&w->cond, &w->lock, &ts);
-}
-
 /* Record an error in the ring shown by status (takes w->lock: call without
  * it).  path: the file ("" or NULL: none); chunk: its chunk, or UINT64_MAX. */
 static void add_error(struct rkd_walker *w, const char *path, uint64_t chunk, const char *fmt, ...)
@@ -70,62 +50,6 @@ static void add_error(struct rkd_walker *w, const char *path, uint64_t chunk, co
 		w->nerrors++;
 	w->error_count++;
 	rk_mutex_unlock(&w->lock);
-}
-
-/* ---- checkpoint (format: rekeyfs/rekey.h, rekeyfs(5)) -------------------------------------------
- * Written at every state change and at least once a second while a sweep
- * runs (from the throttle and after each file), so what status shows is at
- * most a second ahead of what a restart resumes from: the counters as
- * saved, from the file after `position` (the file being rekeyed is done
- * again). */
-int rkd_walker_save(struct rkd_walker *w)
-{
-	struct rkd_fs *fs = w->fs;
-	char *buf = NULL;
-	size_t len = 0;
-	int ret;
-	rk_mutex_lock(&w->ckpt_lock, RK_RANK_CKPT_FILE);
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	struct rk_rekey_ckpt c = {.state = w->state,
-	                          .sweep = w->sweep_id,
-	                          .started = w->started,
-	                          .finished = w->finished,
-	                          .filter = w->filter,
-	                          .nfilter = w->nfilter,
-	                          .position = w->position,
-	                          .tables = w->tables,
-	                          .ntables = w->ntables,
-	                          .finished_sweep = w->finished_sweep,
-	                          .result = w->result,
-	                          .remaining = w->remaining,
-	                          .remaining_known = w->remaining_known,
-	                          .rate = w->rate,
-	                          .rate_set = w->rate_set,
-	                          .queued = w->qfilter,
-	                          .nqueued = w->nqfilter,
-	                          .has_queued = w->queued};
-	snprintf(c.reason, sizeof(c.reason), "%s", w->reason);
-	c.rewrap = w->rewrap;
-	c.qrewrap = w->qrewrap;
-	memcpy(c.rewrap_from, w->rw_from, sizeof(c.rewrap_from));
-	memcpy(c.rewrap_to, w->rw_to, sizeof(c.rewrap_to));
-	memcpy(c.qrewrap_from, w->qrw_from, sizeof(c.qrewrap_from));
-	memcpy(c.qrewrap_to, w->qrw_to, sizeof(c.qrewrap_to));
-	if (w->resume_pending) /* not started yet: still the checkpointed state */
-		c.state = w->start_paused ? W_PAUSED : W_RUNNING;
-	ret = rk_rekey_ckpt_format(&c, &buf, &len);
-	w->last_save = rkd_walker_now();
-	rk_mutex_unlock(&w->lock);
-	if (ret < 0)
-		goto out;
-	ret = rk_rekey_ckpt_write(fs->dd->statefd, buf, len);
-	if (ret < 0)
-		rk_warn("walker: cannot write the checkpoint %s/.rekeyfs/%s: %s", fs->datadir_real, RK_REKEY_CKPT_FILE,
-		        rk_strerror(ret));
-out:
-	rk_mutex_unlock(&w->ckpt_lock);
-	free(buf);
-	return ret;
 }
 
 static void load_checkpoint(struct rkd_walker *w)
@@ -297,19 +221,6 @@ int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_re
 }
 
 /* ---- progress and throttling (w->lock held) ------------------------------------------------------ */
-/* a rate sample at most once a second: the recent rate spans the ring */
-static void sample_locked(struct rkd_walker *w, double now)
-{
-	int last = (w->sample_next + RATE_SAMPLES - 1) % RATE_SAMPLES;
-	if (w->nsamples && now - w->samples[last].t < 1.0)
-		return;
-	w->samples[w->sample_next].t = now;
-	w->samples[w->sample_next].bytes = w->sweep_bytes;
-	w->sample_next = (w->sample_next + 1) % RATE_SAMPLES;
-	if (w->nsamples < RATE_SAMPLES)
-		w->nsamples++;
-}
-
 /* the position inside the current file: chunk idx is done */
 static void progress_locked(struct rkd_walker *w, uint64_t idx)
 {
@@ -354,36 +265,6 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t by
 	rk_mutex_unlock(&w->lock);
 	if (save)
 		rkd_walker_save(w); /* no lock held here: the engine calls between chunks */
-	return ret;
-}
-
-int rkd_walker_pace_locked(struct rkd_walker *w, uint64_t bytes)
-{
-	int ret = 0;
-	w->sweep_bytes += bytes;
-	w->tokens -= (double)bytes;
-	for (;;) {
-		double now = rkd_walker_now();
-		sample_locked(w, now);
-		if (atomic_load(&w->stop)) {
-			ret = -ECANCELED;
-			break;
-		}
-		if (w->state == W_PAUSED) {
-			wait_secs(w, 1.0);
-			continue;
-		}
-		double el = now - ((double)w->last_refill.tv_sec + (double)w->last_refill.tv_nsec / 1e9);
-		clock_gettime(CLOCK_MONOTONIC, &w->last_refill);
-		if (!w->rate) {
-			w->tokens = 0;
-			break;
-		}
-		w->tokens = RK_MIN(w->tokens + el * (double)w->rate, (double)w->rate); /* at most one second of burst */
-		if (w->tokens >= 0)
-			break;
-		wait_secs(w, RK_MIN(-w->tokens / (double)w->rate, 1.0));
-	}
 	return ret;
 }
 
@@ -443,7 +324,7 @@ static int rekey_one(struct walk_ctx *c, const struct rk_walk_ent *e, struct rk_
 			          strerror(-ret));
 		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 		if (!atomic_load(&w->stop))
-			wait_secs(w, 1.0); /* woken at once by stop */
+			rkd_walker_wait_secs(w, 1.0); /* woken at once by stop */
 		rk_mutex_unlock(&w->lock);
 		if (atomic_load(&w->stop))
 			return -ECANCELED;

@@ -121,6 +121,8 @@ struct rw_walk {
 
 /* seconds on CLOCK_MONOTONIC */
 double rkd_walker_now(void);
+/* Wait on w->cond (w->lock held) until woken or secs have passed. */
+void rkd_walker_wait_secs(struct rkd_walker *w, double secs);
 /* Write the walker's state as it is now (takes ckpt_lock then w->lock: call with no lock held). */
 int rkd_walker_save(struct rkd_walker *w);
 /* The release scan's per-file access (walker.c). */
