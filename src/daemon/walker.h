@@ -113,7 +113,7 @@ enum walk_mode { M_PRESCAN, M_REKEY, M_COUNT };
 /* one rewrap sweep's per-walk state (walker_rewrap.c) */
 struct rw_walk {
 	uint64_t file_errors, unreadable_headers;
-	bool resumed_first; /* the first file of a resumed sweep: its copies are made equal */
+	bool resumed_first; /* a resumed sweep before its first rewrap: header copies are made equal */
 };
 
 /* header bytes a rewrap writes per file (both copies): what walker_rate counts in a rewrap */

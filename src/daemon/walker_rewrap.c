@@ -9,8 +9,9 @@
  * the header bytes written, RW_FILE_BYTES = 8 KiB per file rewrapped),
  * pause/resume, progress (files, and those 8 KiB per file as bytes),
  * checkpoint (the keys are in it: a restarted daemon resumes the rewrap
- * after the last file done; the file in progress is done again, and its two
- * header copies are made equal). */
+ * after the last file checkpointed as done; the files from there to the
+ * first one still under FROM, among them the one a kill may have left with
+ * one header copy under each key, get their two copies made equal). */
 #include "config.h"
 
 #include <fcntl.h>
@@ -203,9 +204,10 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		return ret;
-	bool did = false, equalize = rw->resumed_first;
-	rw->resumed_first = false;
-	ret = rewrap_file(fs, e, old, new, equalize, &did);
+	bool did = false;
+	ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did);
+	if (did)
+		rw->resumed_first = false; /* the file a restart interrupted comes before the first one still to do */
 	if (ret < 0) {
 		rw->file_errors++;
 		rw_error(w, e->rel, ret);
