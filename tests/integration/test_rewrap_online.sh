@@ -160,7 +160,7 @@ status
 
 checking "after the rewrap: no header wraps under $OLD, release allowed, every byte intact"
 x=$(wrapped_under "$MNT" "$OLD")
-assert_eq 0 "$x" "headers wrapping a data key under $OLD after the rewrap"
+assert_eq "$x" 0 "headers wrapping a data key under $OLD after the rewrap"
 run rekeyctl release-key -d "$KEYS" "$OLD" "$MNT"
 assert_rc 0 "release-key $OLD after the rewrap: $(cat "$T_ERR")"
 evict "$MNT"
@@ -204,7 +204,7 @@ wait_idle 60 "the resumed rewrap"
 grep -q "resuming sweep" "$LAST_LOG" || fail "the third mount did not resume the rewrap"
 (cd "$MNT" && md5sum -c --quiet "$T_TMP/sums2") >"$T_TMP/sums.out" 2>&1 || fail "after the kills: $(head -c 1500 "$T_TMP/sums.out")"
 x=$(wrapped_under "$MNT" key1)
-assert_eq 0 "$x" "headers wrapping under key1 after the resumed rewrap"
+assert_eq "$x" 0 "headers wrapping under key1 after the resumed rewrap"
 run rekeyctl release-key -d "$KEYS" key1 "$MNT"
 assert_rc 0 "release-key key1 after the resumed rewrap: $(cat "$T_ERR")"
 umount_fs "$MNT"
