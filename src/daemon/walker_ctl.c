@@ -284,6 +284,8 @@ static void table_json(const struct rkd_walker *w, const struct rk_rekey_tstat *
 	bool running = w->state != W_IDLE;
 	bool done = t->counted && t->remaining == 0 && t->chunks_failed == 0;
 	double pct = t->chunks_total ? 100.0 * (double)t->chunks_done / (double)t->chunks_total : 0.0;
+	if (w->rewrap) /* a rewrap's progress is in files */
+		pct = t->files_total ? 100.0 * (double)t->files_done / (double)t->files_total : 0.0;
 	if (done && !running)
 		pct = 100.0;
 	else if (pct > 99.9)
@@ -343,8 +345,7 @@ static void head_json(const struct rkd_walker *w, struct rkd_jbuf *b)
 	jb_u64_or_null(b, w->finished_sweep != 0, w->finished_sweep);
 	rkd_jb_printf(b, ", \"queued\": [");
 	if (w->queued) {
-		rkd_jb_printf(b, "{\"sweep\": %" PRIu64 ", \"mode\": \"%s\", \"tables\": ", w->sweep_id + 1,
-		              w->qrewrap ? "rewrap" : "reseal");
+		rkd_jb_printf(b, "{\"sweep\": %" PRIu64 ", \"tables\": ", w->sweep_id + 1);
 		jb_tables_list(b, (char(*)[RK_TABLE_PATH_MAX])w->qfilter, w->nqfilter);
 		rkd_jb_printf(b, "}");
 	}

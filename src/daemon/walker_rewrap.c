@@ -81,13 +81,13 @@ static int disk_header(const struct rk_walk_ent *e, struct rk_cf_header *h)
  * was rewrapped.  equalize: make both header copies equal (the file a
  * restart interrupted may have one copy under each key). */
 static int rewrap_file(struct rkd_fs *fs, const struct rk_walk_ent *e, struct rk_key *old, struct rk_key *new,
-                       bool equalize, bool *did)
+                       bool equalize, bool *did, bool *chunk)
 {
 	struct rkd_inode *in;
 	struct rkd_file *f;
 	struct rk_cf_header h;
 	bool which[RK_CF_MAX_KEYS];
-	*did = false;
+	*did = *chunk = false;
 	int ret = rkd_inode_at_path(fs, e->dirfd, e->name, e->rel, &in);
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret; /* gone meanwhile */
@@ -97,6 +97,7 @@ static int rewrap_file(struct rkd_fs *fs, const struct rk_walk_ent *e, struct rk
 		return ret == -ENOENT ? 0 : ret;
 	}
 	int n = 0;
+	*chunk = f->chunk;
 	if (f->chunk) {
 		rk_cf_get_header(f->cf, &h);
 		n = entries_under(&h, old, which);
@@ -204,8 +205,8 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		return ret;
-	bool did = false;
-	ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did);
+	bool did = false, chunk = false;
+	ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did, &chunk);
 	if (did)
 		rw->resumed_first = false; /* the file a restart interrupted comes before the first one still to do */
 	if (ret < 0) {
@@ -218,7 +219,7 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	struct rk_rekey_tstat *t = rk_rekey_tstat_for(w->tables, &w->ntables, tpath);
 	if (did)
 		t->bytes_rewritten += RW_FILE_BYTES;
-	if (pass == 0) {
+	if (pass == 0 && (chunk || ret < 0)) { /* the pre-scan counted chunk files only */
 		t->files_done++;
 		t->bytes_done += RW_FILE_BYTES;
 		t->files_total = RK_MAX(t->files_total, t->files_done);
