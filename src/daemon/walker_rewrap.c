@@ -205,8 +205,13 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		return ret;
-	bool did = false, chunk = false;
-	ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did, &chunk);
+	bool did = false, chunk = false, which[RK_CF_MAX_KEYS];
+	struct rk_cf_header dh;
+	int r = disk_header(e, &dh);
+	if (r > 0 && entries_under(&dh, old, which) == 0 && !rw->resumed_first)
+		chunk = true; /* done (a later pass, a file created under NEW): no open, no header write */
+	else if (r != 0)
+		ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did, &chunk);
 	if (did)
 		rw->resumed_first = false; /* the file a restart interrupted comes before the first one still to do */
 	if (ret < 0) {
