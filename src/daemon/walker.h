@@ -1,6 +1,8 @@
 /* rekeyfs daemon - the walker's shared state: walker.c runs the sweeps, the
- * lazy rewrite and the throttle; walker_ctl.c answers the control commands
- * (rekey, pause, resume, rate, release) and builds the status JSON. */
+ * lazy rewrite and the throttle; walker_rewrap.c the online rewrap's visit;
+ * walker_state.c the clock, the checkpoint write, pacing and the queueing
+ * of requests; walker_ctl.c answers the control commands (rekey, rewrap,
+ * pause, resume, rate, release) and builds the status JSON. */
 #ifndef REKEYFS_DAEMON_WALKER_H
 #define REKEYFS_DAEMON_WALKER_H
 

@@ -1,4 +1,4 @@
-/* rekeyfs daemon - the walker's control commands (rekey, pause, resume,
+/* rekeyfs daemon - the walker's control commands (rekey, rewrap, pause, resume,
  * rate, release) and its part of the status JSON (rekeyfs(8), STATUS). */
 #include "config.h"
 
