@@ -153,6 +153,12 @@ struct rk_rekey_ckpt {
 	bool has_queued;           /* a request waits for the next sweep: its tables */
 	char (*queued)[RK_TABLE_PATH_MAX]; /* RK_REKEY_MAX_TABLES entries, or NULL to ignore */
 	int nqueued;               /* 0: every table */
+	/* an online rewrap (rekeyctl rotate --rewrap): the sweep rewraps the data
+	 * keys wrapped under from to to, headers only ("" / false: a reseal) */
+	bool rewrap;
+	char rewrap_from[RK_KEY_NAME_MAX + 1], rewrap_to[RK_KEY_NAME_MAX + 1];
+	bool qrewrap;              /* the queued request is a rewrap */
+	char qrewrap_from[RK_KEY_NAME_MAX + 1], qrewrap_to[RK_KEY_NAME_MAX + 1];
 };
 
 /* The checkpoint text of c (allocated, *len bytes). */

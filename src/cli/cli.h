@@ -143,6 +143,8 @@ struct rkc_wait {
 /* send "rekey TABLE..." to the daemon of root; with w->wait wait for the
  * serving sweep; returns 0 when complete, -EAGAIN when incomplete */
 int rkc_online_rekey(const char *root, char **tables, int ntables, const struct rkc_wait *w);
+/* the same with another request: "rekey", or "rewrap OLD NEW" (an online rewrap) */
+int rkc_online_sweep(const char *root, const char *request, char **tables, int ntables, const struct rkc_wait *w);
 /* check that every table exists in the mount's policy (status "tables") */
 int rkc_online_tables_check(const struct rkc_json *st, char **tables, int ntables);
 /* one --progress-json line (rekeyctl(8) documents the fields) */
@@ -151,6 +153,8 @@ struct rkc_pjson {
 	const char *state, *current_file, *result, *reason;
 	double bytes_done, bytes_total, chunks_done, chunks_total, percent, rate, eta, remaining;
 	bool has_chunks, has_eta, has_remaining, final;
+	const char *mode; /* online: "reseal" or "rewrap", with files_done / files_total; NULL offline */
+	double files_done, files_total;
 };
 void rkc_progress_json(const struct rkc_pjson *p);
 int rkc_offline_rekey_w(const char *dir, const char *keydir, char **tables, int ntables, const struct rkc_wait *w);

@@ -63,15 +63,18 @@ static const struct help helps[] = {
 	            "                       (offline rekey always waits: accepted, changes nothing)\n"
 	            "  -j, --progress-json  one JSON object per line on stdout while waiting (see rekeyctl(8))\n" HELP_OPT},
 	{"rotate",
-	 "rekeyctl rotate [-d KEYDIR] [--from OLD] --to NEW [--rewrap] [--release] [--wait] [--progress-json] "
+	 "rekeyctl rotate [-d KEYDIR] [--from OLD] --to NEW [--rewrap | --reseal] [--release] [--wait] [--progress-json] "
 	 "MOUNT_OR_DATADIR",
 	 "alter every table under OLD (every table without --from) to NEW, rekey them, verify, release OLD",
 	 KEYDIR_OPT "  -f, --from OLD       only tables whose target key is OLD (without it: every table)\n"
 	            "  -t, --to NEW         the new target key (required)\n"
 	            "  -r, --release        after a verified sweep, release OLD (implies --wait; needs --from)\n"
 	            "  -W, --rewrap         rewrap the data keys under OLD to NEW, headers only, no chunk\n"
-	            "                       rewritten (needs --from; offline only for now; NEW must have OLD's\n"
-	            "                       cipher and strength); without it the chunks are resealed\n"
+	            "                       rewritten (needs --from; NEW must have OLD's cipher and strength);\n"
+	            "                       on a mount the daemon's walker does it (rate, pause, progress,\n"
+	            "                       resumed after a restart); routine rotation, not for a leaked key\n"
+	            "      --reseal         the default, said explicitly: re-encrypt every chunk under fresh\n"
+	            "                       data keys (for a key that may have leaked); not with --rewrap\n"
 	            "  -w, --wait           wait for the sweep and verify that no chunk is left under OLD\n"
 	            "  -j, --progress-json  JSON progress lines on stdout while waiting\n"
 	            "  -q, --quiet          no progress bar\n" HELP_OPT},

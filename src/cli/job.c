@@ -67,8 +67,9 @@ int rkc_cmd_throttle(int argc, char **argv) { return simple_ctl(argc, argv, "thr
 
 /* ---- progress of a sweep --------------------------------------------------------------------- */
 struct sweep_view {
-	const char *state, *current_file, *result, *reason;
+	const char *state, *current_file, *result, *reason, *mode, *rewrap_from;
 	double sweep, finished_sweep, bytes_done, bytes_total, chunks_done, chunks_total, rate, eta, remaining;
+	double files_done, files_total;
 	bool has_finished, has_eta, has_remaining;
 };
 
@@ -79,6 +80,10 @@ static void view_of(const struct rkc_json *w, struct sweep_view *v)
 	v->current_file = rkc_json_str(w, "current_file");
 	v->result = rkc_json_str(w, "result");
 	v->reason = rkc_json_str(w, "reason");
+	v->mode = rkc_json_str(w, "mode"); /* "rewrap" or "reseal" (NULL: an older daemon, a reseal) */
+	v->rewrap_from = rkc_json_str(w, "rewrap_from");
+	rkc_json_num(w, "files_done", &v->files_done);
+	rkc_json_num(w, "files_total", &v->files_total);
 	rkc_json_num(w, "sweep", &v->sweep);
 	v->has_finished = rkc_json_num(w, "finished_sweep", &v->finished_sweep);
 	rkc_json_num(w, "bytes_done", &v->bytes_done);
@@ -130,6 +135,11 @@ void rkc_progress_json(const struct rkc_pjson *p)
 	put_num_or_null("eta_s", p->has_eta, p->eta);
 	printf(", \"current_file\": ");
 	rkc_json_put_str(stdout, p->current_file);
+	if (p->mode) { /* online: the sweep's kind, and its files (what a rewrap's progress counts) */
+		printf(", \"mode\": ");
+		rkc_json_put_str(stdout, p->mode);
+		printf(", \"files_done\": %.0f, \"files_total\": %.0f", p->files_done, p->files_total);
+	}
 	if (p->final) {
 		printf(", \"result\": ");
 		rkc_json_put_str(stdout, p->result);
@@ -231,12 +241,13 @@ static int poll_once(const char *root, uint64_t id, const struct rkc_wait *w, st
 		                      .bytes_total = ours ? v->bytes_total : 0, .has_chunks = true,
 		                      .chunks_done = ours ? v->chunks_done : 0, .chunks_total = ours ? v->chunks_total : 0,
 		                      .percent = pct, .rate = ours ? v->rate : 0, .has_eta = ours && v->has_eta, .eta = v->eta,
-		                      .current_file = ours ? v->current_file : NULL};
+		                      .current_file = ours ? v->current_file : NULL, .mode = v->mode ? v->mode : "reseal",
+		                      .files_done = ours ? v->files_done : 0, .files_total = ours ? v->files_total : 0};
 		rkc_progress_json(&p);
 		*last_json = time(NULL);
 	}
 	if (!w->json && !w->quiet && isatty(STDERR_FILENO))
-		bar_draw(ours ? "rekey" : "queued", pct, ours ? v->bytes_done : 0, ours ? v->bytes_total : 0,
+		bar_draw(!ours ? "queued" : v->mode && strcmp(v->mode, "rewrap") == 0 ? "rewrap" : "rekey", pct, ours ? v->bytes_done : 0, ours ? v->bytes_total : 0,
 		         ours ? v->rate : 0, ours && v->has_eta, v->eta);
 	rkc_json_free(*keep);
 	*keep = st; /* the strings of v point into it */
@@ -271,13 +282,28 @@ static int wait_sweep(const char *root, uint64_t id, const struct rkc_wait *w)
 		                      .has_chunks = true, .chunks_done = v.chunks_done, .chunks_total = v.chunks_total,
 		                      .percent = view_percent(&v, true), .rate = v.rate, .has_eta = false,
 		                      .current_file = NULL, .final = true, .result = v.result ? v.result : "unknown",
-		                      .has_remaining = v.has_remaining, .remaining = v.remaining, .reason = v.reason};
+		                      .has_remaining = v.has_remaining, .remaining = v.remaining, .reason = v.reason,
+		                      .mode = v.mode ? v.mode : "reseal", .files_done = v.files_done,
+		                      .files_total = v.files_total};
 		rkc_progress_json(&p);
 	}
-	if (complete) {
+	bool rewrap = v.mode && strcmp(v.mode, "rewrap") == 0;
+	if (complete && rewrap) {
+		if (!w->quiet)
+			fprintf(w->json ? stderr : stdout,
+			        "sweep %" PRIu64 " complete: no header of the selected tables wraps a data key under %s (%.0f "
+			        "file(s) visited)\n", id, rk_esc(v.rewrap_from ? v.rewrap_from : "?"), v.files_done);
+	} else if (complete) {
 		if (!w->quiet)
 			fprintf(w->json ? stderr : stdout,
 			        "sweep %" PRIu64 " complete: every chunk of the selected tables is on its target key\n", id);
+	} else if (rewrap) {
+		char rem[32] = "an unknown number of";
+		if (v.has_remaining)
+			snprintf(rem, sizeof(rem), "%.0f", v.remaining);
+		rk_err("sweep %" PRIu64 " (rewrap) of %s ended %s: %s file(s) of the selected tables still wrap a data key "
+		       "under %s%s%s", id, root, v.result ? v.result : "without a result", rem,
+		       v.rewrap_from ? v.rewrap_from : "the old key", v.reason ? ": " : "", v.reason ? v.reason : "");
 	} else {
 		char rem[32] = "an unknown number of";
 		if (v.has_remaining)
@@ -292,6 +318,11 @@ static int wait_sweep(const char *root, uint64_t id, const struct rkc_wait *w)
 
 int rkc_online_rekey(const char *root, char **tables, int ntables, const struct rkc_wait *w)
 {
+	return rkc_online_sweep(root, "rekey", tables, ntables, w);
+}
+
+int rkc_online_sweep(const char *root, const char *request, char **tables, int ntables, const struct rkc_wait *w)
+{
 	char *reply = NULL, cmd[8192];
 	struct rkc_json *st = NULL;
 	int ret = rkc_status_tree(root, &st);
@@ -302,7 +333,7 @@ int rkc_online_rekey(const char *root, char **tables, int ntables, const struct 
 	rkc_json_free(st);
 	if (ret < 0)
 		return ret;
-	size_t n = (size_t)snprintf(cmd, sizeof(cmd), "rekey");
+	size_t n = (size_t)snprintf(cmd, sizeof(cmd), "%s", request);
 	for (int i = 0; i < ntables; i++) {
 		if (strpbrk(tables[i], " \t\n") || n + strlen(tables[i]) + 3 > sizeof(cmd)) {
 			rk_err("rekey: table '%s' cannot be sent to the daemon (white space, or too many tables)", tables[i]);

@@ -26,6 +26,7 @@ struct rot {
 	const char *keydir, *from, *to;
 	bool release;
 	bool rewrap; /* --rewrap: rewrap the data keys (headers only) instead of resealing */
+	bool reseal; /* --reseal: the default said explicitly */
 	struct rkc_wait w;
 	char **sweep; /* the tables to rekey: those whose target is NEW */
 	int nsweep;
@@ -118,6 +119,27 @@ static int online_verify(const char *root, const struct rot *r)
 	return -EBUSY;
 }
 
+/* --rewrap online: the walker runs, and the daemon can unwrap with OLD and
+ * wrap with NEW (both load, same cipher and strength) */
+static int online_rewrap_check(const char *root, const struct rkc_json *st, const struct rot *r)
+{
+	const struct rkc_json *wk = rkc_json_get(st, "walker");
+	const char *ws = wk ? rkc_json_str(wk, "state") : NULL;
+	if (!ws || strcmp(ws, "off") == 0) {
+		rk_err("rotate --rewrap: the walker of %s is off (mounted with -o walker=off): the online rewrap is the "
+		       "walker's work; remount with the walker, or unmount and rotate the data directory", root);
+		return -ENOTSUP;
+	}
+	char cmd[2 * RK_KEY_NAME_MAX + 32], *reply = NULL;
+	snprintf(cmd, sizeof(cmd), "rewrap-check %s %s\n", r->from, r->to);
+	int ret = rkc_control(root, cmd, &reply);
+	if (ret == 0)
+		free(reply);
+	else
+		ret = rkc_print_reply(ret, reply);
+	return ret < 0 ? -EINVAL : 0;
+}
+
 static int rotate_online(const char *target, struct rot *r)
 {
 	char *root = NULL, *rel = NULL, *reply = NULL;
@@ -140,11 +162,21 @@ static int rotate_online(const char *target, struct rot *r)
 		fprintf(rot_out(r), "rotate: %s is already released on %s: nothing to do\n", rk_esc(r->from), rk_esc(root));
 		goto out;
 	}
+	if (r->rewrap && (ret = online_rewrap_check(root, st, r)) < 0)
+		goto out; /* before the alter: nothing changed */
 	ret = online_alter_all(root, r, st);
 	if (ret < 0)
 		goto out;
 	if (r->nsweep == 0) {
 		fprintf(rot_out(r), "rekey: no table targets %s: nothing to sweep\n", rk_esc(r->to));
+	} else if (r->rewrap) {
+		char req[2 * RK_KEY_NAME_MAX + 16];
+		snprintf(req, sizeof(req), "rewrap %s %s", r->from, r->to);
+		fprintf(rot_out(r), "rewrap: %s%d table(s) of %s (headers only, by the daemon's walker)\n",
+		        r->w.wait ? "waiting for " : "", r->nsweep, rk_esc(root));
+		ret = rkc_online_sweep(root, req, r->sweep, r->nsweep, &r->w);
+		if (ret < 0 || !r->w.wait)
+			goto out;
 	} else {
 		fprintf(rot_out(r), "rekey: %s%d table(s) of %s\n", r->w.wait ? "sweeping and waiting for " : "sweeping ",
 		        r->nsweep, rk_esc(root));
@@ -353,13 +385,14 @@ int rkc_cmd_rotate(int argc, char **argv)
 	                                   {"progress-json", no_argument, NULL, 'j'},
 	                                   {"quiet", no_argument, NULL, 'q'},
 	                                   {"rewrap", no_argument, NULL, 'W'},
+	                                   {"reseal", no_argument, NULL, 'S'},
 	                                   {"help", no_argument, NULL, 'h'},
 	                                   {0, 0, 0, 0}};
 	struct rot r = {0};
 	const char *keydir = NULL;
 	int c;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":d:f:t:rwjqh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":d:f:t:rwjqWh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'd': keydir = optarg; break;
 		case 'f': r.from = optarg; break;
@@ -369,6 +402,7 @@ int rkc_cmd_rotate(int argc, char **argv)
 		case 'j': r.w.json = true; break;
 		case 'q': r.w.quiet = true; break;
 		case 'W': r.rewrap = true; break;
+		case 'S': r.reseal = true; break;
 		case 'h': return rkc_help("rotate");
 		default:
 			return rkc_opt_refused("rotate", c, argv, lo);
@@ -391,6 +425,12 @@ int rkc_cmd_rotate(int argc, char **argv)
 		rk_err("rotate: --release needs --from OLD (the key to release)");
 		return RKC_USAGE;
 	}
+	if (r.rewrap && r.reseal) {
+		rk_err("rotate: --rewrap and --reseal exclude each other: --rewrap rewraps the data keys (headers only), "
+		       "--reseal (the default) re-encrypts every chunk under fresh data keys; run one, then the other if "
+		       "you need both");
+		return RKC_USAGE;
+	}
 	if (r.rewrap && !r.from) {
 		rk_err("rotate: --rewrap needs --from OLD (the key the data keys are wrapped under now)");
 		return RKC_USAGE;
@@ -402,11 +442,6 @@ int rkc_cmd_rotate(int argc, char **argv)
 	r.keydir = rk_keydir_resolve(keydir);
 	rkc_set_keydir(r.keydir);
 	const char *target = argv[optind];
-	if (r.rewrap && rkc_is_mount(target)) {
-		rk_err("rotate --rewrap: the online rewrap is not implemented yet; stop the mount and run it on the data "
-		       "directory, or rotate without --rewrap (a reseal)");
-		return RKC_USAGE;
-	}
 	int ret = rkc_is_mount(target) ? rotate_online(target, &r) : rotate_offline(target, &r);
 	rot_free(&r);
 	return ret;

@@ -192,7 +192,8 @@ int rkd_control(struct rkd_fs *fs, const char *cmdline, char **out, size_t *len)
 	if (strcmp(cmd, "ping") == 0)
 		return rkd_reply(out, len, 0, "pong pid %ld", (long)getpid());
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
-	    strcmp(cmd, "rate") == 0 || strcmp(cmd, "release") == 0 || strcmp(cmd, "scan") == 0)
+	    strcmp(cmd, "rate") == 0 || strcmp(cmd, "release") == 0 || strcmp(cmd, "scan") == 0 ||
+	    strcmp(cmd, "rewrap") == 0 || strcmp(cmd, "rewrap-check") == 0)
 		return rkd_walker_control(fs, cmd, rest, out, len);
 	if (strcmp(cmd, "encrypt") == 0 || strcmp(cmd, "encrypt-cancel") == 0)
 		return rkd_encrypt_control(fs, cmd, rest, out, len);

@@ -21,26 +21,6 @@
 #include "rekeyfs/walk.h"
 #include "walker.h"
 
-double rkd_walker_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Wait on w->cond (w->lock held) until woken or secs have passed. */
-static void wait_secs(struct rkd_walker *w, double secs)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	if (secs > 3600)
-		secs = 3600;
-	double ns = (double)ts.tv_nsec + (secs - (double)(time_t)secs) * 1e9;
-	ts.tv_sec += (time_t)secs + (time_t)(ns / 1e9);
-	ts.tv_nsec = (long)(ns - (double)(time_t)(ns / 1e9) * 1e9);
-	pthread_cond_timedwait(&w->cond, &w->lock, &ts);
-}
-
 /* Record an error in the ring shown by status (takes w->lock: call without
  * it).  path: the file ("" or NULL: none); chunk: its chunk, or UINT64_MAX. */
 static void add_error(struct rkd_walker *w, const char *path, uint64_t chunk, const char *fmt, ...)
@@ -72,56 +52,6 @@ static void add_error(struct rkd_walker *w, const char *path, uint64_t chunk, co
 	rk_mutex_unlock(&w->lock);
 }
 
-/* ---- checkpoint (format: rekeyfs/rekey.h, rekeyfs(5)) -------------------------------------------
- * Written at every state change and at least once a second while a sweep
- * runs (from the throttle and after each file), so what status shows is at
- * most a second ahead of what a restart resumes from: the counters as
- * saved, from the file after `position` (the file being rekeyed is done
- * again). */
-int rkd_walker_save(struct rkd_walker *w)
-{
-	struct rkd_fs *fs = w->fs;
-	char *buf = NULL;
-	size_t len = 0;
-	int ret;
-	rk_mutex_lock(&w->ckpt_lock, RK_RANK_CKPT_FILE);
-	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	struct rk_rekey_ckpt c = {.state = w->state,
-	                          .sweep = w->sweep_id,
-	                          .started = w->started,
-	                          .finished = w->finished,
-	                          .filter = w->filter,
-	                          .nfilter = w->nfilter,
-	                          .position = w->position,
-	                          .tables = w->tables,
-	                          .ntables = w->ntables,
-	                          .finished_sweep = w->finished_sweep,
-	                          .result = w->result,
-	                          .remaining = w->remaining,
-	                          .remaining_known = w->remaining_known,
-	                          .rate = w->rate,
-	                          .rate_set = w->rate_set,
-	                          .queued = w->qfilter,
-	                          .nqueued = w->nqfilter,
-	                          .has_queued = w->queued};
-	snprintf(c.reason, sizeof(c.reason), "%s", w->reason);
-	if (w->resume_pending) /* not started yet: still the checkpointed state */
-		c.state = w->start_paused ? W_PAUSED : W_RUNNING;
-	ret = rk_rekey_ckpt_format(&c, &buf, &len);
-	w->last_save = rkd_walker_now();
-	rk_mutex_unlock(&w->lock);
-	if (ret < 0)
-		goto out;
-	ret = rk_rekey_ckpt_write(fs->dd->statefd, buf, len);
-	if (ret < 0)
-		rk_warn("walker: cannot write the checkpoint %s/.rekeyfs/%s: %s", fs->datadir_real, RK_REKEY_CKPT_FILE,
-		        rk_strerror(ret));
-out:
-	rk_mutex_unlock(&w->ckpt_lock);
-	free(buf);
-	return ret;
-}
-
 static void load_checkpoint(struct rkd_walker *w)
 {
 	struct rk_rekey_ckpt c = {.filter = w->filter, .position = w->position, .tables = w->tables,
@@ -140,6 +70,12 @@ static void load_checkpoint(struct rkd_walker *w)
 	snprintf(w->reason, sizeof(w->reason), "%s", c.reason);
 	w->queued = c.has_queued;
 	w->nqfilter = c.nqueued;
+	w->rewrap = c.rewrap; /* an ended rewrap is shown as one until the next sweep */
+	w->qrewrap = c.qrewrap && c.has_queued;
+	memcpy(w->rw_from, c.rewrap_from, sizeof(w->rw_from));
+	memcpy(w->rw_to, c.rewrap_to, sizeof(w->rw_to));
+	memcpy(w->qrw_from, c.qrewrap_from, sizeof(w->qrw_from));
+	memcpy(w->qrw_to, c.qrewrap_to, sizeof(w->qrw_to));
 	if (c.rate_set && !w->fs->o.walker_rate_set) {
 		w->rate = c.rate;
 		w->rate_set = true;
@@ -285,19 +221,6 @@ int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_re
 }
 
 /* ---- progress and throttling (w->lock held) ------------------------------------------------------ */
-/* a rate sample at most once a second: the recent rate spans the ring */
-static void sample_locked(struct rkd_walker *w, double now)
-{
-	int last = (w->sample_next + RATE_SAMPLES - 1) % RATE_SAMPLES;
-	if (w->nsamples && now - w->samples[last].t < 1.0)
-		return;
-	w->samples[w->sample_next].t = now;
-	w->samples[w->sample_next].bytes = w->sweep_bytes;
-	w->sample_next = (w->sample_next + 1) % RATE_SAMPLES;
-	if (w->nsamples < RATE_SAMPLES)
-		w->nsamples++;
-}
-
 /* the position inside the current file: chunk idx is done */
 static void progress_locked(struct rkd_walker *w, uint64_t idx)
 {
@@ -336,31 +259,8 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t by
 		return -EBUSY; /* opened meanwhile: its writes go in place */
 	rkd_fg_yield(fs); /* a short pause while foreground requests are being served */
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
-	w->sweep_bytes += bytes;
 	progress_locked(w, idx);
-	w->tokens -= (double)bytes;
-	for (;;) {
-		double now = rkd_walker_now();
-		sample_locked(w, now);
-		if (atomic_load(&w->stop)) {
-			ret = -ECANCELED;
-			break;
-		}
-		if (w->state == W_PAUSED) {
-			wait_secs(w, 1.0);
-			continue;
-		}
-		double el = now - ((double)w->last_refill.tv_sec + (double)w->last_refill.tv_nsec / 1e9);
-		clock_gettime(CLOCK_MONOTONIC, &w->last_refill);
-		if (!w->rate) {
-			w->tokens = 0;
-			break;
-		}
-		w->tokens = RK_MIN(w->tokens + el * (double)w->rate, (double)w->rate); /* at most one second of burst */
-		if (w->tokens >= 0)
-			break;
-		wait_secs(w, RK_MIN(-w->tokens / (double)w->rate, 1.0));
-	}
+	ret = rkd_walker_pace_locked(w, bytes);
 	bool save = ret == 0 && rkd_walker_now() - w->last_save >= 1.0;
 	rk_mutex_unlock(&w->lock);
 	if (save)
@@ -369,7 +269,6 @@ static int wa_throttle(void *arg, void *h, bool whole, uint64_t idx, uint64_t by
 }
 
 /* ---- one sweep ------------------------------------------------------------------------------- */
-enum walk_mode { M_PRESCAN, M_REKEY, M_COUNT };
 struct walk_ctx {
 	struct rkd_walker *w;
 	struct rk_rekey_access acc;
@@ -378,6 +277,7 @@ struct walk_ctx {
 	int pass; /* 0: the sweep; later passes catch files renamed behind the walker */
 	char key_error[256]; /* a target key that cannot be used ("" if none) */
 	uint64_t file_errors, unreadable_headers;
+	struct rw_walk rw; /* a rewrap sweep's */
 };
 
 /* later passes meet the same unreadable chunks again: counted once, in pass 0 */
@@ -424,7 +324,7 @@ static int rekey_one(struct walk_ctx *c, const struct rk_walk_ent *e, struct rk_
 			          strerror(-ret));
 		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 		if (!atomic_load(&w->stop))
-			wait_secs(w, 1.0); /* woken at once by stop */
+			rkd_walker_wait_secs(w, 1.0); /* woken at once by stop */
 		rk_mutex_unlock(&w->lock);
 		if (atomic_load(&w->stop))
 			return -ECANCELED;
@@ -505,6 +405,8 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 	rk_rw_unlock(&fs->policy_lock);
 	if (!rk_rekey_filter_has(w->filter, w->nfilter, tpath))
 		return 0;
+	if (w->rewrap) /* set by this thread only (start_locked) */
+		return rkd_rewrap_visit(w, &c->rw, c->mode, c->pass, e, tpath);
 	struct rk_key *key;
 	int ret = rk_keyring_get(fs->kr, kname, &key);
 	if (ret < 0) {
@@ -570,6 +472,10 @@ static void start_locked(struct rkd_walker *w, bool resumed)
 		w->nfilter = w->nqfilter;
 		w->queued = false;
 		w->nqfilter = 0;
+		w->rewrap = w->qrewrap;
+		memcpy(w->rw_from, w->qrw_from, sizeof(w->rw_from));
+		memcpy(w->rw_to, w->qrw_to, sizeof(w->rw_to));
+		w->qrewrap = false;
 		w->started = time(NULL);
 		w->position[0] = '\0';
 		w->ntables = 0;
@@ -602,14 +508,14 @@ static int run_passes(struct rkd_walker *w, struct walk_ctx *c, uint64_t sweep_i
 	c->mode = M_REKEY;
 	*capped = false;
 	for (c->pass = 0;; c->pass++) {
-		uint64_t before = atomic_load(&w->walker_rewritten);
+		uint64_t before = atomic_load(&w->walker_rewritten) + atomic_load(&w->files_rewrapped);
 		if (c->pass > 0) {
 			rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 			w->position[0] = '\0';
 			rk_mutex_unlock(&w->lock);
 		}
 		ret = rk_walk(w->fs->rootfd, "/", visit, c);
-		if (ret < 0 || atomic_load(&w->walker_rewritten) == before)
+		if (ret < 0 || atomic_load(&w->walker_rewritten) + atomic_load(&w->files_rewrapped) == before)
 			break;
 		if (c->pass > 0)
 			rk_info("walker: sweep %" PRIu64 " pass %d rekeyed files renamed or written during the sweep",
@@ -657,9 +563,13 @@ static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t swee
 	else if (failed)
 		snprintf(reason, sizeof(reason), "%" PRIu64 " chunk(s) could not be read and keep their key (see fsck --deep)",
 		         failed);
-	else if (c->unreadable_headers || c->file_errors)
-		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) could not be rekeyed (see errors)",
-		         c->unreadable_headers + c->file_errors);
+	else if (c->unreadable_headers || c->file_errors || c->rw.unreadable_headers || c->rw.file_errors)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) could not be %s (see errors)",
+		         c->unreadable_headers + c->file_errors + c->rw.unreadable_headers + c->rw.file_errors,
+		         w->rewrap ? "rewrapped" : "rekeyed");
+	else if (remaining && w->rewrap)
+		snprintf(reason, sizeof(reason), "%" PRIu64 " file(s) still wrap a data key under '%s'", remaining,
+		         w->rw_from);
 	else if (remaining)
 		snprintf(reason, sizeof(reason), "%" PRIu64 " chunk(s) are still off their target key", remaining);
 	bool complete = !reason[0];
@@ -675,7 +585,10 @@ static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t swee
 	/* the rewritten chunks are durable before the sweep counts as done */
 	rk_journal_checkpoint(fs->j);
 	rkd_walker_save(w);
-	if (complete)
+	if (complete && w->rewrap) /* w->rewrap: written by this thread only */
+		rk_info("walker: sweep %" PRIu64 " (rewrap %s -> %s) complete: %" PRIu64 " file(s) rewrapped in all, 0 "
+		        "remaining", sweep_id, w->rw_from, w->rw_to, (uint64_t)atomic_load(&w->files_rewrapped));
+	else if (complete)
 		rk_info("walker: sweep %" PRIu64 " complete: %" PRIu64 " chunks rewritten, 0 remaining", sweep_id, rew);
 	else
 		rk_warn("walker: sweep %" PRIu64 " incomplete: %" PRIu64 " chunks rewritten, %" PRIu64
@@ -686,13 +599,17 @@ static void finish_sweep(struct rkd_walker *w, struct walk_ctx *c, uint64_t swee
 static void run_sweep(struct rkd_walker *w, uint64_t sweep_id, bool resumed)
 {
 	struct rkd_fs *fs = w->fs;
-	struct walk_ctx c = {.w = w};
+	struct walk_ctx c = {.w = w, .rw = {.resumed_first = resumed}};
 	c.acc = (struct rk_rekey_access){.get = wa_get, .put = wa_put, .replace_begin = wa_replace_begin,
 	                                 .replace_commit = wa_replace_commit, .open = wa_open, .lock = wa_lock,
 	                                 .unlock = wa_unlock, .close = wa_close, .arg = w};
 	c.eng = (struct rk_rekey_engine){.kr = fs->kr, .acc = &c.acc, .throttle = wa_throttle, .throttle_arg = w};
 	rkd_walker_save(w);
-	rk_info("walker: sweep %" PRIu64 " started%s", sweep_id, resumed ? " (resumed)" : "");
+	if (w->rewrap)
+		rk_info("walker: sweep %" PRIu64 " started%s: rewrap of the data keys wrapped under '%s' to '%s' (headers "
+		        "only)", sweep_id, resumed ? " (resumed)" : "", w->rw_from, w->rw_to);
+	else
+		rk_info("walker: sweep %" PRIu64 " started%s", sweep_id, resumed ? " (resumed)" : "");
 
 	c.mode = M_PRESCAN;
 	int ret = rk_walk(fs->rootfd, "/", visit, &c);
@@ -743,50 +660,6 @@ static void *walker_main(void *arg)
 	rk_mutex_unlock(&w->lock);
 	rk_crypto_thread_cleanup();
 	return NULL;
-}
-
-void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
-                               uint64_t *id, char *how, size_t howlen)
-{
-	bool busy = w->state != W_IDLE || w->resume_pending;
-	bool covered = w->nfilter == 0;
-	for (int i = 0; !covered && n > 0 && i < n && rk_rekey_filter_has(w->filter, w->nfilter, tables[i]); i++)
-		covered = i == n - 1;
-	*id = w->sweep_id + 1;
-	if (busy && may_join && covered) {
-		/* the running sweep selects every table asked for and ends only
-		 * when a pass rewrites nothing: it serves the request */
-		*id = w->sweep_id;
-		snprintf(how, howlen, "joins running sweep %" PRIu64, *id);
-	} else if (w->queued) {
-		/* join it: merge the table lists; every table (0) absorbs the others */
-		if (w->nqfilter != 0 && n == 0)
-			w->nqfilter = 0;
-		else if (w->nqfilter != 0)
-			for (int i = 0; i < n; i++)
-				if (!rk_rekey_filter_has(w->qfilter, w->nqfilter, tables[i]) && w->nqfilter < MAX_TABLES)
-					snprintf(w->qfilter[w->nqfilter++], RK_TABLE_PATH_MAX, "%s", tables[i]);
-		snprintf(how, howlen, "joins queued sweep %" PRIu64, *id);
-	} else {
-		w->queued = true;
-		w->nqfilter = n;
-		if (n)
-			memcpy(w->qfilter, tables, sizeof(tables[0]) * (size_t)n);
-		if (busy)
-			snprintf(how, howlen, "queued as sweep %" PRIu64 " after sweep %" PRIu64, *id, w->sweep_id);
-		else
-			snprintf(how, howlen, "sweep %" PRIu64 " started", *id);
-	}
-	pthread_cond_broadcast(&w->cond);
-}
-
-const char *rkd_walker_state_word(const struct rkd_walker *w)
-{
-	if (w->state == W_RUNNING)
-		return "running";
-	if (w->state == W_PAUSED)
-		return "paused";
-	return w->result == RK_RR_COMPLETE ? "finished" : w->result == RK_RR_INCOMPLETE ? "incomplete" : "idle";
 }
 
 /* ---- lazy rewrite on read ------------------------------------------------------------------ */

@@ -1,6 +1,8 @@
 /* rekeyfs daemon - the walker's shared state: walker.c runs the sweeps, the
- * lazy rewrite and the throttle; walker_ctl.c answers the control commands
- * (rekey, pause, resume, rate, release) and builds the status JSON. */
+ * lazy rewrite and the throttle; walker_rewrap.c the online rewrap's visit;
+ * walker_state.c the clock, the checkpoint write, pacing and the queueing
+ * of requests; walker_ctl.c answers the control commands (rekey, rewrap,
+ * pause, resume, rate, release) and builds the status JSON. */
 #ifndef REKEYFS_DAEMON_WALKER_H
 #define REKEYFS_DAEMON_WALKER_H
 
@@ -89,6 +91,14 @@ struct rkd_walker {
 	uint64_t error_count;
 	bool waiting_space;
 	double last_save;          /* CLOCK_MONOTONIC seconds */
+	/* an online rewrap (walker_rewrap.c): this sweep rewraps the data keys
+	 * wrapped under rw_from to rw_to, headers only; written by the walker
+	 * thread (start_locked) and the checkpoint load only.  qrewrap: the
+	 * queued request is one (a reseal request merged into it makes it a
+	 * reseal: a reseal does more) */
+	bool rewrap, qrewrap;
+	char rw_from[RK_KEY_NAME_MAX + 1], rw_to[RK_KEY_NAME_MAX + 1];
+	char qrw_from[RK_KEY_NAME_MAX + 1], qrw_to[RK_KEY_NAME_MAX + 1];
 	/* lazy queue: rank RK_RANK_LAZYQ (50), guards q, qhead, qlen; taken on
 	 * the read path under a file's rw_lock and stripe, before inode locks */
 	pthread_mutex_t qlock;
@@ -96,10 +106,25 @@ struct rkd_walker {
 	struct lazy_ent q[LAZY_QUEUE];
 	int qhead, qlen;
 	atomic_uint_fast64_t lazy_rewritten, lazy_queued, lazy_dropped, walker_rewritten, files_replaced;
+	atomic_uint_fast64_t files_rewrapped; /* files whose header a rewrap rewrote (data keys rewrapped) */
 };
+
+/* what a walk of the sweep does: count before, rekey (or rewrap), count after */
+enum walk_mode { M_PRESCAN, M_REKEY, M_COUNT };
+
+/* one rewrap sweep's per-walk state (walker_rewrap.c) */
+struct rw_walk {
+	uint64_t file_errors, unreadable_headers;
+	bool resumed_first; /* a resumed sweep before its first rewrap: header copies are made equal */
+};
+
+/* header bytes a rewrap writes per file (both copies): what walker_rate counts in a rewrap */
+#define RW_FILE_BYTES ((uint64_t)RK_HDR_AREA)
 
 /* seconds on CLOCK_MONOTONIC */
 double rkd_walker_now(void);
+/* Wait on w->cond (w->lock held) until woken or secs have passed. */
+void rkd_walker_wait_secs(struct rkd_walker *w, double secs);
 /* Write the walker's state as it is now (takes ckpt_lock then w->lock: call with no lock held). */
 int rkd_walker_save(struct rkd_walker *w);
 /* The release scan's per-file access (walker.c). */
@@ -112,6 +137,22 @@ int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_re
  * queued sweep N"). */
 void rkd_walker_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, bool may_join,
                                uint64_t *id, char *how, size_t howlen);
+/* A rewrap request (from -> to) of tables[n]; w->lock held.  Joins a running
+ * sweep that covers it (a reseal does more) or a queued one (a queued reseal
+ * absorbs it; a queued rewrap of other keys: -EBUSY), else queues it.  0 or
+ * -EBUSY (how says why). */
+int rkd_walker_rewrap_request_locked(struct rkd_walker *w, char (*tables)[RK_TABLE_PATH_MAX], int n, const char *from,
+                                     const char *to, uint64_t *id, char *how, size_t howlen);
+/* Rate, pause and stop between two units of work (w->lock held): bytes are
+ * charged against walker_rate; waits on w->cond.  0 or -ECANCELED. */
+int rkd_walker_pace_locked(struct rkd_walker *w, uint64_t bytes);
+/* One file of a rewrap sweep, in the given walk (walker_rewrap.c); table tpath
+ * is selected.  0, or -ECANCELED at shutdown. */
+int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mode, int pass,
+                     const struct rk_walk_ent *e, const char *tpath);
+/* Can the daemon rewrap from -> to (both keys load, same cipher and strength)?
+ * 0, or a negative errno with why[] said. */
+int rkd_rewrap_keys_check(struct rkd_fs *fs, const char *from, const char *to, char *why, size_t len);
 /* the contract's state word: idle, running, paused, finished, incomplete */
 const char *rkd_walker_state_word(const struct rkd_walker *w);
 

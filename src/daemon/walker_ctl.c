@@ -1,4 +1,4 @@
-/* rekeyfs daemon - the walker's control commands (rekey, pause, resume,
+/* rekeyfs daemon - the walker's control commands (rekey, rewrap, pause, resume,
  * rate, release) and its part of the status JSON (rekeyfs(8), STATUS). */
 #include "config.h"
 
@@ -136,6 +136,40 @@ void rkd_walker_altered(struct rkd_fs *fs, const char *table, char *how, size_t 
 		rkd_walker_save(w);
 }
 
+/* rewrap FROM TO [TABLE...]: an online rewrap sweep of the tables (every
+ * table without one); rewrap-check FROM TO: only whether the keys allow it */
+static int rewrap_control(struct rkd_fs *fs, bool check_only, char *args, char **out, size_t *len)
+{
+	struct rkd_walker *w = fs->w;
+	char *save = NULL, why[512];
+	char *from = strtok_r(args, " \t", &save), *to = strtok_r(NULL, " \t", &save);
+	char *rest = save ? save : (char *)"";
+	if (!from || !to || rk_key_name_check(from) < 0 || rk_key_name_check(to) < 0 || strcmp(from, to) == 0)
+		return rkd_reply(out, len, -EINVAL, "usage: rewrap OLD NEW [TABLE...] (two different key names)");
+	int ret = rkd_rewrap_keys_check(fs, from, to, why, sizeof(why));
+	if (ret < 0)
+		return rkd_reply(out, len, ret, "rewrap from '%s' to '%s' refused: %s", from, to, why);
+	if (check_only)
+		return rkd_reply(out, len, 0, "rewrap from '%s' to '%s' possible", from, to);
+	char(*tables)[RK_TABLE_PATH_MAX] = calloc(MAX_TABLES, sizeof(*tables));
+	int n;
+	if (!tables)
+		return rkd_reply(out, len, -ENOMEM, "rewrap: out of memory");
+	int pr = parse_tables(fs, rest, tables, &n, out, len);
+	if (pr > 0) {
+		uint64_t id;
+		char how[256];
+		rk_mutex_lock(&w->lock, RK_RANK_WALKER);
+		ret = rkd_walker_rewrap_request_locked(w, tables, n, from, to, &id, how, sizeof(how));
+		rk_mutex_unlock(&w->lock);
+		if (ret == 0)
+			rkd_walker_save(w);
+		pr = ret < 0 ? rkd_reply(out, len, ret, "rewrap refused: %s", how) : rkd_reply(out, len, 0, "%s", how);
+	}
+	free(tables);
+	return pr;
+}
+
 int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **out, size_t *len)
 {
 	struct rkd_walker *w = fs->w;
@@ -147,6 +181,8 @@ int rkd_walker_control(struct rkd_fs *fs, const char *cmd, char *args, char **ou
 	}
 	if (!w)
 		return rkd_reply(out, len, -ENOTSUP, "the walker is off (mounted with -o walker=off)");
+	if (strcmp(cmd, "rewrap") == 0 || strcmp(cmd, "rewrap-check") == 0)
+		return rewrap_control(fs, strcmp(cmd, "rewrap-check") == 0, args, out, len);
 	if (strcmp(cmd, "rekey") == 0 || strcmp(cmd, "scan") == 0) {
 		char(*tables)[RK_TABLE_PATH_MAX] = calloc(MAX_TABLES, sizeof(*tables));
 		int n;
@@ -248,6 +284,8 @@ static void table_json(const struct rkd_walker *w, const struct rk_rekey_tstat *
 	bool running = w->state != W_IDLE;
 	bool done = t->counted && t->remaining == 0 && t->chunks_failed == 0;
 	double pct = t->chunks_total ? 100.0 * (double)t->chunks_done / (double)t->chunks_total : 0.0;
+	if (w->rewrap) /* a rewrap's progress is in files */
+		pct = t->files_total ? 100.0 * (double)t->files_done / (double)t->files_total : 0.0;
 	if (done && !running)
 		pct = 100.0;
 	else if (pct > 99.9)
@@ -288,7 +326,8 @@ static void errors_json(const struct rkd_walker *w, struct rkd_jbuf *b)
 static void off_json(struct rkd_jbuf *b)
 {
 	rkd_jb_printf(b, "  \"walker\": {\"state\": \"off\", \"sweep\": 0, \"finished_sweep\": null, \"queued\": [], "
-	                 "\"selected_tables\": [],\n    \"bytes_done\": 0, \"bytes_total\": 0, \"chunks_done\": 0, "
+	                 "\"selected_tables\": [],\n    \"mode\": \"reseal\", \"rewrap_from\": null, \"rewrap_to\": null, "
+	                 "\"files_rewrapped\": 0,\n    \"bytes_done\": 0, \"bytes_total\": 0, \"chunks_done\": 0, "
 	                 "\"chunks_total\": 0, \"files_done\": 0, \"files_total\": 0, \"chunks_failed\": 0,\n");
 	rkd_jb_printf(b, "    \"current_file\": null, \"current_offset\": null, \"position\": null, "
 	                 "\"rate_bytes_per_s\": 0, \"rate_limit\": 0, \"eta_s\": null, \"started\": null, "
@@ -312,6 +351,12 @@ static void head_json(const struct rkd_walker *w, struct rkd_jbuf *b)
 	}
 	rkd_jb_printf(b, "], \"selected_tables\": ");
 	jb_tables_list(b, (char(*)[RK_TABLE_PATH_MAX])w->filter, w->nfilter);
+	/* the sweep's kind: a reseal (chunks) or a rewrap (headers: files) */
+	rkd_jb_printf(b, ",\n    \"mode\": \"%s\", \"rewrap_from\": ", w->rewrap ? "rewrap" : "reseal");
+	jb_str_or_null(b, w->rewrap ? w->rw_from : NULL);
+	rkd_jb_printf(b, ", \"rewrap_to\": ");
+	jb_str_or_null(b, w->rewrap ? w->rw_to : NULL);
+	rkd_jb_printf(b, ", \"files_rewrapped\": %" PRIu64, (uint64_t)atomic_load(&w->files_rewrapped));
 }
 
 void rkd_walker_json(struct rkd_fs *fs, struct rkd_jbuf *b)

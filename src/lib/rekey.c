@@ -296,6 +296,11 @@ int rk_rekey_ckpt_format(const struct rk_rekey_ckpt *c, char **text, size_t *len
 			fprintf(m, " %s", c->queued[i]);
 		fputc('\n', m);
 	}
+	/* an online rewrap: the keys of the sweep and of the queued request */
+	if (c->rewrap)
+		fprintf(m, "rewrap %s %s\n", c->rewrap_from, c->rewrap_to);
+	if (c->has_queued && c->qrewrap)
+		fprintf(m, "queued_rewrap %s %s\n", c->qrewrap_from, c->qrewrap_to);
 	for (int i = 0; i < c->ntables; i++) {
 		const struct rk_rekey_tstat *t = &c->tables[i];
 		fprintf(m,
@@ -391,6 +396,17 @@ static void ckpt_line2(struct rk_rekey_ckpt *c, const char *word, char *rest)
 		c->has_queued = true;
 		for (char *t = strtok_r(rest, " ", &s2); t && c->nqueued < RK_REKEY_MAX_TABLES; t = strtok_r(NULL, " ", &s2))
 			snprintf(c->queued[c->nqueued++], RK_TABLE_PATH_MAX, "%s", t);
+	} else if (strcmp(word, "rewrap") == 0 || strcmp(word, "queued_rewrap") == 0) {
+		/* two key names; anything else: not a rewrap (a reseal, which does more) */
+		char from[RK_KEY_NAME_MAX + 2], to[RK_KEY_NAME_MAX + 2];
+		bool q = word[0] == 'q';
+		bool ok = sscanf(rest, "%64s %64s", from, to) == 2 && rk_key_name_check(from) == 0 &&
+		          rk_key_name_check(to) == 0 && strcmp(from, to) != 0;
+		*(q ? &c->qrewrap : &c->rewrap) = ok;
+		if (ok) { /* checked: at most RK_KEY_NAME_MAX characters each */
+			memcpy(q ? c->qrewrap_from : c->rewrap_from, from, strlen(from) + 1);
+			memcpy(q ? c->qrewrap_to : c->rewrap_to, to, strlen(to) + 1);
+		}
 	} else if (strcmp(word, "rate") == 0) {
 		c->rate_set = rk_parse_u64(rest, RK_RATE_MAX, &v) == 0;
 		c->rate = c->rate_set ? v : 0;
