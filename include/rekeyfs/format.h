@@ -331,6 +331,13 @@ int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_ke
  * both wrap the same DEK.  rk_cf_hdr_write_copy(cf, 0) writes nothing when
  * nothing is staged. */
 int rk_cf_rewrap_stage(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new);
+/* May the data keys wrapped under old be rewrapped under new?  A rewrap
+ * keeps the data keys, so new must have old's cipher and key length: 0, or
+ * -EINVAL with the reason (naming both keys) in why. */
+int rk_rewrap_keys_fit(const struct rk_key *old, const struct rk_key *new, char *why, size_t len);
+/* Which entries of h wrap a data key under k (name and fingerprint): which[j]
+ * set for each; returns how many. */
+int rk_hdr_entries_under(const struct rk_cf_header *h, const struct rk_key *k, bool which[RK_CF_MAX_KEYS]);
 int rk_cf_hdr_write_copy(struct rk_cf *cf, int i);
 /* Convert a v1 file (opened writable) to v2 in place: every entry's DEK is
  * its v1 derived subkey, wrapped under the same key with flag DERIVED, so no

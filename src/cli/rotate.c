@@ -335,13 +335,11 @@ static int rotate_offline(const char *dir, struct rot *r)
 		if (ret < 0)
 			rk_err("rotate --rewrap: keys '%s' and '%s' must both be in %s: %s", r->from, r->to, r->keydir,
 			       rk_strerror(ret));
-		else if (ko->cipher != kn->cipher || ko->keylen != kn->keylen) {
-			rk_err("rotate --rewrap: key '%s' (%s %zu) and key '%s' (%s %zu) differ in cipher or strength; a rewrap "
-			       "keeps the data keys, so it needs the same cipher and strength (rotate without --rewrap "
-			       "reseals instead)",
-			       r->from, rk_cipher_name(ko->cipher), ko->keylen * 8, r->to, rk_cipher_name(kn->cipher),
-			       kn->keylen * 8);
-			ret = -EINVAL;
+		else {
+			char why[512];
+			ret = rk_rewrap_keys_fit(ko, kn, why, sizeof(why));
+			if (ret < 0)
+				rk_err("rotate --rewrap: %s", why);
 		}
 		rk_key_free(ko);
 		rk_key_free(kn);

@@ -39,26 +39,7 @@ int rkd_rewrap_keys_check(struct rkd_fs *fs, const char *from, const char *to, c
 		snprintf(why, len, "key '%s' cannot be loaded: %s", to, rk_strerror(ret));
 		return ret;
 	}
-	if (old->cipher != new->cipher || old->keylen != new->keylen) {
-		snprintf(why, len,
-		         "key '%s' (%s, %zu bits) and key '%s' (%s, %zu bits) differ in cipher or strength; a rewrap keeps "
-		         "the data keys, so it needs the same cipher and strength (rotate without --rewrap reseals instead)",
-		         from, rk_cipher_name(old->cipher), old->keylen * 8, to, rk_cipher_name(new->cipher), new->keylen * 8);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-/* entries of h wrapping a data key under k (name and fingerprint) */
-static int entries_under(const struct rk_cf_header *h, const struct rk_key *k, bool *which)
-{
-	int n = 0;
-	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
-		which[j] = h->keys[j].in_use && strcmp(h->keys[j].name, k->name) == 0 &&
-		           memcmp(h->keys[j].fp, k->fp, RK_FP_BYTES) == 0;
-		n += which[j];
-	}
-	return n;
+	return rk_rewrap_keys_fit(old, new, why, len);
 }
 
 /* the stored header (no daemon state): 1 a chunk file, 0 not one (or gone), or an error */
@@ -100,7 +81,7 @@ static int rewrap_file(struct rkd_fs *fs, const struct rk_walk_ent *e, struct rk
 	*chunk = f->chunk;
 	if (f->chunk) {
 		rk_cf_get_header(f->cf, &h);
-		n = entries_under(&h, old, which);
+		n = rk_hdr_entries_under(&h, old, which);
 	}
 	if (n > 0 && !f->rw)
 		ret = -EROFS;
@@ -143,7 +124,7 @@ static int visit_count(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode 
 	int r = disk_header(e, &h);
 	if (r == 0)
 		return 0;
-	int n = r > 0 ? entries_under(&h, old, which) : 0;
+	int n = r > 0 ? rk_hdr_entries_under(&h, old, which) : 0;
 	rk_mutex_lock(&w->lock, RK_RANK_WALKER);
 	struct rk_rekey_tstat *t = rk_rekey_tstat_for(w->tables, &w->ntables, tpath);
 	if (mode == M_COUNT) {
@@ -208,7 +189,7 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	bool did = false, chunk = false, which[RK_CF_MAX_KEYS];
 	struct rk_cf_header dh;
 	int r = disk_header(e, &dh);
-	if (r > 0 && entries_under(&dh, old, which) == 0 && !rw->resumed_first)
+	if (r > 0 && rk_hdr_entries_under(&dh, old, which) == 0 && !rw->resumed_first)
 		chunk = true; /* done (a later pass, a file created under NEW): no open, no header write */
 	else if (r != 0)
 		ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did, &chunk);

@@ -93,6 +93,29 @@ static void rewrap_err(const struct rk_cf *cf, int j, const struct rk_key *old, 
 		       new->name, rk_strerror(ret));
 }
 
+int rk_rewrap_keys_fit(const struct rk_key *old, const struct rk_key *new, char *why, size_t len)
+{
+	if (old->cipher == new->cipher && old->keylen == new->keylen)
+		return 0;
+	snprintf(why, len,
+	         "key '%s' (%s, %zu bits) and key '%s' (%s, %zu bits) differ in cipher or strength; a rewrap keeps the "
+	         "data keys, so it needs the same cipher and strength (rotate without --rewrap reseals instead)",
+	         old->name, rk_cipher_name(old->cipher), old->keylen * 8, new->name, rk_cipher_name(new->cipher),
+	         new->keylen * 8);
+	return -EINVAL;
+}
+
+int rk_hdr_entries_under(const struct rk_cf_header *h, const struct rk_key *k, bool which[RK_CF_MAX_KEYS])
+{
+	int n = 0;
+	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
+		which[j] = h->keys[j].in_use && strcmp(h->keys[j].name, k->name) == 0 &&
+		           memcmp(h->keys[j].fp, k->fp, RK_FP_BYTES) == 0;
+		n += which[j];
+	}
+	return n;
+}
+
 int rk_cf_rewrap_entry(struct rk_cf *cf, int j, struct rk_key *old, struct rk_key *new)
 {
 	int ret = 0;

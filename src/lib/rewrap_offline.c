@@ -44,18 +44,6 @@ struct orewrap {
 	int n, cap;
 };
 
-/* Entries of h naming k (name and fingerprint). */
-static int entries_of(const struct rk_cf_header *h, const struct rk_key *k, bool *which)
-{
-	int n = 0;
-	for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
-		which[j] = h->keys[j].in_use && strcmp(h->keys[j].name, k->name) == 0 &&
-		           memcmp(h->keys[j].fp, k->fp, RK_FP_BYTES) == 0;
-		n += which[j];
-	}
-	return n;
-}
-
 static int sync_data(struct orewrap *o)
 {
 	int ret = 0;
@@ -125,7 +113,7 @@ static int rewrap_one(struct orewrap *o, const struct rk_walk_ent *e)
 	ret = rk_cf_open(fd, e->rel, o->kr, true, &cf);
 	if (ret == 0) {
 		rk_cf_get_header(cf, &h);
-		if (entries_of(&h, o->old, which) > 0) {
+		if (rk_hdr_entries_under(&h, o->old, which) > 0) {
 			if (h.version < RK_FORMAT_V2) {
 				ret = rk_cf_upgrade_v2(cf);
 				if (ret == 0)
@@ -174,12 +162,9 @@ int rk_rewrap_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*table
 {
 	struct orewrap o = {.dd = dd, .kr = kr, .tables = tables, .ntables = ntables, .old = old, .new = new, .sum = sum};
 	memset(sum, 0, sizeof(*sum));
-	if (old->cipher != new->cipher || old->keylen != new->keylen) {
-		rk_err("rewrap: key '%s' (%s, %zu bits) and key '%s' (%s, %zu bits) differ in cipher or strength: a rewrap "
-		       "keeps the data keys, so the new key must have the old one's cipher and strength (a reseal, the "
-		       "default rotation, has no such limit)",
-		       old->name, rk_cipher_name(old->cipher), old->keylen * 8, new->name, rk_cipher_name(new->cipher),
-		       new->keylen * 8);
+	char why[512];
+	if (rk_rewrap_keys_fit(old, new, why, sizeof(why)) < 0) {
+		rk_err("rewrap: %s", why);
 		return -EINVAL;
 	}
 	/* crash tests set a smaller batch to stop with files on both sides */
