@@ -83,20 +83,23 @@ void rk_coverage_free(struct rk_cov *c)
 	free(c);
 }
 
+/* summed over the tables (every file counted is in one table) */
 uint64_t rk_cov_key_chunks(const struct rk_cov *c, const char *name)
 {
 	uint64_t n = 0;
-	for (size_t i = 0; i < c->total.nkeys; i++)
-		if (strcmp(c->total.keys[i].name, name) == 0)
-			n += c->total.keys[i].chunks;
+	for (size_t t = 0; t < c->ntables; t++)
+		for (size_t i = 0; i < c->tables[t].nkeys; i++)
+			if (strcmp(c->tables[t].keys[i].name, name) == 0)
+				n += c->tables[t].keys[i].chunks;
 	return n;
 }
 
 uint64_t rk_cov_key_wrapped(const struct rk_cov *c, const char *name)
 {
 	uint64_t n = 0;
-	for (size_t i = 0; i < c->total.nkeys; i++)
-		if (strcmp(c->total.keys[i].name, name) == 0)
-			n += c->total.keys[i].wrapped_files;
+	for (size_t t = 0; t < c->ntables; t++)
+		for (size_t i = 0; i < c->tables[t].nkeys; i++)
+			if (strcmp(c->tables[t].keys[i].name, name) == 0)
+				n += c->tables[t].keys[i].wrapped_files;
 	return n;
 }
