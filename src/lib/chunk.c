@@ -45,6 +45,13 @@ static int ks_resolve_locked(struct rk_cf *cf, int j, struct rk_key **keyp, cons
 					rk_err("%s: the wrapped data key of key entry %d (key '%s') does not authenticate: the "
 					       "header was altered or damaged; the chunks sealed under it cannot be read",
 					       cf->path, j, e->name);
+			} else if (k->p11) {
+				/* a version 1 entry naming a token key: never written by
+				 * rekeyfs (keyent_for_locked converts the file first); its
+				 * host secret is no key to derive chunk keys from */
+				rk_err("%s: key entry %d names PKCS#11 token key '%s' in a format 1 header: refused", cf->path, j,
+				       e->name);
+				err = -EKEYREJECTED;
 			} else {
 				err = rk_derive_file_key(k->cipher, k->material, k->keylen, cf->hdr.file_id, s->subkey,
 				                         k->keylen);
@@ -262,6 +269,18 @@ static int keyent_for_locked(struct rk_cf *cf, struct rk_key *key)
 		}
 		cf_ks_clear(&cf->ks[free_j]);
 		cf->disk_keys[free_j] = false;
+	}
+	if (cf->hdr.version < RK_FORMAT_V2 && key->p11) {
+		/* a token key never derives a v1 subkey (the KEK stays in the
+		 * token): the file becomes version 2 first, its chunks unchanged,
+		 * and the new entry gets a data key wrapped by the token */
+		int ret = cf_upgrade_v2_locked(cf);
+		if (ret < 0) {
+			rk_err("%s: cannot add key '%s' (a PKCS#11 token key) to this format 1 file: its conversion to format 2 "
+			       "failed: %s",
+			       cf->path, key->name, rk_strerror(ret));
+			return ret;
+		}
 	}
 	struct rk_cf_keyent *e = &cf->hdr.keys[free_j];
 	memset(e, 0, sizeof(*e));

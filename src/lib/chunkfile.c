@@ -406,8 +406,8 @@ int rk_cf_create_version(int fd, const char *path, struct rk_keyring *kr, uint32
 {
 	int ret;
 	if (chunk_size < RK_CHUNK_MIN || chunk_size > RK_CHUNK_MAX || (chunk_size & (chunk_size - 1)) ||
-	    (version != RK_FORMAT_V1 && version != RK_FORMAT_V2))
-		return -EINVAL;
+	    (version != RK_FORMAT_V1 && version != RK_FORMAT_V2) || (version == RK_FORMAT_V1 && key && key->p11))
+		return -EINVAL; /* a token key has no v1 subkey */
 	if (key && (!key->material || key->released))
 		return -EKEYREVOKED;
 	struct rk_cf *cf = cf_alloc(fd, path, kr, true);

@@ -133,6 +133,10 @@ bool cf_slot_missing(struct rk_cf *cf, uint64_t idx);
  * key slot (resolved), wrapped into the in-memory entry.  Caller holds cf->lock
  * (or owns an unshared cf). */
 int cf_new_dek_locked(struct rk_cf *cf, int j, struct rk_key *key);
+/* Convert the in-memory header of a version 1 file to version 2 (rewrap.c;
+ * every entry's v1 subkey wrapped as its DEK, flag DERIVED; not written:
+ * hdr_changed set).  0 when already version 2.  Caller holds cf->lock. */
+int cf_upgrade_v2_locked(struct rk_cf *cf);
 
 /* ---- chunk.c: sealing and opening chunks ----------------------------------------- */
 /* Key entry the slot of idx holds now (-1: hole or past EOF) and how many

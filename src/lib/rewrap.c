@@ -162,26 +162,23 @@ unlock:
 	return ret;
 }
 
-int rk_cf_upgrade_v2(struct rk_cf *cf)
+int cf_upgrade_v2_locked(struct rk_cf *cf)
 {
-	struct rk_cf_header h;
+	struct rk_cf_header h = cf->hdr;
 	uint8_t dek[RK_MAX_KEY_BYTES];
-	int ret = 0, j = 0;
+	int ret = 0;
 	struct rk_key *k = NULL;
-	rk_mutex_lock(&cf->lock, RK_RANK_CF);
-	if (!cf->writable)
-		ret = -EBADF;
-	else if (cf->hdr.version >= RK_FORMAT_V2)
-		goto unlock; /* nothing to do */
-	h = cf->hdr;
+	RK_ASSERT_HELD(&cf->lock);
+	if (cf->hdr.version >= RK_FORMAT_V2)
+		return 0; /* nothing to do */
 	h.version = RK_FORMAT_V2;
-	for (j = 0; ret == 0 && j < RK_CF_MAX_KEYS; j++) {
+	for (int j = 0; ret == 0 && j < RK_CF_MAX_KEYS; j++) {
 		struct rk_cf_keyent *e = &h.keys[j];
 		if (!e->in_use)
 			continue;
 		ret = cf->kr ? rk_keyring_get(cf->kr, e->name, &k) : -ENOKEY;
-		if (ret == 0 && (CRYPTO_memcmp(k->fp, e->fp, RK_FP_BYTES) != 0 || k->cipher != e->cipher))
-			ret = -EKEYREJECTED;
+		if (ret == 0 && (CRYPTO_memcmp(k->fp, e->fp, RK_FP_BYTES) != 0 || k->cipher != e->cipher || k->p11))
+			ret = -EKEYREJECTED; /* a token key never had a v1 subkey (rk_key.p11) */
 		if (ret == 0) {
 			/* the DEK is the v1 subkey: every chunk keeps opening as it is */
 			e->wrap_method = RK_WRAP_METHOD_FILE;
@@ -199,11 +196,24 @@ int rk_cf_upgrade_v2(struct rk_cf *cf)
 			       rk_strerror(ret));
 	}
 	if (ret == 0) {
+		/* cached subkeys stay: each is its entry's DEK now */
 		cf->hdr = h;
 		cf->hdr_changed = true;
-		ret = commit_both_locked(cf, "upgrade.first-copy");
 	}
-unlock:
+	return ret;
+}
+
+int rk_cf_upgrade_v2(struct rk_cf *cf)
+{
+	int ret = 0;
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	if (!cf->writable)
+		ret = -EBADF;
+	else if (cf->hdr.version < RK_FORMAT_V2) {
+		ret = cf_upgrade_v2_locked(cf);
+		if (ret == 0)
+			ret = commit_both_locked(cf, "upgrade.first-copy");
+	}
 	rk_mutex_unlock(&cf->lock);
 	return ret;
 }

@@ -165,6 +165,34 @@ mv "$KEYS/key3" "$T_TMP/key3.gone"
 check_sums "after the reseal to tok2"
 ok
 
+checking "a format 1 file written under a token key becomes format 2 first: the token key never derives a v1 subkey"
+cp "$TEST_SRCDIR/golden/keys/golden_aes256" "$KEYS/" && chmod 600 "$KEYS/golden_aes256" || fail "golden key"
+D1="$T_TMP/d1"
+M1="$T_TMP/m1"
+mkdir -p "$D1" "$M1"
+run rekeyctl init -d "$KEYS" --key golden_aes256 "$D1"
+assert_rc 0 "init d1"
+cp "$TEST_SRCDIR/golden/files/one-chunk.txt" "$D1/v1.txt" || fail "copy the golden file"
+run rekeyctl alter -d "$KEYS" "$D1" --key tok2
+assert_rc 0 "alter d1 to tok2"
+v1hdr() { python3 -c 'import sys; b=open(sys.argv[1],"rb").read(4096); print(b[8] | b[9] << 8, sorted({b[1600+152*j] for j in range(16)} - {0}))' "$1"; }
+[ "$(v1hdr "$D1/v1.txt")" = "1 []" ] || fail "the golden file is not format 1: $(v1hdr "$D1/v1.txt")"
+mount_fs "$D1" "$M1" "lazy=off,walker=off"
+md5sum <"$M1/v1.txt" >"$T_TMP/v1.before" || fail "read the format 1 file"
+printf 'appended under the token key\n' >>"$M1/v1.txt" || fail "append to the format 1 file"
+sync
+{ head -c 65536 "$M1/v1.txt" | md5sum; } >"$T_TMP/v1.after"
+diff "$T_TMP/v1.before" "$T_TMP/v1.after" >/dev/null || fail "the old chunk changed after the append"
+[ "$(tail -c 29 "$M1/v1.txt")" = "appended under the token key" ] || fail "the appended bytes: $(tail -c 29 "$M1/v1.txt" | od -c | head -3)"
+umount_fs "$M1"
+# version 2, the old entry wrapped by the file method (its v1 subkey), the new one by the token
+[ "$(v1hdr "$D1/v1.txt")" = "2 [1, 2]" ] ||
+	fail "after a write under tok2 the header is '$(v1hdr "$D1/v1.txt")' (expected version 2, wrap methods [1, 2])"
+mount_fs "$D1" "$M1" "lazy=off,walker=off"
+[ "$(tail -c 29 "$M1/v1.txt")" = "appended under the token key" ] || fail "the appended bytes after a remount"
+umount_fs "$M1"
+ok
+
 checking "a daemon that forks after loading the token key (no -f) opens the data keys in its own process"
 BIN_RKFS="$(rkfx_bin rekeyfs)" || fail "no rekeyfs"
 mkdir -p "$MNT"
