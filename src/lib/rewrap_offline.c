@@ -44,12 +44,19 @@ struct orewrap {
 	int n, cap;
 };
 
+/* syncfs makes one file system durable: once for each file system the
+ * batch's files are on (a table may be a mount point of its own) */
 static int sync_data(struct orewrap *o)
 {
 	int ret = 0;
-	if (syncfs(o->dd->dirfd) < 0) {
-		ret = -errno;
-		rk_err("%s: cannot sync the file system of the data directory: %s", o->dd->path, strerror(errno));
+	for (int i = 0; i < o->n && ret == 0; i++) {
+		bool seen = false;
+		for (int k = 0; k < i && !seen; k++)
+			seen = o->batch[k].dev == o->batch[i].dev;
+		if (!seen && syncfs(o->batch[i].fd) < 0) {
+			ret = -errno;
+			rk_err("%s: cannot sync its file system: %s", rk_cf_path(o->batch[i].cf), strerror(errno));
+		}
 	}
 	return ret;
 }
