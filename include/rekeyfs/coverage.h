@@ -127,6 +127,7 @@ struct rk_cov_query {
 	size_t nnames;
 	uint64_t wrapped_files; /* files without chunks whose format 2 header wraps a data key under it (rk_release_wrap_blocks) */
 	uint64_t named_files;   /* chunk files whose header has an entry naming it (their slot headers were read) */
+	uint64_t old_copies;    /* files whose header in use names it not, but whose older copy does (a cut rewrap) */
 };
 
 struct rk_cov {

@@ -152,6 +152,10 @@ void rk_wrap_entry_encode(const struct rk_cf_keyent *e, uint8_t *w);
  * -EPROTONOSUPPORT unknown version (h->version set); -EUCLEAN bad checksum
  * or inconsistent fields. */
 int rk_hdr_decode(const uint8_t *buf, struct rk_cf_header *h);
+/* Does a header copy of the RK_HDR_AREA bytes area that verifies (the one in
+ * use or the older one, which a damaged newer copy falls back to) have an
+ * entry in use naming key name (any fingerprint)? */
+bool rk_hdr_copies_name(const uint8_t *area, const char *name);
 
 /* Is the stored file a chunk file?  The one rule (man/rekeyfs.5, "Chunk
  * file or plain file"): yes when copy A starts with the magic, or copy B
@@ -392,6 +396,13 @@ bool rk_cf_disk_dirty(struct rk_cf *cf);
 /* Does an entry in use of the in-memory header name key name (any
  * fingerprint)? */
 bool rk_cf_names_key(struct rk_cf *cf, const char *name);
+/* Does a header copy on disk (either, rk_hdr_copies_name) name key name?
+ * 1 yes, 0 no, or a negative errno (read error). */
+int rk_cf_disk_copies_name(struct rk_cf *cf, const char *name);
+/* Have both header copies written again from the in-memory header by the
+ * next rk_cf_hdr_write_copy(cf, 0) and (cf, 1): the offline rewrap's
+ * repair of a file a crash left with one copy under the old key. */
+int rk_cf_stage_rewrite(struct rk_cf *cf);
 
 /* Read chunk idx into out (chunk_size bytes; bytes past the chunk's
  * plaintext, or past end of file, are zero).  *key_idx gets the sealing key

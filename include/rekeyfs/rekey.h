@@ -49,6 +49,7 @@ struct rk_key_refs {
 	const char *note; /* appended to its name in the verdict, or NULL */
 	uint64_t counts[RK_CF_MAX_KEYS];
 	uint64_t malformed; /* unreadable slot headers */
+	bool copy_names; /* a header copy on disk names the key (rk_cf_disk_copies_name) */
 	struct rk_cf_header h;
 	int err;          /* the scan stopped part way (one more chunk may be under the key) */
 };
@@ -237,6 +238,7 @@ int rk_rekey_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*tables
  * (entries already under new are left alone). */
 struct rk_rewrap_summary {
 	uint64_t files, entries, upgraded, failed;
+	uint64_t repaired; /* files whose older header copy still named OLD (a cut run): both copies rewritten */
 };
 int rk_rewrap_offline(struct rk_datadir *dd, struct rk_keyring *kr, char (*tables)[RK_TABLE_PATH_MAX], int ntables,
                       struct rk_key *old, struct rk_key *new, struct rk_rewrap_summary *sum);

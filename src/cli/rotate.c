@@ -313,8 +313,9 @@ static int offline_rewrap(const char *dir, struct rot *r)
 	if (ret == 0)
 		fprintf(rot_out(r),
 		        "rewrap: %" PRIu64 " file(s), %" PRIu64 " data key(s) rewrapped from %s to %s (%" PRIu64
-		        " converted from format 1); no chunk rewritten\n",
-		        sum.files, sum.entries, rk_esc(r->from), rk_esc(r->to), sum.upgraded);
+		        " converted from format 1, %" PRIu64 " with an older header copy left under %s by a cut run written "
+		        "again); no chunk rewritten\n",
+		        sum.files, sum.entries, rk_esc(r->from), rk_esc(r->to), sum.upgraded, sum.repaired, rk_esc(r->from));
 	rk_datadir_close(dd);
 	rk_keyring_free(kr);
 	free(tables);

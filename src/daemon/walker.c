@@ -212,6 +212,10 @@ int rkd_walker_key_refs(void *arg, const struct rk_walk_ent *e, struct rk_key_re
 		out->chunk = true;
 		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW); /* no writes while the references are read */
 		out->err = rk_scan_key_refs(f->cf, out->name, out->counts, &out->malformed);
+		int r = out->name ? rk_cf_disk_copies_name(f->cf, out->name) : 0;
+		if (r < 0 && out->err == 0)
+			out->err = r;
+		out->copy_names = r > 0;
 		rk_cf_get_header(f->cf, &out->h);
 		rk_rw_unlock(&f->rw_lock);
 	}

@@ -42,9 +42,14 @@ int rkd_rewrap_keys_check(struct rkd_fs *fs, const char *from, const char *to, c
 	return rk_rewrap_keys_fit(old, new, why, len);
 }
 
-/* the stored header (no daemon state): 1 a chunk file, 0 not one (or gone), or an error */
-static int disk_header(const struct rk_walk_ent *e, struct rk_cf_header *h)
+/* the stored header (no daemon state): 1 a chunk file, 0 not one (or gone),
+ * or an error; *copy_names (when given): a header copy on disk, the one in
+ * use or the older one, names key old */
+static int disk_header(const struct rk_walk_ent *e, struct rk_cf_header *h, const char *old, bool *copy_names)
 {
+	uint8_t area[RK_HDR_AREA];
+	if (copy_names)
+		*copy_names = false;
 	int fd = openat(e->dirfd, e->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
@@ -53,6 +58,15 @@ static int disk_header(const struct rk_walk_ent *e, struct rk_cf_header *h)
 		ret = rk_cf_read_header(fd, e->rel, h, NULL);
 		if (ret == 0)
 			ret = 1;
+	}
+	if (ret == 1 && copy_names) {
+		ssize_t n = rk_pread_full(fd, area, RK_HDR_AREA, 0);
+		if (n < 0)
+			ret = (int)n;
+		else {
+			memset(area + n, 0, (size_t)(RK_HDR_AREA - n));
+			*copy_names = rk_hdr_copies_name(area, old);
+		}
 	}
 	close(fd);
 	return ret;
@@ -97,8 +111,11 @@ static int rewrap_file(struct rkd_fs *fs, const struct rk_walk_ent *e, struct rk
 			*did = true;
 	}
 	if (ret == 0 && f->chunk && f->rw && equalize) {
+		/* both copies as the in-memory header: the older one first, synced */
 		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
-		ret = rk_cf_flush(f->cf); /* both copies as the in-memory header */
+		ret = rk_cf_stage_rewrite(f->cf);
+		if (ret == 0)
+			ret = rk_cf_sync(f->cf);
 		rk_rw_unlock(&f->rw_lock);
 	}
 	rkd_file_put(fs, in, f);
@@ -121,7 +138,7 @@ static int visit_count(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode 
 {
 	struct rk_cf_header h;
 	bool which[RK_CF_MAX_KEYS];
-	int r = disk_header(e, &h);
+	int r = disk_header(e, &h, NULL, NULL);
 	if (r == 0)
 		return 0;
 	int n = r > 0 ? rk_hdr_entries_under(&h, old, which) : 0;
@@ -186,13 +203,16 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		return ret;
-	bool did = false, chunk = false, which[RK_CF_MAX_KEYS];
+	bool did = false, chunk = false, which[RK_CF_MAX_KEYS], copy_names = false;
 	struct rk_cf_header dh;
-	int r = disk_header(e, &dh);
-	if (r > 0 && rk_hdr_entries_under(&dh, old, which) == 0 && !rw->resumed_first)
+	int r = disk_header(e, &dh, old->name, &copy_names);
+	if (r > 0 && !copy_names && !rw->resumed_first)
 		chunk = true; /* done (a later pass, a file created under NEW): no open, no header write */
 	else if (r != 0)
-		ret = rewrap_file(fs, e, old, new, rw->resumed_first, &did, &chunk);
+		/* an older header copy still naming old (a rewrap cut between a
+		 * file's two copies, or a failed second copy): both written again */
+		ret = rewrap_file(fs, e, old, new, rw->resumed_first || (r > 0 && rk_hdr_entries_under(&dh, old, which) == 0),
+		                  &did, &chunk);
 	if (did)
 		rw->resumed_first = false; /* the file a restart interrupted comes before the first one still to do */
 	if (ret < 0) {

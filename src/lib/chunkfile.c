@@ -128,6 +128,31 @@ bool rk_cf_names_key(struct rk_cf *cf, const char *name)
 	return found;
 }
 
+int rk_cf_disk_copies_name(struct rk_cf *cf, const char *name)
+{
+	uint8_t *area = malloc(RK_HDR_AREA);
+	if (!area)
+		return -ENOMEM;
+	ssize_t n = rk_pread_full(cf->fd, area, RK_HDR_AREA, 0);
+	int ret = n < 0 ? (int)n : 0;
+	if (n >= 0 && n < RK_HDR_AREA)
+		memset(area + n, 0, (size_t)(RK_HDR_AREA - n));
+	if (ret == 0)
+		ret = rk_hdr_copies_name(area, name) ? 1 : 0;
+	free(area);
+	return ret;
+}
+
+int rk_cf_stage_rewrite(struct rk_cf *cf)
+{
+	rk_mutex_lock(&cf->lock, RK_RANK_CF);
+	int ret = cf->writable ? 0 : -EBADF;
+	if (ret == 0)
+		cf->hdr_changed = true;
+	rk_mutex_unlock(&cf->lock);
+	return ret;
+}
+
 bool rk_cf_disk_dirty(struct rk_cf *cf)
 {
 	rk_mutex_lock(&cf->lock, RK_RANK_CF);

@@ -57,6 +57,7 @@ struct frec {
 	uint64_t counts[RK_CF_MAX_KEYS];
 	uint64_t bytes[RK_CF_MAX_KEYS];
 	bool recounted, mismatch;
+	bool copy_q;                    /* exact: a header copy on disk names the query key */
 	uint64_t malformed, corrupt_chunks, verified;
 };
 
@@ -356,7 +357,11 @@ static int finish_file(struct scan *s, size_t ti, const char *rel, struct frec *
 		}
 	}
 	s->c->query.named_files += named;
-	if (nq || wq) {
+	/* the older copy names it (a rewrap cut between the copies): a damaged
+	 * newer copy falls back to it, which then needs the key */
+	bool oq = f->chunk && !named && f->copy_q;
+	s->c->query.old_copies += oq;
+	if (nq || wq || oq) {
 		s->c->query.chunks += nq;
 		s->c->query.wrapped_files += wq;
 		s->c->query.files += nq > 0;
@@ -863,6 +868,7 @@ static int visit(const struct rk_walk_ent *e, void *arg)
 			ret = header_problem(&s->pl, f, e->rel, r, version);
 		} else {
 			f->recounted = (f->h.flags & RK_HF_COUNTS_DIRTY) != 0;
+			f->copy_q = o->query_key && rk_hdr_copies_name(s->hdrbuf, o->query_key);
 			ret = damaged >= 0 ? damaged_problem(&s->pl, e->rel, damaged) : 0;
 			if (ret == 0 && !f->recounted && o->exact_key_only && !o->deep && !names_key(&f->h, o->query_key))
 				counts_from_header(f);

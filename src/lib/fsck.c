@@ -116,7 +116,7 @@ bool rk_fsck_may_release(const struct rk_cov *c)
 	if (!c->has_query)
 		return false;
 	return targets_of(c, c->query.name, &t, 1) == 0 && c->query.chunks == 0 && c->query.wrapped_files == 0 &&
-	       uncertain_refs(c) == 0;
+	       c->query.old_copies == 0 && uncertain_refs(c) == 0;
 }
 
 static bool corruption_found(const struct rk_cov *c)
@@ -305,6 +305,13 @@ static void query_line(FILE *f, const struct rk_cov *c)
 		        plural(q->wrapped_files, "wraps", "wrap"));
 		tnames(f, q->names, q->nnames, q->wrapped_files);
 		fprintf(f, " (rotate --rewrap or rekey first)\n");
+	} else if (q->old_copies) {
+		fprintf(f,
+		        "key %s may NOT be released: no chunk is under it, but in %" PRIu64 " %s the older header copy still "
+		        "wraps a data key under it (a rewrap was cut between the two copies): ",
+		        rk_esc(q->name), q->old_copies, plural(q->old_copies, "file", "files"));
+		tnames(f, q->names, q->nnames, q->old_copies);
+		fprintf(f, " (run rotate --rewrap again)\n");
 	} else if (unc) {
 		fprintf(f,
 		        "key %s may NOT be released: no readable chunk is under it, but %" PRIu64
@@ -855,9 +862,10 @@ static void json_report(FILE *f, const struct rk_cov *c, const struct rk_fsck_op
 				fprintf(f, "%s", n++ ? ", " : "");
 				jstr(f, c->tables[t].path);
 			}
-		fprintf(f, "],\n    \"chunks\": %" PRIu64 ",\n    \"files\": %" PRIu64 ",\n    \"wrapped_files\": %" PRIu64
-		        ",\n    \"file_names\": ",
-		        q->chunks, q->files, q->wrapped_files);
+		fprintf(f,
+		        "],\n    \"chunks\": %" PRIu64 ",\n    \"files\": %" PRIu64 ",\n    \"wrapped_files\": %" PRIu64
+		        ",\n    \"old_header_copies\": %" PRIu64 ",\n    \"file_names\": ",
+		        q->chunks, q->files, q->wrapped_files, q->old_copies);
 		jnames(f, q->names, q->nnames);
 		fprintf(f, ",\n    \"uncertain\": %" PRIu64 ",\n    \"answer\": ", uncertain_refs(c));
 		char *line = NULL;

@@ -292,6 +292,19 @@ int rk_hdr_damaged_copy(const uint8_t *area, int which)
 	return -1;
 }
 
+bool rk_hdr_copies_name(const uint8_t *area, const char *name)
+{
+	struct rk_cf_header h;
+	for (int c = 0; c < 2; c++) {
+		if (rk_hdr_decode(area + c * RK_HDR_COPY_SIZE, &h) != 0)
+			continue;
+		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
+			if (h.keys[j].in_use && strcmp(h.keys[j].name, name) == 0)
+				return true;
+	}
+	return false;
+}
+
 int rk_cf_read_header(int fd, const char *path, struct rk_cf_header *h, int *which)
 {
 	uint8_t *buf = rk_scratch(RK_SCR_HDR, RK_HDR_AREA);

@@ -476,6 +476,10 @@ static int own_key_refs(const struct rk_walk_ent *e, struct rk_key_refs *out)
 		} else {
 			rk_cf_get_header(cf, &out->h);
 			out->err = rk_scan_key_refs(cf, out->name, out->counts, &out->malformed);
+			int r = out->name ? rk_cf_disk_copies_name(cf, out->name) : 0;
+			if (r < 0 && out->err == 0)
+				out->err = r;
+			out->copy_names = r > 0;
 			rk_cf_close(cf);
 		}
 	}
@@ -502,7 +506,7 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	if (ret < 0)
 		return ret == -ENOENT ? 0 : ret;
 	uint64_t n = 0;
-	bool wraps = false;
+	bool wraps = false, names_now = false, stale = false;
 	if (refs.unreadable) {
 		n = 1;
 	} else if (refs.chunk) {
@@ -510,10 +514,16 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++)
 			all += refs.counts[j];
 		for (int j = 0; j < RK_CF_MAX_KEYS; j++) {
-			if (refs.h.keys[j].in_use && strcmp(refs.h.keys[j].name, c->name) == 0)
+			if (refs.h.keys[j].in_use && strcmp(refs.h.keys[j].name, c->name) == 0) {
 				n += refs.counts[j];
+				names_now = true;
+			}
 			wraps |= rk_release_wrap_blocks(&refs.h, j, c->name, all);
 		}
+		/* the header in use names no entry for the key, but the older copy
+		 * on disk does (a rewrap cut between the two copies): that copy is
+		 * what a damaged newer copy falls back to, so it needs the key */
+		stale = !names_now && refs.copy_names;
 		/* a malformed slot header might be a chunk under the key: count it */
 		n += refs.malformed;
 		v->malformed += refs.malformed;
@@ -522,10 +532,13 @@ static int rel_visit(const struct rk_walk_ent *e, void *arg)
 	}
 	if (refs.err < 0 && refs.unreadable)
 		v->err = refs.err;
-	if (n || wraps) {
-		const char *note = refs.note ? refs.note : n ? NULL : "(no chunk: its header wraps a data key under it)";
+	if (n || wraps || stale) {
+		const char *note = refs.note ? refs.note
+		                   : n       ? NULL
+		                   : wraps   ? "(no chunk: its header wraps a data key under it)"
+		                             : "(its older header copy still wraps a data key under it: run rotate --rewrap again)";
 		v->chunks += n;
-		v->wrapped += wraps;
+		v->wrapped += wraps || stale;
 		v->files++;
 		if (v->nfirst < RK_RELEASE_FIRST)
 			snprintf(v->first[v->nfirst++], PATH_MAX, "%s%s%s", e->rel, note ? " " : "", note ? note : "");

@@ -100,6 +100,7 @@ static int rewrap_one(struct orewrap *o, const struct rk_walk_ent *e)
 	struct rk_cf_header h;
 	bool which[RK_CF_MAX_KEYS];
 	uint64_t entries = 0;
+	bool repair = false;
 	int ret = 0;
 	/* another name of a file already staged in this batch: its header on
 	 * disk is not written yet, so it would be staged twice */
@@ -131,9 +132,15 @@ static int rewrap_one(struct orewrap *o, const struct rk_walk_ent *e)
 					ret = rk_cf_rewrap_stage(cf, j, o->old, o->new);
 					entries += ret == 0;
 				}
+		} else if ((ret = rk_cf_disk_copies_name(cf, o->old->name)) > 0) {
+			/* the copy in use is done, the older one still names old (a
+			 * run cut between a file's two copies): both written again */
+			ret = rk_cf_stage_rewrite(cf);
+			repair = ret == 0;
+			o->sum->repaired += repair;
 		}
 	}
-	if (ret == 0 && entries > 0) {
+	if (ret == 0 && (entries > 0 || repair)) {
 		o->batch[o->n++] =
 			(struct pending){.fd = fd, .cf = cf, .entries = entries, .dev = e->st->st_dev, .ino = e->st->st_ino};
 		return o->n == o->cap ? flush(o) : 0;

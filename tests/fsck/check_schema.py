@@ -225,15 +225,16 @@ def check(doc):
             "registry": (lambda v: v in REGISTRY, "one of %s" % sorted(REGISTRY)),
             "target_of": STRLIST,
             "chunks": COUNT, "files": COUNT, "file_names": STRLIST, "wrapped_files": COUNT,
-            "uncertain": COUNT,
+            "old_header_copies": COUNT, "uncertain": COUNT,
             "answer": STR,
         }
         if check_fields("key_query", q, qspec):
             if mode == "headers":
                 err("report", "the release question needs mode exact or deep")
             if q["may_release"] != (not q["target_of"] and q["chunks"] == 0 and q["wrapped_files"] == 0 and
-                                    q["uncertain"] == 0):
-                err("key_query", "may_release disagrees with target_of / chunks / wrapped_files / uncertain")
+                                    q["old_header_copies"] == 0 and q["uncertain"] == 0):
+                err("key_query",
+                    "may_release disagrees with target_of / chunks / wrapped_files / old_header_copies / uncertain")
             if bool(doc["exit"] & 1) == q["may_release"]:
                 err("report", "exit bit 1 must be set exactly when the key may not be released")
     elif bool(doc["exit"] & 1) != (not doc["rotation_complete"]):

@@ -80,10 +80,30 @@ run_env REKEYFS_CRASHPOINT="offline-rewrap.file-done:2" -- rekeyctl rotate -d "$
 assert_rc 137 "killed at offline-rewrap.file-done:2 (stderr: $(cat "$T_ERR"))"
 check_sums "after the kill between files"
 
+checking "the older header copies a cut run left under key1 keep key1 from release"
+run rekeyctl release-key -d "$KEYS" key1 "$DATA"
+assert_rc_nonzero "release of key1 while older header copies name it"
+assert_err_has "older header copy still wraps a data key under it" "the refusal names the cause"
+run rekeyctl fsck -d "$KEYS" --key key1 "$DATA"
+assert_rc 1 "fsck --key key1 says no (stdout: $(cat "$T_OUT"))"
+
 checking "run again: finishes, verifies and releases key1; no slot byte changed"
 run rekeyctl rotate -d "$KEYS" --rewrap --from key1 --to key3 --release "$DATA"
 assert_rc 0 "rotate --rewrap --release (stderr: $(cat "$T_ERR"))"
 assert_out_has "^rewrap: .*no chunk rewritten" "the rewrap step"
+assert_out_has " [1-9][0-9]* with an older header copy left under key1 by a cut run written again" "the cut files repaired"
+python3 - "$DATA" >"$T_TMP/copies.out" 2>&1 <<'PY' || fail "header copies still naming key1: $(cat "$T_TMP/copies.out")"
+import os, sys
+bad = []
+for d, dirs, files in os.walk(sys.argv[1]):
+    dirs[:] = [x for x in dirs if x != ".rekeyfs"]
+    for f in files:
+        b = open(os.path.join(d, f), "rb").read(8192)
+        if b"key1" in b:
+            bad.append(os.path.join(d, f))
+if bad:
+    sys.exit(" ".join(bad))
+PY
 assert_out_has "^verify: no chunk" "verify step"
 assert_out_has "key 'key1' released" "release step"
 slots >"$T_TMP/slots.after" || fail "reading the stored files"
