@@ -74,9 +74,10 @@ static int disk_header(const struct rk_walk_ent *e, struct rk_cf_header *h, cons
 
 /* Rewrap one file through the daemon's shared open file.  *did: a data key
  * was rewrapped.  equalize: make both header copies equal (the file a
- * restart interrupted may have one copy under each key). */
+ * restart interrupted may have one copy under each key); stale: a header
+ * copy on disk names old (equalized when the shared header no longer does). */
 static int rewrap_file(struct rkd_fs *fs, const struct rk_walk_ent *e, struct rk_key *old, struct rk_key *new,
-                       bool equalize, bool *did, bool *chunk)
+                       bool equalize, bool stale, bool *did, bool *chunk)
 {
 	struct rkd_inode *in;
 	struct rkd_file *f;
@@ -110,7 +111,9 @@ static int rewrap_file(struct rkd_fs *fs, const struct rk_walk_ent *e, struct rk
 		else if (ret == 0)
 			*did = true;
 	}
-	if (ret == 0 && f->chunk && f->rw && equalize) {
+	/* a disk copy still names old while the shared header does not (a cut
+	 * or failed commit): both copies written again */
+	if (ret == 0 && f->chunk && f->rw && (equalize || (stale && n == 0))) {
 		/* both copies as the in-memory header: the older one first, synced */
 		rk_rw_wrlock(&f->rw_lock, RK_RANK_FILE_RW);
 		ret = rk_cf_stage_rewrite(f->cf);
@@ -203,7 +206,7 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	rk_mutex_unlock(&w->lock);
 	if (ret < 0)
 		return ret;
-	bool did = false, chunk = false, which[RK_CF_MAX_KEYS], copy_names = false;
+	bool did = false, chunk = false, copy_names = false;
 	struct rk_cf_header dh;
 	int r = disk_header(e, &dh, old->name, &copy_names);
 	if (r > 0 && !copy_names && !rw->resumed_first)
@@ -211,8 +214,7 @@ int rkd_rewrap_visit(struct rkd_walker *w, struct rw_walk *rw, enum walk_mode mo
 	else if (r != 0)
 		/* an older header copy still naming old (a rewrap cut between a
 		 * file's two copies, or a failed second copy): both written again */
-		ret = rewrap_file(fs, e, old, new, rw->resumed_first || (r > 0 && rk_hdr_entries_under(&dh, old, which) == 0),
-		                  &did, &chunk);
+		ret = rewrap_file(fs, e, old, new, rw->resumed_first, copy_names, &did, &chunk);
 	if (did)
 		rw->resumed_first = false; /* the file a restart interrupted comes before the first one still to do */
 	if (ret < 0) {
