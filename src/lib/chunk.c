@@ -92,6 +92,8 @@ static const char *key_err_text(int err)
 		return "whose key file is refused (loose permissions)";
 	case -EBADMSG:
 		return "but the data key wrapped under it in the header does not authenticate (header altered or damaged)";
+	case -ETIMEDOUT:
+		return "whose PKCS#11 token did not answer in time (REKEYFS_P11_TIMEOUT)";
 	default:
 		return "which cannot be loaded";
 	}

@@ -20,7 +20,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,6 +32,7 @@
 #include <p11-kit/uri.h>
 
 #include "rekeyfs/common.h"
+#include "rekeyfs/format.h"
 #include "rekeyfs/keys.h"
 #include "rekeyfs/lockrank.h"
 #include "p11.h"
@@ -47,7 +50,7 @@ struct p11mod {
 
 struct rk_p11key {
 	pthread_mutex_t lock; /* rank RK_RANK_P11KEY: the session below */
-	int refs;             /* under lock */
+	atomic_int refs;      /* atomic: never waits for the session lock (a stalled token holds it) */
 	char path[PATH_MAX];  /* the entry (for messages) */
 	char uri[P11_URI_MAX];
 	char shown[P11_URI_MAX]; /* the URI without its query */
@@ -58,6 +61,7 @@ struct rk_p11key {
 	CK_SESSION_HANDLE sess;
 	CK_OBJECT_HANDLE obj;
 	pid_t pid;            /* session opened in this process; 0: none */
+	atomic_bool stalled;  /* a call is overdue (pk_run): new calls fail at once */
 };
 
 static pthread_mutex_t mods_lock = PTHREAD_MUTEX_INITIALIZER; /* rank RK_RANK_P11MOD */
@@ -408,7 +412,7 @@ static struct rk_p11key *pk_new(const char *path)
 	if (!pk)
 		return NULL;
 	pthread_mutex_init(&pk->lock, NULL);
-	pk->refs = 1;
+	atomic_init(&pk->refs, 1);
 	snprintf(pk->path, sizeof(pk->path), "%s", path);
 	return pk;
 }
@@ -426,22 +430,14 @@ static void pk_free(struct rk_p11key *pk)
 
 struct rk_p11key *rk_p11_ref(struct rk_p11key *pk)
 {
-	if (pk) {
-		rk_mutex_lock(&pk->lock, RK_RANK_P11KEY);
-		pk->refs++;
-		rk_mutex_unlock(&pk->lock);
-	}
+	if (pk)
+		atomic_fetch_add(&pk->refs, 1);
 	return pk;
 }
 
 void rk_p11_unref(struct rk_p11key *pk)
 {
-	if (!pk)
-		return;
-	rk_mutex_lock(&pk->lock, RK_RANK_P11KEY);
-	int left = --pk->refs;
-	rk_mutex_unlock(&pk->lock);
-	if (left == 0)
+	if (pk && atomic_fetch_sub(&pk->refs, 1) == 1)
 		pk_free(pk);
 }
 
@@ -511,15 +507,156 @@ static int pk_do(struct rk_p11key *pk, enum p11op op, CK_MECHANISM *mech, const 
 	return ret;
 }
 
+/* ---- token calls with a deadline -------------------------------------------------------------
+ * A token that stops answering must not stop the mount: a caller may hold
+ * the rk_cf.lock of the file being opened, and other files' openers queue
+ * on pk->lock.  Each call runs in a detached thread on a private copy of its
+ * inputs (a job, in secure memory); the caller waits at most the deadline
+ * (REKEYFS_P11_TIMEOUT seconds, default 10), then gets -ETIMEDOUT and
+ * leaves the job to the thread.  While a call is overdue the key is
+ * "stalled": further calls fail at once (-ETIMEDOUT) instead of queueing,
+ * until the overdue call returns. */
+#define P11_IN_MAX (64 + RK_TAG_BYTES)
+
+struct p11job {
+	pthread_mutex_t m; /* leaf (not ranked: only this job's fields, no other lock taken under it) */
+	pthread_cond_t c;
+	int refs;           /* caller and thread, under m */
+	bool done;          /* under m */
+	struct rk_p11key *pk;
+	enum p11op op;
+	uint8_t nonce[RK_NONCE_BYTES];
+	uint8_t aad[RK_WRAP_AAD_LEN];
+	size_t aadlen;
+	uint8_t in[P11_IN_MAX], out[P11_IN_MAX];
+	size_t inlen;
+	CK_ULONG cap, outlen;
+	int ret;
+};
+
+static atomic_int p11_stalls; /* token calls overdue now, all keys (for the log) */
+
+static void job_put(struct p11job *j)
+{
+	pthread_mutex_lock(&j->m);
+	int left = --j->refs;
+	pthread_mutex_unlock(&j->m);
+	if (left == 0) {
+		pthread_cond_destroy(&j->c);
+		pthread_mutex_destroy(&j->m);
+		rk_secure_free(j, sizeof(*j)); /* wiped: it held a data key */
+	}
+}
+
+static void *job_run(void *arg)
+{
+	struct p11job *j = arg;
+	CK_GCM_PARAMS gp = {j->nonce, RK_NONCE_BYTES, RK_NONCE_BYTES * 8, j->aad, j->aadlen, RK_TAG_BYTES * 8};
+	CK_MECHANISM m = {j->op == OP_CMAC ? CKM_AES_CMAC : CKM_AES_GCM, j->op == OP_CMAC ? NULL : &gp,
+	                  j->op == OP_CMAC ? 0 : sizeof(gp)};
+	int ret = pk_do(j->pk, j->op, &m, j->in, j->inlen, j->out, j->cap, &j->outlen);
+	if (atomic_exchange(&j->pk->stalled, false)) {
+		atomic_fetch_sub(&p11_stalls, 1);
+		rk_info("PKCS#11 entry %s: the token answered again", j->pk->path);
+	}
+	/* the key's reference is dropped before the caller is told: a caller
+	 * that did not give up returns only once this thread is done with pk */
+	rk_p11_unref(j->pk);
+	pthread_mutex_lock(&j->m);
+	j->ret = ret;
+	j->done = true;
+	pthread_cond_signal(&j->c);
+	pthread_mutex_unlock(&j->m);
+	job_put(j);
+	return NULL;
+}
+
+static double p11_timeout(void)
+{
+	const char *env = getenv("REKEYFS_P11_TIMEOUT");
+	double t = env ? strtod(env, NULL) : 10.0;
+	return t >= 0.1 && t <= 600 ? t : 10.0;
+}
+
+/* pk_do with a deadline; nonce/aad only for AES-GCM (NULL for CMAC). */
+static int pk_run(struct rk_p11key *pk, enum p11op op, const uint8_t *nonce, const uint8_t *aad, size_t aadlen,
+                  const uint8_t *in, size_t inlen, uint8_t *out, CK_ULONG cap, CK_ULONG *outlen)
+{
+	int ret = 0;
+	if (inlen > P11_IN_MAX || cap > P11_IN_MAX || aadlen > RK_WRAP_AAD_LEN)
+		return -EINVAL;
+	if (atomic_load(&pk->stalled))
+		return -ETIMEDOUT; /* an earlier call is overdue: refused at once, not queued */
+	struct p11job *j = rk_secure_alloc(sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	memset(j, 0, sizeof(*j));
+	pthread_mutex_init(&j->m, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&j->c, &ca);
+	pthread_condattr_destroy(&ca);
+	j->refs = 2;
+	j->pk = rk_p11_ref(pk);
+	j->op = op;
+	if (nonce)
+		memcpy(j->nonce, nonce, RK_NONCE_BYTES);
+	if (aad)
+		memcpy(j->aad, aad, aadlen);
+	j->aadlen = aadlen;
+	memcpy(j->in, in, inlen);
+	j->inlen = inlen;
+	j->cap = cap;
+	pthread_t th;
+	pthread_attr_t ta;
+	pthread_attr_init(&ta);
+	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	int e = pthread_create(&th, &ta, job_run, j);
+	pthread_attr_destroy(&ta);
+	if (e != 0) {
+		rk_p11_unref(pk);
+		j->refs = 1;
+		job_put(j);
+		return -e;
+	}
+	struct timespec dl;
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	double t = p11_timeout();
+	dl.tv_sec += (time_t)t;
+	dl.tv_nsec += (long)((t - (double)(time_t)t) * 1e9);
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&j->m);
+	while (!j->done && e == 0)
+		e = pthread_cond_timedwait(&j->c, &j->m, &dl);
+	if (j->done) {
+		ret = j->ret;
+		*outlen = j->outlen;
+		if (ret == 0)
+			memcpy(out, j->out, j->outlen <= cap ? j->outlen : cap);
+	} else {
+		ret = -ETIMEDOUT;
+	}
+	pthread_mutex_unlock(&j->m);
+	if (ret == -ETIMEDOUT && !atomic_exchange(&pk->stalled, true)) {
+		atomic_fetch_add(&p11_stalls, 1);
+		rk_err("PKCS#11 entry %s: the token did not answer within %.1f s: calls under this key fail (EIO) until it "
+		       "does",
+		       pk->path, t);
+	}
+	job_put(j);
+	return ret;
+}
+
 int rk_p11_seal(struct rk_p11key *pk, const uint8_t *nonce, const uint8_t *aad, size_t aadlen, const uint8_t *pt,
                 size_t len, uint8_t *ct, uint8_t *tag)
 {
 	uint8_t buf[64 + RK_TAG_BYTES];
-	CK_GCM_PARAMS gp = {(CK_BYTE_PTR)nonce, RK_NONCE_BYTES, RK_NONCE_BYTES * 8, (CK_BYTE_PTR)aad, aadlen,
-	                    RK_TAG_BYTES * 8};
-	CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
 	CK_ULONG olen = 0;
-	int ret = len <= 64 ? pk_do(pk, OP_SEAL, &m, pt, len, buf, sizeof(buf), &olen) : -EINVAL;
+	int ret = len <= 64 ? pk_run(pk, OP_SEAL, nonce, aad, aadlen, pt, len, buf, sizeof(buf), &olen) : -EINVAL;
 	if (ret == 0 && olen != len + RK_TAG_BYTES) {
 		rk_err("PKCS#11 entry %s: the token's AES-GCM seal gave %lu bytes, not %zu", pk->path, (unsigned long)olen,
 		       len + RK_TAG_BYTES);
@@ -537,15 +674,12 @@ int rk_p11_open(struct rk_p11key *pk, const uint8_t *nonce, const uint8_t *aad, 
                 size_t len, const uint8_t *tag, uint8_t *pt)
 {
 	uint8_t in[64 + RK_TAG_BYTES], buf[64 + RK_TAG_BYTES];
-	CK_GCM_PARAMS gp = {(CK_BYTE_PTR)nonce, RK_NONCE_BYTES, RK_NONCE_BYTES * 8, (CK_BYTE_PTR)aad, aadlen,
-	                    RK_TAG_BYTES * 8};
-	CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
 	CK_ULONG olen = 0;
 	int ret = len <= 64 ? 0 : -EINVAL;
 	if (ret == 0) {
 		memcpy(in, ct, len);
 		memcpy(in + len, tag, RK_TAG_BYTES);
-		ret = pk_do(pk, OP_OPEN, &m, in, len + RK_TAG_BYTES, buf, sizeof(buf), &olen);
+			ret = pk_run(pk, OP_OPEN, nonce, aad, aadlen, in, len + RK_TAG_BYTES, buf, sizeof(buf), &olen);
 	}
 	if (ret == 0 && olen != len)
 		ret = -EBADMSG;
@@ -559,11 +693,10 @@ int rk_p11_open(struct rk_p11key *pk, const uint8_t *nonce, const uint8_t *aad, 
 static int host_secret(struct rk_p11key *pk, uint8_t *secret)
 {
 	static const char labels[2][17] = {"rekeyfs-p11-hs-1", "rekeyfs-p11-hs-2"};
-	CK_MECHANISM m = {CKM_AES_CMAC, NULL, 0};
 	int ret = 0;
 	for (int i = 0; ret == 0 && i < 2; i++) {
 		CK_ULONG olen = 0;
-		ret = pk_do(pk, OP_CMAC, &m, (const uint8_t *)labels[i], 16, secret + 16 * i, 16, &olen);
+			ret = pk_run(pk, OP_CMAC, NULL, NULL, 0, (const uint8_t *)labels[i], 16, secret + 16 * i, 16, &olen);
 		if (ret == 0 && olen != 16)
 			ret = -EIO;
 	}

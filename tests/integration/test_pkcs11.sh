@@ -193,6 +193,47 @@ mount_fs "$D1" "$M1" "lazy=off,walker=off"
 umount_fs "$M1"
 ok
 
+checking "a token that stops answering does not stop the mount: file-key reads go on, token reads fail after the deadline"
+STALL="$T_TMP/stall"
+SHIM="$TOP_BUILDDIR/tests/p11_stall.so"
+[ -f "$SHIM" ] || fail "$SHIM is missing (make check builds it)"
+run rekeyctl createkey -d "$KEYS" --pkcs11 "pkcs11:token=rk;object=kekS;type=secret-key?module-path=$SHIM&pin-source=file:$HSM/pin" tokS
+assert_rc 0 "createkey tokS through the stalling module (stderr: $(cat "$T_ERR"))"
+D2="$T_TMP/d2"
+M2="$T_TMP/m2"
+mkdir -p "$D2/ks/t"
+run rekeyctl init -d "$KEYS" --key tokS "$D2"
+assert_rc 0 "init d2 under tokS"
+run rekeyctl alter -d "$KEYS" "$D2/ks/t" --key golden_aes256
+assert_rc 0 "a table of d2 under a file key"
+mount_fs "$D2" "$M2" "lazy=off,walker=off"
+for i in $(seq 12); do head -c 5000 /dev/urandom >"$M2/tf$i" || fail "write tf$i"; done
+head -c 5000 /dev/urandom >"$M2/ks/t/ff" || fail "write ff"
+md5sum "$M2/tf1" | cut -d' ' -f1 >"$T_TMP/tf1.sum"
+umount_fs "$M2"
+export P11_STALL_FILE="$STALL" REKEYFS_P11_TIMEOUT=2
+mount_fs "$D2" "$M2" "lazy=off,walker=off"
+touch "$STALL"
+for i in $(seq 12); do
+	( cat "$M2/tf$i" >/dev/null 2>&1; echo $? >"$T_TMP/tok.rc.$i" ) &
+done
+run timeout 8 cat "$M2/ks/t/ff"
+assert_rc 0 "a file under a file key reads while the token stalls (124: the mount hung)"
+run timeout 8 stat "$M2/ks/t/ff"
+assert_rc 0 "stat while the token stalls"
+tok_readers_done() { [ "$(ls "$T_TMP"/tok.rc.* 2>/dev/null | wc -l)" -eq 12 ]; }
+wait_until 30 "the readers of token-key files did not end while the token stalls" tok_readers_done
+for i in $(seq 12); do
+	[ "$(cat "$T_TMP/tok.rc.$i")" != 0 ] || fail "tf$i read while the token stalled: it must fail, not wait or return bytes"
+done
+grep -q "whose PKCS#11 token did not answer in time" "$LAST_LOG" || fail "the daemon's log does not say the token stalled: $(grep -i -m5 "pkcs\|token" "$LAST_LOG")"
+rm -f "$STALL"
+tok_back() { [ "$(md5sum <"$M2/tf1" 2>/dev/null | cut -d' ' -f1)" = "$(cat "$T_TMP/tf1.sum")" ]; }
+wait_until 30 "tf1 does not read back once the token answers again" tok_back
+umount_fs "$M2"
+unset P11_STALL_FILE REKEYFS_P11_TIMEOUT
+ok
+
 checking "a daemon that forks after loading the token key (no -f) opens the data keys in its own process"
 BIN_RKFS="$(rkfx_bin rekeyfs)" || fail "no rekeyfs"
 mkdir -p "$MNT"
