@@ -149,6 +149,11 @@ char *rk_escape_ctl(char *out, size_t outlen, const char *in);
 /* Escape into one of a few per-thread buffers (valid until 8 more calls in
  * the same thread): printf("%s", rk_esc(name)). */
 const char *rk_esc(const char *s);
+/* Every directory above the absolute path file, up to /, owned by root or
+ * the effective user and writable by nobody else (sticky directories
+ * aside): nobody else can replace what file names.  0, or a negative errno
+ * with the reason (naming the directory and the fix) in why. */
+int rk_dirs_trusted(const char *file, char *why, size_t len);
 
 /* strerror for a negative errno, with rekeyfs-specific codes described. */
 const char *rk_strerror(int neg_errno);

@@ -662,3 +662,35 @@ const char *rk_strerror(int neg_errno)
 		return strerror(-neg_errno);
 	}
 }
+
+int rk_dirs_trusted(const char *file, char *why, size_t len)
+{
+	struct stat st;
+	uid_t me = geteuid();
+	char dir[PATH_MAX];
+	int ret = 0;
+	snprintf(dir, sizeof(dir), "%s", file);
+	for (char *slash = strrchr(dir, '/'); ret == 0 && slash; slash = strrchr(dir, '/')) {
+		if (slash == dir) {
+			if (dir[1] == '\0')
+				break;
+			dir[1] = '\0';
+		} else {
+			*slash = '\0';
+		}
+		if (stat(dir, &st) < 0) {
+			ret = -errno;
+			snprintf(why, len, "cannot stat directory %s: %s", dir, strerror(-ret));
+		} else if (st.st_uid != 0 && st.st_uid != me) {
+			snprintf(why, len, "directory %s is owned by uid %u, not by root or by this process's user (run: chown %u %s)",
+			         dir, (unsigned)st.st_uid, (unsigned)me, dir);
+			ret = -EPERM;
+		} else if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+			snprintf(why, len,
+			         "directory %s has mode %04o, writable by group or others, who could replace it (run: chmod go-w %s)",
+			         dir, (unsigned)(st.st_mode & 07777), dir);
+			ret = -EPERM;
+		}
+	}
+	return ret;
+}

@@ -146,7 +146,6 @@ static int keycmd_check_program(const char *path, struct keycmd *kc)
 {
 	struct stat st;
 	uid_t me = geteuid();
-	char dir[PATH_MAX];
 	int ret = 0;
 	if (!realpath(kc->program, kc->exe) || stat(kc->exe, &st) < 0) {
 		ret = -errno;
@@ -165,30 +164,9 @@ static int keycmd_check_program(const char *path, struct keycmd *kc)
 		ret = -EPERM;
 	}
 	/* every directory above it, up to / */
-	snprintf(dir, sizeof(dir), "%s", kc->exe);
-	for (char *slash = strrchr(dir, '/'); ret == 0 && slash; slash = strrchr(dir, '/')) {
-		if (slash == dir) {
-			if (dir[1] == '\0')
-				break;
-			dir[1] = '\0';
-		} else {
-			*slash = '\0';
-		}
-		if (stat(dir, &st) < 0) {
-			ret = -errno;
-			rk_err("key command %s: cannot stat %s: %s", path, dir, strerror(-ret));
-		} else if (st.st_uid != 0 && st.st_uid != me) {
-			rk_err("key command %s: program %s is refused: directory %s is owned by uid %u, not by root or "
-			       "by this process's user (run: chown %u %s)", path, kc->exe, dir, (unsigned)st.st_uid,
-			       (unsigned)me, dir);
-			ret = -EPERM;
-		} else if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
-			rk_err("key command %s: program %s is refused: directory %s has mode %04o, writable by group "
-			       "or others, who could replace the program (run: chmod go-w %s)", path, kc->exe, dir,
-			       (unsigned)(st.st_mode & 07777), dir);
-			ret = -EPERM;
-		}
-	}
+	char why[PATH_MAX + 160];
+	if (ret == 0 && (ret = rk_dirs_trusted(kc->exe, why, sizeof(why))) < 0)
+		rk_err("key command %s: program %s is refused: %s", path, kc->exe, why);
 	return ret;
 }
 

@@ -126,6 +126,19 @@ static int check_file(const char *entry, const char *what, const char *file, mod
 		       rk_esc(file));
 		return -EPERM;
 	}
+	/* and nobody else can replace it: every directory above it */
+	char why[PATH_MAX + 160], real[PATH_MAX];
+	int r = 0;
+	if (!realpath(file, real)) {
+		r = -errno;
+		snprintf(why, sizeof(why), "cannot resolve its path: %s", strerror(-r));
+	} else {
+		r = rk_dirs_trusted(real, why, sizeof(why));
+	}
+	if (r < 0) {
+		rk_err("PKCS#11 entry %s: the %s %s is refused: %s", entry, what, rk_esc(file), why);
+		return r;
+	}
 	return 0;
 }
 

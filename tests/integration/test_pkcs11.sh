@@ -270,6 +270,9 @@ refused loose_pin "has mode 0644" "${U2/file:$HSM\/pin/file:$HSM/looseapin}"
 refused pin_value "holds pin-value: refused" "${U2/pin-source=file:$HSM\/pin/pin-value=$PIN}"
 refused no_module "the module /nonexistent/p11.so" "${U2/module-path=$MODULE/module-path=/nonexistent/p11.so}"
 refused no_object "no secret key on the token matches" "${U2/object=kek2/object=nosuch}"
+mkdir -m 0777 "$T_TMP/opendir" && cp "$MODULE" "$T_TMP/opendir/p11.so" || fail "a module in an open directory"
+refused open_module_dir "directory $T_TMP/opendir has mode 0777, writable by group or others" \
+	"${U2/module-path=$MODULE/module-path=$T_TMP/opendir/p11.so}"
 MK="$TOP_BUILDDIR/tests/p11_mkkey"
 [ -x "$MK" ] || fail "$MK missing (built by make check)"
 for kind in extractable insensitive aes128 nosign; do
