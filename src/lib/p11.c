@@ -523,7 +523,7 @@ static int pk_do(struct rk_p11key *pk, enum p11op op, CK_MECHANISM *mech, const 
 /* ---- token calls with a deadline -------------------------------------------------------------
  * A token that stops answering must not stop the mount: a caller may hold
  * the rk_cf.lock of the file being opened, and other files' openers queue
- * on pk->lock.  Each call runs in a detached thread on a private copy of its
+ * on pk->lock.  Each call runs in a thread of its own on a private copy of its
  * inputs (a job, in secure memory); the caller waits at most the deadline
  * (REKEYFS_P11_TIMEOUT seconds, default 10), then gets -ETIMEDOUT and
  * leaves the job to the thread.  While a call is overdue the key is
@@ -621,12 +621,11 @@ static int pk_run(struct rk_p11key *pk, enum p11op op, const uint8_t *nonce, con
 	memcpy(j->in, in, inlen);
 	j->inlen = inlen;
 	j->cap = cap;
+	/* joined when it answers in time (its thread-local state, OpenSSL's in
+	 * the module among it, is gone before the caller goes on), detached
+	 * when it is overdue */
 	pthread_t th;
-	pthread_attr_t ta;
-	pthread_attr_init(&ta);
-	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-	int e = pthread_create(&th, &ta, job_run, j);
-	pthread_attr_destroy(&ta);
+	int e = pthread_create(&th, NULL, job_run, j);
 	if (e != 0) {
 		rk_p11_unref(pk);
 		j->refs = 1;
@@ -654,6 +653,10 @@ static int pk_run(struct rk_p11key *pk, enum p11op op, const uint8_t *nonce, con
 		ret = -ETIMEDOUT;
 	}
 	pthread_mutex_unlock(&j->m);
+	if (ret == -ETIMEDOUT)
+		pthread_detach(th);
+	else
+		pthread_join(th, NULL);
 	if (ret == -ETIMEDOUT && !atomic_exchange(&pk->stalled, true)) {
 		atomic_fetch_add(&p11_stalls, 1);
 		rk_err("PKCS#11 entry %s: the token did not answer within %.1f s: calls under this key fail (EIO) until it "
